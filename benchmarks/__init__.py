@@ -1,0 +1,1 @@
+"""genrl's benchmark suite (not imported by genrl)."""

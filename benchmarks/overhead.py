@@ -1,0 +1,156 @@
+"""How much of an epoch is spent on anything but the UNet passes it cannot avoid.
+
+    python -m benchmarks.overhead [--epochs 4] [--model tiny]
+
+For RLCM (LCM env) and DDPO (DDPM env), runs a few training epochs and prints per epoch the split into
+sampling, reward and training, and the overhead ratio: epoch time / bare compute, where the bare compute is
+the same number of UNet forward passes (sampling) and forward+backward passes (training), with the same
+batch shapes, timed in isolation in the same process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import tyro
+
+from genrl.config import PRESETS, TrainConfig
+from genrl.models import load_pipeline
+from genrl.policy import add_lora
+from genrl.train import train
+
+
+@dataclass
+class Args:
+    epochs: int = 4
+    """Training epochs per method (the first includes warm-up)."""
+    model: str = "tiny"
+    """Model for both methods ('tiny' picks the LCM or the SD pipeline per env)."""
+    device: str = "cpu"
+
+
+def unet_passes(cfg: TrainConfig, num_stochastic_steps: int) -> tuple[list[int], list[int]]:
+    """Batch sizes of every UNet pass an epoch makes: forward-only (sampling), forward+backward (training)."""
+    cfg_factor = 2 if cfg.env == "ddpm" and cfg.guidance_scale > 1 else 1
+    sampling = [cfg.sample_batch_size * cfg_factor] * (cfg.batches_per_epoch * cfg.num_steps)
+    training = []
+    minibatches = cfg.samples_per_epoch // cfg.train_batch_size
+    passes = cfg.inner_epochs if cfg.algo == "ppo" else 1
+    for _ in range(passes * minibatches):
+        for start in range(0, num_stochastic_steps, cfg.steps_per_forward):
+            steps = min(cfg.steps_per_forward, num_stochastic_steps - start)
+            training.append(cfg.train_batch_size * steps * cfg_factor)
+    return sampling, training
+
+
+def bare_compute_seconds(cfg: TrainConfig, sampling: list[int], training: list[int]) -> tuple[float, float, float]:
+    """Time exactly those UNet passes on random inputs of the right shapes; also the epoch's VAE decodes, which
+    are not part of the bare compute but explain much of what is left."""
+    pipe = load_pipeline(cfg.model, cfg.env, cfg.device)
+    unet = pipe.unet
+    if cfg.finetune == "lora":
+        add_lora(unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules)
+    else:
+        unet.requires_grad_(True)
+    size = (cfg.resolution or unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)) // 2 ** (
+        len(pipe.vae.config.block_out_channels) - 1
+    )
+    text_len = pipe.tokenizer.model_max_length
+    hidden = pipe.text_encoder.config.hidden_size
+    cond_dim = unet.config.time_cond_proj_dim
+
+    def run(batch: int) -> torch.Tensor:
+        kwargs = {"timestep_cond": torch.randn(batch, cond_dim, device=cfg.device)} if cond_dim else {}
+        return unet(
+            torch.randn(batch, unet.config.in_channels, size, size, device=cfg.device),
+            torch.randint(0, 1000, (batch,), device=cfg.device),
+            torch.randn(batch, text_len, hidden, device=cfg.device),
+            **kwargs,
+        ).sample
+
+    with torch.no_grad():
+        run(sampling[0])  # warm-up
+        latents = torch.randn(cfg.sample_batch_size, unet.config.in_channels, size, size, device=cfg.device)
+        vae = pipe.vae
+        start = time.perf_counter()
+        for _ in range(cfg.batches_per_epoch):
+            vae.decode(latents / vae.config.scaling_factor)
+        decode = time.perf_counter() - start
+    start = time.perf_counter()
+    with torch.no_grad():
+        for batch in sampling:
+            run(batch)
+    middle = time.perf_counter()
+    for batch in training:
+        run(batch).float().mean().backward()
+    return middle - start, time.perf_counter() - middle, decode
+
+
+def measure(name: str, cfg: TrainConfig) -> list[dict]:
+    with tempfile.TemporaryDirectory() as out:
+        run = train(dataclasses.replace(cfg, output_dir=Path(out), run_name=name))
+        metrics = run.read_metrics()
+    stochastic = cfg.num_steps - (1 if cfg.env == "lcm" and not cfg.noise_last_step else 0)
+    bare_sample, bare_train, decode = bare_compute_seconds(cfg, *unet_passes(cfg, stochastic))
+    bare = bare_sample + bare_train
+    rows, previous = [], 0.0
+    for m in metrics:
+        epoch_time = m["wall_time_s"] - previous
+        previous = m["wall_time_s"]
+        rows.append(
+            {
+                **m,
+                "epoch_time_s": epoch_time,
+                "bare_sample_s": bare_sample,
+                "bare_train_s": bare_train,
+                "decode_s": decode,
+                "bare_s": bare,
+                "overhead": epoch_time / bare,
+            }
+        )
+    return rows
+
+
+def main(args: Args) -> None:
+    methods = {
+        "RLCM": dataclasses.replace(PRESETS["tiny-compression"], epochs=args.epochs, model=args.model),
+        "DDPO": dataclasses.replace(PRESETS["tiny-ddpo-compression"], epochs=args.epochs, model=args.model),
+    }
+    summary = {}
+    for name, cfg in methods.items():
+        cfg = dataclasses.replace(cfg, device=args.device)
+        rows = measure(name, cfg)
+        print(
+            f"\n{name}: env={cfg.env} H={cfg.num_steps} batch={cfg.sample_batch_size}x{cfg.batches_per_epoch} "
+            f"finetune={cfg.finetune}"
+        )
+        print(
+            f"bare compute: sampling {rows[0]['bare_sample_s']:.3f} s + training {rows[0]['bare_train_s']:.3f} s "
+            f"(VAE decodes, not counted: {rows[0]['decode_s']:.3f} s)"
+        )
+        print(
+            f"{'epoch':>5} {'sample_s':>9} {'reward_s':>9} {'train_s':>8} {'epoch_s':>8} {'bare_s':>7} {'overhead':>8}"
+        )
+        for r in rows:
+            print(
+                f"{r['epoch']:>5} {r['sample_time_s']:>9.3f} {r['reward_time_s']:>9.3f} {r['train_time_s']:>8.3f} "
+                f"{r['epoch_time_s']:>8.3f} {r['bare_s']:>7.3f} {r['overhead']:>8.3f}"
+            )
+        steady = [r["overhead"] for r in rows[1:]] or [rows[0]["overhead"]]
+        summary[name] = statistics.median(steady)
+    print("\noverhead ratio (median over epochs after the first; goal <= 1.15):")
+    for name, ratio in summary.items():
+        print(f"  {name}: {ratio:.3f}" + ("" if ratio <= 1.15 else "  (above goal)"))
+    if not all(math.isfinite(v) for v in summary.values()):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,74 @@
+"""Clipped PPO on the denoising MDP, as DDPO and RLCM use it (RLCM Algorithm 1; DDPO eq. 4).
+
+    ratio = exp(log pi_theta(a_t | s_t) - log pi_old(a_t | s_t))
+    A     = clamp(advantage, -adv_clip_max, adv_clip_max)
+    loss  = mean(max(-A * ratio, -A * clamp(ratio, 1 - clip_range, 1 + clip_range)))
+
+Every step of a trajectory shares the trajectory's advantage (the reward is terminal and undiscounted).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from genrl.algos.common import optimize
+from genrl.buffer import Chunk, TrajectoryBuffer
+from genrl.policy import DenoisingPolicy
+
+
+def clipped_surrogate_loss(
+    log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float, adv_clip_max: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The PPO loss above, and the ratio it used."""
+    advantages = advantages.clamp(-adv_clip_max, adv_clip_max)
+    ratio = torch.exp(log_prob - old_log_prob)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
+    return torch.maximum(unclipped, clipped).mean(), ratio
+
+
+def update(
+    policy: DenoisingPolicy,
+    optimizer: torch.optim.Optimizer,
+    buffer: TrajectoryBuffer,
+    cfg,
+    generator: torch.Generator,
+    lr_scheduler=None,
+) -> dict[str, float]:
+    # The first minibatch's chunks run before any optimizer step: their ratio is 1 when training reproduces
+    # sampling exactly (same weights, same maths), so it is logged as a check.
+    first: list[float] = []
+    chunks_per_minibatch = math.ceil(buffer.num_steps / cfg.steps_per_forward)
+
+    def loss_fn(policy: DenoisingPolicy, chunk: Chunk) -> tuple[torch.Tensor, dict[str, float]]:
+        log_prob = policy.log_prob(chunk.obs, chunk.next_latents)
+        loss, ratio = clipped_surrogate_loss(
+            log_prob, chunk.old_log_probs, chunk.advantages, cfg.clip_range, cfg.adv_clip_max
+        )
+        with torch.no_grad():
+            if len(first) < chunks_per_minibatch:
+                first.append(ratio.mean().item())
+            stats = {
+                "approx_kl": 0.5 * ((log_prob - chunk.old_log_probs) ** 2).mean().item(),
+                "clipfrac": ((ratio - 1).abs() > cfg.clip_range).float().mean().item(),
+                "ratio_mean": ratio.mean().item(),
+            }
+        return loss, stats
+
+    stats = optimize(
+        policy,
+        optimizer,
+        buffer,
+        loss_fn,
+        passes=cfg.inner_epochs,
+        train_batch_size=cfg.train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        steps_per_forward=cfg.steps_per_forward,
+        max_grad_norm=cfg.max_grad_norm,
+        generator=generator,
+        lr_scheduler=lr_scheduler,
+    )
+    stats["ratio_mean_first_minibatch"] = sum(first) / len(first)
+    return stats

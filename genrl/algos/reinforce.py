@@ -1,0 +1,49 @@
+"""REINFORCE (Williams, 1992) on the denoising MDP: one pass, no ratio, no clipping of the policy change.
+
+    A    = clamp(advantage, -adv_clip_max, adv_clip_max)
+    loss = -mean(A * log pi_theta(a_t | s_t))
+
+Its gradient equals PPO's where the ratio is 1 (the first minibatch); it does not hold the policy near the one
+that sampled, so it takes a single pass over each epoch's samples.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from genrl.algos.common import optimize
+from genrl.buffer import Chunk, TrajectoryBuffer
+from genrl.policy import DenoisingPolicy
+
+
+def reinforce_loss(log_prob: torch.Tensor, advantages: torch.Tensor, adv_clip_max: float) -> torch.Tensor:
+    return -(advantages.clamp(-adv_clip_max, adv_clip_max) * log_prob).mean()
+
+
+def update(
+    policy: DenoisingPolicy,
+    optimizer: torch.optim.Optimizer,
+    buffer: TrajectoryBuffer,
+    cfg,
+    generator: torch.Generator,
+    lr_scheduler=None,
+) -> dict[str, float]:
+    def loss_fn(policy: DenoisingPolicy, chunk: Chunk) -> tuple[torch.Tensor, dict[str, float]]:
+        log_prob = policy.log_prob(chunk.obs, chunk.next_latents)
+        with torch.no_grad():
+            stats = {"approx_kl": 0.5 * ((log_prob - chunk.old_log_probs) ** 2).mean().item()}
+        return reinforce_loss(log_prob, chunk.advantages, cfg.adv_clip_max), stats
+
+    return optimize(
+        policy,
+        optimizer,
+        buffer,
+        loss_fn,
+        passes=1,
+        train_batch_size=cfg.train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        steps_per_forward=cfg.steps_per_forward,
+        max_grad_norm=cfg.max_grad_norm,
+        generator=generator,
+        lr_scheduler=lr_scheduler,
+    )

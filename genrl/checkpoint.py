@@ -1,0 +1,107 @@
+"""Checkpoints: a LoRA that plain diffusers loads, and the full training state for an exact ``--resume``.
+
+    checkpoints/epoch-0003/pytorch_lora_weights.safetensors   pipe.load_lora_weights("checkpoints/latest")
+    checkpoints/epoch-0003/unet/                               (full fine-tuning instead of LoRA)
+    checkpoints/epoch-0003/trainable.safetensors               every trainable tensor, exactly
+    checkpoints/epoch-0003/optimizer.pt                        optimizer, LR scheduler, torch RNG
+    checkpoints/epoch-0003/state.json                          counters, per-prompt reward statistics
+    checkpoints/latest -> epoch-0003
+
+A checkpoint is staged in a hidden folder and renamed into place, then ``latest`` is switched atomically:
+a crash at any point leaves the previous checkpoint as ``latest``, and a resume never sees a partial one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.utils import convert_state_dict_to_diffusers
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from genrl.errors import GenrlError
+
+LATEST = "latest"
+
+
+def save_checkpoint(
+    checkpoints: Path,
+    epoch: int,
+    unet: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: Any,
+    state: dict[str, Any],
+    keep: int,
+) -> Path:
+    name = f"epoch-{epoch:04d}"
+    staging = checkpoints / f".staging-{name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+
+    trainable = {n: p.detach().contiguous().cpu() for n, p in unet.named_parameters() if p.requires_grad}
+    save_file(trainable, staging / "trainable.safetensors")
+    if getattr(unet, "peft_config", None):
+        lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+        StableDiffusionPipeline.save_lora_weights(staging, unet_lora_layers=lora, safe_serialization=True)
+    else:
+        unet.save_pretrained(staging / "unet", safe_serialization=True)
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        },
+        staging / "optimizer.pt",
+    )
+    (staging / "state.json").write_text(json.dumps(state))
+
+    final = checkpoints / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(staging, final)
+    link = checkpoints / f".{LATEST}.tmp"
+    link.unlink(missing_ok=True)
+    link.symlink_to(name)
+    os.replace(link, checkpoints / LATEST)
+
+    for old in sorted(checkpoints.glob("epoch-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(checkpoints: Path) -> Path | None:
+    link = checkpoints / LATEST
+    if not link.exists():
+        return None
+    return link.resolve()
+
+
+def load_checkpoint(
+    path: Path, unet: torch.nn.Module, optimizer: torch.optim.Optimizer, lr_scheduler: Any
+) -> dict[str, Any]:
+    try:
+        trainable = load_file(path / "trainable.safetensors")
+        extra = torch.load(path / "optimizer.pt", weights_only=True)
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise GenrlError(f"checkpoint '{path}' is unreadable ({exc}); start a new run or restore the folder") from exc
+    params = dict(unet.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in trainable]
+    if missing:
+        raise GenrlError(
+            f"checkpoint '{path}' does not match the model ({len(missing)} trainable tensors missing, "
+            f"e.g. {missing[0]}); "
+            "resume with the run's own configuration"
+        )
+    with torch.no_grad():
+        for name, value in trainable.items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(extra["optimizer"])
+    lr_scheduler.load_state_dict(extra["lr_scheduler"])
+    torch.set_rng_state(extra["torch_rng"])
+    return state

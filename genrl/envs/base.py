@@ -1,0 +1,140 @@
+"""What the LCM and DDPM environments share: prompts in, latents through, decoded images scored at the end.
+
+An environment is a Gymnasium vector env of B sub-envs, one per image. Observations and actions are dicts of
+torch tensors on the model's device. The env owns the timestep schedule, the frozen text encoder and VAE, and
+the reward call; the trainable denoiser lives in the policy.
+
+Observation keys: ``latents`` (B, C, h, w), ``timestep``, ``next_timestep`` (B,) long, ``stochastic`` (B,) bool
+(False where the step is deterministic and carries no log-prob), ``prompt_embeds`` (B, L, D),
+``negative_prompt_embeds`` (B, L, D). Action keys: ``next_latents`` (the next state) and ``pred_original``
+(the model's clean-image estimate, which the LCM env decodes at the end).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from genrl.rewards import CheckedReward, RewardFn
+
+
+class DenoisingEnv(gym.vector.VectorEnv):
+    metadata = {"autoreset_mode": gym.vector.AutoresetMode.DISABLED}
+
+    def __init__(
+        self,
+        num_envs: int,
+        pipeline: Any,
+        reward_fn: RewardFn,
+        timesteps: list[int],
+        next_timesteps: list[int],
+        stochastic: list[bool],
+        resolution: int | None = None,
+    ):
+        self.num_envs = num_envs
+        self.pipeline = pipeline
+        self.reward_fn = reward_fn if isinstance(reward_fn, CheckedReward) else CheckedReward(reward_fn, "reward")
+        self.timesteps, self.next_timesteps, self.stochastic = timesteps, next_timesteps, stochastic
+        self.num_steps = len(timesteps)
+        self.device = pipeline.unet.device
+        self.dtype = pipeline.unet.dtype
+        vae_scale = 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
+        self.resolution = resolution or pipeline.unet.config.sample_size * vae_scale
+        if self.resolution % vae_scale:
+            raise ValueError(f"resolution {self.resolution} must be a multiple of the VAE's factor {vae_scale}")
+        self.latent_shape = (
+            pipeline.unet.config.in_channels,
+            self.resolution // vae_scale,
+            self.resolution // vae_scale,
+        )
+
+        self.single_action_space = gym.spaces.Box(-np.inf, np.inf, self.latent_shape, np.float32)
+        self.action_space = gym.spaces.Box(-np.inf, np.inf, (num_envs, *self.latent_shape), np.float32)
+        self.single_observation_space = gym.spaces.Dict(
+            latents=self.single_action_space,
+            timestep=gym.spaces.Discrete(pipeline.scheduler.config.num_train_timesteps),
+        )
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
+
+        self._generator = torch.Generator(device="cpu")
+        self._negative_embeds = None
+        self._step = None
+        self._latents = None
+
+    @property
+    def num_stochastic_steps(self) -> int:
+        return sum(self.stochastic)
+
+    # ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        tok = self.pipeline.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.pipeline.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        return self.pipeline.text_encoder(tok.input_ids.to(self.device))[0].to(self.dtype)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images (B, 3, H, W) in [0, 1]. Differentiable; wrap in no_grad where no gradient is wanted."""
+        vae = self.pipeline.vae
+        images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+        return (images.float() / 2 + 0.5).clamp(0, 1)
+
+    def _observation(self) -> dict[str, torch.Tensor]:
+        full = lambda v, dtype: torch.full((self.num_envs,), v, dtype=dtype, device=self.device)  # noqa: E731
+        return {
+            "latents": self._latents,
+            "timestep": full(self.timesteps[self._step], torch.long),
+            "next_timestep": full(self.next_timesteps[self._step], torch.long),
+            "stochastic": full(self.stochastic[self._step], torch.bool),
+            "prompt_embeds": self._prompt_embeds,
+            "negative_prompt_embeds": self._negative_embeds.expand(self.num_envs, -1, -1),
+        }
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """``options``: ``prompts`` (B strings, required) and ``metadata`` (B dicts, optional)."""
+        options = options or {}
+        prompts = list(options.get("prompts", []))
+        if len(prompts) != self.num_envs:
+            raise ValueError(f"reset needs options['prompts'] with {self.num_envs} prompts, got {len(prompts)}")
+        self.prompts = prompts
+        self.prompt_metadata = list(options.get("metadata") or [{} for _ in prompts])
+        if seed is not None:
+            self._generator.manual_seed(seed)
+        if self._negative_embeds is None:
+            self._negative_embeds = self.encode_prompts([""])
+        self._prompt_embeds = self.encode_prompts(prompts)
+        noise = torch.randn((self.num_envs, *self.latent_shape), generator=self._generator)
+        self._latents = (noise * self.pipeline.scheduler.init_noise_sigma).to(self.device, self.dtype)
+        self._step = 0
+        return self._observation(), {"prompts": self.prompts}
+
+    def final_latents(self, action: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Which latent the reward sees after the last step."""
+        return action["next_latents"]
+
+    def step(self, action: dict[str, torch.Tensor]):
+        if self._step is None or self._step >= self.num_steps:
+            raise RuntimeError("call reset() before step(); an episode ends after num_steps steps")
+        self._latents = action["next_latents"]
+        self._step += 1
+        zeros = torch.zeros(self.num_envs, device=self.device)
+        done = self._step == self.num_steps
+        terminated = torch.full((self.num_envs,), done, device=self.device)
+        truncated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        if not done:
+            return self._observation(), zeros, terminated, truncated, {}
+        with torch.no_grad():
+            images = self.decode(self.final_latents(action))
+        start = time.perf_counter()
+        rewards = self.reward_fn(images, self.prompts, self.prompt_metadata).to(self.device)
+        info = {"images": images, "reward_time_s": time.perf_counter() - start}
+        final_obs = {"latents": self._latents}
+        return final_obs, rewards, terminated, truncated, info

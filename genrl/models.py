@@ -1,0 +1,63 @@
+"""Loading pipelines: a hub id, a local diffusers folder, or 'tiny' — all through ``from_pretrained``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from diffusers import DDIMScheduler, DiffusionPipeline, LCMScheduler
+
+from genrl.errors import GenrlError
+from genrl.tiny import tiny_pipeline_dir
+
+
+def resolve_model(model: str, env: Literal["lcm", "ddpm"]) -> str:
+    """Built-in names map to local folders; anything else is passed to diffusers as is."""
+    if model == "tiny":
+        return str(tiny_pipeline_dir(lcm=env == "lcm"))
+    return model
+
+
+def load_pipeline(model: str, env: Literal["lcm", "ddpm"], device: str = "cpu", dtype=torch.float32) -> Any:
+    """The pipeline for ``env``, with its scheduler set to the one the env's step maths mirror, frozen."""
+    source = resolve_model(model, env)
+    local = Path(source).is_dir()
+    if not local and (Path(source).is_absolute() or source.startswith((".", "~")) or source.count("/") > 1):
+        raise GenrlError(f"model '{model}': no such folder; pass a diffusers pipeline folder or a hub id")
+    if local and not (Path(source) / "model_index.json").exists():
+        raise GenrlError(f"model '{model}' has no model_index.json; pass a folder saved by a diffusers pipeline")
+    try:
+        pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, safety_checker=None)
+    except (OSError, ValueError) as exc:
+        if local:
+            raise GenrlError(
+                f"model '{model}' could not be loaded ({str(exc).splitlines()[0]}); check the folder"
+            ) from exc
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "false", "")
+        how = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached"
+        raise GenrlError(
+            f"model '{model}' is not in the local cache and {how}; download it on a machine with network "
+            "(huggingface-cli download) or pass a local pipeline folder"
+        ) from exc
+    if pipe.scheduler.config.get("prediction_type", "epsilon") != "epsilon":
+        raise GenrlError(
+            f"model '{model}' predicts '{pipe.scheduler.config.prediction_type}'; genrl's step maths need an "
+            "epsilon-prediction model (Stable Diffusion 1.x and its LCMs)"
+        )
+    # genrl's steps never clip or threshold x0, as the reference configs (SD 1.5, LCM_Dreamshaper_v7) do not.
+    no_clipping = dict(clip_sample=False, thresholding=False)
+    if env == "lcm":
+        if getattr(pipe.unet.config, "time_cond_proj_dim", None) is None:
+            raise GenrlError(
+                f"model '{model}' is not a latent consistency model (its UNet has no guidance embedding); "
+                "use --env ddpm for a diffusion model, or an LCM checkpoint"
+            )
+        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, **no_clipping)
+    else:
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **no_clipping)
+    for part in ("unet", "vae", "text_encoder"):
+        getattr(pipe, part).requires_grad_(False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)

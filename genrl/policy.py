@@ -1,0 +1,107 @@
+"""The policy: the trainable denoiser and the Gaussian it defines over the next latent.
+
+``distribution(obs)`` gives mean and std of the next latent; ``log_prob(obs, next_latents)`` scores an action;
+``act(obs, generator)`` samples one. The step maths themselves live in ``genrl.steps``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from peft import LoraConfig
+
+from genrl.steps import LogProbReduction, StepDistribution, ddim_step, gaussian_log_prob, guidance_embedding, lcm_step
+
+DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def add_lora(unet: torch.nn.Module, rank: int, alpha: float, target_modules: Sequence[str]) -> None:
+    """Freeze the UNet and attach a trainable LoRA adapter (zero-initialised B, so the policy starts unchanged)."""
+    unet.requires_grad_(False)
+    unet.add_adapter(
+        LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(target_modules))
+    )
+
+
+class DenoisingPolicy(torch.nn.Module):
+    def __init__(self, unet: torch.nn.Module, scheduler: Any, guidance_scale: float, reduction: LogProbReduction):
+        super().__init__()
+        self.unet = unet
+        self.guidance_scale = guidance_scale
+        self.reduction: LogProbReduction = reduction
+        self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.to(unet.device), persistent=False)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.unet.parameters() if p.requires_grad]
+
+    def distribution(self, obs: dict[str, torch.Tensor]) -> StepDistribution:
+        raise NotImplementedError
+
+    def log_prob(self, obs: dict[str, torch.Tensor], next_latents: torch.Tensor) -> torch.Tensor:
+        dist = self.distribution(obs)
+        return gaussian_log_prob(next_latents, dist.mean, dist.std, self.reduction)
+
+    @torch.no_grad()
+    def act(
+        self, obs: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Sample the next latent. Returns the action and its log-prob (meaningless where not ``stochastic``)."""
+        dist = self.distribution(obs)
+        noise = torch.randn(dist.mean.shape, generator=generator).to(dist.mean)
+        next_latents = dist.sample(noise)
+        log_prob = gaussian_log_prob(next_latents, dist.mean, dist.std.clamp(min=1e-12), self.reduction)
+        return {"next_latents": next_latents, "pred_original": dist.pred_original}, log_prob
+
+
+class LCMPolicy(DenoisingPolicy):
+    """Guidance enters as the w-embedding (``timestep_cond``), w = guidance_scale - 1: one UNet pass per step."""
+
+    def __init__(self, unet: torch.nn.Module, scheduler: Any, guidance_scale: float, reduction: LogProbReduction):
+        super().__init__(unet, scheduler, guidance_scale, reduction)
+        self.timestep_scaling = float(scheduler.config.get("timestep_scaling", 10.0))
+
+    def distribution(self, obs: dict[str, torch.Tensor]) -> StepDistribution:
+        latents = obs["latents"]
+        w = torch.full((latents.shape[0],), self.guidance_scale - 1, device=latents.device)
+        cond = guidance_embedding(w, self.unet.config.time_cond_proj_dim).to(latents)
+        eps = self.unet(latents, obs["timestep"], obs["prompt_embeds"], timestep_cond=cond).sample
+        return lcm_step(
+            eps,
+            latents,
+            obs["timestep"],
+            obs["next_timestep"],
+            self.alphas_cumprod,
+            obs["stochastic"],
+            timestep_scaling=self.timestep_scaling,
+        )
+
+
+class DDPMPolicy(DenoisingPolicy):
+    """Classifier-free guidance by a doubled batch (unconditional, conditional), then the DDIM step."""
+
+    def __init__(
+        self, unet: torch.nn.Module, scheduler: Any, guidance_scale: float, reduction: LogProbReduction, eta: float
+    ):
+        super().__init__(unet, scheduler, guidance_scale, reduction)
+        self.eta = eta
+        self.register_buffer("final_alpha_cumprod", scheduler.final_alpha_cumprod.to(unet.device), persistent=False)
+
+    def distribution(self, obs: dict[str, torch.Tensor]) -> StepDistribution:
+        latents, t = obs["latents"], obs["timestep"]
+        if self.guidance_scale > 1:
+            embeds = torch.cat([obs["negative_prompt_embeds"], obs["prompt_embeds"]])
+            uncond, cond = self.unet(torch.cat([latents] * 2), torch.cat([t] * 2), embeds).sample.chunk(2)
+            eps = uncond + self.guidance_scale * (cond - uncond)
+        else:
+            eps = self.unet(latents, t, obs["prompt_embeds"]).sample
+        return ddim_step(eps, latents, t, obs["next_timestep"], self.alphas_cumprod, self.final_alpha_cumprod, self.eta)
+
+
+def make_policy(
+    kind: Literal["lcm", "ddpm"], pipeline: Any, guidance_scale: float, reduction: LogProbReduction, eta: float = 1.0
+) -> DenoisingPolicy:
+    if kind == "lcm":
+        return LCMPolicy(pipeline.unet, pipeline.scheduler, guidance_scale, reduction)
+    return DDPMPolicy(pipeline.unet, pipeline.scheduler, guidance_scale, reduction, eta)

@@ -1,0 +1,38 @@
+"""Prompt sets: built-in names or a text file with one prompt per line.
+
+Built-in lists are copied from the project's shared data (``simple_animals`` and the ImageNet class names
+that DDPO uses; ``imagenet_animals`` is classes 0-397, the animals).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from genrl.errors import GenrlError
+
+
+def _packaged(name: str) -> list[str]:
+    text = resources.files("genrl").joinpath("data", "prompts", name).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+BUILTIN_PROMPTS = {
+    "simple_animals": lambda: _packaged("simple_animals.txt"),
+    "imagenet_animals": lambda: _packaged("imagenet_classes.txt")[:398],
+}
+
+
+def load_prompts(spec: str) -> list[str]:
+    if spec in BUILTIN_PROMPTS:
+        return BUILTIN_PROMPTS[spec]()
+    path = Path(spec)
+    if not path.is_file():
+        raise GenrlError(
+            f"prompts '{spec}' is neither a built-in set ({', '.join(BUILTIN_PROMPTS)}) nor a file; "
+            "pass a set name or a text file with one prompt per line"
+        )
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise GenrlError(f"prompt file '{spec}' has no prompts; write one prompt per line")
+    return prompts

@@ -1,0 +1,68 @@
+"""The reward protocol.
+
+A reward is any callable ``reward(images, prompts, metadata) -> rewards`` where ``images`` is a float tensor
+(B, 3, H, W) in [0, 1], ``prompts`` a list of B strings, ``metadata`` a list of B dicts, and ``rewards`` a
+tensor (or array or list) of B floats. A reward whose gradient flows to ``images`` sets the attribute
+``differentiable = True`` and keeps the graph; every other reward is treated as a black box.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from genrl.errors import GenrlError
+
+
+@runtime_checkable
+class RewardFn(Protocol):
+    def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> Any: ...
+
+
+def is_differentiable(reward: RewardFn) -> bool:
+    return bool(getattr(reward, "differentiable", False))
+
+
+class CheckedReward:
+    """Wraps a user's reward: turns its output into a float32 tensor (B,) and its failures into ``GenrlError``."""
+
+    def __init__(self, fn: RewardFn, name: str):
+        self.fn, self.name = fn, name
+        self.differentiable = is_differentiable(fn)
+
+    def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> torch.Tensor:
+        try:
+            out = self.fn(images, prompts, metadata)
+        except GenrlError:
+            raise
+        except Exception as exc:  # the user's code: report it, in one line, as theirs
+            raise GenrlError(
+                f"reward '{self.name}' raised {type(exc).__name__}: {exc}; fix the reward function"
+            ) from exc
+        try:
+            rewards = torch.as_tensor(np.asarray(out) if not torch.is_tensor(out) else out)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise GenrlError(
+                f"reward '{self.name}' returned {type(out).__name__}, not numbers; "
+                f"return a tensor of {len(prompts)} floats"
+            ) from exc
+        if rewards.shape != (len(prompts),):
+            raise GenrlError(
+                f"reward '{self.name}' returned shape {tuple(rewards.shape)} for {len(prompts)} images; "
+                f"return one float per image, shape ({len(prompts)},)"
+            )
+        if not (rewards.is_floating_point() or rewards.dtype in (torch.int32, torch.int64, torch.bool)):
+            raise GenrlError(f"reward '{self.name}' returned dtype {rewards.dtype}; return floats")
+        rewards = rewards.to(torch.float32)
+        bad = ~torch.isfinite(rewards.detach())
+        if bad.any():
+            value = rewards[bad][0].item()
+            kind = "NaN" if math.isnan(value) else "inf"
+            raise GenrlError(
+                f"reward '{self.name}' returned {kind} for {int(bad.sum())} of {len(prompts)} images; "
+                "make the reward finite for every image"
+            )
+        return rewards

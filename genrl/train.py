@@ -1,0 +1,242 @@
+"""``python -m genrl.train``: fine-tune an LCM (RLCM) or a diffusion model (DDPO) against a reward.
+
+python -m genrl.train                                  # the default preset, a few minutes on a CPU
+python -m genrl.train --preset rlcm-compression        # the paper's hyperparameters
+python -m genrl.train --resume runs/NAME --epochs 20   # continue a run exactly
+"""
+
+from __future__ import annotations
+
+import os
+
+# Library chatter (optional-backend notices, loading bars) would bury the run's own output.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path
+
+import numpy as np
+import torch
+import tyro
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from genrl.advantages import PerPromptStatTracker, compute_advantages
+from genrl.algos import ALGORITHMS
+from genrl.buffer import TrajectoryBuffer
+from genrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from genrl.config import DEFAULT_PRESET, TrainConfig, preset
+from genrl.envs import DDPMEnv, LCMEnv
+from genrl.errors import GenrlError
+from genrl.models import load_pipeline
+from genrl.policy import add_lora, make_policy
+from genrl.prompts import load_prompts
+from genrl.rewards import load_reward
+from genrl.rollout import collect
+from genrl.rundir import RunDir
+
+# Fields a resumed run must keep: the checkpoint only fits the model it was trained on.
+_FIXED_ON_RESUME = ("model", "env", "finetune", "lora_rank", "lora_target_modules")
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration: preset (or the resumed run's config) first, then the command line's flags on top
+# --------------------------------------------------------------------------------------------------
+def config_to_json(cfg: TrainConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def config_from_json(data: dict) -> TrainConfig:
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise GenrlError(f"config.json has unknown fields {sorted(unknown)}; was it written by another version?")
+    data = dict(data)
+    data["output_dir"] = Path(data["output_dir"])
+    data["resume"] = Path(data["resume"]) if data.get("resume") else None
+    data["lora_target_modules"] = tuple(data["lora_target_modules"])
+    return TrainConfig(**data)
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    argv = sys.argv[1:] if argv is None else argv
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default=None)
+    pre.add_argument("--resume", type=Path, default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.resume is not None:
+        saved = known.resume / "config.json"
+        if not saved.is_file():
+            raise GenrlError(f"--resume {known.resume}: no config.json there; pass a run directory made by genrl.train")
+        base = config_from_json(json.loads(saved.read_text()))
+    else:
+        base = preset(known.preset or DEFAULT_PRESET)
+    cfg = tyro.cli(TrainConfig, default=base, args=argv, description=__doc__)
+    if known.resume is not None:
+        for name in _FIXED_ON_RESUME:
+            if getattr(cfg, name) != getattr(base, name):
+                raise GenrlError(
+                    f"--{name.replace('_', '-')} cannot change on --resume (the checkpoint fits "
+                    f"{getattr(base, name)!r}); start a new run instead"
+                )
+    cfg.validate()
+    return cfg
+
+
+def _seed(*keys: int) -> int:
+    """An independent 63-bit seed per (run seed, epoch, batch, purpose): the run is a pure function of the seed."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+# --------------------------------------------------------------------------------------------------
+# The training loop
+# --------------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> RunDir:
+    prompt_pool = load_prompts(cfg.prompts)
+    reward_fn = load_reward(cfg.reward)
+    if cfg.resume is not None:
+        run = RunDir(cfg.resume)
+        checkpoint = latest_checkpoint(run.checkpoints)
+        if checkpoint is None:
+            raise GenrlError(f"--resume {cfg.resume}: no complete checkpoint there; start a new run without --resume")
+    else:
+        name = cfg.run_name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run, checkpoint = RunDir(cfg.output_dir / name), None
+        if run.metrics_path.exists():
+            raise GenrlError(f"run directory {run.path} already holds a run; pick another --run-name or --resume it")
+
+    pipe = load_pipeline(cfg.model, cfg.env, cfg.device)
+    if cfg.env == "lcm":
+        env = LCMEnv(cfg.sample_batch_size, pipe, reward_fn, cfg.num_steps, cfg.noise_last_step, cfg.resolution)
+    else:
+        env = DDPMEnv(cfg.sample_batch_size, pipe, reward_fn, cfg.num_steps, cfg.resolution)
+    if cfg.finetune == "lora":
+        add_lora(pipe.unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules)
+    else:
+        pipe.unet.requires_grad_(True)
+    policy = make_policy(cfg.env, pipe, cfg.guidance_scale, cfg.logprob_reduction, cfg.eta).eval()
+    optimizer = torch.optim.AdamW(
+        policy.trainable_parameters(),
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        weight_decay=cfg.adam_weight_decay,
+        eps=cfg.adam_epsilon,
+        fused=torch.device(cfg.device).type in ("cpu", "cuda"),  # one kernel for all tensors: 4x faster on CPU
+    )
+    lr_scheduler = get_scheduler("constant", optimizer)
+    tracker = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count) if cfg.advantages == "per_prompt" else None
+    update = ALGORITHMS[cfg.algo]
+
+    counters = {"epoch": 0, "reward_queries": 0, "wall_time_s": 0.0}
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, pipe.unet, optimizer, lr_scheduler)
+        counters = state["counters"]
+        if tracker is not None and state.get("tracker"):
+            tracker.load_state_dict(state["tracker"])
+        run.keep_metrics_before(counters["epoch"] + 1)
+    run.create(config_to_json(cfg))
+    print(f"run directory: {run.path}", flush=True)
+
+    bar = tqdm(  # disable=None: a bar on a terminal, none in logs
+        range(counters["epoch"] + 1, cfg.epochs + 1),
+        desc="epochs",
+        initial=counters["epoch"],
+        total=cfg.epochs,
+        disable=None,
+    )
+    # Wall-clock counts everything from here on, logging and checkpoints included, across resumed segments.
+    segment_start, wall_before = time.perf_counter(), counters["wall_time_s"]
+    for epoch in bar:
+        # 1. Sample: batches_per_epoch batches of sample_batch_size trajectories.
+        buffer = TrajectoryBuffer()
+        sample_time = reward_time = 0.0
+        first_batch = None
+        for b in range(cfg.batches_per_epoch):
+            rng = np.random.default_rng(_seed(cfg.seed, epoch, b, 0))
+            prompts = [prompt_pool[i] for i in rng.integers(len(prompt_pool), size=cfg.sample_batch_size)]
+            rollout = collect(
+                env,
+                policy,
+                prompts,
+                [{} for _ in prompts],
+                noise_seed=_seed(cfg.seed, epoch, b, 1),
+                step_seed=_seed(cfg.seed, epoch, b, 2),
+            )
+            buffer.add_batch(
+                rollout.prompts,
+                rollout.metadata,
+                rollout.prompt_embeds,
+                rollout.negative_prompt_embeds,
+                rollout.steps,
+                rollout.rewards,
+            )
+            sample_time += rollout.sample_time_s
+            reward_time += rollout.reward_time_s
+            first_batch = first_batch or rollout
+        rewards = buffer.all_rewards()
+        counters["reward_queries"] += len(rewards)
+
+        # 2. Advantages from the terminal rewards, then 3. the policy update.
+        train_start = time.perf_counter()
+        buffer.advantages = compute_advantages(buffer.prompts, rewards, tracker)
+        shuffle = torch.Generator().manual_seed(_seed(cfg.seed, epoch, 0, 3))
+        stats = update(policy, optimizer, buffer, cfg, shuffle, lr_scheduler)
+        train_time = time.perf_counter() - train_start
+
+        counters["epoch"] = epoch
+        counters["wall_time_s"] = wall_before + time.perf_counter() - segment_start
+        metrics = {
+            "epoch": epoch,
+            "reward_mean": rewards.mean().item(),
+            "reward_std": rewards.std(unbiased=False).item(),
+            "reward_queries": counters["reward_queries"],
+            "wall_time_s": counters["wall_time_s"],
+            "sample_time_s": sample_time,
+            "reward_time_s": reward_time,
+            "train_time_s": train_time,
+            "lr": lr_scheduler.get_last_lr()[0],
+            **stats,
+        }
+        run.log_metrics(metrics)
+        if epoch in (1, cfg.epochs) or epoch % cfg.log_images_every == 0:
+            run.save_samples(epoch, first_batch.images, first_batch.prompts, first_batch.rewards)
+        if epoch % cfg.save_every == 0 or epoch == cfg.epochs:
+            state = {"counters": counters, "tracker": tracker.state_dict() if tracker is not None else None}
+            save_checkpoint(run.checkpoints, epoch, pipe.unet, optimizer, lr_scheduler, state, cfg.keep_checkpoints)
+        bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:.2e}")
+    bar.close()
+    run.close()
+
+    history = run.read_metrics()
+    if history:
+        print(
+            f"reward_mean: epoch {history[0]['epoch']}: {history[0]['reward_mean']:.4f} -> "
+            f"epoch {history[-1]['epoch']}: {history[-1]['reward_mean']:.4f}"
+        )
+    print(f"run directory: {run.path}  (LoRA: {run.checkpoints / 'latest'})")
+    return run
+
+
+def main(argv: list[str] | None = None) -> None:
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        train(parse_config(argv))
+    except GenrlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted; the latest complete checkpoint is kept: continue with --resume RUN_DIR", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

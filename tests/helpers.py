@@ -1,0 +1,32 @@
+"""Shared test set-up: the tiny pipelines and a cheap training configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from genrl.models import load_pipeline
+
+FAST = [
+    "--epochs",
+    "2",
+    "--sample-batch-size",
+    "4",
+    "--batches-per-epoch",
+    "1",
+    "--train-batch-size",
+    "2",
+    "--num-steps",
+    "3",
+    "--stat-min-count",
+    "2",
+    "--log-images-every",
+    "1",
+]
+
+
+def fast_args(tmp_path: Path, name: str = "run", *extra: str) -> list[str]:
+    return [*FAST, "--output-dir", str(tmp_path), "--run-name", name, *extra]
+
+
+def tiny(env: str = "lcm"):
+    return load_pipeline("tiny", env)

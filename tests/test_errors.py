@@ -1,0 +1,128 @@
+"""Every mistake a user can make: a one-line error naming the problem and the fix, exit 2, no traceback,
+and no checkpoint left behind that a later --resume would trust."""
+
+import subprocess
+import sys
+
+import pytest
+
+from genrl.train import main
+from tests.helpers import fast_args
+
+
+def _fails(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert message in err[0], err[0]
+    return err[0]
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    (tmp_path / "bad_rewards.py").write_text(
+        "import torch\n"
+        "def raises(images, prompts, metadata):\n    raise RuntimeError('model server fell over')\n"
+        "def nan(images, prompts, metadata):\n    return torch.full((len(prompts),), float('nan'))\n"
+        "def wrong_shape(images, prompts, metadata):\n    return torch.zeros(len(prompts), 2)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--reward", "beauty"], "unknown reward 'beauty'"),
+        (["--preset", "rlcm-everything"], "unknown preset 'rlcm-everything'"),
+        (["--prompts", "/no/such/prompts.txt"], "neither a built-in set"),
+        (["--model", "/no/such/model"], "no such folder"),
+        (["--model", "someone/not-downloaded"], "not in the local cache and HF_HUB_OFFLINE is set"),
+        (["--train-batch-size", "3"], "--train-batch-size 3 must divide the 4 samples"),
+        (["--gradient-accumulation-steps", "3"], "--gradient-accumulation-steps 3 must divide"),
+        (["--num-steps", "1"], "no stochastic step"),
+        (["--num-steps", "51"], "use 1 to 50"),
+        (["--learning-rate", "0"], "--learning-rate must be positive"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--env", "ddpm", "--eta", "0"], "--eta 0.0 makes DDIM deterministic"),
+        (["--env", "lcm", "--model", "TINY_SD"], "not a latent consistency model"),
+    ],
+)
+def test_bad_configuration(tmp_path, capsys, extra, message):
+    if "TINY_SD" in extra:
+        from genrl.tiny import tiny_pipeline_dir
+
+        extra = [str(tiny_pipeline_dir(lcm=False)) if e == "TINY_SD" else e for e in extra]
+    _fails(capsys, fast_args(tmp_path, "r", *extra), message)
+    assert not (tmp_path / "r" / "checkpoints" / "latest").exists()
+
+
+def test_empty_prompt_file(tmp_path, capsys):
+    (tmp_path / "p.txt").write_text("\n  \n")
+    _fails(capsys, fast_args(tmp_path, "r", "--prompts", str(tmp_path / "p.txt")), "has no prompts")
+
+
+def test_model_folder_without_a_pipeline(tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    _fails(capsys, fast_args(tmp_path, "r", "--model", str(tmp_path / "m")), "no model_index.json")
+
+
+@pytest.mark.parametrize(
+    "reward,message",
+    [
+        ("bad_rewards:raises", "raised RuntimeError: model server fell over"),
+        ("bad_rewards:nan", "returned NaN for 4 of 4 images"),
+        ("bad_rewards:wrong_shape", "returned shape (4, 2) for 4 images"),
+    ],
+)
+def test_bad_reward_leaves_no_checkpoint(tmp_path, capsys, plugin, reward, message):
+    _fails(capsys, fast_args(tmp_path, "r", "--reward", reward), message)
+    assert not (tmp_path / "r" / "checkpoints" / "latest").exists()
+    _fails(capsys, ["--resume", str(tmp_path / "r")], "no complete checkpoint")
+
+
+def test_resume_needs_a_run_directory(tmp_path, capsys):
+    _fails(capsys, ["--resume", str(tmp_path / "nothing")], "no config.json there")
+
+
+def test_resume_refuses_a_different_model(tmp_path, capsys):
+    main(fast_args(tmp_path, "r", "--epochs", "1"))
+    _fails(capsys, ["--resume", str(tmp_path / "r"), "--finetune", "lora"], "--finetune cannot change on --resume")
+
+
+def test_a_run_directory_is_not_overwritten(tmp_path, capsys):
+    main(fast_args(tmp_path, "r", "--epochs", "1"))
+    _fails(capsys, fast_args(tmp_path, "r", "--epochs", "1"), "already holds a run")
+
+
+def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch):
+    import genrl.checkpoint as checkpoint
+
+    main(fast_args(tmp_path, "r", "--epochs", "1"))
+    real_save = checkpoint.torch.save
+
+    def dying_save(obj, path, *args, **kwargs):
+        real_save(obj, path, *args, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", dying_save)
+    with pytest.raises(OSError):
+        main(["--resume", str(tmp_path / "r"), "--epochs", "2"])
+    monkeypatch.undo()
+    checkpoints = tmp_path / "r" / "checkpoints"
+    assert (checkpoints / "latest").resolve().name == "epoch-0001"
+    assert not (checkpoints / "epoch-0002").exists()
+    main(["--resume", str(tmp_path / "r"), "--epochs", "2"])
+    assert (checkpoints / "latest").resolve().name == "epoch-0002"
+
+
+def test_the_real_process_prints_one_line_and_exits_2(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "genrl.train", "--reward", "nope", "--output-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown reward 'nope'")

@@ -1,0 +1,169 @@
+"""`python -m genrl.train` end to end on the tiny pipelines: the run directory, resume, determinism, LoRA export."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from diffusers import LatentConsistencyModelPipeline
+from safetensors.torch import load_file
+
+from genrl.config import PRESETS
+from genrl.policy import add_lora
+from genrl.tiny import tiny_pipeline_dir
+from genrl.train import main
+from tests.helpers import fast_args
+
+METRIC_KEYS = {
+    "epoch",
+    "reward_mean",
+    "reward_std",
+    "reward_queries",
+    "wall_time_s",
+    "sample_time_s",
+    "train_time_s",
+    "loss",
+    "approx_kl",
+    "clipfrac",
+    "ratio_mean",
+}
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_directory_has_everything_the_design_promises(tmp_path):
+    main(fast_args(tmp_path, "r", "--finetune", "lora"))
+    run = tmp_path / "r"
+    config = json.loads((run / "config.json").read_text())
+    assert config["finetune"] == "lora" and config["epochs"] == 2 and config["preset"] == "tiny-compression"
+    metrics = _metrics(run)
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert all(METRIC_KEYS <= set(m) for m in metrics)
+    assert [m["reward_queries"] for m in metrics] == [4, 8]
+    assert metrics[1]["wall_time_s"] > metrics[0]["wall_time_s"] > 0
+    for m in metrics:  # the first minibatch of every epoch reproduces the sampling log-probs
+        assert abs(m["ratio_mean_first_minibatch"] - 1) < 1e-6
+    assert {p.name for p in (run / "samples").glob("*.png")} == {"epoch-0001.png", "epoch-0002.png"}
+    assert len(json.loads((run / "samples" / "epoch-0001.json").read_text())) == 4
+    latest = run / "checkpoints" / "latest"
+    assert latest.resolve().name == "epoch-0002"
+    assert (latest / "pytorch_lora_weights.safetensors").exists()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_continues_exactly(tmp_path):
+    main(fast_args(tmp_path, "straight", "--epochs", "4"))
+    main(fast_args(tmp_path, "split", "--epochs", "2"))
+    main(["--resume", str(tmp_path / "split"), "--epochs", "4"])
+    straight, split = _metrics(tmp_path / "straight"), _metrics(tmp_path / "split")
+    assert [m["epoch"] for m in split] == [1, 2, 3, 4]
+    for key in ("reward_mean", "reward_std", "loss", "approx_kl", "reward_queries"):
+        assert [m[key] for m in split] == [m[key] for m in straight], key
+    assert split[3]["wall_time_s"] > split[1]["wall_time_s"]
+
+
+def test_resume_forgets_epochs_after_the_checkpoint(tmp_path):
+    """Metrics written after the last checkpoint (a crash) are dropped and those epochs run again."""
+    main(fast_args(tmp_path, "r", "--epochs", "3", "--save-every", "2"))
+    (tmp_path / "r" / "checkpoints" / "latest").unlink()
+    (tmp_path / "r" / "checkpoints" / "latest").symlink_to("epoch-0002")
+    before = _metrics(tmp_path / "r")
+    main(["--resume", str(tmp_path / "r")])
+    after = _metrics(tmp_path / "r")
+    assert [m["epoch"] for m in after] == [1, 2, 3]
+    assert after[2]["reward_mean"] == before[2]["reward_mean"]
+
+
+def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path):
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        main(fast_args(tmp_path, name, "--seed", seed, "--algo", "reinforce"))
+    a, b, c = (_metrics(tmp_path / n) for n in "abc")
+    assert [m["reward_mean"] for m in a] == [m["reward_mean"] for m in b]
+    assert [m["loss"] for m in a] == [m["loss"] for m in b]
+    assert [m["reward_mean"] for m in a] != [m["reward_mean"] for m in c]
+
+
+def test_lora_checkpoint_loads_in_plain_diffusers(tmp_path):
+    main(fast_args(tmp_path, "r", "--finetune", "lora", "--learning-rate", "0.05"))
+    ckpt = tmp_path / "r" / "checkpoints" / "latest"
+    folder = tiny_pipeline_dir(lcm=True)
+
+    pipe = LatentConsistencyModelPipeline.from_pretrained(folder)
+    pipe.load_lora_weights(ckpt)
+    ours = LatentConsistencyModelPipeline.from_pretrained(folder).unet
+    add_lora(ours.requires_grad_(False), 8, 8.0, PRESETS["tiny-compression"].lora_target_modules)
+    trained = load_file(ckpt / "trainable.safetensors")
+    ours.load_state_dict(trained, strict=False)
+    base = LatentConsistencyModelPipeline.from_pretrained(folder).unet
+
+    x, t = torch.randn(2, 4, 16, 16), torch.tensor([999, 499])
+    emb, cond = torch.randn(2, 32, 32), torch.randn(2, 32)
+    with torch.no_grad():
+        loaded = pipe.unet(x, t, emb, timestep_cond=cond).sample
+        expected = ours(x, t, emb, timestep_cond=cond).sample
+        untouched = base(x, t, emb, timestep_cond=cond).sample
+    torch.testing.assert_close(loaded, expected, rtol=1e-5, atol=1e-6)
+    assert (loaded - untouched).abs().max() > 1e-4
+
+
+def test_ddpo_preset_runs_on_a_local_sd_folder(tmp_path):
+    folder = tiny_pipeline_dir(lcm=False)
+    main(
+        [
+            "--preset",
+            "ddpo-compression",
+            "--model",
+            str(folder),
+            "--epochs",
+            "1",
+            "--batches-per-epoch",
+            "1",
+            "--num-steps",
+            "10",
+            "--output-dir",
+            str(tmp_path),
+            "--run-name",
+            "d",
+        ]
+    )
+    config = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert (config["env"], config["eta"], config["guidance_scale"], config["learning_rate"]) == ("ddpm", 1.0, 5.0, 3e-4)
+    assert (config["clip_range"], config["adv_clip_max"], config["max_grad_norm"]) == (1e-4, 5.0, 1.0)
+    (m,) = _metrics(tmp_path / "d")
+    assert m["reward_queries"] == 8 and abs(m["ratio_mean_first_minibatch"] - 1) < 1e-6
+
+
+def test_help_lists_the_flat_flags():
+    out = subprocess.run([sys.executable, "-m", "genrl.train", "--help"], capture_output=True, text=True, check=True)
+    for flag in (
+        "--preset",
+        "--model",
+        "--env",
+        "--algo",
+        "--reward",
+        "--prompts",
+        "--epochs",
+        "--seed",
+        "--output-dir",
+        "--resume",
+        "--device",
+    ):
+        assert flag in out.stdout
+
+
+@pytest.mark.parametrize("name", ["rlcm-compression", "rlcm-incompression"])
+def test_rlcm_presets_carry_table_1(name):
+    cfg = PRESETS[name]
+    assert (cfg.env, cfg.num_steps, cfg.learning_rate, cfg.sample_batch_size, cfg.train_batch_size) == (
+        "lcm",
+        8,
+        1e-4,
+        4,
+        2,
+    )
+    assert (cfg.gradient_accumulation_steps, cfg.batches_per_epoch, cfg.epochs) == (2, 10, 100)
+    assert (cfg.stat_buffer_size, cfg.stat_min_count, cfg.lora_rank, cfg.lora_alpha) == (16, 16, 16, 32)
+    assert (cfg.clip_range, cfg.adv_clip_max, cfg.max_grad_norm, cfg.guidance_scale) == (1e-4, 10, 5, 8)

@@ -1,0 +1,148 @@
+"""Buffer, advantages, losses: each against an independent computation."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from genrl.advantages import PerPromptStatTracker, batch_advantages
+from genrl.algos import ppo, reinforce
+from genrl.algos.common import optimize
+from genrl.buffer import TrajectoryBuffer
+from genrl.envs import DDPMEnv, LCMEnv
+from genrl.policy import add_lora, make_policy
+from genrl.rewards import jpeg_incompressibility
+from genrl.rollout import collect
+from tests.helpers import tiny
+
+
+def test_per_prompt_tracker_matches_a_direct_computation():
+    tracker = PerPromptStatTracker(buffer_size=3, min_count=2)
+    history = {}
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        prompts = list(rng.choice(["a", "b", "c"], size=6))
+        rewards = rng.normal(size=6)
+        got = tracker.update(prompts, rewards)
+        for p in set(prompts):
+            mask = np.array(prompts) == p
+            history[p] = (history.get(p, []) + list(rewards[mask]))[-3:]
+            pool = rewards if len(history[p]) < 2 else np.array(history[p])
+            np.testing.assert_allclose(got[mask], (rewards[mask] - pool.mean()) / (pool.std() + 1e-6))
+    restored = PerPromptStatTracker(1, 1)
+    restored.load_state_dict(tracker.state_dict())
+    assert restored.update(["a"], np.array([1.0])) == tracker.update(["a"], np.array([1.0]))
+
+
+def test_batch_advantages_are_standardised():
+    adv = batch_advantages(np.array([1.0, 2.0, 3.0, 6.0]))
+    assert abs(adv.mean()) < 1e-9 and abs(adv.std() - 1) < 1e-5
+
+
+def test_clipped_surrogate_equals_the_min_form_of_the_ppo_objective():
+    gen = torch.Generator().manual_seed(0)
+    old = torch.randn(64, generator=gen)
+    new = old + 0.3 * torch.randn(64, generator=gen)
+    adv = 4 * torch.randn(64, generator=gen)
+    loss, ratio = ppo.clipped_surrogate_loss(new, old, adv, clip_range=0.1, adv_clip_max=3.0)
+    a = adv.clamp(-3, 3)
+    r = (new - old).exp()
+    expected = -torch.minimum(a * r, a * r.clamp(0.9, 1.1)).mean()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(ratio, r)
+
+
+def test_reinforce_and_ppo_gradients_agree_where_the_ratio_is_one():
+    logp = torch.randn(16, requires_grad=True)
+    adv = torch.randn(16)
+    (g_ppo,) = torch.autograd.grad(ppo.clipped_surrogate_loss(logp, logp.detach(), adv, 1e-4, 10)[0], logp)
+    (g_rf,) = torch.autograd.grad(reinforce.reinforce_loss(logp, adv, 10), logp)
+    torch.testing.assert_close(g_ppo, g_rf)
+
+
+def _buffer(env_kind: str, num_steps: int):
+    pipe = tiny(env_kind)
+    add_lora(pipe.unet, 4, 4, ["to_q", "to_k", "to_v", "to_out.0"])
+    if env_kind == "lcm":
+        env = LCMEnv(4, pipe, jpeg_incompressibility, num_steps=num_steps)
+    else:
+        env = DDPMEnv(4, pipe, jpeg_incompressibility, num_steps=num_steps)
+    policy = make_policy(env_kind, pipe, guidance_scale=5.0, reduction="mean").eval()
+    # Make the adapter non-trivial, so that a mismatch between sampling and training would show.
+    with torch.no_grad():
+        for p in policy.trainable_parameters():
+            p.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+    buffer = TrajectoryBuffer()
+    for b in range(2):
+        r = collect(env, policy, ["a cat", "a dog", "a cat", "a bee"], [{}] * 4, noise_seed=b, step_seed=10 + b)
+        buffer.add_batch(r.prompts, r.metadata, r.prompt_embeds, r.negative_prompt_embeds, r.steps, r.rewards)
+    buffer.advantages = torch.linspace(-1, 1, len(buffer))
+    return policy, buffer
+
+
+@pytest.mark.parametrize("env_kind,num_steps,per_forward", [("lcm", 4, 1), ("lcm", 4, 3), ("ddpm", 3, 2)])
+def test_training_recomputes_the_sampling_log_probs(env_kind, num_steps, per_forward):
+    policy, buffer = _buffer(env_kind, num_steps)
+    assert buffer.num_steps == (num_steps - 1 if env_kind == "lcm" else num_steps)
+    seen = set()
+    with torch.no_grad():
+        for chunks in buffer.minibatches(2, per_forward, torch.Generator().manual_seed(0)):
+            for chunk in chunks:
+                ratio = torch.exp(policy.log_prob(chunk.obs, chunk.next_latents) - chunk.old_log_probs)
+                assert (ratio - 1).abs().max() < 1e-6
+                seen.update(zip(chunk.sample_index.tolist(), chunk.obs["timestep"].tolist()))
+    assert len(seen) == len(buffer) * buffer.num_steps  # every (trajectory, step) pair exactly once
+
+
+class _GradCapture(torch.optim.SGD):
+    def __init__(self, params):
+        super().__init__(params, lr=0.0)
+        self.grads = []
+
+    def step(self, closure=None):
+        self.grads.append([p.grad.clone() for g in self.param_groups for p in g["params"]])
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_steps_per_forward_leaves_the_gradient_unchanged(accumulation):
+    policy, buffer = _buffer("lcm", 4)
+    captured = []
+    for per_forward in (1, 3):
+        opt = _GradCapture(policy.trainable_parameters())
+        optimize(
+            policy,
+            opt,
+            buffer,
+            lambda pol, ch: (reinforce.reinforce_loss(pol.log_prob(ch.obs, ch.next_latents), ch.advantages, 10), {}),
+            passes=1,
+            train_batch_size=2,
+            gradient_accumulation_steps=accumulation,
+            steps_per_forward=per_forward,
+            max_grad_norm=1e9,
+            generator=torch.Generator().manual_seed(0),
+        )
+        captured.append(opt.grads)
+    assert len(captured[0]) == 4 // accumulation
+    for a, b in zip(*captured):
+        for ga, gb in zip(a, b):
+            torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-7)
+
+
+def test_ppo_update_first_minibatch_ratio_is_one_and_the_weights_move():
+    policy, buffer = _buffer("lcm", 3)
+    before = [p.clone() for p in policy.trainable_parameters()]
+    opt = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-3)
+    cfg = SimpleNamespace(
+        clip_range=1e-4,
+        adv_clip_max=10,
+        inner_epochs=2,
+        train_batch_size=2,
+        gradient_accumulation_steps=2,
+        steps_per_forward=2,
+        max_grad_norm=5.0,
+    )
+    stats = ppo.update(policy, opt, buffer, cfg, torch.Generator().manual_seed(0))
+    assert abs(stats["ratio_mean_first_minibatch"] - 1) < 1e-6
+    assert {"loss", "approx_kl", "clipfrac", "ratio_mean", "grad_norm"} <= set(stats)
+    assert any(not torch.equal(a, b) for a, b in zip(before, policy.trainable_parameters()))
