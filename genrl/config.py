@@ -207,11 +207,44 @@ _DDPO_JPEG = dict(
     save_every=1,
 )
 
+# CPU scale on the embedded shapes models: RLCM with 4 LCM steps, DDPO with 20 DDIM steps (guidance 5, eta 1).
+_SHAPES_COMMON = dict(
+    model="shapes",
+    prompts="shapes_train",
+    finetune="lora",
+    lora_rank=8,
+    lora_alpha=8.0,
+    sample_batch_size=8,
+    batches_per_epoch=2,
+    train_batch_size=4,
+    gradient_accumulation_steps=1,
+    learning_rate=1e-3,
+    clip_range=1e-3,
+    adv_clip_max=10.0,
+    max_grad_norm=5.0,
+    stat_buffer_size=16,
+    stat_min_count=4,
+    epochs=30,
+)
+_SHAPES = {
+    "rlcm": dict(env="lcm", num_steps=4, guidance_scale=8.0, **_SHAPES_COMMON),
+    "ddpo": dict(env="ddpm", num_steps=20, guidance_scale=5.0, eta=1.0, **_SHAPES_COMMON),
+}
+
 PRESETS: dict[str, TrainConfig] = {
     "rlcm-compression": _preset(preset="rlcm-compression", reward="jpeg_compressibility", **_RLCM_JPEG),
     "rlcm-incompression": _preset(preset="rlcm-incompression", reward="jpeg_incompressibility", **_RLCM_JPEG),
     "ddpo-compression": _preset(preset="ddpo-compression", reward="jpeg_compressibility", **_DDPO_JPEG),
     "ddpo-incompression": _preset(preset="ddpo-incompression", reward="jpeg_incompressibility", **_DDPO_JPEG),
+    **{
+        f"shapes-{method}-{task}": _preset(preset=f"shapes-{method}-{task}", reward=reward, **_SHAPES[method])
+        for method in ("rlcm", "ddpo")
+        for task, reward in (
+            ("compression", "jpeg_compressibility"),
+            ("incompression", "jpeg_incompressibility"),
+            ("alignment", "shapes_alignment"),
+        )
+    },
     # The field defaults: CPU scale on the tiny random-weight pipelines, under a minute on 2 cores. A random
     # UNet barely responds to a LoRA, so these train every weight, with a large learning rate and clip range.
     "tiny-compression": TrainConfig(),

@@ -10,13 +10,22 @@ import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, LCMScheduler
 
 from genrl.errors import GenrlError
+from genrl.shapes import shipped_dir
 from genrl.tiny import tiny_pipeline_dir
 
 
 def resolve_model(model: str, env: Literal["lcm", "ddpm"]) -> str:
-    """Built-in names map to local folders; anything else is passed to diffusers as is."""
+    """Built-in names map to local folders: 'shapes' (the embedded models; the LCM or its teacher, per env) and
+    'tiny' (random weights). Anything else is passed to diffusers as is."""
     if model == "tiny":
         return str(tiny_pipeline_dir(lcm=env == "lcm"))
+    if model == "shapes":
+        folder = shipped_dir() / ("lcm" if env == "lcm" else "teacher")
+        if not (folder / "model_index.json").exists():
+            raise GenrlError(
+                f"the shapes models are missing from {folder.parent}; rebuild them: python -m genrl.pretrain"
+            )
+        return str(folder)
     return model
 
 

@@ -1,7 +1,8 @@
 """Prompt sets: built-in names or a text file with one prompt per line.
 
 Built-in lists are copied from the project's shared data (``simple_animals`` and the ImageNet class names
-that DDPO uses; ``imagenet_animals`` is classes 0-397, the animals).
+that DDPO uses; ``imagenet_animals`` is classes 0-397, the animals). ``shapes_train`` and ``shapes_heldout`` are
+the embedded shapes world's prompts, without and with its held-out (colour, shape) pairs.
 """
 
 from __future__ import annotations
@@ -17,9 +18,17 @@ def _packaged(name: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def _shapes(held_out: bool) -> list[str]:
+    from genrl.shapes.world import held_out_scenes, train_scenes
+
+    return [s.prompt for s in (held_out_scenes() if held_out else train_scenes())]
+
+
 BUILTIN_PROMPTS = {
     "simple_animals": lambda: _packaged("simple_animals.txt"),
     "imagenet_animals": lambda: _packaged("imagenet_classes.txt")[:398],
+    "shapes_train": lambda: _shapes(held_out=False),
+    "shapes_heldout": lambda: _shapes(held_out=True),
 }
 
 

@@ -7,10 +7,12 @@ import importlib
 from genrl.errors import GenrlError
 from genrl.rewards.base import CheckedReward, RewardFn, is_differentiable
 from genrl.rewards.jpeg import jpeg_compressibility, jpeg_incompressibility
+from genrl.rewards.shapes import shapes_alignment
 
 BUILTIN_REWARDS: dict[str, RewardFn] = {
     "jpeg_compressibility": jpeg_compressibility,
     "jpeg_incompressibility": jpeg_incompressibility,
+    "shapes_alignment": shapes_alignment,
 }
 
 __all__ = ["BUILTIN_REWARDS", "CheckedReward", "RewardFn", "is_differentiable", "load_reward"]

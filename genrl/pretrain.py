@@ -1,0 +1,527 @@
+"""``python -m genrl.pretrain``: build the embedded shapes models from scratch.
+
+    python -m genrl.pretrain                 # every stage, resuming where the work directory left off
+    python -m genrl.pretrain evaluate        # the quality figures of the shipped (or --out-dir) models
+    python -m genrl.pretrain --scale toy     # a one-minute end-to-end run (what the test does)
+
+Stages, in order, each checkpointed every ``--checkpoint-every`` steps into ``--work-dir`` and resumed from there:
+  vae         AutoencoderKL, 64x64x3 <-> 16x16x4, MSE + a small KL
+  classifier  the reward model: every attribute of an image, trained on renders and their VAE reconstructions
+  teacher     text encoder + epsilon-prediction UNet on VAE latents, SD's schedule, 10% prompt dropout, EMA
+  lcm         latent consistency distillation from the teacher (w sampled and embedded, DDIM solver on the
+              50-step skipping grid, EMA target network)
+  export      pipeline folders (StableDiffusionPipeline, LatentConsistencyModelPipeline) and the classifier
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import copy  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Literal
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import tyro  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from genrl.errors import GenrlError  # noqa: E402
+from genrl.shapes import components, shipped_dir  # noqa: E402
+from genrl.shapes.world import ATTRIBUTES, sample_dataset  # noqa: E402
+from genrl.steps import guidance_embedding  # noqa: E402
+
+SHIPPED = shipped_dir()
+Stage = Literal["all", "vae", "classifier", "teacher", "lcm", "export", "evaluate"]
+STAGES = ("vae", "classifier", "teacher", "lcm", "export")
+
+
+@dataclass
+class PretrainConfig:
+    stage: tyro.conf.Positional[Stage] = "all"
+    """Which stage to run; 'all' runs every stage not yet finished, then evaluates."""
+    work_dir: Path = Path("pretrain-work")
+    """Checkpoints and caches; a rerun resumes from here."""
+    out_dir: Path = SHIPPED
+    """Where export writes the pipeline folders (default: inside the package) and evaluate reads them."""
+    scale: Literal["full", "toy"] = "full"
+    """toy: a few steps of everything, for a quick end-to-end check."""
+    seed: int = 0
+    checkpoint_every: int = 250
+    """Steps between checkpoints within a stage."""
+
+    vae_steps: int = 2000
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+
+    classifier_steps: int = 1200
+    classifier_batch: int = 64
+    classifier_lr: float = 2e-3
+
+    latent_dataset: int = 30000
+    """Images rendered and encoded once for teacher and LCM training."""
+    teacher_steps: int = 5000
+    teacher_batch: int = 64
+    teacher_lr: float = 5e-4
+    teacher_ema: float = 0.999
+    prompt_dropout: float = 0.1
+
+    lcm_steps: int = 2500
+    lcm_batch: int = 32
+    lcm_lr: float = 2e-4
+    lcm_w_min: float = 2.0
+    """Range of the guidance weight w (guidance scale - 1) that the LCM learns to take as input."""
+    lcm_w_max: float = 9.0
+    lcm_target_ema: float = 0.95
+
+    eval_images: int = 256
+    """Images per prompt-accuracy figure in evaluate."""
+    grid: Path | None = None
+    """evaluate also writes a sample grid (teacher 50 steps; LCM 1, 2, 4, 8 steps) to this PNG."""
+
+    def scaled(self) -> PretrainConfig:
+        if self.scale == "full":
+            return self
+        return dataclasses.replace(
+            self,
+            checkpoint_every=2,
+            vae_steps=3,
+            vae_batch=4,
+            classifier_steps=3,
+            classifier_batch=8,
+            latent_dataset=32,
+            teacher_steps=3,
+            teacher_batch=8,
+            lcm_steps=3,
+            lcm_batch=4,
+            eval_images=8,
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Resumable training loop shared by the stages
+# --------------------------------------------------------------------------------------------------
+def _train_loop(
+    name: str,
+    cfg: PretrainConfig,
+    modules: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    step_fn: Callable[[int], dict[str, float]],
+) -> None:
+    """Runs ``step_fn(step)`` for step in [start, steps), checkpointing ``modules`` and the optimizer atomically."""
+    folder = cfg.work_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    state_path = folder / "state.pt"
+    base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a resumed state overwrites them
+    start = 0
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=True)
+        for key, module in modules.items():
+            module.load_state_dict(state["modules"][key])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+        print(f"{name}: resuming at step {start}", flush=True)
+
+    def save(step: int) -> None:
+        tmp = folder / "state.pt.tmp"
+        state = {
+            "modules": {k: m.state_dict() for k, m in modules.items()},
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+        }
+        torch.save(state, tmp)
+        os.replace(tmp, state_path)
+
+    log = (folder / "log.jsonl").open("a")
+    bar = tqdm(range(start, steps), desc=name, initial=start, total=steps, mininterval=5, disable=None)
+    began = time.perf_counter()
+    for step in bar:
+        # Linear warm-up over 50 steps, then a cosine decay to a tenth of the learning rate.
+        scale = min(1.0, (step + 1) / 50) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * scale
+        stats = step_fn(step)
+        if step % 25 == 0 or step == steps - 1:
+            log.write(json.dumps({"step": step, "time_s": time.perf_counter() - began, **stats}) + "\n")
+            log.flush()
+            bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items()})
+        if (step + 1) % cfg.checkpoint_every == 0 or step == steps - 1:
+            save(step + 1)
+    bar.close()
+    log.close()
+
+
+def _done(cfg: PretrainConfig, name: str) -> Path:
+    return cfg.work_dir / name / "final"
+
+
+def _finish(cfg: PretrainConfig, name: str, save: Callable[[Path], None]) -> None:
+    final = _done(cfg, name)
+    tmp = final.with_name("final.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def _images(num: int, seed: int) -> tuple[torch.Tensor, list]:
+    images, scenes = sample_dataset(num, seed)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, scenes
+
+
+def _ema_update(target: torch.nn.Module, source: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for t, s in zip(target.parameters(), source.parameters()):
+            t.lerp_(s, 1 - decay)
+
+
+# --------------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------------
+def stage_vae(cfg: PretrainConfig) -> None:
+    torch.manual_seed(cfg.seed)
+    vae = components.build_vae()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, fused=True)
+
+    def step(i: int) -> dict[str, float]:
+        images, _ = _images(cfg.vae_batch, seed=cfg.seed * 1_000_003 + i)
+        x = images * 2 - 1
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=torch.Generator().manual_seed(i))).sample
+        mse = F.mse_loss(recon, x)
+        loss = mse + cfg.vae_kl_weight * posterior.kl().mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        # PSNR on [0, 1] images: the [-1, 1] MSE is 4x larger.
+        return {"loss": loss.item(), "psnr": 10 * np.log10(4 / max(mse.item(), 1e-10))}
+
+    _train_loop("vae", cfg, {"vae": vae}, optimizer, cfg.vae_steps, step)
+    with torch.no_grad():  # SD's convention: scale latents to unit variance
+        images, _ = _images(256, seed=cfg.seed + 7)
+        latents = vae.encode(images * 2 - 1).latent_dist.mean
+    vae.register_to_config(scaling_factor=float(1 / latents.std()))
+    _finish(cfg, "vae", lambda p: vae.save_pretrained(p, safe_serialization=True))
+
+
+def _require(cfg: PretrainConfig, name: str) -> Path:
+    path = _done(cfg, name)
+    if not path.exists():
+        raise GenrlError(
+            f"stage '{name}' has not finished in {cfg.work_dir}; run `python -m genrl.pretrain {name}` first"
+        )
+    return path
+
+
+def _load_vae(cfg: PretrainConfig):
+    from diffusers import AutoencoderKL
+
+    _require(cfg, "vae")
+    return AutoencoderKL.from_pretrained(_done(cfg, "vae")).eval().requires_grad_(False)
+
+
+def _labels(scenes: list) -> dict[str, torch.Tensor]:
+    return {name: torch.tensor([s.label()[name] for s in scenes]) for name in ATTRIBUTES}
+
+
+def stage_classifier(cfg: PretrainConfig) -> None:
+    torch.manual_seed(cfg.seed)
+    vae = _load_vae(cfg)
+    model = components.ShapesClassifier()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.classifier_lr, fused=True)
+
+    def step(i: int) -> dict[str, float]:
+        images, scenes = _images(cfg.classifier_batch, seed=10_000_019 + cfg.seed * 1_000_003 + i)
+        g = torch.Generator().manual_seed(i)
+        # Half the batch goes through the VAE, as generated images do; all of it gets a little noise.
+        half = len(images) // 2
+        with torch.no_grad():
+            recon = vae.decode(vae.encode(images[:half] * 2 - 1).latent_dist.mean).sample
+            images[:half] = (recon / 2 + 0.5).clamp(0, 1)
+        images = (images + 0.03 * torch.randn(images.shape, generator=g)).clamp(0, 1)
+        logits = model(images)
+        labels = _labels(scenes)
+        loss = sum(F.cross_entropy(logits[n], labels[n]) for n in ATTRIBUTES)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        accuracy = np.mean([(logits[n].argmax(1) == labels[n]).float().mean().item() for n in ATTRIBUTES])
+        return {"loss": loss.item(), "accuracy": float(accuracy)}
+
+    _train_loop("classifier", cfg, {"classifier": model}, optimizer, cfg.classifier_steps, step)
+    _finish(cfg, "classifier", lambda p: model.save_pretrained(p, safe_serialization=True))
+
+
+def _latent_cache(cfg: PretrainConfig) -> dict[str, torch.Tensor]:
+    """Render and encode the training set once: latent mean and std, and the prompt of each image."""
+    path = cfg.work_dir / "latents.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    vae = _load_vae(cfg)
+    means, stds, prompts = [], [], []
+    for start in tqdm(range(0, cfg.latent_dataset, 256), desc="encoding", disable=None):
+        images, scenes = _images(min(256, cfg.latent_dataset - start), seed=20_000_003 + cfg.seed * 1_000_003 + start)
+        with torch.no_grad():
+            dist = vae.encode(images * 2 - 1).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+        prompts += [s.prompt for s in scenes]
+    cache = {
+        "mean": torch.cat(means),
+        "std": torch.cat(stds),
+        "prompts": prompts,
+        "scaling_factor": vae.config.scaling_factor,
+    }
+    torch.save(cache, path.with_suffix(".tmp"))
+    os.replace(path.with_suffix(".tmp"), path)
+    return cache
+
+
+def _token_ids(tokenizer, prompts: list[str]) -> torch.Tensor:
+    return tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+def stage_teacher(cfg: PretrainConfig) -> None:
+    torch.manual_seed(cfg.seed)
+    cache = _latent_cache(cfg)
+    tokenizer = components.build_tokenizer()
+    text_encoder = components.build_text_encoder(tokenizer)
+    unet = components.build_unet(lcm=False)
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
+    scheduler = components.teacher_scheduler()
+    alphas = scheduler.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.teacher_lr, weight_decay=1e-4, fused=True)
+    unique = sorted(set(cache["prompts"]))
+    ids_of = dict(zip(unique, _token_ids(tokenizer, unique)))
+    empty_ids = _token_ids(tokenizer, [""])[0]
+    prompt_ids = torch.stack([ids_of[p] for p in cache["prompts"]])
+    n = len(prompt_ids)
+
+    def step(i: int) -> dict[str, float]:
+        g = torch.Generator().manual_seed(30_000_001 + cfg.seed * 1_000_003 + i)
+        idx = torch.randint(n, (cfg.teacher_batch,), generator=g)
+        x0 = cache["mean"][idx] + cache["std"][idx] * torch.randn(cache["mean"][idx].shape, generator=g)
+        x0 = x0 * cache["scaling_factor"]
+        ids = prompt_ids[idx].clone()
+        ids[torch.rand(len(idx), generator=g) < cfg.prompt_dropout] = empty_ids
+        t = torch.randint(0, 1000, (len(idx),), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        noisy = scheduler.add_noise(x0, noise, t)
+        pred = unet(noisy, t, text_encoder(ids)[0]).sample
+        # Min-SNR-5 weighting (Hang et al., 2023) for epsilon prediction: converges several times faster.
+        weight = snr[t].clamp(max=5.0) / snr[t]
+        loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _ema_update(ema_unet, unet, cfg.teacher_ema if i > 200 else 0.0)
+        _ema_update(ema_text, text_encoder, cfg.teacher_ema if i > 200 else 0.0)
+        return {"loss": loss.item()}
+
+    modules = {"unet": unet, "text_encoder": text_encoder, "ema_unet": ema_unet, "ema_text": ema_text}
+    _train_loop("teacher", cfg, modules, optimizer, cfg.teacher_steps, step)
+
+    def save(path: Path) -> None:
+        ema_unet.save_pretrained(path / "unet", safe_serialization=True)
+        ema_text.save_pretrained(path / "text_encoder", safe_serialization=True)
+        tokenizer.save_pretrained(path / "tokenizer")
+
+    _finish(cfg, "teacher", save)
+
+
+def stage_lcm(cfg: PretrainConfig) -> None:
+    """Latent consistency distillation (Luo et al., 2023, Algorithm 1), in the teacher's latent space."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(cfg.seed)
+    cache = _latent_cache(cfg)
+    teacher_dir = _require(cfg, "teacher")
+    teacher = UNet2DConditionModel.from_pretrained(teacher_dir / "unet").eval().requires_grad_(False)
+    text_encoder = CLIPTextModel.from_pretrained(teacher_dir / "text_encoder").eval().requires_grad_(False)
+    tokenizer = components.build_tokenizer()
+    student = components.build_unet(lcm=True)
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    assert not unexpected and all("cond_proj" in k for k in missing), (missing, unexpected)
+    with torch.no_grad():  # the guidance embedding starts as a no-op, so the student starts as the teacher
+        student.time_embedding.cond_proj.weight.zero_()
+    target = copy.deepcopy(student).requires_grad_(False)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lcm_lr, weight_decay=1e-4, fused=True)
+
+    scheduler = components.lcm_scheduler()
+    alphas = scheduler.alphas_cumprod
+    skip = scheduler.config.num_train_timesteps // scheduler.config.original_inference_steps
+    grid = torch.arange(1, scheduler.config.original_inference_steps + 1) * skip - 1  # 19, 39, ..., 999
+
+    def boundary(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scaled = (t * scheduler.config.timestep_scaling).float().view(-1, 1, 1, 1)
+        return 0.25 / (scaled**2 + 0.25), scaled / (scaled**2 + 0.25) ** 0.5
+
+    def x0_from_eps(x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = alphas[t].view(-1, 1, 1, 1)
+        return (x - (1 - a).sqrt() * eps) / a.sqrt()
+
+    unique = sorted(set(cache["prompts"]))
+    with torch.no_grad():
+        embeds_of = dict(zip(unique, text_encoder(_token_ids(tokenizer, unique))[0]))
+        empty = text_encoder(_token_ids(tokenizer, [""]))[0][0]
+    embeds = torch.stack([embeds_of[p] for p in cache["prompts"]])
+    n = len(embeds)
+
+    def step(i: int) -> dict[str, float]:
+        g = torch.Generator().manual_seed(40_000_003 + cfg.seed * 1_000_003 + i)
+        b = cfg.lcm_batch
+        idx = torch.randint(n, (b,), generator=g)
+        x0 = cache["mean"][idx] + cache["std"][idx] * torch.randn(cache["mean"][idx].shape, generator=g)
+        x0 = x0 * cache["scaling_factor"]
+        cond = embeds[idx]
+        t = grid[torch.randint(len(grid), (b,), generator=g)]
+        t_prev = (t - skip).clamp(min=0)
+        noisy = scheduler.add_noise(x0, torch.randn(x0.shape, generator=g), t)
+        w = cfg.lcm_w_min + (cfg.lcm_w_max - cfg.lcm_w_min) * torch.rand(b, generator=g)
+        w_embed = guidance_embedding(w, components.GUIDANCE_EMBED_DIM)
+
+        c_skip, c_out = boundary(t)
+        eps = student(noisy, t, cond, timestep_cond=w_embed).sample
+        prediction = c_skip * noisy + c_out * x0_from_eps(noisy, eps, t)
+
+        with torch.no_grad():
+            # One DDIM step of the guided teacher from t to t_prev: the ODE solver of LCD.
+            eps_u, eps_c = teacher(
+                torch.cat([noisy] * 2), torch.cat([t] * 2), torch.cat([empty.expand_as(cond), cond])
+            ).sample.chunk(2)
+            wv = w.view(-1, 1, 1, 1)
+            guided_eps = eps_c + wv * (eps_c - eps_u)
+            guided_x0 = x0_from_eps(noisy, guided_eps, t)
+            a_prev = alphas[t_prev].view(-1, 1, 1, 1)
+            x_prev = a_prev.sqrt() * guided_x0 + (1 - a_prev).sqrt() * guided_eps
+            c_skip_p, c_out_p = boundary(t_prev)
+            eps_target = target(x_prev, t_prev, cond, timestep_cond=w_embed).sample
+            goal = c_skip_p * x_prev + c_out_p * x0_from_eps(x_prev, eps_target, t_prev)
+
+        loss = F.mse_loss(prediction, goal)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _ema_update(target, student, cfg.lcm_target_ema)
+        return {"loss": loss.item()}
+
+    _train_loop("lcm", cfg, {"student": student, "target": target}, optimizer, cfg.lcm_steps, step)
+    _finish(cfg, "lcm", lambda p: target.save_pretrained(p / "unet", safe_serialization=True))
+
+
+def stage_export(cfg: PretrainConfig) -> None:
+    """Two standard pipeline folders and the reward model, safetensors only."""
+    from diffusers import (
+        AutoencoderKL,
+        LatentConsistencyModelPipeline,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    teacher_dir = _require(cfg, "teacher")
+    for name in ("vae", "lcm", "classifier"):
+        _require(cfg, name)
+    parts = dict(
+        vae=AutoencoderKL.from_pretrained(_done(cfg, "vae")),
+        text_encoder=CLIPTextModel.from_pretrained(teacher_dir / "text_encoder"),
+        tokenizer=AutoTokenizer.from_pretrained(teacher_dir / "tokenizer"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    out = cfg.out_dir
+    staging = out.with_name(out.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    StableDiffusionPipeline(
+        unet=UNet2DConditionModel.from_pretrained(teacher_dir / "unet"),
+        scheduler=components.teacher_scheduler(),
+        **parts,
+    ).save_pretrained(staging / "teacher", safe_serialization=True)
+    LatentConsistencyModelPipeline(
+        unet=UNet2DConditionModel.from_pretrained(_done(cfg, "lcm") / "unet"),
+        scheduler=components.lcm_scheduler(),
+        **parts,
+    ).save_pretrained(staging / "lcm", safe_serialization=True)
+    components.ShapesClassifier.from_pretrained(_done(cfg, "classifier")).save_pretrained(
+        staging / "reward", safe_serialization=True
+    )
+    (staging / "README.md").write_text(
+        "Trained by `python -m genrl.pretrain` (genrl's own code, genrl's procedural shapes world); "
+        "see the genrl README.\n"
+    )
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(staging, out)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6
+    print(f"exported to {out} ({size:.1f} MB)")
+
+
+STAGE_FUNCTIONS = {
+    "vae": stage_vae,
+    "classifier": stage_classifier,
+    "teacher": stage_teacher,
+    "lcm": stage_lcm,
+    "export": stage_export,
+}
+
+
+def run(cfg: PretrainConfig) -> None:
+    cfg = cfg.scaled()
+    cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.stage == "evaluate":
+        from genrl.shapes.evaluate import evaluate
+
+        evaluate(cfg.out_dir, cfg.eval_images, cfg.seed)
+        if cfg.grid is not None:
+            from genrl.shapes.evaluate import sample_grid
+
+            print(f"sample grid: {sample_grid(cfg.out_dir, cfg.grid, cfg.seed)}")
+        return
+    todo = STAGES if cfg.stage == "all" else (cfg.stage,)
+    started = time.perf_counter()
+    for name in todo:
+        if name != "export" and cfg.stage == "all" and _done(cfg, name).exists():
+            print(f"{name}: done already ({_done(cfg, name)})")
+            continue
+        begun = time.perf_counter()
+        STAGE_FUNCTIONS[name](cfg)
+        print(f"{name}: finished in {time.perf_counter() - begun:.0f} s", flush=True)
+    print(f"pretraining took {time.perf_counter() - started:.0f} s")
+    if cfg.stage == "all":
+        from genrl.shapes.evaluate import evaluate
+
+        evaluate(cfg.out_dir, cfg.eval_images, cfg.seed)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = tyro.cli(PretrainConfig, args=sys.argv[1:] if argv is None else argv, description=__doc__)
+    try:
+        run(cfg)
+    except GenrlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

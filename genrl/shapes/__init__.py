@@ -1,0 +1,12 @@
+"""The embedded shapes world: a procedural text-to-image world and the small models trained on it.
+
+The trained models ship in ``weights/``: ``teacher`` (a StableDiffusionPipeline folder), ``lcm`` (a
+LatentConsistencyModelPipeline folder distilled from it) and ``reward`` (the attribute classifier).
+``python -m genrl.pretrain`` rebuilds them.
+"""
+
+from pathlib import Path
+
+
+def shipped_dir() -> Path:
+    return Path(__file__).parent / "weights"

@@ -1,0 +1,66 @@
+"""`python -m genrl.pretrain` end to end at toy scale, and the shapes reward on what it builds."""
+
+import json
+
+import pytest
+import torch
+from diffusers import LatentConsistencyModelPipeline, StableDiffusionPipeline
+
+from genrl.errors import GenrlError
+from genrl.pretrain import main
+from genrl.rewards.shapes import ShapesAlignment
+from genrl.shapes.world import ATTRIBUTES, parse_prompt, train_scenes
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    work = tmp_path_factory.mktemp("pretrain")
+    main(["--scale", "toy", "--work-dir", str(work), "--out-dir", str(work / "out")])
+    return work
+
+
+def test_pretrain_builds_pipelines_that_plain_diffusers_loads(built):
+    out = built / "out"
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    assert size <= 25e6
+    assert not list(out.rglob("*.bin")) and list(out.rglob("*.safetensors"))
+    prompt = train_scenes()[0].prompt
+    lcm = LatentConsistencyModelPipeline.from_pretrained(out / "lcm")
+    images = lcm([prompt] * 2, num_inference_steps=2, output_type="pt").images
+    assert images.shape == (2, 3, 64, 64)
+    sd = StableDiffusionPipeline.from_pretrained(out / "teacher")
+    assert sd([prompt], num_inference_steps=3, output_type="pt").images.shape == (1, 3, 64, 64)
+    assert lcm.unet.config.time_cond_proj_dim and sd.unet.config.time_cond_proj_dim is None
+    assert (
+        json.loads((out / "lcm" / "scheduler" / "scheduler_config.json").read_text())["_class_name"] == "LCMScheduler"
+    )
+
+
+def test_pretrain_resumes_finished_and_checkpointed_stages(built, capsys):
+    main(["vae", "--scale", "toy", "--work-dir", str(built), "--out-dir", str(built / "out")])
+    assert "vae: resuming at step 3" in capsys.readouterr().out
+
+
+def test_a_stage_needs_the_stages_before_it(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["lcm", "--scale", "toy", "--work-dir", str(tmp_path)])
+    assert info.value.code == 2
+    assert "has not finished" in capsys.readouterr().err
+
+
+def test_shapes_reward_is_the_probability_of_every_prompted_attribute(built):
+    reward = ShapesAlignment(built / "out" / "reward")
+    scenes = train_scenes()[:3]
+    images = torch.rand(3, 3, 64, 64, requires_grad=True)
+    value = reward(images, [s.prompt for s in scenes], [{}] * 3)
+    logits = reward.classifier(images)
+    expected = torch.ones(3)
+    for name in ATTRIBUTES:
+        probs = torch.softmax(logits[name], dim=-1)
+        expected = expected * torch.stack([probs[i, s.label()[name]] for i, s in enumerate(scenes)])
+    torch.testing.assert_close(value, expected)
+    value.sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    assert parse_prompt(scenes[0].prompt) == scenes[0]
+    with pytest.raises(GenrlError, match="not a shapes-world prompt"):
+        reward(images, ["a cat", "a dog", "a cow"], [{}] * 3)
