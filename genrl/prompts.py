@@ -24,9 +24,19 @@ def _shapes(held_out: bool) -> list[str]:
     return [s.prompt for s in (held_out_scenes() if held_out else train_scenes())]
 
 
+def _animals_activities() -> list[str]:
+    """DDPO's prompt-alignment prompts: "a/an {simple animal} {activity}"."""
+    prompts = []
+    for animal in _packaged("simple_animals.txt"):
+        article = "an" if animal[0] in "aeiou" else "a"
+        prompts += [f"{article} {animal} {activity}" for activity in _packaged("activities.txt")]
+    return prompts
+
+
 BUILTIN_PROMPTS = {
     "simple_animals": lambda: _packaged("simple_animals.txt"),
     "imagenet_animals": lambda: _packaged("imagenet_classes.txt")[:398],
+    "animals_activities": _animals_activities,
     "shapes_train": lambda: _shapes(held_out=False),
     "shapes_heldout": lambda: _shapes(held_out=True),
 }

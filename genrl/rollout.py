@@ -20,6 +20,7 @@ class Rollout:
     steps: list[dict[str, torch.Tensor]]  # the stochastic steps only
     rewards: torch.Tensor
     images: torch.Tensor
+    reward_parts: dict[str, torch.Tensor]  # a composite reward's parts, each (B,)
     sample_time_s: float
     reward_time_s: float
 
@@ -62,6 +63,7 @@ def collect(
         steps,
         rewards,
         info["images"],
+        info["reward_parts"],
         sample_time_s=time.perf_counter() - start - reward_time,
         reward_time_s=reward_time,
     )

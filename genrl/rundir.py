@@ -74,6 +74,9 @@ class RunDir:
         for key, value in metrics.items():
             if key != "epoch" and isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, metrics["epoch"])
+            elif isinstance(value, dict):  # e.g. reward_parts: one curve per part
+                for name, v in value.items():
+                    self.writer.add_scalar(f"{key}/{name}", v, metrics["epoch"])
         self.writer.flush()
 
     def save_samples(self, epoch: int, images: torch.Tensor, prompts: list[str], rewards: torch.Tensor) -> Path:

@@ -156,6 +156,7 @@ def train(cfg: TrainConfig) -> RunDir:
         buffer = TrajectoryBuffer()
         sample_time = reward_time = 0.0
         first_batch = None
+        parts: dict[str, list[torch.Tensor]] = {}
         for b in range(cfg.batches_per_epoch):
             rng = np.random.default_rng(_seed(cfg.seed, epoch, b, 0))
             prompts = [prompt_pool[i] for i in rng.integers(len(prompt_pool), size=cfg.sample_batch_size)]
@@ -175,6 +176,8 @@ def train(cfg: TrainConfig) -> RunDir:
                 rollout.steps,
                 rollout.rewards,
             )
+            for name, values in rollout.reward_parts.items():
+                parts.setdefault(name, []).append(values.detach().cpu())
             sample_time += rollout.sample_time_s
             reward_time += rollout.reward_time_s
             first_batch = first_batch or rollout
@@ -202,6 +205,8 @@ def train(cfg: TrainConfig) -> RunDir:
             "lr": lr_scheduler.get_last_lr()[0],
             **stats,
         }
+        if parts:
+            metrics["reward_parts"] = {name: torch.cat(v).mean().item() for name, v in parts.items()}
         run.log_metrics(metrics)
         if epoch in (1, cfg.epochs) or epoch % cfg.log_images_every == 0:
             run.save_samples(epoch, first_batch.images, first_batch.prompts, first_batch.rewards)

@@ -40,7 +40,6 @@ def plugin(tmp_path, monkeypatch):
         (["--model", "/no/such/model"], "no such folder"),
         (["--model", "someone/not-downloaded"], "not in the local cache and HF_HUB_OFFLINE is set"),
         (["--train-batch-size", "3"], "--train-batch-size 3 must divide the 4 samples"),
-        (["--gradient-accumulation-steps", "3"], "--gradient-accumulation-steps 3 must divide"),
         (["--num-steps", "1"], "no stochastic step"),
         (["--num-steps", "51"], "use 1 to 50"),
         (["--learning-rate", "0"], "--learning-rate must be positive"),

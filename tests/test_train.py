@@ -167,3 +167,24 @@ def test_rlcm_presets_carry_table_1(name):
     assert (cfg.gradient_accumulation_steps, cfg.batches_per_epoch, cfg.epochs) == (2, 10, 100)
     assert (cfg.stat_buffer_size, cfg.stat_min_count, cfg.lora_rank, cfg.lora_alpha) == (16, 16, 16, 32)
     assert (cfg.clip_range, cfg.adv_clip_max, cfg.max_grad_norm, cfg.guidance_scale) == (1e-4, 10, 5, 8)
+
+
+def test_rlcm_aesthetic_and_alignment_presets_carry_table_1():
+    a, b = PRESETS["rlcm-aesthetic"], PRESETS["rlcm-alignment"]
+    assert (a.reward, a.prompts, a.num_steps, a.sample_batch_size, a.gradient_accumulation_steps) == (
+        "aesthetic",
+        "simple_animals",
+        8,
+        8,
+        4,
+    )
+    assert (a.stat_buffer_size, a.stat_min_count, a.lora_rank, a.lora_alpha, a.epochs) == (32, 16, 8, 8, 100)
+    assert (b.prompts, b.num_steps, b.batches_per_epoch, b.gradient_accumulation_steps, b.inner_epochs) == (
+        "animals_activities",
+        16,
+        6,
+        20,
+        5,
+    )
+    assert (b.epochs, b.stat_buffer_size, b.lora_rank, b.lora_alpha) == (118, 32, 16, 32)
+    assert b.reward.startswith("http://127.0.0.1:")

@@ -104,7 +104,7 @@ class _GradCapture(torch.optim.SGD):
         self.grads.append([p.grad.clone() for g in self.param_groups for p in g["params"]])
 
 
-@pytest.mark.parametrize("accumulation", [1, 2])
+@pytest.mark.parametrize("accumulation", [1, 2, 3])
 def test_steps_per_forward_leaves_the_gradient_unchanged(accumulation):
     policy, buffer = _buffer("lcm", 4)
     captured = []
@@ -123,7 +123,7 @@ def test_steps_per_forward_leaves_the_gradient_unchanged(accumulation):
             generator=torch.Generator().manual_seed(0),
         )
         captured.append(opt.grads)
-    assert len(captured[0]) == 4 // accumulation
+    assert len(captured[0]) == -(-4 // accumulation)
     for a, b in zip(*captured):
         for ga, gb in zip(a, b):
             torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-7)
@@ -146,3 +146,31 @@ def test_ppo_update_first_minibatch_ratio_is_one_and_the_weights_move():
     assert abs(stats["ratio_mean_first_minibatch"] - 1) < 1e-6
     assert {"loss", "approx_kl", "clipfrac", "ratio_mean", "grad_norm"} <= set(stats)
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.trainable_parameters()))
+
+
+def test_accumulated_gradient_is_the_mean_over_its_minibatches_leftovers_included():
+    policy, buffer = _buffer("lcm", 3)
+
+    def grads(accumulation):
+        opt = _GradCapture(policy.trainable_parameters())
+        loss = lambda pol, ch: (reinforce.reinforce_loss(pol.log_prob(ch.obs, ch.next_latents), ch.advantages, 10), {})
+        optimize(
+            policy,
+            opt,
+            buffer,
+            loss,
+            passes=1,
+            train_batch_size=2,
+            gradient_accumulation_steps=accumulation,
+            steps_per_forward=1,
+            max_grad_norm=1e9,
+            generator=torch.Generator().manual_seed(0),
+        )
+        return opt.grads
+
+    single, grouped = grads(1), grads(3)  # 4 minibatches: groups of 3 and 1
+    assert len(single) == 4 and len(grouped) == 2
+    for i, g in enumerate(grouped[0]):
+        torch.testing.assert_close(g, sum(s[i] for s in single[:3]) / 3, rtol=1e-4, atol=1e-7)
+    for g, s in zip(grouped[1], single[3]):
+        torch.testing.assert_close(g, s, rtol=1e-4, atol=1e-7)

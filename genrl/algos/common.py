@@ -2,7 +2,8 @@
 
 Accumulation semantics: an optimizer step follows every ``gradient_accumulation_steps`` minibatches of
 ``train_batch_size`` trajectories, and its gradient is the mean over all (trajectory, step) pairs they hold,
-however many steps go into one forward pass.
+however many steps go into one forward pass. Where the minibatches of a pass do not divide evenly, the last
+optimizer step of the pass takes the ones left over (its gradient is still their mean).
 """
 
 from __future__ import annotations
@@ -34,13 +35,17 @@ def optimize(
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> dict[str, float]:
     """Runs ``passes`` shuffled passes over the buffer; returns the per-epoch means of the loss's stats."""
-    pairs_per_step = train_batch_size * buffer.num_steps * gradient_accumulation_steps
+    minibatches = len(buffer) // train_batch_size
+    pairs_per_minibatch = train_batch_size * buffer.num_steps
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     params = policy.trainable_parameters()
     policy.train()
     for _ in range(passes):
         for i, chunks in enumerate(buffer.minibatches(train_batch_size, steps_per_forward, generator)):
+            group_start = i - i % gradient_accumulation_steps
+            group_end = min(group_start + gradient_accumulation_steps, minibatches)
+            pairs_per_step = pairs_per_minibatch * (group_end - group_start)
             for chunk in chunks:
                 loss, stats = loss_fn(policy, chunk)
                 # Weight by the chunk's share of the optimizer step, so chunking leaves the gradient unchanged.
@@ -48,7 +53,7 @@ def optimize(
                 for key, value in {"loss": loss.item(), **stats}.items():
                     sums[key] += value
                     counts[key] += 1
-            if (i + 1) % gradient_accumulation_steps == 0:
+            if i + 1 == group_end:
                 sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
                 counts["grad_norm"] += 1
                 optimizer.step()

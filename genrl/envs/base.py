@@ -134,7 +134,8 @@ class DenoisingEnv(gym.vector.VectorEnv):
         with torch.no_grad():
             images = self.decode(self.final_latents(action))
         start = time.perf_counter()
-        rewards = self.reward_fn(images, self.prompts, self.prompt_metadata).to(self.device)
-        info = {"images": images, "reward_time_s": time.perf_counter() - start}
+        rewards, parts = self.reward_fn.score(images, self.prompts, self.prompt_metadata)
+        info = {"images": images, "reward_parts": parts, "reward_time_s": time.perf_counter() - start}
+        rewards = rewards.to(self.device)
         final_obs = {"latents": self._latents}
         return final_obs, rewards, terminated, truncated, info

@@ -34,35 +34,48 @@ class CheckedReward:
         self.differentiable = is_differentiable(fn)
 
     def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> torch.Tensor:
+        return self.score(images, prompts, metadata)[0]
+
+    def score(
+        self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The reward, and for a composite reward each of its parts (checked and named on their own)."""
+        parts: dict[str, torch.Tensor] = {}
         try:
-            out = self.fn(images, prompts, metadata)
+            if hasattr(self.fn, "components"):
+                parts = self.fn.components(images, prompts, metadata)
+                out = self.fn.combine(parts)
+            else:
+                out = self.fn(images, prompts, metadata)
         except GenrlError:
             raise
         except Exception as exc:  # the user's code: report it, in one line, as theirs
+            message = str(exc).splitlines()[0] if str(exc) else ""
             raise GenrlError(
-                f"reward '{self.name}' raised {type(exc).__name__}: {exc}; fix the reward function"
+                f"reward '{self.name}' raised {type(exc).__name__}: {message}; fix the reward function"
             ) from exc
+        return self.check(out, len(prompts)), parts
+
+    def check(self, out: Any, n: int) -> torch.Tensor:
         try:
             rewards = torch.as_tensor(np.asarray(out) if not torch.is_tensor(out) else out)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise GenrlError(
-                f"reward '{self.name}' returned {type(out).__name__}, not numbers; "
-                f"return a tensor of {len(prompts)} floats"
+                f"reward '{self.name}' returned {type(out).__name__}, not numbers; return a tensor of {n} floats"
             ) from exc
-        if rewards.shape != (len(prompts),):
+        if rewards.shape != (n,):
             raise GenrlError(
-                f"reward '{self.name}' returned shape {tuple(rewards.shape)} for {len(prompts)} images; "
-                f"return one float per image, shape ({len(prompts)},)"
+                f"reward '{self.name}' returned shape {tuple(rewards.shape)} for {n} images; "
+                f"return one float per image, shape ({n},)"
             )
         if not (rewards.is_floating_point() or rewards.dtype in (torch.int32, torch.int64, torch.bool)):
             raise GenrlError(f"reward '{self.name}' returned dtype {rewards.dtype}; return floats")
         rewards = rewards.to(torch.float32)
         bad = ~torch.isfinite(rewards.detach())
         if bad.any():
-            value = rewards[bad][0].item()
-            kind = "NaN" if math.isnan(value) else "inf"
+            kind = "NaN" if math.isnan(rewards.detach()[bad][0].item()) else "inf"
             raise GenrlError(
-                f"reward '{self.name}' returned {kind} for {int(bad.sum())} of {len(prompts)} images; "
+                f"reward '{self.name}' returned {kind} for {int(bad.sum())} of {n} images; "
                 "make the reward finite for every image"
             )
         return rewards
