@@ -27,6 +27,19 @@ from genrl.policy import add_lora
 from genrl.train import train
 
 
+class SlowJpegCompressibility:
+    """JPEG compressibility behind a fixed delay: stands in for a heavy reward model or a remote server."""
+
+    def __init__(self, delay: str = "0.25"):
+        self.delay = float(delay)
+
+    def __call__(self, images, prompts, metadata):
+        from genrl.rewards.jpeg import jpeg_compressibility
+
+        time.sleep(self.delay)
+        return jpeg_compressibility(images, prompts, metadata)
+
+
 @dataclass
 class Args:
     epochs: int = 4
@@ -34,6 +47,8 @@ class Args:
     model: str = "tiny"
     """Model for both methods ('tiny' picks the LCM or the SD pipeline per env)."""
     device: str = "cpu"
+    slow_reward_s: float = 0.25
+    """Also time RLCM with a reward this slow, computed synchronously and in the background (0: skip)."""
 
 
 def unet_passes(cfg: TrainConfig, num_stochastic_steps: int) -> tuple[list[int], list[int]]:
@@ -150,6 +165,27 @@ def main(args: Args) -> None:
         print(f"  {name}: {ratio:.3f}" + ("" if ratio <= 1.15 else "  (above goal)"))
     if not all(math.isfinite(v) for v in summary.values()):
         raise SystemExit(1)
+    if args.slow_reward_s > 0:
+        compare_async_rewards(dataclasses.replace(methods["RLCM"], device=args.device), args.slow_reward_s)
+
+
+def compare_async_rewards(cfg: TrainConfig, delay: float) -> None:
+    cfg = dataclasses.replace(cfg, reward=f"benchmarks.overhead:SlowJpegCompressibility(delay={delay})")
+    times = {}
+    for mode in (False, True):
+        with tempfile.TemporaryDirectory() as out:
+            run = train(dataclasses.replace(cfg, async_rewards=mode, output_dir=Path(out), run_name="async"))
+            metrics = run.read_metrics()
+        walls = [m["wall_time_s"] for m in metrics]
+        times[mode] = statistics.median([b - a for a, b in zip(walls, walls[1:])])
+    print(
+        f"\nRLCM with a reward that takes {delay:.2f} s per batch of {cfg.sample_batch_size} "
+        f"({cfg.batches_per_epoch} batches per epoch), median epoch time:"
+    )
+    print(
+        f"  synchronous {times[False]:.3f} s, background (--async-rewards) {times[True]:.3f} s: "
+        f"saves {times[False] - times[True]:.3f} s per epoch ({times[False] / times[True]:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -54,6 +54,8 @@ class TrainConfig:
     """Image size in pixels (default: the model's)."""
     sample_batch_size: int = 8
     """Images per sampling batch (the vector env's size)."""
+    async_rewards: bool = False
+    """Compute each batch's reward in a background thread while the next batch samples (same results)."""
     batches_per_epoch: int = 2
     """Sampling batches per epoch."""
 
@@ -253,6 +255,7 @@ _DDPO_ALIGNMENT = {**_DDPO_JPEG, "prompts": "animals_activities", "stat_buffer_s
 # The paper's prompt-alignment reward (LLaVA + BERTScore) ran as a server on its own GPU; so does this one:
 #   python -m genrl.rewards.serve --reward vlm_bertscore --port 8000
 _ALIGNMENT_SERVER = "http://127.0.0.1:8000"
+_RLCM_ALIGNMENT["async_rewards"] = _DDPO_ALIGNMENT["async_rewards"] = True
 
 PRESETS: dict[str, TrainConfig] = {
     "rlcm-aesthetic": _preset(preset="rlcm-aesthetic", reward="aesthetic", **_RLCM_AESTHETIC),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,14 @@ class Rollout:
     reward_parts: dict[str, torch.Tensor]  # a composite reward's parts, each (B,)
     sample_time_s: float
     reward_time_s: float
+    reward_future: Future | None = None  # set while the reward is computed in the background
+
+    def resolve(self) -> Rollout:
+        """Wait for a background reward; afterwards ``rewards``, ``reward_parts`` and ``reward_time_s`` hold."""
+        if self.reward_future is not None:
+            self.rewards, self.reward_parts, self.reward_time_s = self.reward_future.result()
+            self.reward_future = None
+        return self
 
 
 @torch.no_grad()
@@ -54,7 +63,7 @@ def collect(
             )
         obs, rewards, terminated, _, info = env.step(action)
     assert bool(terminated.all())
-    reward_time = info["reward_time_s"]
+    reward_time = info.get("reward_time_s", 0.0)
     return Rollout(
         prompts,
         metadata,
@@ -63,7 +72,8 @@ def collect(
         steps,
         rewards,
         info["images"],
-        info["reward_parts"],
+        info.get("reward_parts", {}),
         sample_time_s=time.perf_counter() - start - reward_time,
         reward_time_s=reward_time,
+        reward_future=info.get("reward_future"),
     )

@@ -18,6 +18,7 @@ import dataclasses  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path
 
 import numpy as np
@@ -111,10 +112,13 @@ def train(cfg: TrainConfig) -> RunDir:
             raise GenrlError(f"run directory {run.path} already holds a run; pick another --run-name or --resume it")
 
     pipe = load_pipeline(cfg.model, cfg.env, cfg.device)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward") if cfg.async_rewards else None
     if cfg.env == "lcm":
-        env = LCMEnv(cfg.sample_batch_size, pipe, reward_fn, cfg.num_steps, cfg.noise_last_step, cfg.resolution)
+        env = LCMEnv(
+            cfg.sample_batch_size, pipe, reward_fn, cfg.num_steps, cfg.noise_last_step, cfg.resolution, executor
+        )
     else:
-        env = DDPMEnv(cfg.sample_batch_size, pipe, reward_fn, cfg.num_steps, cfg.resolution)
+        env = DDPMEnv(cfg.sample_batch_size, pipe, reward_fn, cfg.num_steps, cfg.resolution, executor)
     if cfg.finetune == "lora":
         add_lora(pipe.unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules)
     else:
@@ -155,19 +159,16 @@ def train(cfg: TrainConfig) -> RunDir:
         # 1. Sample: batches_per_epoch batches of sample_batch_size trajectories.
         buffer = TrajectoryBuffer()
         sample_time = reward_time = 0.0
-        first_batch = None
         parts: dict[str, list[torch.Tensor]] = {}
+        rollouts = []
         for b in range(cfg.batches_per_epoch):
             rng = np.random.default_rng(_seed(cfg.seed, epoch, b, 0))
             prompts = [prompt_pool[i] for i in rng.integers(len(prompt_pool), size=cfg.sample_batch_size)]
-            rollout = collect(
-                env,
-                policy,
-                prompts,
-                [{} for _ in prompts],
-                noise_seed=_seed(cfg.seed, epoch, b, 1),
-                step_seed=_seed(cfg.seed, epoch, b, 2),
-            )
+            noise_seed, step_seed = _seed(cfg.seed, epoch, b, 1), _seed(cfg.seed, epoch, b, 2)
+            rollouts.append(collect(env, policy, prompts, [{} for _ in prompts], noise_seed, step_seed))
+        wait_start = time.perf_counter()
+        for rollout in rollouts:  # with --async-rewards, the rewards were computed while sampling went on
+            rollout.resolve()
             buffer.add_batch(
                 rollout.prompts,
                 rollout.metadata,
@@ -180,7 +181,8 @@ def train(cfg: TrainConfig) -> RunDir:
                 parts.setdefault(name, []).append(values.detach().cpu())
             sample_time += rollout.sample_time_s
             reward_time += rollout.reward_time_s
-            first_batch = first_batch or rollout
+        reward_wait = time.perf_counter() - wait_start
+        first_batch = rollouts[0]
         rewards = buffer.all_rewards()
         counters["reward_queries"] += len(rewards)
 
@@ -201,6 +203,7 @@ def train(cfg: TrainConfig) -> RunDir:
             "wall_time_s": counters["wall_time_s"],
             "sample_time_s": sample_time,
             "reward_time_s": reward_time,
+            "reward_wait_s": reward_wait,
             "train_time_s": train_time,
             "lr": lr_scheduler.get_last_lr()[0],
             **stats,
@@ -216,6 +219,8 @@ def train(cfg: TrainConfig) -> RunDir:
         bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:.2e}")
     bar.close()
     run.close()
+    if executor is not None:
+        executor.shutdown()
 
     history = run.read_metrics()
     if history:

@@ -73,3 +73,8 @@ def test_a_failing_part_is_named(plugins, tmp_path):
     reward = load_reward("my_rewards:brightness=1,broken:nan=1")
     with pytest.raises(GenrlError, match="reward 'broken:nan' returned NaN"):
         reward(IMAGES, PROMPTS, [{}] * 3)
+
+
+def test_module_factories_take_options(plugins):
+    reward = load_reward("my_rewards:Scaled(factor=2)")
+    torch.testing.assert_close(reward(IMAGES, PROMPTS, [{}] * 3), 2 * IMAGES.mean(dim=(1, 2, 3)))

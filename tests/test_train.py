@@ -188,3 +188,25 @@ def test_rlcm_aesthetic_and_alignment_presets_carry_table_1():
     )
     assert (b.epochs, b.stat_buffer_size, b.lora_rank, b.lora_alpha) == (118, 32, 16, 32)
     assert b.reward.startswith("http://127.0.0.1:")
+
+
+def test_async_rewards_give_the_same_run(tmp_path):
+    main(fast_args(tmp_path, "sync", "--batches-per-epoch", "2"))
+    main(fast_args(tmp_path, "async", "--batches-per-epoch", "2", "--async-rewards"))
+    sync, background = _metrics(tmp_path / "sync"), _metrics(tmp_path / "async")
+    for key in ("reward_mean", "reward_std", "loss"):
+        assert [m[key] for m in sync] == [m[key] for m in background]
+    assert all(m["reward_time_s"] > 0 for m in background)
+
+
+def test_async_reward_failures_still_end_in_one_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "nan_reward.py").write_text(
+        "def nan(images, prompts, metadata):\n    return [float('nan')] * len(prompts)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SystemExit) as info:
+        main(fast_args(tmp_path, "r", "--async-rewards", "--reward", "nan_reward:nan"))
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: reward 'nan_reward:nan' returned NaN for 4 of 4 images; make the reward finite for every image"
+    ]

@@ -8,11 +8,16 @@ Observation keys: ``latents`` (B, C, h, w), ``timestep``, ``next_timestep`` (B,)
 (False where the step is deterministic and carries no log-prob), ``prompt_embeds`` (B, L, D),
 ``negative_prompt_embeds`` (B, L, D). Action keys: ``next_latents`` (the next state) and ``pred_original``
 (the model's clean-image estimate, which the LCM env decodes at the end).
+
+The reward is zero before the last step. With a ``reward_executor`` (say a thread pool), the last step returns
+NaN rewards at once and ``info["reward_future"]``, a future of (rewards, parts, seconds), so that the caller can
+sample the next batch while the reward is computed; the values are those the synchronous call would give.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import Executor
 from typing import Any
 
 import gymnasium as gym
@@ -34,8 +39,10 @@ class DenoisingEnv(gym.vector.VectorEnv):
         next_timesteps: list[int],
         stochastic: list[bool],
         resolution: int | None = None,
+        reward_executor: Executor | None = None,
     ):
         self.num_envs = num_envs
+        self.reward_executor = reward_executor
         self.pipeline = pipeline
         self.reward_fn = reward_fn if isinstance(reward_fn, CheckedReward) else CheckedReward(reward_fn, "reward")
         self.timesteps, self.next_timesteps, self.stochastic = timesteps, next_timesteps, stochastic
@@ -133,9 +140,17 @@ class DenoisingEnv(gym.vector.VectorEnv):
             return self._observation(), zeros, terminated, truncated, {}
         with torch.no_grad():
             images = self.decode(self.final_latents(action))
-        start = time.perf_counter()
-        rewards, parts = self.reward_fn.score(images, self.prompts, self.prompt_metadata)
-        info = {"images": images, "reward_parts": parts, "reward_time_s": time.perf_counter() - start}
-        rewards = rewards.to(self.device)
         final_obs = {"latents": self._latents}
+        if self.reward_executor is not None:
+            # The caller samples on while the reward is computed; it arrives through the future.
+            future = self.reward_executor.submit(self._score, images, self.prompts, self.prompt_metadata)
+            pending = torch.full((self.num_envs,), float("nan"), device=self.device)
+            return final_obs, pending, terminated, truncated, {"images": images, "reward_future": future}
+        rewards, parts, seconds = self._score(images, self.prompts, self.prompt_metadata)
+        info = {"images": images, "reward_parts": parts, "reward_time_s": seconds}
         return final_obs, rewards, terminated, truncated, info
+
+    def _score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict]):
+        start = time.perf_counter()
+        rewards, parts = self.reward_fn.score(images, prompts, metadata)
+        return rewards.to(self.device), parts, time.perf_counter() - start

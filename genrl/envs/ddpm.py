@@ -7,6 +7,7 @@ The reward is computed on the decoded last latent, and is zero before.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from typing import Any
 
 from genrl.envs.base import DenoisingEnv
@@ -22,9 +23,12 @@ class DDPMEnv(DenoisingEnv):
         reward_fn: RewardFn,
         num_steps: int = 50,
         resolution: int | None = None,
+        reward_executor: Executor | None = None,
     ):
         config = pipeline.scheduler.config
         timesteps = ddim_timesteps(num_steps, config.num_train_timesteps, config.get("steps_offset", 0))
         ratio = config.num_train_timesteps // num_steps
         next_timesteps = [t - ratio for t in timesteps]  # negative on the last step: the final alpha
-        super().__init__(num_envs, pipeline, reward_fn, timesteps, next_timesteps, [True] * num_steps, resolution)
+        super().__init__(
+            num_envs, pipeline, reward_fn, timesteps, next_timesteps, [True] * num_steps, resolution, reward_executor
+        )

@@ -10,6 +10,7 @@ timestep, as in the reference RLCM code; the reward still sees the un-noised f o
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ class LCMEnv(DenoisingEnv):
         num_steps: int = 8,
         noise_last_step: bool = False,
         resolution: int | None = None,
+        reward_executor: Executor | None = None,
     ):
         config = pipeline.scheduler.config
         if getattr(pipeline.unet.config, "time_cond_proj_dim", None) is None:
@@ -36,7 +38,9 @@ class LCMEnv(DenoisingEnv):
         # On the last step, diffusers (and the reference code) take the next timestep to be the current one.
         next_timesteps = timesteps[1:] + timesteps[-1:]
         stochastic = [True] * (num_steps - 1) + [noise_last_step]
-        super().__init__(num_envs, pipeline, reward_fn, timesteps, next_timesteps, stochastic, resolution)
+        super().__init__(
+            num_envs, pipeline, reward_fn, timesteps, next_timesteps, stochastic, resolution, reward_executor
+        )
 
     def final_latents(self, action: dict[str, torch.Tensor]) -> torch.Tensor:
         return action["pred_original"]

@@ -3,6 +3,7 @@
     jpeg_compressibility                      a built-in, by name
     clipscore(model=/path/to/clip)            a built-in with options
     my_package.rewards:brightness             your own function (or class instance)
+    my_package.rewards:Scorer(size=large)     your own factory, called with the options
     aesthetic=0.7,clipscore=0.3               a weighted sum; each part is logged on its own
     http://127.0.0.1:8000                     a reward server (python -m genrl.rewards.serve)
 
@@ -55,6 +56,7 @@ BUILTIN_REWARDS: dict[str, Callable[..., RewardFn]] = {
     "aesthetic": _lazy("genrl.rewards.clip", "AestheticReward"),
     "clipscore": _lazy("genrl.rewards.clip", "ClipScore"),
     "pickscore": _lazy("genrl.rewards.clip", "PickScore"),
+    "vlm_bertscore": _lazy("genrl.rewards.vlm", "VLMBertScore"),
     "imagereward": _unavailable(
         "imagereward",
         "its package downloads BLIP and its checkpoint from the network when it loads, which cannot work offline; "
@@ -144,6 +146,11 @@ def _single(term: str) -> CheckedReward:
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise GenrlError(f"reward '{name}': module '{module_name}' has no callable '{attr}'; check the name")
+    if options:  # module:Factory(key=value): the factory builds the reward
+        try:
+            fn = fn(**options)
+        except TypeError as exc:
+            raise GenrlError(f"reward '{name}' does not take the options {sorted(options)} ({exc})") from exc
     return CheckedReward(fn, name)
 
 
