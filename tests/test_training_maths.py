@@ -115,12 +115,13 @@ def test_steps_per_forward_leaves_the_gradient_unchanged(accumulation):
             opt,
             buffer,
             lambda pol, ch: (reinforce.reinforce_loss(pol.log_prob(ch.obs, ch.next_latents), ch.advantages, 10), {}),
-            passes=1,
-            train_batch_size=2,
-            gradient_accumulation_steps=accumulation,
-            steps_per_forward=per_forward,
-            max_grad_norm=1e9,
-            generator=torch.Generator().manual_seed(0),
+            SimpleNamespace(
+                train_batch_size=2,
+                gradient_accumulation_steps=accumulation,
+                steps_per_forward=per_forward,
+                max_grad_norm=1e9,
+            ),
+            torch.Generator().manual_seed(0),
         )
         captured.append(opt.grads)
     assert len(captured[0]) == -(-4 // accumulation)
@@ -159,12 +160,10 @@ def test_accumulated_gradient_is_the_mean_over_its_minibatches_leftovers_include
             opt,
             buffer,
             loss,
-            passes=1,
-            train_batch_size=2,
-            gradient_accumulation_steps=accumulation,
-            steps_per_forward=1,
-            max_grad_norm=1e9,
-            generator=torch.Generator().manual_seed(0),
+            SimpleNamespace(
+                train_batch_size=2, gradient_accumulation_steps=accumulation, steps_per_forward=1, max_grad_norm=1e9
+            ),
+            torch.Generator().manual_seed(0),
         )
         return opt.grads
 

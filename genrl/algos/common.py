@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
@@ -20,21 +21,27 @@ from genrl.policy import DenoisingPolicy
 LossFn = Callable[[DenoisingPolicy, Chunk], tuple[torch.Tensor, dict[str, float]]]
 
 
+class TrainingKnobs(Protocol):
+    """The fields of ``TrainConfig`` the loop reads."""
+
+    train_batch_size: int
+    gradient_accumulation_steps: int
+    steps_per_forward: int
+    max_grad_norm: float
+
+
 def optimize(
     policy: DenoisingPolicy,
     optimizer: torch.optim.Optimizer,
     buffer: TrajectoryBuffer,
     loss_fn: LossFn,
-    *,
-    passes: int,
-    train_batch_size: int,
-    gradient_accumulation_steps: int,
-    steps_per_forward: int,
-    max_grad_norm: float,
+    cfg: TrainingKnobs,
     generator: torch.Generator,
+    passes: int = 1,
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> dict[str, float]:
     """Runs ``passes`` shuffled passes over the buffer; returns the per-epoch means of the loss's stats."""
+    train_batch_size, gradient_accumulation_steps = cfg.train_batch_size, cfg.gradient_accumulation_steps
     minibatches = len(buffer) // train_batch_size
     pairs_per_minibatch = train_batch_size * buffer.num_steps
     sums: dict[str, float] = defaultdict(float)
@@ -42,7 +49,7 @@ def optimize(
     params = policy.trainable_parameters()
     policy.train()
     for _ in range(passes):
-        for i, chunks in enumerate(buffer.minibatches(train_batch_size, steps_per_forward, generator)):
+        for i, chunks in enumerate(buffer.minibatches(train_batch_size, cfg.steps_per_forward, generator)):
             group_start = i - i % gradient_accumulation_steps
             group_end = min(group_start + gradient_accumulation_steps, minibatches)
             pairs_per_step = pairs_per_minibatch * (group_end - group_start)
@@ -54,7 +61,7 @@ def optimize(
                     sums[key] += value
                     counts[key] += 1
             if i + 1 == group_end:
-                sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+                sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
                 counts["grad_norm"] += 1
                 optimizer.step()
                 if lr_scheduler is not None:

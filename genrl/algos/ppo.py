@@ -57,18 +57,6 @@ def update(
             }
         return loss, stats
 
-    stats = optimize(
-        policy,
-        optimizer,
-        buffer,
-        loss_fn,
-        passes=cfg.inner_epochs,
-        train_batch_size=cfg.train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        steps_per_forward=cfg.steps_per_forward,
-        max_grad_norm=cfg.max_grad_norm,
-        generator=generator,
-        lr_scheduler=lr_scheduler,
-    )
+    stats = optimize(policy, optimizer, buffer, loss_fn, cfg, generator, cfg.inner_epochs, lr_scheduler)
     stats["ratio_mean_first_minibatch"] = sum(first) / len(first)
     return stats

@@ -34,16 +34,4 @@ def update(
             stats = {"approx_kl": 0.5 * ((log_prob - chunk.old_log_probs) ** 2).mean().item()}
         return reinforce_loss(log_prob, chunk.advantages, cfg.adv_clip_max), stats
 
-    return optimize(
-        policy,
-        optimizer,
-        buffer,
-        loss_fn,
-        passes=1,
-        train_batch_size=cfg.train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        steps_per_forward=cfg.steps_per_forward,
-        max_grad_norm=cfg.max_grad_norm,
-        generator=generator,
-        lr_scheduler=lr_scheduler,
-    )
+    return optimize(policy, optimizer, buffer, loss_fn, cfg, generator, passes=1, lr_scheduler=lr_scheduler)
