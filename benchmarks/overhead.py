@@ -1,11 +1,11 @@
 """How much of an epoch is spent on anything but the UNet passes it cannot avoid.
 
-    python -m benchmarks.overhead [--epochs 4] [--model tiny]
+    python -m benchmarks.overhead [--epochs 4] [--model shapes]
 
-For RLCM (LCM env) and DDPO (DDPM env), runs a few training epochs and prints per epoch the split into
-sampling, reward and training, and the overhead ratio: epoch time / bare compute, where the bare compute is
-the same number of UNet forward passes (sampling) and forward+backward passes (training), with the same
-batch shapes, timed in isolation in the same process.
+For RLCM (LCM env) and DDPO (DDPM env), with the shapes-* compression presets, runs a few training epochs and
+prints per epoch the split into sampling, reward and training, and the overhead ratio: epoch time / bare
+compute, where the bare compute is the same number of UNet forward passes (sampling) and forward+backward
+passes (training), with the same batch shapes, timed in isolation in the same process.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ class SlowJpegCompressibility:
 class Args:
     epochs: int = 4
     """Training epochs per method (the first includes warm-up)."""
-    model: str = "tiny"
-    """Model for both methods ('tiny' picks the LCM or the SD pipeline per env)."""
+    model: str = "shapes"
+    """Model for both methods ('shapes' and 'tiny' pick the LCM or the diffusion pipeline per env)."""
     device: str = "cpu"
     slow_reward_s: float = 0.25
     """Also time RLCM with a reward this slow, computed synchronously and in the background (0: skip)."""
@@ -135,8 +135,8 @@ def measure(name: str, cfg: TrainConfig) -> list[dict]:
 
 def main(args: Args) -> None:
     methods = {
-        "RLCM": dataclasses.replace(PRESETS["tiny-compression"], epochs=args.epochs, model=args.model),
-        "DDPO": dataclasses.replace(PRESETS["tiny-ddpo-compression"], epochs=args.epochs, model=args.model),
+        "RLCM": dataclasses.replace(PRESETS["shapes-rlcm-compression"], epochs=args.epochs, model=args.model),
+        "DDPO": dataclasses.replace(PRESETS["shapes-ddpo-compression"], epochs=args.epochs, model=args.model),
     }
     summary = {}
     for name, cfg in methods.items():

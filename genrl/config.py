@@ -16,17 +16,17 @@ from genrl.policy import DEFAULT_LORA_TARGETS
 
 @dataclass
 class TrainConfig:
-    preset: str = "tiny-compression"
+    preset: str = "shapes-rlcm-compression"
     """Named configuration to start from; flags override it. See the README for the list."""
-    model: str = "tiny"
-    """A diffusers pipeline: hub id, local folder, or 'tiny' (random-weight pipelines built locally)."""
+    model: str = "shapes"
+    """A diffusers pipeline: hub id, local folder, 'shapes' (the embedded models) or 'tiny' (random weights)."""
     env: Literal["lcm", "ddpm"] = "lcm"
     """lcm: consistency sampling (RLCM). ddpm: DDIM with eta > 0 (DDPO)."""
     algo: Literal["ppo", "reinforce"] = "ppo"
     """Policy-gradient algorithm."""
     reward: str = "jpeg_compressibility"
-    """Built-in reward name, or 'package.module:function' for your own."""
-    prompts: str = "simple_animals"
+    """A built-in reward (with options), 'package.module:function', 'a=0.7,b=0.3', or a server URL."""
+    prompts: str = "shapes_train"
     """Built-in prompt set name, or a text file with one prompt per line."""
     epochs: int = 30
     """Total number of epochs (sampling then training); on --resume, the total to reach."""
@@ -60,7 +60,7 @@ class TrainConfig:
     """Sampling batches per epoch."""
 
     # Policy
-    finetune: Literal["lora", "full"] = "full"
+    finetune: Literal["lora", "full"] = "lora"
     """Train a LoRA adapter, or every UNet weight."""
     lora_rank: int = 8
     lora_alpha: float = 8.0
@@ -69,7 +69,7 @@ class TrainConfig:
     """Reduce a step's log-prob over latent dims by mean (as DDPO and RLCM) or sum (the true density)."""
 
     # Optimisation
-    learning_rate: float = 3e-2
+    learning_rate: float = 3e-3
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-4
@@ -82,11 +82,11 @@ class TrainConfig:
     """Denoising steps of each trajectory stacked into one UNet pass during training (the gradient is the same)."""
     inner_epochs: int = 1
     """PPO passes over each epoch's samples."""
-    clip_range: float = 0.2
+    clip_range: float = 1e-2
     """PPO ratio clip epsilon."""
-    adv_clip_max: float = 5.0
+    adv_clip_max: float = 10.0
     """Advantages are clamped to [-adv_clip_max, adv_clip_max]."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 5.0
 
     # Advantages
     advantages: Literal["per_prompt", "batch"] = "per_prompt"
@@ -203,29 +203,22 @@ _DDPO_JPEG = dict(
     save_every=1,
 )
 
-# CPU scale on the embedded shapes models: RLCM with 4 LCM steps, DDPO with 20 DDIM steps (guidance 5, eta 1).
-_SHAPES_COMMON = dict(
-    model="shapes",
-    prompts="shapes_train",
-    finetune="lora",
-    lora_rank=8,
-    lora_alpha=8.0,
-    sample_batch_size=8,
-    batches_per_epoch=2,
-    train_batch_size=4,
-    gradient_accumulation_steps=1,
-    learning_rate=1e-3,
-    clip_range=1e-3,
-    adv_clip_max=10.0,
-    max_grad_norm=5.0,
-    stat_buffer_size=16,
-    stat_min_count=4,
-    epochs=30,
-)
+# CPU scale on the embedded shapes models (the field defaults): RLCM with 4 LCM steps and guidance 8, DDPO with
+# 20 DDIM steps, eta 1 and guidance 5; the same LoRA, batches and optimiser for both.
 _SHAPES = {
-    "rlcm": dict(env="lcm", num_steps=4, guidance_scale=8.0, **_SHAPES_COMMON),
-    "ddpo": dict(env="ddpm", num_steps=20, guidance_scale=5.0, eta=1.0, **_SHAPES_COMMON),
+    "rlcm": dict(env="lcm", num_steps=4, guidance_scale=8.0),
+    "ddpo": dict(env="ddpm", num_steps=20, guidance_scale=5.0),
 }
+# The random-weight tiny pipelines barely respond to a LoRA: these train every weight, with a large step.
+_TINY = dict(
+    model="tiny",
+    prompts="simple_animals",
+    finetune="full",
+    learning_rate=3e-2,
+    clip_range=0.2,
+    adv_clip_max=5.0,
+    max_grad_norm=1.0,
+)
 
 # Table 1's aesthetic and prompt-alignment columns differ from the JPEG tasks in these fields only.
 _RLCM_AESTHETIC = {
@@ -275,12 +268,13 @@ PRESETS: dict[str, TrainConfig] = {
             ("alignment", "shapes_alignment"),
         )
     },
-    # The field defaults: CPU scale on the tiny random-weight pipelines, under a minute on 2 cores. A random
-    # UNet barely responds to a LoRA, so these train every weight, with a large learning rate and clip range.
-    "tiny-compression": TrainConfig(),
-    "tiny-ddpo-compression": _preset(preset="tiny-ddpo-compression", env="ddpm", num_steps=10, guidance_scale=5.0),
+    "tiny-compression": _preset(preset="tiny-compression", **_TINY),
+    "tiny-ddpo-compression": _preset(
+        preset="tiny-ddpo-compression", env="ddpm", num_steps=10, guidance_scale=5.0, **_TINY
+    ),
 }
-DEFAULT_PRESET = "tiny-compression"
+DEFAULT_PRESET = "shapes-rlcm-compression"
+assert PRESETS[DEFAULT_PRESET] == TrainConfig(), "the field defaults are the default preset"
 
 
 def preset(name: str) -> TrainConfig:

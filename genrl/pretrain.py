@@ -178,8 +178,8 @@ def _finish(cfg: PretrainConfig, name: str, save: Callable[[Path], None]) -> Non
     os.replace(tmp, final)
 
 
-def _images(num: int, seed: int) -> tuple[torch.Tensor, list]:
-    images, scenes = sample_dataset(num, seed)
+def _images(num: int, seed: int, split: str = "train") -> tuple[torch.Tensor, list]:
+    images, scenes = sample_dataset(num, seed, split)
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, scenes
 
 
@@ -245,7 +245,9 @@ def stage_classifier(cfg: PretrainConfig) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.classifier_lr, fused=True)
 
     def step(i: int) -> dict[str, float]:
-        images, scenes = _images(cfg.classifier_batch, seed=10_000_019 + cfg.seed * 1_000_003 + i)
+        # The classifier is the judge, not a generator: it sees every scene, the held-out ones included, so
+        # that it can score a generator on prompts the generator never saw.
+        images, scenes = _images(cfg.classifier_batch, seed=10_000_019 + cfg.seed * 1_000_003 + i, split="all")
         g = torch.Generator().manual_seed(i)
         # Half the batch goes through the VAE, as generated images do; all of it gets a little noise.
         half = len(images) // 2

@@ -112,7 +112,9 @@ def train(cfg: TrainConfig) -> RunDir:
             raise GenrlError(f"run directory {run.path} already holds a run; pick another --run-name or --resume it")
 
     pipe = load_pipeline(cfg.model, cfg.env, cfg.device)
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward") if cfg.async_rewards else None
+    executor = (  # one intra-op thread for the reward: two OpenMP teams on the same cores stall each other
+        ThreadPoolExecutor(1, "reward", initializer=torch.set_num_threads, initargs=(1,)) if cfg.async_rewards else None
+    )
     if cfg.env == "lcm":
         env = LCMEnv(
             cfg.sample_batch_size, pipe, reward_fn, cfg.num_steps, cfg.noise_last_step, cfg.resolution, executor

@@ -7,6 +7,8 @@ from pathlib import Path
 from genrl.models import load_pipeline
 
 FAST = [
+    "--preset",
+    "tiny-compression",
     "--epochs",
     "2",
     "--sample-batch-size",

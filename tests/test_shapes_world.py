@@ -36,6 +36,8 @@ def test_held_out_combinations_never_appear_in_training():
     assert train.isdisjoint(held) and train | held == set(all_scenes())
     assert {(s.colour, s.shape) for s in train}.isdisjoint({(s.colour, s.shape) for s in held})
     _, scenes = sample_dataset(500, seed=3)
+    _, held = sample_dataset(100, seed=3, split="held_out")
+    assert all(s.held_out for s in held)
     assert not any(s.held_out for s in scenes)
 
 
@@ -71,3 +73,12 @@ def test_tokenizer_pads_to_its_max_length_and_marks_unknown_words():
     ids = tokenizer(["a red zebra", ""], padding="max_length", max_length=tokenizer.model_max_length).input_ids
     assert len(ids[0]) == tokenizer.model_max_length == 16
     assert tokenizer.unk_token_id in ids[0] and ids[1][2:] == [tokenizer.pad_token_id] * 14
+
+
+def test_crowded_scenes_always_find_room():
+    """Three large shapes can box each other out; the layout starts over instead of looping forever."""
+    rng = np.random.default_rng(0)
+    for shape in ("circle", "square", "triangle", "diamond"):
+        for _ in range(250):
+            image = render(Scene("three", "large", "red", shape, "white"), rng)
+            assert image.shape == (64, 64, 3)

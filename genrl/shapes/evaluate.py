@@ -93,14 +93,18 @@ def evaluate(folder: Path, num_images: int = 256, seed: int = 0) -> dict:
     mse = ((recon - x) ** 2).mean(dim=(1, 2, 3))
     figures["vae_psnr_db"] = float((10 * torch.log10(1 / mse)).mean())
 
-    images, scenes = sample_dataset(max(4 * num_images, 256), seed=91_000_001 + seed)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    with torch.no_grad():
-        logits = classifier(x)
-    for name in ATTRIBUTES:
-        labels = torch.tensor([s.label()[name] for s in scenes])
-        figures[f"classifier_{name}_accuracy"] = (logits[name].argmax(1) == labels).float().mean().item()
-    figures["classifier_min_accuracy"] = min(figures[f"classifier_{n}_accuracy"] for n in ATTRIBUTES)
+    for split, suffix in (("train", ""), ("held_out", "_heldout")):
+        images, scenes = sample_dataset(max(4 * num_images, 256), seed=91_000_001 + seed, split=split)
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        with torch.no_grad():
+            logits = classifier(x)
+        for name in ATTRIBUTES:
+            labels = torch.tensor([s.label()[name] for s in scenes])
+            accuracy = (logits[name].argmax(1) == labels).float().mean().item()
+            figures[f"classifier_{name}_accuracy{suffix}"] = accuracy
+        figures[f"classifier_min_accuracy{suffix}"] = min(
+            figures[f"classifier_{n}_accuracy{suffix}"] for n in ATTRIBUTES
+        )
 
     train, held = _scenes(num_images, seed, False), _scenes(num_images, seed + 1, True)
     teacher_images = _generate(teacher, train, num_inference_steps=50, guidance_scale=TEACHER_GUIDANCE)

@@ -15,6 +15,7 @@ import itertools
 import math
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -117,7 +118,11 @@ def render(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     n = COUNTS.index(scene.count) + 1
     lo, hi = _RADIUS[scene.size]
     placed: list[tuple[float, float, float]] = []
+    attempts = 0
     while len(placed) < n:
+        attempts += 1
+        if attempts % 50 == 0:  # the first shapes left no room for the rest: lay them all out again
+            placed = []
         r = rng.uniform(lo, hi)
         cx, cy = rng.uniform(r + 1, RESOLUTION - r - 1, size=2)
         if all(math.hypot(cx - x, cy - y) > r + q + 2 for x, y, q in placed):
@@ -132,14 +137,13 @@ def render(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(image.resize((RESOLUTION, RESOLUTION), Image.Resampling.BOX))
 
 
-def sample_dataset(num: int, seed: int, held_out: bool = False) -> tuple[np.ndarray, list[Scene]]:
-    """``num`` random scenes (train scenes, or held-out ones) and their images (num, 64, 64, 3) uint8."""
+def sample_dataset(
+    num: int, seed: int, split: Literal["train", "held_out", "all"] = "train"
+) -> tuple[np.ndarray, list[Scene]]:
+    """``num`` random scenes of ``split`` and their images (num, 64, 64, 3) uint8."""
     rng = np.random.default_rng(seed)
-    pool = held_out_scenes() if held_out else train_scenes()
+    pool = {"train": train_scenes, "held_out": held_out_scenes, "all": all_scenes}[split]()
     scenes = [pool[i] for i in rng.integers(len(pool), size=num)]
-    images = (
-        np.stack([render(scene, rng) for scene in scenes])
-        if num
-        else np.zeros((0, RESOLUTION, RESOLUTION, 3), np.uint8)
-    )
-    return images, scenes
+    if not num:
+        return np.zeros((0, RESOLUTION, RESOLUTION, 3), np.uint8), scenes
+    return np.stack([render(scene, rng) for scene in scenes]), scenes
