@@ -90,3 +90,18 @@ def test_an_unreachable_server_stops_training_before_it_starts(tmp_path, capsys)
 def test_bad_settings_in_the_url():
     with pytest.raises(GenrlError, match="unknown settings \\['speed'\\]"):
         load_reward("http://127.0.0.1:1?speed=3")
+
+
+def test_training_against_a_failing_server_ends_in_one_line(serve, tmp_path, capsys):
+    def broken(images, prompts, metadata):
+        raise RuntimeError("CUDA error: device-side assert")
+
+    url = serve(broken) + "?retries=2&backoff=0.01"
+    with pytest.raises(SystemExit) as info:
+        main(fast_args(tmp_path, "r", "--reward", url, "--async-rewards"))
+    assert info.value.code == 2
+    err = capsys.readouterr().err  # the in-process server logs its requests there too
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert line.startswith("error: reward server") and "raised RuntimeError: CUDA error" in line
+    assert "Traceback" not in err
+    assert not (tmp_path / "r" / "checkpoints" / "latest").exists()

@@ -40,7 +40,10 @@ def make_server(reward: CheckedReward, host: str, port: int, max_request_mb: flo
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (timed out) first
+                self.close_connection = True
 
         def do_GET(self) -> None:  # noqa: N802 (the http.server API)
             if self.path == "/info":
