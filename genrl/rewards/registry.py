@@ -124,14 +124,7 @@ def _single(term: str) -> CheckedReward:
             options[key.strip()] = value.strip()
     plugins = _plugin_factories()
     if name in BUILTIN_REWARDS or name in plugins:
-        factory = BUILTIN_REWARDS.get(name) or plugins[name].load()
-        try:
-            fn = factory(**options)
-        except TypeError as exc:
-            raise GenrlError(
-                f"reward '{name}' does not take the options {sorted(options)}; see the README for its options"
-            ) from exc
-        return CheckedReward(fn, name)
+        return CheckedReward(_build(name, BUILTIN_REWARDS.get(name) or plugins[name].load(), options), name)
     if ":" not in name:
         raise GenrlError(
             f"unknown reward '{name}'; use one of {', '.join(reward_names())} or 'package.module:function'"
@@ -146,12 +139,17 @@ def _single(term: str) -> CheckedReward:
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise GenrlError(f"reward '{name}': module '{module_name}' has no callable '{attr}'; check the name")
-    if options:  # module:Factory(key=value): the factory builds the reward
-        try:
-            fn = fn(**options)
-        except TypeError as exc:
-            raise GenrlError(f"reward '{name}' does not take the options {sorted(options)} ({exc})") from exc
-    return CheckedReward(fn, name)
+    # module:function is the reward itself; module:Factory(key=value) builds it from the options.
+    return CheckedReward(_build(name, fn, options) if options else fn, name)
+
+
+def _build(name: str, factory: Callable[..., RewardFn], options: dict[str, str]) -> RewardFn:
+    try:
+        return factory(**options)
+    except TypeError as exc:
+        raise GenrlError(
+            f"reward '{name}' does not take the options {sorted(options)}; see the README for its options"
+        ) from exc
 
 
 def _weighted(term: str) -> tuple[str, float | None]:
