@@ -1,4 +1,5 @@
-"""Advantages from terminal rewards: the per-prompt running statistics of DDPO and RLCM, or plain batch stats."""
+"""Advantages from terminal rewards: the per-prompt running statistics of DDPO and RLCM, plain batch statistics,
+or GRPO's group statistics (G consecutive samples of one prompt form a group)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,34 @@ def batch_advantages(rewards: np.ndarray) -> np.ndarray:
     return (rewards - rewards.mean()) / (rewards.std() + 1e-6)
 
 
-def compute_advantages(prompts: list[str], rewards: torch.Tensor, tracker: PerPromptStatTracker | None) -> torch.Tensor:
+def group_advantages(rewards: np.ndarray, group_size: int, normalise_std: bool = True) -> np.ndarray:
+    """A = r - mean(group), divided by (std(group) + 1e-6) with ``normalise_std`` (GRPO; off as in Dr. GRPO)."""
+    groups = np.asarray(rewards, dtype=np.float64).reshape(-1, group_size)
+    centred = groups - groups.mean(axis=1, keepdims=True)
+    centred[np.ptp(groups, axis=1) == 0] = 0  # exactly: the mean of equal floats need not round back to them
+    if normalise_std:
+        centred = centred / (groups.std(axis=1, keepdims=True) + 1e-6)
+    return centred.reshape(-1)
+
+
+def informative_groups(advantages: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Indices of the samples whose group has some non-zero advantage (the others carry no gradient)."""
+    keep = (advantages.reshape(-1, group_size) != 0).any(dim=1)
+    return torch.nonzero(keep.repeat_interleave(group_size)).squeeze(1)
+
+
+def compute_advantages(
+    prompts: list[str],
+    rewards: torch.Tensor,
+    tracker: PerPromptStatTracker | None,
+    group_size: int = 1,
+    group_std: bool = True,
+) -> torch.Tensor:
     values = rewards.detach().cpu().numpy()
-    adv = tracker.update(prompts, values) if tracker is not None else batch_advantages(values)
+    if group_size > 1:
+        adv = group_advantages(values, group_size, group_std)
+    elif tracker is not None:
+        adv = tracker.update(prompts, values)
+    else:
+        adv = batch_advantages(values)
     return torch.as_tensor(adv, dtype=torch.float32, device=rewards.device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import torch
 
@@ -72,8 +73,32 @@ class TrajectoryBuffer:
     def all_rewards(self) -> torch.Tensor:
         return torch.cat(self.rewards)
 
+    def subset(self, indices: torch.Tensor) -> TrajectoryBuffer:
+        """The trajectories at ``indices`` (with their advantages), as a buffer of one batch."""
+        idx = indices.cpu()
+        take = lambda parts: [torch.cat(parts)[idx.to(parts[0].device)]]  # noqa: E731
+        return TrajectoryBuffer(
+            prompts=[self.prompts[i] for i in idx.tolist()],
+            metadata=[self.metadata[i] for i in idx.tolist()],
+            prompt_embeds=take(self.prompt_embeds),
+            latents=take(self.latents),
+            next_latents=take(self.next_latents),
+            timesteps=take(self.timesteps),
+            next_timesteps=take(self.next_timesteps),
+            log_probs=take(self.log_probs),
+            rewards=take(self.rewards),
+            negative_prompt_embeds=self.negative_prompt_embeds,
+            advantages=None if self.advantages is None else self.advantages[idx.to(self.advantages.device)],
+        )
+
+    def minibatch_sizes(self, batch_size: int) -> list[int]:
+        """Trajectories in each minibatch: full ones, then the rest (only when the buffer was subset)."""
+        full, rest = divmod(len(self), batch_size)
+        return [batch_size] * full + ([rest] if rest else [])
+
     def minibatches(self, batch_size: int, steps_per_forward: int, generator: torch.Generator) -> Iterator[list[Chunk]]:
-        """Yields minibatches of ``batch_size`` trajectories, each as a list of chunks covering all its steps.
+        """Yields minibatches of ``batch_size`` trajectories (``minibatch_sizes``), each as a list of chunks
+        covering all its steps.
 
         Chunk j of a minibatch holds, for every trajectory in it, the steps at positions
         [j * steps_per_forward, (j + 1) * steps_per_forward) of that trajectory's own random step order.
@@ -87,8 +112,9 @@ class TrajectoryBuffer:
         n, steps = len(self), self.num_steps
         order = torch.randperm(n, generator=generator)
         step_order = torch.stack([torch.randperm(steps, generator=generator) for _ in range(n)])
-        for start in range(0, n - batch_size + 1, batch_size):
-            idx = order[start : start + batch_size].to(latents.device)
+        starts = [0, *accumulate(self.minibatch_sizes(batch_size))]
+        for start, end in zip(starts[:-1], starts[1:]):
+            idx = order[start:end].to(latents.device)
             chunks = []
             for j in range(0, steps, steps_per_forward):
                 cols = step_order[idx.cpu(), j : j + steps_per_forward].to(latents.device)  # (b, k)

@@ -5,6 +5,8 @@
     checkpoints/epoch-0003/trainable.safetensors               every trainable tensor, exactly
     checkpoints/epoch-0003/optimizer.pt                        optimizer, LR scheduler, torch RNG
     checkpoints/epoch-0003/state.json                          counters, per-prompt reward statistics
+    checkpoints/epoch-0003/ema/pytorch_lora_weights.safetensors  with --ema-decay: the EMA weights, as above
+    checkpoints/epoch-0003/ema.pt                              with --ema-decay: the EMA state, for --resume
     checkpoints/latest -> epoch-0003
 
 A checkpoint is staged in a hidden folder and renamed into place, then ``latest`` is switched atomically:
@@ -21,6 +23,7 @@ from typing import Any
 
 import torch
 from diffusers import StableDiffusionPipeline
+from diffusers.training_utils import EMAModel
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
@@ -38,6 +41,7 @@ def save_checkpoint(
     lr_scheduler: Any,
     state: dict[str, Any],
     keep: int,
+    ema: EMAModel | None = None,
 ) -> Path:
     name = f"epoch-{epoch:04d}"
     staging = checkpoints / f".staging-{name}"
@@ -46,11 +50,16 @@ def save_checkpoint(
 
     trainable = {n: p.detach().contiguous().cpu() for n, p in unet.named_parameters() if p.requires_grad}
     save_file(trainable, staging / "trainable.safetensors")
-    if getattr(unet, "peft_config", None):
-        lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-        StableDiffusionPipeline.save_lora_weights(staging, unet_lora_layers=lora, safe_serialization=True)
-    else:
-        unet.save_pretrained(staging / "unet", safe_serialization=True)
+    _save_for_diffusers(unet, staging)
+    if ema is not None:
+        params = [p for p in unet.parameters() if p.requires_grad]
+        ema.store(params)
+        ema.copy_to(params)
+        try:
+            _save_for_diffusers(unet, staging / "ema")
+        finally:
+            ema.restore(params)
+        torch.save(ema.state_dict(), staging / "ema.pt")
     torch.save(
         {
             "optimizer": optimizer.state_dict(),
@@ -74,6 +83,15 @@ def save_checkpoint(
     return final
 
 
+def _save_for_diffusers(unet: torch.nn.Module, folder: Path) -> None:
+    """The LoRA as ``pipe.load_lora_weights(folder)`` reads it, or the whole UNet under full fine-tuning."""
+    if getattr(unet, "peft_config", None):
+        lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+        StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=lora, safe_serialization=True)
+    else:
+        unet.save_pretrained(folder / "unet", safe_serialization=True)
+
+
 def latest_checkpoint(checkpoints: Path) -> Path | None:
     link = checkpoints / LATEST
     if not link.exists():
@@ -82,12 +100,21 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
 
 
 def load_checkpoint(
-    path: Path, unet: torch.nn.Module, optimizer: torch.optim.Optimizer, lr_scheduler: Any
+    path: Path,
+    unet: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: Any,
+    ema: EMAModel | None = None,
 ) -> dict[str, Any]:
     try:
         trainable = load_file(path / "trainable.safetensors")
         extra = torch.load(path / "optimizer.pt", weights_only=True)
         state = json.loads((path / "state.json").read_text())
+        ema_state = None
+        if ema is not None:
+            if not (path / "ema.pt").is_file():
+                raise GenrlError(f"checkpoint '{path}' was saved without --ema-decay; resume without it")
+            ema_state = torch.load(path / "ema.pt", weights_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise GenrlError(f"checkpoint '{path}' is unreadable ({exc}); start a new run or restore the folder") from exc
     params = dict(unet.named_parameters())
@@ -104,4 +131,6 @@ def load_checkpoint(
     optimizer.load_state_dict(extra["optimizer"])
     lr_scheduler.load_state_dict(extra["lr_scheduler"])
     torch.set_rng_state(extra["torch_rng"])
+    if ema is not None:
+        ema.load_state_dict(ema_state)
     return state

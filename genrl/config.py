@@ -22,8 +22,9 @@ class TrainConfig:
     """A diffusers pipeline: hub id, local folder, 'shapes' (the embedded models) or 'tiny' (random weights)."""
     env: Literal["lcm", "ddpm"] = "lcm"
     """lcm: consistency sampling (RLCM). ddpm: DDIM with eta > 0 (DDPO)."""
-    algo: Literal["ppo", "reinforce"] = "ppo"
-    """Policy-gradient algorithm."""
+    algo: Literal["ppo", "reinforce", "dpg"] = "ppo"
+    """ppo: clipped PPO (RLCM, DDPO). reinforce: one unclipped pass. dpg: backpropagate a differentiable reward
+    through the sampling chain (AlignProp, DRaFT-K)."""
     reward: str = "jpeg_compressibility"
     """A built-in reward (with options), 'package.module:function', 'a=0.7,b=0.3', or a server URL."""
     prompts: str = "shapes_train"
@@ -58,6 +59,13 @@ class TrainConfig:
     """Compute each batch's reward in a background thread while the next batch samples (same results)."""
     batches_per_epoch: int = 2
     """Sampling batches per epoch."""
+    group_size: int = 1
+    """GRPO: G images per prompt in each sampling batch, advantages relative to their group's statistics;
+    groups whose advantages are all zero are dropped from the update. 1: no groups."""
+    group_shared_noise: bool = False
+    """Groups start from one shared initial noise (their images then differ by the step noise only)."""
+    group_std: bool = True
+    """Divide group advantages by the group's reward std (GRPO); off: subtract the group mean only."""
 
     # Policy
     finetune: Literal["lora", "full"] = "lora"
@@ -87,10 +95,22 @@ class TrainConfig:
     adv_clip_max: float = 10.0
     """Advantages are clamped to [-adv_clip_max, adv_clip_max]."""
     max_grad_norm: float = 5.0
+    kl_coef: float = 0.0
+    """Penalty on the closed-form per-step KL to the frozen model (the LoRA switched off); logged as kl."""
+    ema_decay: float = 0.0
+    """EMA of the trainable weights after every optimizer step (diffusers' EMAModel, with its warm-up); the
+    EMA weights sample the evaluation grids and are saved beside each checkpoint. 0: off."""
+
+    # DPG
+    dpg_truncation: int | None = None
+    """DPG: backpropagate through the last K denoising steps (default: all of them for LCM, 1 for DDPM)."""
+    gradient_checkpointing: bool = True
+    """DPG: recompute UNet and VAE activations in the backward pass instead of keeping them."""
 
     # Advantages
     advantages: Literal["per_prompt", "batch"] = "per_prompt"
-    """per_prompt: running statistics per prompt (DDPO, RLCM). batch: normalise over the epoch's batch."""
+    """per_prompt: running statistics per prompt (DDPO, RLCM). batch: normalise over the epoch's batch.
+    With --group-size > 1 advantages are relative to each group instead."""
     stat_buffer_size: int = 16
     stat_min_count: int = 4
 
@@ -145,6 +165,40 @@ class TrainConfig:
                 )
         elif not self.eta > 0:
             raise GenrlError(f"--eta {self.eta} makes DDIM deterministic, with no policy to train; use --eta > 0")
+        self._validate_extensions()
+
+    @property
+    def dpg_steps(self) -> int:
+        """How many of the last denoising steps DPG backpropagates through."""
+        if self.dpg_truncation is not None:
+            return self.dpg_truncation
+        return self.num_steps if self.env == "lcm" else 1
+
+    def _validate_extensions(self) -> None:
+        """DPG, groups, KL and EMA."""
+        if self.group_size < 1 or self.sample_batch_size % self.group_size:
+            raise GenrlError(
+                f"--group-size {self.group_size} must be at least 1 and divide --sample-batch-size "
+                f"{self.sample_batch_size}"
+            )
+        if self.kl_coef < 0:
+            raise GenrlError(f"--kl-coef must be 0 or more, got {self.kl_coef}")
+        if self.kl_coef > 0 and self.finetune != "lora":
+            raise GenrlError(
+                "--kl-coef needs --finetune lora: the reference is the model with its adapter off, and full "
+                "fine-tuning keeps no frozen copy"
+            )
+        if not 0 <= self.ema_decay < 1:
+            raise GenrlError(f"--ema-decay must be in [0, 1), got {self.ema_decay} (0 turns EMA off)")
+        if self.algo == "dpg":
+            if self.group_size > 1:
+                raise GenrlError("--group-size is for ppo and reinforce (DPG uses no advantages); drop it for dpg")
+            if self.async_rewards:
+                raise GenrlError("--async-rewards cannot carry a reward's gradient; drop it for --algo dpg")
+            if not 1 <= self.dpg_steps <= self.num_steps:
+                raise GenrlError(
+                    f"--dpg-truncation must be between 1 and --num-steps {self.num_steps}, got {self.dpg_truncation}"
+                )
 
 
 def _preset(**fields) -> TrainConfig:

@@ -12,7 +12,15 @@ from typing import Any, Literal
 import torch
 from peft import LoraConfig
 
-from genrl.steps import LogProbReduction, StepDistribution, ddim_step, gaussian_log_prob, guidance_embedding, lcm_step
+from genrl.steps import (
+    LogProbReduction,
+    StepDistribution,
+    ddim_step,
+    gaussian_kl,
+    gaussian_log_prob,
+    guidance_embedding,
+    lcm_step,
+)
 
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -40,19 +48,43 @@ class DenoisingPolicy(torch.nn.Module):
         raise NotImplementedError
 
     def log_prob(self, obs: dict[str, torch.Tensor], next_latents: torch.Tensor) -> torch.Tensor:
-        dist = self.distribution(obs)
+        return self.action_log_prob(self.distribution(obs), next_latents)
+
+    def action_log_prob(self, dist: StepDistribution, next_latents: torch.Tensor) -> torch.Tensor:
         return gaussian_log_prob(next_latents, dist.mean, dist.std, self.reduction)
+
+    def sample_action(
+        self, obs: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> tuple[dict[str, torch.Tensor], StepDistribution]:
+        """Reparameterised: the action is mean + std * noise, differentiable in the weights where grad is on."""
+        dist = self.distribution(obs)
+        noise = torch.randn(dist.mean.shape, generator=generator).to(dist.mean)
+        return {"next_latents": dist.sample(noise), "pred_original": dist.pred_original}, dist
 
     @torch.no_grad()
     def act(
         self, obs: dict[str, torch.Tensor], generator: torch.Generator
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Sample the next latent. Returns the action and its log-prob (meaningless where not ``stochastic``)."""
-        dist = self.distribution(obs)
-        noise = torch.randn(dist.mean.shape, generator=generator).to(dist.mean)
-        next_latents = dist.sample(noise)
-        log_prob = gaussian_log_prob(next_latents, dist.mean, dist.std.clamp(min=1e-12), self.reduction)
-        return {"next_latents": next_latents, "pred_original": dist.pred_original}, log_prob
+        action, dist = self.sample_action(obs, generator)
+        log_prob = gaussian_log_prob(action["next_latents"], dist.mean, dist.std.clamp(min=1e-12), self.reduction)
+        return action, log_prob
+
+    @torch.no_grad()
+    def reference_distribution(self, obs: dict[str, torch.Tensor]) -> StepDistribution:
+        """The frozen model's step: the same UNet with the LoRA adapter switched off, no second copy."""
+        if not getattr(self.unet, "peft_config", None):
+            raise RuntimeError("the reference policy needs a LoRA adapter to switch off")
+        self.unet.disable_adapters()
+        try:
+            return self.distribution(obs)
+        finally:
+            self.unet.enable_adapters()
+
+    def kl_to_reference(self, obs: dict[str, torch.Tensor], dist: StepDistribution) -> torch.Tensor:
+        """Closed-form KL(pi_theta || pi_ref) of each step (B,), reduced over latent dims like the log-prob."""
+        ref = self.reference_distribution(obs)
+        return gaussian_kl(dist.mean, dist.std, ref.mean, ref.std, self.reduction)
 
 
 class LCMPolicy(DenoisingPolicy):

@@ -42,11 +42,14 @@ def collect(
     metadata: list[dict],
     noise_seed: int,
     step_seed: int,
+    shared_noise_group: int = 1,
 ) -> Rollout:
-    """``noise_seed`` seeds the initial latents, ``step_seed`` the policy's step noise: together they fix the batch."""
+    """``noise_seed`` seeds the initial latents, ``step_seed`` the policy's step noise: together they fix the batch.
+    With ``shared_noise_group`` G, each run of G consecutive images starts from one initial latent."""
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(step_seed)
-    obs, _ = env.reset(seed=noise_seed, options={"prompts": prompts, "metadata": metadata})
+    options = {"prompts": prompts, "metadata": metadata, "shared_noise_group": shared_noise_group}
+    obs, _ = env.reset(seed=noise_seed, options=options)
     embeds, negative = obs["prompt_embeds"], obs["negative_prompt_embeds"]
     steps = []
     for _ in range(env.num_steps):

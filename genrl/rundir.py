@@ -79,16 +79,18 @@ class RunDir:
                     self.writer.add_scalar(f"{key}/{name}", v, metrics["epoch"])
         self.writer.flush()
 
-    def save_samples(self, epoch: int, images: torch.Tensor, prompts: list[str], rewards: torch.Tensor) -> Path:
+    def save_samples(
+        self, epoch: int, images: torch.Tensor, prompts: list[str], rewards: torch.Tensor, suffix: str = ""
+    ) -> Path:
         grid = image_grid(images, [f"{r:.2f} {p}" for p, r in zip(prompts, rewards.tolist())])
-        path = self.samples / f"epoch-{epoch:04d}.png"
+        path = self.samples / f"epoch-{epoch:04d}{suffix}.png"
         tmp = path.with_name(f".{path.name}.tmp")
         grid.save(tmp, format="PNG")
         os.replace(tmp, path)
         captions = [{"prompt": p, "reward": r} for p, r in zip(prompts, rewards.tolist())]
         atomic_write_text(path.with_suffix(".json"), json.dumps(captions, indent=1) + "\n")
-        self.writer.add_image("samples", np.asarray(grid), epoch, dataformats="HWC")
-        self.writer.add_text("sample_prompts", " | ".join(prompts), epoch)
+        self.writer.add_image(f"samples{suffix}", np.asarray(grid), epoch, dataformats="HWC")
+        self.writer.add_text(f"sample_prompts{suffix}", " | ".join(prompts), epoch)
         return path
 
     def close(self) -> None:

@@ -164,3 +164,22 @@ def gaussian_log_prob(
     elementwise = -((value.detach() - mean) ** 2) / (2 * std**2) - torch.log(std) - math.log(math.sqrt(2 * math.pi))
     dims = tuple(range(1, elementwise.ndim))
     return elementwise.mean(dim=dims) if reduction == "mean" else elementwise.sum(dim=dims)
+
+
+def gaussian_kl(
+    mean_p: torch.Tensor,
+    std_p: torch.Tensor,
+    mean_q: torch.Tensor,
+    std_q: torch.Tensor,
+    reduction: LogProbReduction = "mean",
+) -> torch.Tensor:
+    """KL(N(mean_p, std_p^2 I) || N(mean_q, std_q^2 I)), reduced over every dim but the batch like the log-prob.
+
+        KL = log(std_q / std_p) + (std_p^2 + (mean_p - mean_q)^2) / (2 std_q^2) - 1/2      per dim
+
+    Two step policies at the same state share the schedule's std, so it is (mean_p - mean_q)^2 / (2 std^2).
+    """
+    std_p, std_q = std_p.expand_as(mean_p), std_q.expand_as(mean_q)
+    elementwise = torch.log(std_q / std_p) + (std_p**2 + (mean_p - mean_q) ** 2) / (2 * std_q**2) - 0.5
+    dims = tuple(range(1, elementwise.ndim))
+    return elementwise.mean(dim=dims) if reduction == "mean" else elementwise.sum(dim=dims)

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 import tyro
 from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from genrl.advantages import PerPromptStatTracker, compute_advantages
-from genrl.algos import ALGORITHMS
+from genrl.advantages import PerPromptStatTracker, compute_advantages, informative_groups
+from genrl.algos import BUFFER_ALGORITHMS, dpg
 from genrl.buffer import TrajectoryBuffer
 from genrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from genrl.config import DEFAULT_PRESET, TrainConfig, preset
@@ -38,7 +39,7 @@ from genrl.models import load_pipeline
 from genrl.policy import add_lora, make_policy
 from genrl.prompts import load_prompts
 from genrl.rewards import load_reward
-from genrl.rollout import collect
+from genrl.rollout import Rollout, collect
 from genrl.rundir import RunDir
 
 # Fields a resumed run must keep: the checkpoint only fits the model it was trained on.
@@ -94,12 +95,41 @@ def _seed(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
+def _sampling_batches(cfg: TrainConfig, prompt_pool: list[str], epoch: int) -> list[dpg.Batch]:
+    """The epoch's (prompts, initial-noise seed, step-noise seed) per sampling batch; prompts come in runs of
+    ``group_size``."""
+    batches = []
+    for b in range(cfg.batches_per_epoch):
+        rng = np.random.default_rng(_seed(cfg.seed, epoch, b, 0))
+        picks = rng.integers(len(prompt_pool), size=cfg.sample_batch_size // cfg.group_size)
+        prompts = [prompt_pool[i] for i in picks for _ in range(cfg.group_size)]
+        batches.append((prompts, _seed(cfg.seed, epoch, b, 1), _seed(cfg.seed, epoch, b, 2)))
+    return batches
+
+
+def _sample_with_ema(ema: EMAModel, policy, env, cfg: TrainConfig, prompt_pool: list[str]) -> Rollout:
+    """The evaluation batch (the same prompts and noise at every epoch) sampled with the EMA weights."""
+    (prompts, noise_seed, step_seed), *_ = _sampling_batches(cfg, prompt_pool, epoch=0)  # training starts at 1
+    params = policy.trainable_parameters()
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        return collect(env, policy, prompts, [{} for _ in prompts], noise_seed, step_seed).resolve()
+    finally:
+        ema.restore(params)
+
+
 # --------------------------------------------------------------------------------------------------
 # The training loop
 # --------------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig) -> RunDir:
     prompt_pool = load_prompts(cfg.prompts)
     reward_fn = load_reward(cfg.reward)
+    if cfg.algo == "dpg" and not reward_fn.differentiable:
+        raise GenrlError(
+            f"--algo dpg needs a differentiable reward, and '{cfg.reward}' is not (a reward declares it with "
+            "differentiable = True); use --algo ppo or reinforce, or a reward such as shapes_alignment"
+        )
     if cfg.resume is not None:
         run = RunDir(cfg.resume)
         checkpoint = latest_checkpoint(run.checkpoints)
@@ -121,10 +151,14 @@ def train(cfg: TrainConfig) -> RunDir:
         )
     else:
         env = DDPMEnv(cfg.sample_batch_size, pipe, reward_fn, cfg.num_steps, cfg.resolution, executor)
+    torch.manual_seed(_seed(cfg.seed, 0, 0, 4))  # the LoRA's random initial A comes from torch's global RNG
     if cfg.finetune == "lora":
         add_lora(pipe.unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules)
     else:
         pipe.unet.requires_grad_(True)
+    if cfg.algo == "dpg" and cfg.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+        pipe.vae.enable_gradient_checkpointing()
     policy = make_policy(cfg.env, pipe, cfg.guidance_scale, cfg.logprob_reduction, cfg.eta).eval()
     optimizer = torch.optim.AdamW(
         policy.trainable_parameters(),
@@ -135,12 +169,18 @@ def train(cfg: TrainConfig) -> RunDir:
         fused=torch.device(cfg.device).type in ("cpu", "cuda"),  # one kernel for all tensors: 4x faster on CPU
     )
     lr_scheduler = get_scheduler("constant", optimizer)
-    tracker = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count) if cfg.advantages == "per_prompt" else None
-    update = ALGORITHMS[cfg.algo]
+    tracker = None
+    if cfg.advantages == "per_prompt" and cfg.group_size == 1:  # groups bring their own statistics
+        tracker = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)
+    update = BUFFER_ALGORITHMS.get(cfg.algo)  # None for dpg
+    ema = None
+    if cfg.ema_decay > 0:
+        ema = EMAModel(policy.trainable_parameters(), decay=cfg.ema_decay)
+        optimizer.register_step_post_hook(lambda *_: ema.step(policy.trainable_parameters()))
 
     counters = {"epoch": 0, "reward_queries": 0, "wall_time_s": 0.0}
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, pipe.unet, optimizer, lr_scheduler)
+        state = load_checkpoint(checkpoint, pipe.unet, optimizer, lr_scheduler, ema)
         counters = state["counters"]
         if tracker is not None and state.get("tracker"):
             tracker.load_state_dict(state["tracker"])
@@ -158,42 +198,58 @@ def train(cfg: TrainConfig) -> RunDir:
     # Wall-clock counts everything from here on, logging and checkpoints included, across resumed segments.
     segment_start, wall_before = time.perf_counter(), counters["wall_time_s"]
     for epoch in bar:
-        # 1. Sample: batches_per_epoch batches of sample_batch_size trajectories.
-        buffer = TrajectoryBuffer()
-        sample_time = reward_time = 0.0
-        parts: dict[str, list[torch.Tensor]] = {}
-        rollouts = []
-        for b in range(cfg.batches_per_epoch):
-            rng = np.random.default_rng(_seed(cfg.seed, epoch, b, 0))
-            prompts = [prompt_pool[i] for i in rng.integers(len(prompt_pool), size=cfg.sample_batch_size)]
-            noise_seed, step_seed = _seed(cfg.seed, epoch, b, 1), _seed(cfg.seed, epoch, b, 2)
-            rollouts.append(collect(env, policy, prompts, [{} for _ in prompts], noise_seed, step_seed))
-        wait_start = time.perf_counter()
-        for rollout in rollouts:  # with --async-rewards, the rewards were computed while sampling went on
-            rollout.resolve()
-            buffer.add_batch(
-                rollout.prompts,
-                rollout.metadata,
-                rollout.prompt_embeds,
-                rollout.negative_prompt_embeds,
-                rollout.steps,
-                rollout.rewards,
+        epoch_start = time.perf_counter()
+        batches = _sampling_batches(cfg, prompt_pool, epoch)
+        train_stats: dict[str, float] = {}
+        if cfg.algo == "dpg":
+            # DPG samples and learns in one pass: each batch's reward gradient flows back through its chain.
+            rollouts, stats = dpg.update(env, policy, optimizer, batches, cfg, lr_scheduler)
+            reward_wait = 0.0
+            spent = sum(r.sample_time_s + r.reward_time_s for r in rollouts)
+            train_time = time.perf_counter() - epoch_start - spent
+        else:
+            # 1. Sample: batches_per_epoch batches of sample_batch_size trajectories.
+            shared_noise = cfg.group_size if cfg.group_shared_noise else 1
+            rollouts = [
+                collect(env, policy, prompts, [{} for _ in prompts], noise_seed, step_seed, shared_noise)
+                for prompts, noise_seed, step_seed in batches
+            ]
+            wait_start = time.perf_counter()
+            buffer = TrajectoryBuffer()
+            for rollout in rollouts:  # with --async-rewards, the rewards were computed while sampling went on
+                rollout.resolve()
+                buffer.add_batch(
+                    rollout.prompts,
+                    rollout.metadata,
+                    rollout.prompt_embeds,
+                    rollout.negative_prompt_embeds,
+                    rollout.steps,
+                    rollout.rewards,
+                )
+            reward_wait = time.perf_counter() - wait_start
+
+            # 2. Advantages from the terminal rewards, then 3. the policy update.
+            train_start = time.perf_counter()
+            buffer.advantages = compute_advantages(
+                buffer.prompts, buffer.all_rewards(), tracker, cfg.group_size, cfg.group_std
             )
+            if cfg.group_size > 1:  # a group of equal rewards teaches nothing: leave it out of the update
+                kept = informative_groups(buffer.advantages, cfg.group_size)
+                train_stats["groups_kept_fraction"] = len(kept) / len(buffer)
+                buffer = buffer.subset(kept)
+            shuffle = torch.Generator().manual_seed(_seed(cfg.seed, epoch, 0, 3))
+            stats = update(policy, optimizer, buffer, cfg, shuffle, lr_scheduler) if len(buffer) else {}
+            train_time = time.perf_counter() - train_start
+        stats.update(train_stats)
+        first_batch = rollouts[0]
+        rewards = torch.cat([r.rewards for r in rollouts])
+        counters["reward_queries"] += len(rewards)
+        parts: dict[str, list[torch.Tensor]] = {}
+        for rollout in rollouts:
             for name, values in rollout.reward_parts.items():
                 parts.setdefault(name, []).append(values.detach().cpu())
-            sample_time += rollout.sample_time_s
-            reward_time += rollout.reward_time_s
-        reward_wait = time.perf_counter() - wait_start
-        first_batch = rollouts[0]
-        rewards = buffer.all_rewards()
-        counters["reward_queries"] += len(rewards)
-
-        # 2. Advantages from the terminal rewards, then 3. the policy update.
-        train_start = time.perf_counter()
-        buffer.advantages = compute_advantages(buffer.prompts, rewards, tracker)
-        shuffle = torch.Generator().manual_seed(_seed(cfg.seed, epoch, 0, 3))
-        stats = update(policy, optimizer, buffer, cfg, shuffle, lr_scheduler)
-        train_time = time.perf_counter() - train_start
+        sample_time = sum(r.sample_time_s for r in rollouts)
+        reward_time = sum(r.reward_time_s for r in rollouts)
 
         counters["epoch"] = epoch
         counters["wall_time_s"] = wall_before + time.perf_counter() - segment_start
@@ -212,13 +268,20 @@ def train(cfg: TrainConfig) -> RunDir:
         }
         if parts:
             metrics["reward_parts"] = {name: torch.cat(v).mean().item() for name, v in parts.items()}
+        log_images = epoch in (1, cfg.epochs) or epoch % cfg.log_images_every == 0
+        if log_images and ema is not None:
+            evaluation = _sample_with_ema(ema, policy, env, cfg, prompt_pool)
+            metrics["ema_reward_mean"] = evaluation.rewards.mean().item()
+            run.save_samples(epoch, evaluation.images, evaluation.prompts, evaluation.rewards, suffix="-ema")
         run.log_metrics(metrics)
-        if epoch in (1, cfg.epochs) or epoch % cfg.log_images_every == 0:
+        if log_images:
             run.save_samples(epoch, first_batch.images, first_batch.prompts, first_batch.rewards)
         if epoch % cfg.save_every == 0 or epoch == cfg.epochs:
             state = {"counters": counters, "tracker": tracker.state_dict() if tracker is not None else None}
-            save_checkpoint(run.checkpoints, epoch, pipe.unet, optimizer, lr_scheduler, state, cfg.keep_checkpoints)
-        bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:.2e}")
+            save_checkpoint(
+                run.checkpoints, epoch, pipe.unet, optimizer, lr_scheduler, state, cfg.keep_checkpoints, ema
+            )
+        bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics.get('loss', float('nan')):.2e}")
     bar.close()
     run.close()
     if executor is not None:

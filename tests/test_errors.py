@@ -46,6 +46,12 @@ def plugin(tmp_path, monkeypatch):
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["--env", "ddpm", "--eta", "0"], "--eta 0.0 makes DDIM deterministic"),
         (["--env", "lcm", "--model", "TINY_SD"], "not a latent consistency model"),
+        (["--algo", "dpg"], "--algo dpg needs a differentiable reward"),
+        (["--algo", "dpg", "--async-rewards"], "--async-rewards cannot carry a reward's gradient"),
+        (["--algo", "dpg", "--dpg-truncation", "4"], "--dpg-truncation must be between 1 and --num-steps 3"),
+        (["--kl-coef", "0.1"], "--kl-coef needs --finetune lora"),
+        (["--group-size", "3"], "--group-size 3 must be at least 1 and divide --sample-batch-size 4"),
+        (["--ema-decay", "1"], "--ema-decay must be in [0, 1)"),
     ],
 )
 def test_bad_configuration(tmp_path, capsys, extra, message):

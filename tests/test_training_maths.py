@@ -114,12 +114,13 @@ def test_steps_per_forward_leaves_the_gradient_unchanged(accumulation):
             policy,
             opt,
             buffer,
-            lambda pol, ch: (reinforce.reinforce_loss(pol.log_prob(ch.obs, ch.next_latents), ch.advantages, 10), {}),
+            lambda logp, ch: (reinforce.reinforce_loss(logp, ch.advantages, 10), {}),
             SimpleNamespace(
                 train_batch_size=2,
                 gradient_accumulation_steps=accumulation,
                 steps_per_forward=per_forward,
                 max_grad_norm=1e9,
+                kl_coef=0.0,
             ),
             torch.Generator().manual_seed(0),
         )
@@ -142,6 +143,7 @@ def test_ppo_update_first_minibatch_ratio_is_one_and_the_weights_move():
         gradient_accumulation_steps=2,
         steps_per_forward=2,
         max_grad_norm=5.0,
+        kl_coef=0.0,
     )
     stats = ppo.update(policy, opt, buffer, cfg, torch.Generator().manual_seed(0))
     assert abs(stats["ratio_mean_first_minibatch"] - 1) < 1e-6
@@ -154,14 +156,18 @@ def test_accumulated_gradient_is_the_mean_over_its_minibatches_leftovers_include
 
     def grads(accumulation):
         opt = _GradCapture(policy.trainable_parameters())
-        loss = lambda pol, ch: (reinforce.reinforce_loss(pol.log_prob(ch.obs, ch.next_latents), ch.advantages, 10), {})
+        loss = lambda logp, ch: (reinforce.reinforce_loss(logp, ch.advantages, 10), {})
         optimize(
             policy,
             opt,
             buffer,
             loss,
             SimpleNamespace(
-                train_batch_size=2, gradient_accumulation_steps=accumulation, steps_per_forward=1, max_grad_norm=1e9
+                train_batch_size=2,
+                gradient_accumulation_steps=accumulation,
+                steps_per_forward=1,
+                max_grad_norm=1e9,
+                kl_coef=0.0,
             ),
             torch.Generator().manual_seed(0),
         )

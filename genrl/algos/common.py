@@ -1,9 +1,12 @@
-"""The optimisation loop every policy-gradient algorithm shares: minibatches, accumulation, clipping, stepping.
+"""The optimisation loop every policy-gradient algorithm shares: minibatches, accumulation, KL, clipping, stepping.
 
 Accumulation semantics: an optimizer step follows every ``gradient_accumulation_steps`` minibatches of
 ``train_batch_size`` trajectories, and its gradient is the mean over all (trajectory, step) pairs they hold,
 however many steps go into one forward pass. Where the minibatches of a pass do not divide evenly, the last
 optimizer step of the pass takes the ones left over (its gradient is still their mean).
+
+KL regularisation (``kl_coef`` > 0) adds ``kl_coef * KL(pi_theta || pi_ref)`` per (trajectory, step) pair, in
+closed form for the two Gaussians of a step; the reference is the same UNet with the LoRA switched off.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import torch
 from genrl.buffer import Chunk, TrajectoryBuffer
 from genrl.policy import DenoisingPolicy
 
-# (policy, chunk) -> (loss averaged over the chunk, {stat name: value})
-LossFn = Callable[[DenoisingPolicy, Chunk], tuple[torch.Tensor, dict[str, float]]]
+# (log-probs of the chunk's actions under the current policy, chunk) -> (loss averaged over the chunk, stats)
+LossFn = Callable[[torch.Tensor, Chunk], tuple[torch.Tensor, dict[str, float]]]
 
 
 class TrainingKnobs(Protocol):
@@ -28,6 +31,7 @@ class TrainingKnobs(Protocol):
     gradient_accumulation_steps: int
     steps_per_forward: int
     max_grad_norm: float
+    kl_coef: float
 
 
 def optimize(
@@ -41,20 +45,24 @@ def optimize(
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> dict[str, float]:
     """Runs ``passes`` shuffled passes over the buffer; returns the per-epoch means of the loss's stats."""
-    train_batch_size, gradient_accumulation_steps = cfg.train_batch_size, cfg.gradient_accumulation_steps
-    minibatches = len(buffer) // train_batch_size
-    pairs_per_minibatch = train_batch_size * buffer.num_steps
+    sizes = buffer.minibatch_sizes(cfg.train_batch_size)
+    accumulation = cfg.gradient_accumulation_steps
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     params = policy.trainable_parameters()
     policy.train()
     for _ in range(passes):
-        for i, chunks in enumerate(buffer.minibatches(train_batch_size, cfg.steps_per_forward, generator)):
-            group_start = i - i % gradient_accumulation_steps
-            group_end = min(group_start + gradient_accumulation_steps, minibatches)
-            pairs_per_step = pairs_per_minibatch * (group_end - group_start)
+        for i, chunks in enumerate(buffer.minibatches(cfg.train_batch_size, cfg.steps_per_forward, generator)):
+            group_start = i - i % accumulation
+            group_end = min(group_start + accumulation, len(sizes))
+            pairs_per_step = sum(sizes[group_start:group_end]) * buffer.num_steps
             for chunk in chunks:
-                loss, stats = loss_fn(policy, chunk)
+                dist = policy.distribution(chunk.obs)
+                loss, stats = loss_fn(policy.action_log_prob(dist, chunk.next_latents), chunk)
+                if cfg.kl_coef > 0:
+                    kl = policy.kl_to_reference(chunk.obs, dist).mean()
+                    loss = loss + cfg.kl_coef * kl
+                    stats["kl"] = kl.item()
                 # Weight by the chunk's share of the optimizer step, so chunking leaves the gradient unchanged.
                 (loss * (len(chunk.sample_index) / pairs_per_step)).backward()
                 for key, value in {"loss": loss.item(), **stats}.items():

@@ -42,8 +42,7 @@ def update(
     first: list[float] = []
     chunks_per_minibatch = math.ceil(buffer.num_steps / cfg.steps_per_forward)
 
-    def loss_fn(policy: DenoisingPolicy, chunk: Chunk) -> tuple[torch.Tensor, dict[str, float]]:
-        log_prob = policy.log_prob(chunk.obs, chunk.next_latents)
+    def loss_fn(log_prob: torch.Tensor, chunk: Chunk) -> tuple[torch.Tensor, dict[str, float]]:
         loss, ratio = clipped_surrogate_loss(
             log_prob, chunk.old_log_probs, chunk.advantages, cfg.clip_range, cfg.adv_clip_max
         )

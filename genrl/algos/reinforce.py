@@ -28,8 +28,7 @@ def update(
     generator: torch.Generator,
     lr_scheduler=None,
 ) -> dict[str, float]:
-    def loss_fn(policy: DenoisingPolicy, chunk: Chunk) -> tuple[torch.Tensor, dict[str, float]]:
-        log_prob = policy.log_prob(chunk.obs, chunk.next_latents)
+    def loss_fn(log_prob: torch.Tensor, chunk: Chunk) -> tuple[torch.Tensor, dict[str, float]]:
         with torch.no_grad():
             stats = {"approx_kl": 0.5 * ((log_prob - chunk.old_log_probs) ** 2).mean().item()}
         return reinforce_loss(log_prob, chunk.advantages, cfg.adv_clip_max), stats

@@ -9,7 +9,8 @@ Observation keys: ``latents`` (B, C, h, w), ``timestep``, ``next_timestep`` (B,)
 ``negative_prompt_embeds`` (B, L, D). Action keys: ``next_latents`` (the next state) and ``pred_original``
 (the model's clean-image estimate, which the LCM env decodes at the end).
 
-The reward is zero before the last step. With a ``reward_executor`` (say a thread pool), the last step returns
+The reward is zero before the last step. Where the caller has grad enabled (a reparameterised rollout), the
+decode and the reward keep the graph. With a ``reward_executor`` (say a thread pool), the last step returns
 NaN rewards at once and ``info["reward_future"]``, a future of (rewards, parts, seconds), so that the caller can
 sample the next batch while the reward is computed; the values are those the synchronous call would give.
 """
@@ -92,7 +93,8 @@ class DenoisingEnv(gym.vector.VectorEnv):
         """Latents -> images (B, 3, H, W) in [0, 1]. Differentiable; wrap in no_grad where no gradient is wanted."""
         vae = self.pipeline.vae
         images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-        return (images.float() / 2 + 0.5).clamp(0, 1)
+        images = images.to(torch.promote_types(images.dtype, torch.float32))  # half -> float; float64 stays
+        return (images / 2 + 0.5).clamp(0, 1)
 
     def _observation(self) -> dict[str, torch.Tensor]:
         full = lambda v, dtype: torch.full((self.num_envs,), v, dtype=dtype, device=self.device)  # noqa: E731
@@ -106,7 +108,8 @@ class DenoisingEnv(gym.vector.VectorEnv):
         }
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        """``options``: ``prompts`` (B strings, required) and ``metadata`` (B dicts, optional)."""
+        """``options``: ``prompts`` (B strings, required), ``metadata`` (B dicts, optional) and
+        ``shared_noise_group`` G (optional): consecutive groups of G envs start from the same noise."""
         options = options or {}
         prompts = list(options.get("prompts", []))
         if len(prompts) != self.num_envs:
@@ -118,7 +121,11 @@ class DenoisingEnv(gym.vector.VectorEnv):
         if self._negative_embeds is None:
             self._negative_embeds = self.encode_prompts([""])
         self._prompt_embeds = self.encode_prompts(prompts)
-        noise = torch.randn((self.num_envs, *self.latent_shape), generator=self._generator)
+        shared = int(options.get("shared_noise_group", 1))
+        if self.num_envs % shared:
+            raise ValueError(f"shared_noise_group {shared} must divide the {self.num_envs} envs")
+        noise = torch.randn((self.num_envs // shared, *self.latent_shape), generator=self._generator)
+        noise = noise.repeat_interleave(shared, dim=0)
         self._latents = (noise * self.pipeline.scheduler.init_noise_sigma).to(self.device, self.dtype)
         self._step = 0
         return self._observation(), {"prompts": self.prompts}
@@ -138,8 +145,8 @@ class DenoisingEnv(gym.vector.VectorEnv):
         truncated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         if not done:
             return self._observation(), zeros, terminated, truncated, {}
-        with torch.no_grad():
-            images = self.decode(self.final_latents(action))
+        # Under the caller's grad mode: a reparameterised rollout (DPG) keeps the graph through decode and reward.
+        images = self.decode(self.final_latents(action))
         final_obs = {"latents": self._latents}
         if self.reward_executor is not None:
             # The caller samples on while the reward is computed; it arrives through the future.

@@ -54,9 +54,10 @@ class CheckedReward:
             raise GenrlError(
                 f"reward '{self.name}' raised {type(exc).__name__}: {message}; fix the reward function"
             ) from exc
-        return self.check(out, len(prompts)), parts
+        return self.check(out, len(prompts), images.dtype), parts
 
-    def check(self, out: Any, n: int) -> torch.Tensor:
+    def check(self, out: Any, n: int, image_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``out`` as float32 (B,), or float64 where the images were (a double-precision gradient check)."""
         try:
             rewards = torch.as_tensor(np.asarray(out) if not torch.is_tensor(out) else out)
         except (TypeError, ValueError, RuntimeError) as exc:
@@ -70,7 +71,7 @@ class CheckedReward:
             )
         if not (rewards.is_floating_point() or rewards.dtype in (torch.int32, torch.int64, torch.bool)):
             raise GenrlError(f"reward '{self.name}' returned dtype {rewards.dtype}; return floats")
-        rewards = rewards.to(torch.float32)
+        rewards = rewards.to(torch.float64 if image_dtype == torch.float64 else torch.float32)
         bad = ~torch.isfinite(rewards.detach())
         if bad.any():
             kind = "NaN" if math.isnan(rewards.detach()[bad][0].item()) else "inf"

@@ -139,8 +139,8 @@ def _single(term: str) -> CheckedReward:
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise GenrlError(f"reward '{name}': module '{module_name}' has no callable '{attr}'; check the name")
-    # module:function is the reward itself; module:Factory(key=value) builds it from the options.
-    return CheckedReward(_build(name, fn, options) if options else fn, name)
+    # module:function is the reward itself; module:Factory(key=value) and module:Factory() build it.
+    return CheckedReward(_build(name, fn, options) if raw is not None else fn, name)
 
 
 def _build(name: str, factory: Callable[..., RewardFn], options: dict[str, str]) -> RewardFn:

@@ -1,0 +1,109 @@
+"""Deterministic policy gradient by reward backpropagation (AlignProp; DRaFT-K) through the sampling chain.
+
+The sampler is reparameterised: the initial latent x_T and every step's noise z_t come from seeds, so
+
+    x_t' = mean_theta(x_t, t) + std_t * z_t                   (each step of the LCM or DDIM env)
+    loss = -mean_b r(decode(x_0^b)) + kl_coef * mean_t KL(pi_theta || pi_ref)(x_t)
+
+is a differentiable function of the weights theta. Only the last K steps (``--dpg-truncation``) keep a graph:
+the earlier ones run without one, so memory grows with K, not with the horizon (DRaFT-K). With the same seeds
+and weights, the chain is exactly the one ``rollout.collect`` samples for PPO.
+
+There is no buffer and no advantage: each sampling batch is backpropagated as soon as it is scored, and an
+optimizer step follows every ``gradient_accumulation_steps`` batches (the last step of an epoch takes the ones
+left over), its gradient the mean over their images.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import torch
+
+from genrl.envs import DenoisingEnv
+from genrl.policy import DenoisingPolicy
+from genrl.rollout import Rollout
+
+# (prompts, initial-noise seed, step-noise seed) of one sampling batch
+Batch = tuple[list[str], int, int]
+
+
+def reparameterised_rollout(
+    env: DenoisingEnv,
+    policy: DenoisingPolicy,
+    prompts: list[str],
+    noise_seed: int,
+    step_seed: int,
+    truncation: int,
+    kl_coef: float = 0.0,
+) -> tuple[Rollout, torch.Tensor, torch.Tensor]:
+    """One batch through the env with a graph over its last ``truncation`` steps.
+
+    Returns the rollout (detached, for logging), the rewards (B,) with their graph, and the mean per-step KL to
+    the reference over the steps with a graph (0 unless ``kl_coef`` > 0).
+    """
+    start = time.perf_counter()
+    generator = torch.Generator().manual_seed(step_seed)
+    obs, _ = env.reset(seed=noise_seed, options={"prompts": prompts})
+    embeds, negative = obs["prompt_embeds"], obs["negative_prompt_embeds"]
+    kls = []
+    for i in range(env.num_steps):
+        with torch.set_grad_enabled(i >= env.num_steps - truncation):
+            action, dist = policy.sample_action(obs, generator)
+            if kl_coef > 0 and torch.is_grad_enabled() and obs["stochastic"].all():
+                kls.append(policy.kl_to_reference(obs, dist).mean())
+            obs, rewards, _, _, info = env.step(action)
+    reward_time = info["reward_time_s"]
+    rollout = Rollout(
+        prompts,
+        [{} for _ in prompts],
+        embeds,
+        negative,
+        steps=[],
+        rewards=rewards.detach(),
+        images=info["images"].detach(),
+        reward_parts={k: v.detach() for k, v in info["reward_parts"].items()},
+        sample_time_s=time.perf_counter() - start - reward_time,
+        reward_time_s=reward_time,
+    )
+    kl = torch.stack(kls).mean() if kls else torch.zeros((), device=rewards.device)
+    return rollout, rewards, kl
+
+
+def update(
+    env: DenoisingEnv,
+    policy: DenoisingPolicy,
+    optimizer: torch.optim.Optimizer,
+    batches: list[Batch],
+    cfg,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> tuple[list[Rollout], dict[str, float]]:
+    """Samples and trains on every batch of the epoch; returns the rollouts and the epoch's mean statistics."""
+    params = policy.trainable_parameters()
+    accumulation = cfg.gradient_accumulation_steps
+    sums: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    rollouts = []
+    policy.train()
+    for i, (prompts, noise_seed, step_seed) in enumerate(batches):
+        group_start = i - i % accumulation
+        group_size = min(group_start + accumulation, len(batches)) - group_start
+        rollout, rewards, kl = reparameterised_rollout(
+            env, policy, prompts, noise_seed, step_seed, cfg.dpg_steps, cfg.kl_coef
+        )
+        loss = -rewards.mean() + cfg.kl_coef * kl
+        (loss / group_size).backward()
+        rollouts.append(rollout)
+        for key, value in {"loss": loss.item(), **({"kl": kl.item()} if cfg.kl_coef > 0 else {})}.items():
+            sums[key] += value
+            counts[key] += 1
+        if i + 1 == group_start + group_size:
+            sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            counts["grad_norm"] += 1
+            optimizer.step()
+            if lr_scheduler is not None:
+                lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+    policy.eval()
+    return rollouts, {key: sums[key] / counts[key] for key in sums}
