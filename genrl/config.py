@@ -31,6 +31,8 @@ class TrainConfig:
     """Built-in prompt set name, or a text file with one prompt per line."""
     epochs: int = 30
     """Total number of epochs (sampling then training); on --resume, the total to reach."""
+    time_budget_s: float | None = None
+    """Stop after the first epoch that ends past this much training wall-clock (and save it); None: no limit."""
     seed: int = 0
     """Seeds prompts, noise and shuffling; same seed, same run."""
     output_dir: Path = Path("runs")
@@ -146,6 +148,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise GenrlError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise GenrlError(f"--time-budget-s must be positive, got {self.time_budget_s}")
         for name in ["learning_rate", "clip_range", "adv_clip_max", "max_grad_norm", "lora_alpha"]:
             if not getattr(self, name) > 0:
                 raise GenrlError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")

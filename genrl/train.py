@@ -268,7 +268,8 @@ def train(cfg: TrainConfig) -> RunDir:
         }
         if parts:
             metrics["reward_parts"] = {name: torch.cat(v).mean().item() for name, v in parts.items()}
-        log_images = epoch in (1, cfg.epochs) or epoch % cfg.log_images_every == 0
+        out_of_time = cfg.time_budget_s is not None and counters["wall_time_s"] >= cfg.time_budget_s
+        log_images = epoch in (1, cfg.epochs) or epoch % cfg.log_images_every == 0 or out_of_time
         if log_images and ema is not None:
             evaluation = _sample_with_ema(ema, policy, env, cfg, prompt_pool)
             metrics["ema_reward_mean"] = evaluation.rewards.mean().item()
@@ -276,12 +277,14 @@ def train(cfg: TrainConfig) -> RunDir:
         run.log_metrics(metrics)
         if log_images:
             run.save_samples(epoch, first_batch.images, first_batch.prompts, first_batch.rewards)
-        if epoch % cfg.save_every == 0 or epoch == cfg.epochs:
+        if epoch % cfg.save_every == 0 or epoch == cfg.epochs or out_of_time:
             state = {"counters": counters, "tracker": tracker.state_dict() if tracker is not None else None}
             save_checkpoint(
                 run.checkpoints, epoch, pipe.unet, optimizer, lr_scheduler, state, cfg.keep_checkpoints, ema
             )
         bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics.get('loss', float('nan')):.2e}")
+        if out_of_time:
+            break
     bar.close()
     run.close()
     if executor is not None:

@@ -1,0 +1,107 @@
+"""Peak memory per sample of one DPG update (reward backpropagated through the whole chain), with and without
+gradient checkpointing, and their ratio.
+
+    python -m benchmarks.dpg_memory [--preset shapes-rlcm-alignment] [--batch-size 8] [--device cpu]
+
+Each setting runs in a fresh process. On CUDA the peak is ``torch.cuda.max_memory_allocated`` over the update; on
+a CPU it is the peak resident set (VmHWM, reset just before the update) above the resident set before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import tyro
+
+
+@dataclass
+class Args:
+    preset: str = "shapes-rlcm-alignment"
+    batch_size: int = 8
+    device: str = "cpu"
+    child: bool | None = None
+    """Internal: run one measurement with checkpointing on (True) or off (False) and print it as JSON."""
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure(args: Args, checkpointing: bool) -> float:
+    """MiB per sample of one DPG forward and backward pass."""
+    from genrl.algos import dpg
+    from genrl.config import preset
+    from genrl.envs import DDPMEnv, LCMEnv
+    from genrl.models import load_pipeline
+    from genrl.policy import add_lora, make_policy
+    from genrl.prompts import load_prompts
+    from genrl.rewards import load_reward
+    from genrl.rollout import collect
+
+    cfg = dataclasses.replace(preset(args.preset), algo="dpg", sample_batch_size=args.batch_size)
+    pipe = load_pipeline(cfg.model, cfg.env, args.device)
+    add_lora(pipe.unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules)
+    if checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+        pipe.vae.enable_gradient_checkpointing()
+    env_cls = LCMEnv if cfg.env == "lcm" else DDPMEnv
+    env = env_cls(args.batch_size, pipe, load_reward(cfg.reward), num_steps=cfg.num_steps)
+    policy = make_policy(cfg.env, pipe, cfg.guidance_scale, cfg.logprob_reduction, cfg.eta).train()
+    prompts = load_prompts(cfg.prompts)[: args.batch_size]
+    collect(env, policy, prompts, [{}] * args.batch_size, 0, 0)  # warm-up: allocator pools, lazy modules
+
+    def update() -> None:
+        _, rewards, _ = dpg.reparameterised_rollout(env, policy, prompts, 1, 1, truncation=cfg.dpg_steps)
+        (-rewards.mean()).backward()
+
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        update()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20 / args.batch_size
+    base = _status_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
+    update()
+    return (_status_kb("VmHWM") - base) / 1024 / args.batch_size
+
+
+def main(args: Args) -> None:
+    if args.child is not None:
+        print(json.dumps({"mib_per_sample": measure(args, args.child)}))
+        return
+    results = {}
+    for checkpointing in (False, True):
+        argv = [
+            sys.executable,
+            "-m",
+            "benchmarks.dpg_memory",
+            "--preset",
+            args.preset,
+            "--batch-size",
+            str(args.batch_size),
+            "--device",
+            args.device,
+            "--child",
+            str(checkpointing),
+        ]
+        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        results[checkpointing] = json.loads(out)["mib_per_sample"]
+    print(f"DPG update, {args.preset}, batch {args.batch_size}, device {args.device}: peak memory per sample")
+    print(f"  without gradient checkpointing: {results[False]:8.1f} MiB")
+    print(f"  with gradient checkpointing:    {results[True]:8.1f} MiB")
+    print(f"  ratio (without / with): {results[False] / results[True]:.2f}x")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
