@@ -43,6 +43,8 @@ class TrainConfig:
     """A run directory to continue from its latest checkpoint, with its saved configuration."""
     device: str = "cpu"
     """torch device, e.g. cpu, cuda, cuda:1."""
+    process_timeout_s: float = 600.0
+    """Several processes: how long one waits for another that hangs before the run stops with an error."""
 
     # Sampling
     num_steps: int = 4

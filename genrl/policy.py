@@ -12,6 +12,7 @@ from typing import Any, Literal
 import torch
 from peft import LoraConfig
 
+from genrl.distributed import NoiseSlice
 from genrl.steps import (
     LogProbReduction,
     StepDistribution,
@@ -54,19 +55,21 @@ class DenoisingPolicy(torch.nn.Module):
         return gaussian_log_prob(next_latents, dist.mean, dist.std, self.reduction)
 
     def sample_action(
-        self, obs: dict[str, torch.Tensor], generator: torch.Generator
+        self, obs: dict[str, torch.Tensor], generator: torch.Generator, noise_slice: NoiseSlice | None = None
     ) -> tuple[dict[str, torch.Tensor], StepDistribution]:
-        """Reparameterised: the action is mean + std * noise, differentiable in the weights where grad is on."""
+        """Reparameterised: the action is mean + std * noise, differentiable in the weights where grad is on.
+        With ``noise_slice``, the noise is this batch's rows of the noise of the global batch."""
         dist = self.distribution(obs)
-        noise = torch.randn(dist.mean.shape, generator=generator).to(dist.mean)
-        return {"next_latents": dist.sample(noise), "pred_original": dist.pred_original}, dist
+        offset, total = noise_slice or (0, dist.mean.shape[0])
+        noise = torch.randn((total, *dist.mean.shape[1:]), generator=generator)[offset : offset + dist.mean.shape[0]]
+        return {"next_latents": dist.sample(noise.to(dist.mean)), "pred_original": dist.pred_original}, dist
 
     @torch.no_grad()
     def act(
-        self, obs: dict[str, torch.Tensor], generator: torch.Generator
+        self, obs: dict[str, torch.Tensor], generator: torch.Generator, noise_slice: NoiseSlice | None = None
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Sample the next latent. Returns the action and its log-prob (meaningless where not ``stochastic``)."""
-        action, dist = self.sample_action(obs, generator)
+        action, dist = self.sample_action(obs, generator, noise_slice)
         log_prob = gaussian_log_prob(action["next_latents"], dist.mean, dist.std.clamp(min=1e-12), self.reduction)
         return action, log_prob
 

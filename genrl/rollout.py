@@ -5,11 +5,22 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
+from genrl.distributed import NoiseSlice
 from genrl.envs import DenoisingEnv
 from genrl.policy import DenoisingPolicy
+
+
+class SamplingBatch(NamedTuple):
+    """One sampling batch of this process: its prompts, the seeds of the global batch, and its rows of it."""
+
+    prompts: list[str]
+    noise_seed: int
+    step_seed: int
+    noise_slice: NoiseSlice | None = None
 
 
 @dataclass
@@ -43,17 +54,24 @@ def collect(
     noise_seed: int,
     step_seed: int,
     shared_noise_group: int = 1,
+    noise_slice: NoiseSlice | None = None,
 ) -> Rollout:
     """``noise_seed`` seeds the initial latents, ``step_seed`` the policy's step noise: together they fix the batch.
-    With ``shared_noise_group`` G, each run of G consecutive images starts from one initial latent."""
+    With ``shared_noise_group`` G, each run of G consecutive images starts from one initial latent. With
+    ``noise_slice``, this batch is those rows of a global batch (one process of several)."""
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(step_seed)
-    options = {"prompts": prompts, "metadata": metadata, "shared_noise_group": shared_noise_group}
+    options = {
+        "prompts": prompts,
+        "metadata": metadata,
+        "shared_noise_group": shared_noise_group,
+        "noise_slice": noise_slice,
+    }
     obs, _ = env.reset(seed=noise_seed, options=options)
     embeds, negative = obs["prompt_embeds"], obs["negative_prompt_embeds"]
     steps = []
     for _ in range(env.num_steps):
-        action, log_prob = policy.act(obs, generator)
+        action, log_prob = policy.act(obs, generator, noise_slice)
         if obs["stochastic"].all():
             steps.append(
                 {

@@ -33,13 +33,14 @@ from genrl.algos import BUFFER_ALGORITHMS, dpg
 from genrl.buffer import TrajectoryBuffer
 from genrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from genrl.config import DEFAULT_PRESET, TrainConfig, preset
+from genrl.distributed import Processes
 from genrl.envs import DDPMEnv, LCMEnv
 from genrl.errors import GenrlError
 from genrl.models import load_pipeline
 from genrl.policy import add_lora, make_policy
 from genrl.prompts import load_prompts
 from genrl.rewards import load_reward
-from genrl.rollout import Rollout, collect
+from genrl.rollout import Rollout, SamplingBatch, collect
 from genrl.rundir import RunDir
 
 # Fields a resumed run must keep: the checkpoint only fits the model it was trained on.
@@ -95,26 +96,46 @@ def _seed(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def _sampling_batches(cfg: TrainConfig, prompt_pool: list[str], epoch: int) -> list[dpg.Batch]:
-    """The epoch's (prompts, initial-noise seed, step-noise seed) per sampling batch; prompts come in runs of
-    ``group_size``."""
-    batches = []
-    for b in range(cfg.batches_per_epoch):
-        rng = np.random.default_rng(_seed(cfg.seed, epoch, b, 0))
-        picks = rng.integers(len(prompt_pool), size=cfg.sample_batch_size // cfg.group_size)
-        prompts = [prompt_pool[i] for i in picks for _ in range(cfg.group_size)]
-        batches.append((prompts, _seed(cfg.seed, epoch, b, 1), _seed(cfg.seed, epoch, b, 2)))
-    return batches
+def _global_prompts(cfg: TrainConfig, prompt_pool: list[str], epoch: int, batch: int, processes: int) -> list[str]:
+    """The prompts of sampling batch ``batch`` over all processes, in runs of ``group_size``."""
+    rng = np.random.default_rng(_seed(cfg.seed, epoch, batch, 0))
+    picks = rng.integers(len(prompt_pool), size=cfg.sample_batch_size * processes // cfg.group_size)
+    return [prompt_pool[i] for i in picks for _ in range(cfg.group_size)]
 
 
-def _sample_with_ema(ema: EMAModel, policy, env, cfg: TrainConfig, prompt_pool: list[str]) -> Rollout:
+def _sampling_batches(cfg: TrainConfig, prompt_pool: list[str], epoch: int, processes: Processes) -> list:
+    """This process's share of the epoch's sampling batches."""
+    rows = processes.noise_slice(cfg.sample_batch_size)
+    return [
+        SamplingBatch(
+            _global_prompts(cfg, prompt_pool, epoch, b, processes.count)[
+                rows.offset : rows.offset + cfg.sample_batch_size
+            ],
+            _seed(cfg.seed, epoch, b, 1),
+            _seed(cfg.seed, epoch, b, 2),
+            rows,
+        )
+        for b in range(cfg.batches_per_epoch)
+    ]
+
+
+def _sample_with_ema(ema: EMAModel, policy, env, cfg: TrainConfig, prompt_pool: list[str], processes) -> Rollout:
     """The evaluation batch (the same prompts and noise at every epoch) sampled with the EMA weights."""
-    (prompts, noise_seed, step_seed), *_ = _sampling_batches(cfg, prompt_pool, epoch=0)  # training starts at 1
+    batch = _sampling_batches(cfg, prompt_pool, epoch=0, processes=processes)[0]  # training starts at epoch 1
     params = policy.trainable_parameters()
     ema.store(params)
     ema.copy_to(params)
     try:
-        return collect(env, policy, prompts, [{} for _ in prompts], noise_seed, step_seed).resolve()
+        prompts = batch.prompts
+        return collect(
+            env,
+            policy,
+            prompts,
+            [{} for _ in prompts],
+            batch.noise_seed,
+            batch.step_seed,
+            noise_slice=batch.noise_slice,
+        ).resolve()
     finally:
         ema.restore(params)
 
@@ -130,18 +151,23 @@ def train(cfg: TrainConfig) -> RunDir:
             f"--algo dpg needs a differentiable reward, and '{cfg.reward}' is not (a reward declares it with "
             "differentiable = True); use --algo ppo or reinforce, or a reward such as shapes_alignment"
         )
+    processes = Processes(cfg.device, cfg.process_timeout_s)
+    device = processes.device
     if cfg.resume is not None:
         run = RunDir(cfg.resume)
         checkpoint = latest_checkpoint(run.checkpoints)
         if checkpoint is None:
             raise GenrlError(f"--resume {cfg.resume}: no complete checkpoint there; start a new run without --resume")
     else:
+        # The main process names the run (the time differs between processes) and checks it is new.
         name = cfg.run_name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        taken = (cfg.output_dir / name / "metrics.jsonl").exists()
+        name, taken = processes.broadcast((name, taken))
         run, checkpoint = RunDir(cfg.output_dir / name), None
-        if run.metrics_path.exists():
+        if taken:
             raise GenrlError(f"run directory {run.path} already holds a run; pick another --run-name or --resume it")
 
-    pipe = load_pipeline(cfg.model, cfg.env, cfg.device)
+    pipe = load_pipeline(cfg.model, cfg.env, device)
     executor = (  # one intra-op thread for the reward: two OpenMP teams on the same cores stall each other
         ThreadPoolExecutor(1, "reward", initializer=torch.set_num_threads, initargs=(1,)) if cfg.async_rewards else None
     )
@@ -166,7 +192,7 @@ def train(cfg: TrainConfig) -> RunDir:
         betas=(cfg.adam_beta1, cfg.adam_beta2),
         weight_decay=cfg.adam_weight_decay,
         eps=cfg.adam_epsilon,
-        fused=torch.device(cfg.device).type in ("cpu", "cuda"),  # one kernel for all tensors: 4x faster on CPU
+        fused=torch.device(device).type in ("cpu", "cuda"),  # one kernel for all tensors: 4x faster on CPU
     )
     lr_scheduler = get_scheduler("constant", optimizer)
     tracker = None
@@ -182,28 +208,38 @@ def train(cfg: TrainConfig) -> RunDir:
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, pipe.unet, optimizer, lr_scheduler, ema)
         counters = state["counters"]
+        saved_by = state.get("num_processes", 1)
+        if saved_by != processes.count:
+            raise GenrlError(
+                f"--resume {cfg.resume}: the run was trained on {saved_by} processes, this launch has "
+                f"{processes.count}; resume with --num_processes {saved_by}"
+            )
         if tracker is not None and state.get("tracker"):
             tracker.load_state_dict(state["tracker"])
-        run.keep_metrics_before(counters["epoch"] + 1)
-    run.create(config_to_json(cfg))
-    print(f"run directory: {run.path}", flush=True)
+        if processes.is_main:
+            run.keep_metrics_before(counters["epoch"] + 1)
+    if processes.is_main:
+        run.create(config_to_json(cfg))
+        print(f"run directory: {run.path}", flush=True)
 
     bar = tqdm(  # disable=None: a bar on a terminal, none in logs
         range(counters["epoch"] + 1, cfg.epochs + 1),
         desc="epochs",
         initial=counters["epoch"],
         total=cfg.epochs,
-        disable=None,
+        disable=None if processes.is_main else True,
     )
     # Wall-clock counts everything from here on, logging and checkpoints included, across resumed segments.
     segment_start, wall_before = time.perf_counter(), counters["wall_time_s"]
     for epoch in bar:
         epoch_start = time.perf_counter()
-        batches = _sampling_batches(cfg, prompt_pool, epoch)
+        batches = _sampling_batches(cfg, prompt_pool, epoch, processes)
         train_stats: dict[str, float] = {}
         if cfg.algo == "dpg":
             # DPG samples and learns in one pass: each batch's reward gradient flows back through its chain.
-            rollouts, stats = dpg.update(env, policy, optimizer, batches, cfg, lr_scheduler)
+            rollouts, stats = dpg.update(
+                env, policy, optimizer, batches, cfg, lr_scheduler, processes.average_gradients
+            )
             reward_wait = 0.0
             spent = sum(r.sample_time_s + r.reward_time_s for r in rollouts)
             train_time = time.perf_counter() - epoch_start - spent
@@ -211,8 +247,17 @@ def train(cfg: TrainConfig) -> RunDir:
             # 1. Sample: batches_per_epoch batches of sample_batch_size trajectories.
             shared_noise = cfg.group_size if cfg.group_shared_noise else 1
             rollouts = [
-                collect(env, policy, prompts, [{} for _ in prompts], noise_seed, step_seed, shared_noise)
-                for prompts, noise_seed, step_seed in batches
+                collect(
+                    env,
+                    policy,
+                    b.prompts,
+                    [{} for _ in b.prompts],
+                    b.noise_seed,
+                    b.step_seed,
+                    shared_noise,
+                    b.noise_slice,
+                )
+                for b in batches
             ]
             wait_start = time.perf_counter()
             buffer = TrajectoryBuffer()
@@ -230,24 +275,36 @@ def train(cfg: TrainConfig) -> RunDir:
 
             # 2. Advantages from the terminal rewards, then 3. the policy update.
             train_start = time.perf_counter()
-            buffer.advantages = compute_advantages(
-                buffer.prompts, buffer.all_rewards(), tracker, cfg.group_size, cfg.group_std
+            # Advantages from the global batch (every process computes them all, then keeps its rows).
+            global_prompts = [
+                p
+                for b in range(cfg.batches_per_epoch)
+                for p in _global_prompts(cfg, prompt_pool, epoch, b, processes.count)
+            ]
+            global_rewards = torch.cat([processes.gather(r.rewards) for r in rollouts])
+            advantages = compute_advantages(global_prompts, global_rewards, tracker, cfg.group_size, cfg.group_std)
+            buffer.advantages = advantages.view(cfg.batches_per_epoch, processes.count, -1)[:, processes.rank].reshape(
+                -1
             )
-            if cfg.group_size > 1:  # a group of equal rewards teaches nothing: leave it out of the update
+            # A group of equal rewards teaches nothing: leave it out of the update. (On several processes they stay:
+            # every process must take the same number of optimizer steps; their policy gradient is zero anyway.)
+            if cfg.group_size > 1 and processes.count == 1:
                 kept = informative_groups(buffer.advantages, cfg.group_size)
                 train_stats["groups_kept_fraction"] = len(kept) / len(buffer)
                 buffer = buffer.subset(kept)
             shuffle = torch.Generator().manual_seed(_seed(cfg.seed, epoch, 0, 3))
-            stats = update(policy, optimizer, buffer, cfg, shuffle, lr_scheduler) if len(buffer) else {}
+            stats = {}
+            if len(buffer):
+                stats = update(policy, optimizer, buffer, cfg, shuffle, lr_scheduler, processes.average_gradients)
             train_time = time.perf_counter() - train_start
-        stats.update(train_stats)
+        stats = processes.mean({**stats, **train_stats})
         first_batch = rollouts[0]
-        rewards = torch.cat([r.rewards for r in rollouts])
+        rewards = torch.cat([processes.gather(r.rewards) for r in rollouts])
         counters["reward_queries"] += len(rewards)
         parts: dict[str, list[torch.Tensor]] = {}
         for rollout in rollouts:
             for name, values in rollout.reward_parts.items():
-                parts.setdefault(name, []).append(values.detach().cpu())
+                parts.setdefault(name, []).append(processes.gather(values.detach()).cpu())
         sample_time = sum(r.sample_time_s for r in rollouts)
         reward_time = sum(r.reward_time_s for r in rollouts)
 
@@ -270,18 +327,23 @@ def train(cfg: TrainConfig) -> RunDir:
             metrics["reward_parts"] = {name: torch.cat(v).mean().item() for name, v in parts.items()}
         out_of_time = cfg.time_budget_s is not None and counters["wall_time_s"] >= cfg.time_budget_s
         log_images = epoch in (1, cfg.epochs) or epoch % cfg.log_images_every == 0 or out_of_time
-        if log_images and ema is not None:
-            evaluation = _sample_with_ema(ema, policy, env, cfg, prompt_pool)
-            metrics["ema_reward_mean"] = evaluation.rewards.mean().item()
-            run.save_samples(epoch, evaluation.images, evaluation.prompts, evaluation.rewards, suffix="-ema")
-        run.log_metrics(metrics)
-        if log_images:
-            run.save_samples(epoch, first_batch.images, first_batch.prompts, first_batch.rewards)
-        if epoch % cfg.save_every == 0 or epoch == cfg.epochs or out_of_time:
-            state = {"counters": counters, "tracker": tracker.state_dict() if tracker is not None else None}
-            save_checkpoint(
-                run.checkpoints, epoch, pipe.unet, optimizer, lr_scheduler, state, cfg.keep_checkpoints, ema
-            )
+        if processes.is_main:  # the only one that writes
+            if log_images and ema is not None:
+                evaluation = _sample_with_ema(ema, policy, env, cfg, prompt_pool, processes)
+                metrics["ema_reward_mean"] = evaluation.rewards.mean().item()
+                run.save_samples(epoch, evaluation.images, evaluation.prompts, evaluation.rewards, suffix="-ema")
+            run.log_metrics(metrics)
+            if log_images:
+                run.save_samples(epoch, first_batch.images, first_batch.prompts, first_batch.rewards)
+            if epoch % cfg.save_every == 0 or epoch == cfg.epochs or out_of_time:
+                state = {
+                    "counters": counters,
+                    "tracker": tracker.state_dict() if tracker is not None else None,
+                    "num_processes": processes.count,
+                }
+                save_checkpoint(
+                    run.checkpoints, epoch, pipe.unet, optimizer, lr_scheduler, state, cfg.keep_checkpoints, ema
+                )
         bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics.get('loss', float('nan')):.2e}")
         if out_of_time:
             break
@@ -289,14 +351,16 @@ def train(cfg: TrainConfig) -> RunDir:
     run.close()
     if executor is not None:
         executor.shutdown()
+    processes.wait()  # the last checkpoint is complete before any process leaves
 
-    history = run.read_metrics()
+    history = run.read_metrics() if processes.is_main else []
     if history:
         print(
             f"reward_mean: epoch {history[0]['epoch']}: {history[0]['reward_mean']:.4f} -> "
             f"epoch {history[-1]['epoch']}: {history[-1]['reward_mean']:.4f}"
         )
-    print(f"run directory: {run.path}  (LoRA: {run.checkpoints / 'latest'})")
+    if processes.is_main:
+        print(f"run directory: {run.path}  (LoRA: {run.checkpoints / 'latest'})")
     return run
 
 
@@ -311,6 +375,17 @@ def main(argv: list[str] | None = None) -> None:
     except GenrlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except (torch.distributed.DistError, RuntimeError) as exc:
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            raise
+        # Another process died (gloo: "connection closed by peer") or hung past --process-timeout-s: stop too.
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(
+            f"error: another process of this run stopped or stalled ({reason[:200]}); see its output above, fix it, "
+            "and continue with --resume RUN_DIR (the latest complete checkpoint is kept)",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         print("interrupted; the latest complete checkpoint is kept: continue with --resume RUN_DIR", file=sys.stderr)
         raise SystemExit(130) from None

@@ -22,6 +22,8 @@ from genrl.policy import DenoisingPolicy
 
 # (log-probs of the chunk's actions under the current policy, chunk) -> (loss averaged over the chunk, stats)
 LossFn = Callable[[torch.Tensor, Chunk], tuple[torch.Tensor, dict[str, float]]]
+# Averages the trainable parameters' gradients over processes in place (genrl.distributed.Processes)
+GradientSync = Callable[[list[torch.nn.Parameter]], None]
 
 
 class TrainingKnobs(Protocol):
@@ -34,6 +36,24 @@ class TrainingKnobs(Protocol):
     kl_coef: float
 
 
+def optimizer_step(
+    params: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    max_grad_norm: float,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    average_gradients: GradientSync | None = None,
+) -> float:
+    """Average over processes, clip, step, clear. Returns the gradient norm before clipping."""
+    if average_gradients is not None:
+        average_gradients(params)
+    norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+    optimizer.step()
+    if lr_scheduler is not None:
+        lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
 def optimize(
     policy: DenoisingPolicy,
     optimizer: torch.optim.Optimizer,
@@ -43,8 +63,10 @@ def optimize(
     generator: torch.Generator,
     passes: int = 1,
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    average_gradients: GradientSync | None = None,
 ) -> dict[str, float]:
-    """Runs ``passes`` shuffled passes over the buffer; returns the per-epoch means of the loss's stats."""
+    """Runs ``passes`` shuffled passes over the buffer; returns the per-epoch means of the loss's stats.
+    ``average_gradients`` (multi-process training) averages the gradient over processes before each step."""
     sizes = buffer.minibatch_sizes(cfg.train_batch_size)
     accumulation = cfg.gradient_accumulation_steps
     sums: dict[str, float] = defaultdict(float)
@@ -69,11 +91,9 @@ def optimize(
                     sums[key] += value
                     counts[key] += 1
             if i + 1 == group_end:
-                sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+                sums["grad_norm"] += optimizer_step(
+                    params, optimizer, cfg.max_grad_norm, lr_scheduler, average_gradients
+                )
                 counts["grad_norm"] += 1
-                optimizer.step()
-                if lr_scheduler is not None:
-                    lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
     policy.eval()
     return {key: sums[key] / counts[key] for key in sums}

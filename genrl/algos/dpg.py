@@ -21,12 +21,11 @@ from collections import defaultdict
 
 import torch
 
+from genrl.algos.common import GradientSync, optimizer_step
+from genrl.distributed import NoiseSlice
 from genrl.envs import DenoisingEnv
 from genrl.policy import DenoisingPolicy
-from genrl.rollout import Rollout
-
-# (prompts, initial-noise seed, step-noise seed) of one sampling batch
-Batch = tuple[list[str], int, int]
+from genrl.rollout import Rollout, SamplingBatch
 
 
 def reparameterised_rollout(
@@ -37,6 +36,7 @@ def reparameterised_rollout(
     step_seed: int,
     truncation: int,
     kl_coef: float = 0.0,
+    noise_slice: NoiseSlice | None = None,
 ) -> tuple[Rollout, torch.Tensor, torch.Tensor]:
     """One batch through the env with a graph over its last ``truncation`` steps.
 
@@ -45,12 +45,12 @@ def reparameterised_rollout(
     """
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(step_seed)
-    obs, _ = env.reset(seed=noise_seed, options={"prompts": prompts})
+    obs, _ = env.reset(seed=noise_seed, options={"prompts": prompts, "noise_slice": noise_slice})
     embeds, negative = obs["prompt_embeds"], obs["negative_prompt_embeds"]
     kls = []
     for i in range(env.num_steps):
         with torch.set_grad_enabled(i >= env.num_steps - truncation):
-            action, dist = policy.sample_action(obs, generator)
+            action, dist = policy.sample_action(obs, generator, noise_slice)
             if kl_coef > 0 and torch.is_grad_enabled() and obs["stochastic"].all():
                 kls.append(policy.kl_to_reference(obs, dist).mean())
             obs, rewards, _, _, info = env.step(action)
@@ -75,9 +75,10 @@ def update(
     env: DenoisingEnv,
     policy: DenoisingPolicy,
     optimizer: torch.optim.Optimizer,
-    batches: list[Batch],
+    batches: list[SamplingBatch],
     cfg,
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    average_gradients: GradientSync | None = None,
 ) -> tuple[list[Rollout], dict[str, float]]:
     """Samples and trains on every batch of the epoch; returns the rollouts and the epoch's mean statistics."""
     params = policy.trainable_parameters()
@@ -86,11 +87,11 @@ def update(
     counts: dict[str, int] = defaultdict(int)
     rollouts = []
     policy.train()
-    for i, (prompts, noise_seed, step_seed) in enumerate(batches):
+    for i, batch in enumerate(batches):
         group_start = i - i % accumulation
         group_size = min(group_start + accumulation, len(batches)) - group_start
         rollout, rewards, kl = reparameterised_rollout(
-            env, policy, prompts, noise_seed, step_seed, cfg.dpg_steps, cfg.kl_coef
+            env, policy, batch.prompts, batch.noise_seed, batch.step_seed, cfg.dpg_steps, cfg.kl_coef, batch.noise_slice
         )
         loss = -rewards.mean() + cfg.kl_coef * kl
         (loss / group_size).backward()
@@ -99,11 +100,7 @@ def update(
             sums[key] += value
             counts[key] += 1
         if i + 1 == group_start + group_size:
-            sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            sums["grad_norm"] += optimizer_step(params, optimizer, cfg.max_grad_norm, lr_scheduler, average_gradients)
             counts["grad_norm"] += 1
-            optimizer.step()
-            if lr_scheduler is not None:
-                lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
     policy.eval()
     return rollouts, {key: sums[key] / counts[key] for key in sums}

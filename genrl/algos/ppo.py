@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from genrl.algos.common import optimize
+from genrl.algos.common import GradientSync, optimize
 from genrl.buffer import Chunk, TrajectoryBuffer
 from genrl.policy import DenoisingPolicy
 
@@ -36,6 +36,7 @@ def update(
     cfg,
     generator: torch.Generator,
     lr_scheduler=None,
+    average_gradients: GradientSync | None = None,
 ) -> dict[str, float]:
     # The first minibatch's chunks run before any optimizer step: their ratio is 1 when training reproduces
     # sampling exactly (same weights, same maths), so it is logged as a check.
@@ -56,6 +57,8 @@ def update(
             }
         return loss, stats
 
-    stats = optimize(policy, optimizer, buffer, loss_fn, cfg, generator, cfg.inner_epochs, lr_scheduler)
+    stats = optimize(
+        policy, optimizer, buffer, loss_fn, cfg, generator, cfg.inner_epochs, lr_scheduler, average_gradients
+    )
     stats["ratio_mean_first_minibatch"] = sum(first) / len(first)
     return stats

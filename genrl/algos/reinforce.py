@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from genrl.algos.common import optimize
+from genrl.algos.common import GradientSync, optimize
 from genrl.buffer import Chunk, TrajectoryBuffer
 from genrl.policy import DenoisingPolicy
 
@@ -27,10 +27,21 @@ def update(
     cfg,
     generator: torch.Generator,
     lr_scheduler=None,
+    average_gradients: GradientSync | None = None,
 ) -> dict[str, float]:
     def loss_fn(log_prob: torch.Tensor, chunk: Chunk) -> tuple[torch.Tensor, dict[str, float]]:
         with torch.no_grad():
             stats = {"approx_kl": 0.5 * ((log_prob - chunk.old_log_probs) ** 2).mean().item()}
         return reinforce_loss(log_prob, chunk.advantages, cfg.adv_clip_max), stats
 
-    return optimize(policy, optimizer, buffer, loss_fn, cfg, generator, passes=1, lr_scheduler=lr_scheduler)
+    return optimize(
+        policy,
+        optimizer,
+        buffer,
+        loss_fn,
+        cfg,
+        generator,
+        passes=1,
+        lr_scheduler=lr_scheduler,
+        average_gradients=average_gradients,
+    )

@@ -109,7 +109,9 @@ class DenoisingEnv(gym.vector.VectorEnv):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """``options``: ``prompts`` (B strings, required), ``metadata`` (B dicts, optional) and
-        ``shared_noise_group`` G (optional): consecutive groups of G envs start from the same noise."""
+        ``shared_noise_group`` G (optional): consecutive groups of G envs start from the same noise;
+        ``noise_slice`` (offset, total) (optional): these envs are rows of a global batch of ``total``, and their
+        noise is those rows of the global batch's noise (multi-process training)."""
         options = options or {}
         prompts = list(options.get("prompts", []))
         if len(prompts) != self.num_envs:
@@ -122,10 +124,11 @@ class DenoisingEnv(gym.vector.VectorEnv):
             self._negative_embeds = self.encode_prompts([""])
         self._prompt_embeds = self.encode_prompts(prompts)
         shared = int(options.get("shared_noise_group", 1))
-        if self.num_envs % shared:
+        offset, total = options.get("noise_slice") or (0, self.num_envs)
+        if self.num_envs % shared or offset % shared:
             raise ValueError(f"shared_noise_group {shared} must divide the {self.num_envs} envs")
-        noise = torch.randn((self.num_envs // shared, *self.latent_shape), generator=self._generator)
-        noise = noise.repeat_interleave(shared, dim=0)
+        noise = torch.randn((total // shared, *self.latent_shape), generator=self._generator)
+        noise = noise.repeat_interleave(shared, dim=0)[offset : offset + self.num_envs]
         self._latents = (noise * self.pipeline.scheduler.init_noise_sigma).to(self.device, self.dtype)
         self._step = 0
         return self._observation(), {"prompts": self.prompts}

@@ -1,0 +1,78 @@
+"""Training on N processes (``accelerate launch --multi_gpu --num_processes N -m genrl.train``); a plain
+``python -m genrl.train`` is one process of one, and nothing here changes what it does.
+
+The run is defined on the global batch, and each process takes its slice of it:
+
+- sampling batch b holds ``sample_batch_size x N`` prompts and initial noises, drawn from the run's seeds as one
+  process would draw them; process r samples rows [r B, (r + 1) B) (``NoiseSlice``), step noise included;
+- rewards are gathered batch by batch, so per-prompt statistics, advantages and metrics see the global batch;
+- gradients are averaged over processes before clipping, so every process takes the same optimizer step (equal
+  local batches: the average of the local means is the global mean);
+- only the main process writes the run directory and checkpoints; every process resumes from them.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any, NamedTuple
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
+
+
+class NoiseSlice(NamedTuple):
+    """Rows [offset, offset + local batch) of a global batch of ``total`` rows."""
+
+    offset: int
+    total: int
+
+
+class Processes:
+    def __init__(self, device: str, timeout_s: float):
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        # A collective waits at most timeout_s for a process that hangs; one that dies is noticed at once.
+        handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))] if distributed else []
+        self.accelerator = Accelerator(cpu=device == "cpu", kwargs_handlers=handlers)
+        self.rank = self.accelerator.process_index
+        self.count = self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
+        # One device per process where there are several GPUs; as asked otherwise.
+        self.device = str(self.accelerator.device) if self.count > 1 and device.startswith("cuda") else device
+
+    def noise_slice(self, local_batch: int) -> NoiseSlice:
+        return NoiseSlice(self.rank * local_batch, self.count * local_batch)
+
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        if self.count == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = self.accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
+        start = 0
+        for p, g in zip(params, grads):
+            p.grad = flat[start : start + g.numel()].view_as(g).clone()
+            start += g.numel()
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenated in process order (for a batch: the global batch's rows)."""
+        return tensor if self.count == 1 else self.accelerator.gather(tensor.contiguous())
+
+    def mean(self, stats: dict[str, float]) -> dict[str, float]:
+        if self.count == 1 or not stats:
+            return stats
+        keys = sorted(stats)
+        values = self.accelerator.reduce(torch.tensor([stats[k] for k in keys], dtype=torch.float64), "mean")
+        return dict(zip(keys, values.tolist()))
+
+    def broadcast(self, value: Any) -> Any:
+        """The main process's ``value``, on every process."""
+        if self.count == 1:
+            return value
+        box = [value]
+        broadcast_object_list(box, from_process=0)
+        return box[0]
+
+    def wait(self) -> None:
+        if self.count > 1:
+            self.accelerator.wait_for_everyone()
