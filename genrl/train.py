@@ -140,6 +140,62 @@ def _sample_with_ema(ema: EMAModel, policy, env, cfg: TrainConfig, prompt_pool: 
         ema.restore(params)
 
 
+def _policy_gradient_epoch(
+    cfg: TrainConfig,
+    env,
+    policy,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler,
+    tracker: PerPromptStatTracker | None,
+    batches: list[SamplingBatch],
+    prompt_pool: list[str],
+    epoch: int,
+    processes: Processes,
+) -> tuple[list[Rollout], dict[str, float], float, float]:
+    """PPO and REINFORCE: 1. sample the batches into the buffer, 2. advantages from the global batch's rewards,
+    3. the update. Returns the rollouts, the training statistics, and the seconds spent waiting for rewards and
+    training."""
+    shared_noise = cfg.group_size if cfg.group_shared_noise else 1
+    rollouts = [
+        collect(env, policy, b.prompts, [{} for _ in b.prompts], b.noise_seed, b.step_seed, shared_noise, b.noise_slice)
+        for b in batches
+    ]
+    wait_start = time.perf_counter()
+    buffer = TrajectoryBuffer()
+    for rollout in rollouts:  # with --async-rewards, the rewards were computed while sampling went on
+        rollout.resolve()
+        buffer.add_batch(
+            rollout.prompts,
+            rollout.metadata,
+            rollout.prompt_embeds,
+            rollout.negative_prompt_embeds,
+            rollout.steps,
+            rollout.rewards,
+        )
+    reward_wait = time.perf_counter() - wait_start
+
+    train_start = time.perf_counter()
+    # Every process computes the advantages of the global batch, then keeps its own rows.
+    global_prompts = [
+        p for b in range(cfg.batches_per_epoch) for p in _global_prompts(cfg, prompt_pool, epoch, b, processes.count)
+    ]
+    global_rewards = torch.cat([processes.gather(r.rewards) for r in rollouts])
+    advantages = compute_advantages(global_prompts, global_rewards, tracker, cfg.group_size, cfg.group_std)
+    buffer.advantages = advantages.view(cfg.batches_per_epoch, processes.count, -1)[:, processes.rank].reshape(-1)
+    stats: dict[str, float] = {}
+    # A group of equal rewards teaches nothing: leave it out of the update. (On several processes they stay:
+    # every process must take the same number of optimizer steps; their policy gradient is zero anyway.)
+    if cfg.group_size > 1 and processes.count == 1:
+        kept = informative_groups(buffer.advantages, cfg.group_size)
+        stats["groups_kept_fraction"] = len(kept) / len(buffer)
+        buffer = buffer.subset(kept)
+    if len(buffer):
+        shuffle = torch.Generator().manual_seed(_seed(cfg.seed, epoch, 0, 3))
+        update = BUFFER_ALGORITHMS[cfg.algo]
+        stats.update(update(policy, optimizer, buffer, cfg, shuffle, lr_scheduler, processes.average_gradients))
+    return rollouts, stats, reward_wait, time.perf_counter() - train_start
+
+
 # --------------------------------------------------------------------------------------------------
 # The training loop
 # --------------------------------------------------------------------------------------------------
@@ -198,7 +254,6 @@ def train(cfg: TrainConfig) -> RunDir:
     tracker = None
     if cfg.advantages == "per_prompt" and cfg.group_size == 1:  # groups bring their own statistics
         tracker = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)
-    update = BUFFER_ALGORITHMS.get(cfg.algo)  # None for dpg
     ema = None
     if cfg.ema_decay > 0:
         ema = EMAModel(policy.trainable_parameters(), decay=cfg.ema_decay)
@@ -234,7 +289,6 @@ def train(cfg: TrainConfig) -> RunDir:
     for epoch in bar:
         epoch_start = time.perf_counter()
         batches = _sampling_batches(cfg, prompt_pool, epoch, processes)
-        train_stats: dict[str, float] = {}
         if cfg.algo == "dpg":
             # DPG samples and learns in one pass: each batch's reward gradient flows back through its chain.
             rollouts, stats = dpg.update(
@@ -244,60 +298,10 @@ def train(cfg: TrainConfig) -> RunDir:
             spent = sum(r.sample_time_s + r.reward_time_s for r in rollouts)
             train_time = time.perf_counter() - epoch_start - spent
         else:
-            # 1. Sample: batches_per_epoch batches of sample_batch_size trajectories.
-            shared_noise = cfg.group_size if cfg.group_shared_noise else 1
-            rollouts = [
-                collect(
-                    env,
-                    policy,
-                    b.prompts,
-                    [{} for _ in b.prompts],
-                    b.noise_seed,
-                    b.step_seed,
-                    shared_noise,
-                    b.noise_slice,
-                )
-                for b in batches
-            ]
-            wait_start = time.perf_counter()
-            buffer = TrajectoryBuffer()
-            for rollout in rollouts:  # with --async-rewards, the rewards were computed while sampling went on
-                rollout.resolve()
-                buffer.add_batch(
-                    rollout.prompts,
-                    rollout.metadata,
-                    rollout.prompt_embeds,
-                    rollout.negative_prompt_embeds,
-                    rollout.steps,
-                    rollout.rewards,
-                )
-            reward_wait = time.perf_counter() - wait_start
-
-            # 2. Advantages from the terminal rewards, then 3. the policy update.
-            train_start = time.perf_counter()
-            # Advantages from the global batch (every process computes them all, then keeps its rows).
-            global_prompts = [
-                p
-                for b in range(cfg.batches_per_epoch)
-                for p in _global_prompts(cfg, prompt_pool, epoch, b, processes.count)
-            ]
-            global_rewards = torch.cat([processes.gather(r.rewards) for r in rollouts])
-            advantages = compute_advantages(global_prompts, global_rewards, tracker, cfg.group_size, cfg.group_std)
-            buffer.advantages = advantages.view(cfg.batches_per_epoch, processes.count, -1)[:, processes.rank].reshape(
-                -1
+            rollouts, stats, reward_wait, train_time = _policy_gradient_epoch(
+                cfg, env, policy, optimizer, lr_scheduler, tracker, batches, prompt_pool, epoch, processes
             )
-            # A group of equal rewards teaches nothing: leave it out of the update. (On several processes they stay:
-            # every process must take the same number of optimizer steps; their policy gradient is zero anyway.)
-            if cfg.group_size > 1 and processes.count == 1:
-                kept = informative_groups(buffer.advantages, cfg.group_size)
-                train_stats["groups_kept_fraction"] = len(kept) / len(buffer)
-                buffer = buffer.subset(kept)
-            shuffle = torch.Generator().manual_seed(_seed(cfg.seed, epoch, 0, 3))
-            stats = {}
-            if len(buffer):
-                stats = update(policy, optimizer, buffer, cfg, shuffle, lr_scheduler, processes.average_gradients)
-            train_time = time.perf_counter() - train_start
-        stats = processes.mean({**stats, **train_stats})
+        stats = processes.mean(stats)
         first_batch = rollouts[0]
         rewards = torch.cat([processes.gather(r.rewards) for r in rollouts])
         counters["reward_queries"] += len(rewards)

@@ -70,3 +70,22 @@ def test_summary_and_report(tmp_path):
     write_report(results, tmp_path)
     assert (tmp_path / "fig4.png").stat().st_size > 0 and (tmp_path / "fig8_heldout.png").exists()
     assert f"| alignment | {summary['train_speedup']:.2f} |" in (tmp_path / "report.md").read_text()
+
+
+def test_the_paper_suite_says_what_it_needs(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-cache")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--suite", "paper", "--output-dir", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the paper suite cannot run here")
+    assert "SimianLuo/LCM_Dreamshaper_v7" in lines[0] and "GPU" in lines[0]
+    assert not (tmp_path / "out" / "results.json").exists()

@@ -179,3 +179,27 @@ def test_accumulated_gradient_is_the_mean_over_its_minibatches_leftovers_include
         torch.testing.assert_close(g, sum(s[i] for s in single[:3]) / 3, rtol=1e-4, atol=1e-7)
     for g, s in zip(grouped[1], single[3]):
         torch.testing.assert_close(g, s, rtol=1e-4, atol=1e-7)
+
+
+def test_a_subset_buffer_trains_on_a_smaller_last_minibatch_with_the_same_mean_gradient():
+    policy, buffer = _buffer("lcm", 3)
+    kept = buffer.subset(torch.tensor([0, 2, 3, 5, 7]))
+    assert kept.prompts == [buffer.prompts[i] for i in (0, 2, 3, 5, 7)]
+    torch.testing.assert_close(kept.advantages, buffer.advantages[[0, 2, 3, 5, 7]])
+    assert kept.minibatch_sizes(2) == [2, 2, 1]
+    loss = lambda logp, ch: (reinforce.reinforce_loss(logp, ch.advantages, 10), {})  # noqa: E731
+    grads = []
+    for batch_size, accumulation in ((2, 3), (5, 1)):  # three minibatches in one step, or one of all five
+        opt = _GradCapture(policy.trainable_parameters())
+        knobs = SimpleNamespace(
+            train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            steps_per_forward=1,
+            max_grad_norm=1e9,
+            kl_coef=0.0,
+        )
+        optimize(policy, opt, kept, loss, knobs, torch.Generator().manual_seed(0))
+        assert len(opt.grads) == 1
+        grads.append(opt.grads[0])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)

@@ -88,18 +88,19 @@ def update(
     rollouts = []
     policy.train()
     for i, batch in enumerate(batches):
-        group_start = i - i % accumulation
-        group_size = min(group_start + accumulation, len(batches)) - group_start
+        step_start = i - i % accumulation
+        batches_in_step = min(step_start + accumulation, len(batches)) - step_start
         rollout, rewards, kl = reparameterised_rollout(
             env, policy, batch.prompts, batch.noise_seed, batch.step_seed, cfg.dpg_steps, cfg.kl_coef, batch.noise_slice
         )
         loss = -rewards.mean() + cfg.kl_coef * kl
-        (loss / group_size).backward()
+        (loss / batches_in_step).backward()
         rollouts.append(rollout)
-        for key, value in {"loss": loss.item(), **({"kl": kl.item()} if cfg.kl_coef > 0 else {})}.items():
+        stats = {"loss": loss.item(), "kl": kl.item()} if cfg.kl_coef > 0 else {"loss": loss.item()}
+        for key, value in stats.items():
             sums[key] += value
             counts[key] += 1
-        if i + 1 == group_start + group_size:
+        if i + 1 == step_start + batches_in_step:
             sums["grad_norm"] += optimizer_step(params, optimizer, cfg.max_grad_norm, lr_scheduler, average_gradients)
             counts["grad_norm"] += 1
     policy.eval()
