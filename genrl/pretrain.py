@@ -79,7 +79,7 @@ class PretrainConfig:
     teacher_ema: float = 0.999
     prompt_dropout: float = 0.1
 
-    lcm_steps: int = 4500
+    lcm_steps: int = 12000
     lcm_batch: int = 32
     lcm_lr: float = 2e-4
     lcm_w_min: float = 2.0

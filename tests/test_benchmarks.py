@@ -61,6 +61,7 @@ def test_summary_and_report(tmp_path):
             "machine": "m",
             "seeds": 2,
             "time_budget_s": 60,
+            "eval_images": 8,
             "date": "d",
             "total_s": 60,
         },
