@@ -89,3 +89,12 @@ def test_a_process_that_dies_or_stalls_ends_the_run_with_an_error(tmp_path):
         assert "error: another process of this run stopped or stalled" in proc.stderr, proc.stderr[-3000:]
         if reward == "dies_on_rank_one":
             assert "error: reward 'failing_rewards:dies_on_rank_one' raised RuntimeError" in proc.stderr
+
+
+def test_a_reward_server_that_is_down_stops_every_process(tmp_path):
+    url = f"http://127.0.0.1:{_free_port()}?retries=2&backoff=0.01"  # nothing listens there
+    args = fast_args(tmp_path, "r", "--sample-batch-size", "2", "--train-batch-size", "2", "--reward", url)
+    proc = _launch(2, args, timeout=90)
+    assert proc.returncode != 0
+    assert proc.stderr.count("error: reward server") == 2, proc.stderr[-3000:]  # each process, in one line
+    assert not (tmp_path / "r" / "checkpoints" / "latest").exists()
