@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 from peft import LoraConfig
 
-from genrl.distributed import NoiseSlice
+from genrl.distributed import NoiseSlice, noise_rows
 from genrl.steps import (
     LogProbReduction,
     StepDistribution,
@@ -60,8 +60,7 @@ class DenoisingPolicy(torch.nn.Module):
         """Reparameterised: the action is mean + std * noise, differentiable in the weights where grad is on.
         With ``noise_slice``, the noise is this batch's rows of the noise of the global batch."""
         dist = self.distribution(obs)
-        offset, total = noise_slice or (0, dist.mean.shape[0])
-        noise = torch.randn((total, *dist.mean.shape[1:]), generator=generator)[offset : offset + dist.mean.shape[0]]
+        noise = noise_rows(dist.mean.shape[0], tuple(dist.mean.shape[1:]), generator, noise_slice)
         return {"next_latents": dist.sample(noise.to(dist.mean)), "pred_original": dist.pred_original}, dist
 
     @torch.no_grad()

@@ -151,10 +151,10 @@ def _policy_gradient_epoch(
     prompt_pool: list[str],
     epoch: int,
     processes: Processes,
-) -> tuple[list[Rollout], dict[str, float], float, float]:
+) -> tuple[list[Rollout], torch.Tensor, dict[str, float], float, float]:
     """PPO and REINFORCE: 1. sample the batches into the buffer, 2. advantages from the global batch's rewards,
-    3. the update. Returns the rollouts, the training statistics, and the seconds spent waiting for rewards and
-    training."""
+    3. the update. Returns the rollouts, the global rewards, the training statistics, and the seconds spent
+    waiting for rewards and training."""
     shared_noise = cfg.group_size if cfg.group_shared_noise else 1
     rollouts = [
         collect(env, policy, b.prompts, [{} for _ in b.prompts], b.noise_seed, b.step_seed, shared_noise, b.noise_slice)
@@ -179,7 +179,7 @@ def _policy_gradient_epoch(
     global_prompts = [
         p for b in range(cfg.batches_per_epoch) for p in _global_prompts(cfg, prompt_pool, epoch, b, processes.count)
     ]
-    global_rewards = torch.cat([processes.gather(r.rewards) for r in rollouts])
+    global_rewards = _global_rewards(rollouts, processes)
     advantages = compute_advantages(global_prompts, global_rewards, tracker, cfg.group_size, cfg.group_std)
     buffer.advantages = advantages.view(cfg.batches_per_epoch, processes.count, -1)[:, processes.rank].reshape(-1)
     stats: dict[str, float] = {}
@@ -193,7 +193,12 @@ def _policy_gradient_epoch(
         shuffle = torch.Generator().manual_seed(_seed(cfg.seed, epoch, 0, 3))
         update = BUFFER_ALGORITHMS[cfg.algo]
         stats.update(update(policy, optimizer, buffer, cfg, shuffle, lr_scheduler, processes.average_gradients))
-    return rollouts, stats, reward_wait, time.perf_counter() - train_start
+    return rollouts, global_rewards, stats, reward_wait, time.perf_counter() - train_start
+
+
+def _global_rewards(rollouts: list[Rollout], processes: Processes) -> torch.Tensor:
+    """The rewards of the epoch's global batches, in the order one process would have sampled them."""
+    return torch.cat([processes.gather(r.rewards) for r in rollouts])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,16 +299,16 @@ def train(cfg: TrainConfig) -> RunDir:
             rollouts, stats = dpg.update(
                 env, policy, optimizer, batches, cfg, lr_scheduler, processes.average_gradients
             )
+            rewards = _global_rewards(rollouts, processes)
             reward_wait = 0.0
             spent = sum(r.sample_time_s + r.reward_time_s for r in rollouts)
             train_time = time.perf_counter() - epoch_start - spent
         else:
-            rollouts, stats, reward_wait, train_time = _policy_gradient_epoch(
+            rollouts, rewards, stats, reward_wait, train_time = _policy_gradient_epoch(
                 cfg, env, policy, optimizer, lr_scheduler, tracker, batches, prompt_pool, epoch, processes
             )
         stats = processes.mean(stats)
         first_batch = rollouts[0]
-        rewards = torch.cat([processes.gather(r.rewards) for r in rollouts])
         counters["reward_queries"] += len(rewards)
         parts: dict[str, list[torch.Tensor]] = {}
         for rollout in rollouts:

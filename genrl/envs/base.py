@@ -25,6 +25,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from genrl.distributed import noise_rows
 from genrl.rewards import CheckedReward, RewardFn
 
 
@@ -124,11 +125,10 @@ class DenoisingEnv(gym.vector.VectorEnv):
             self._negative_embeds = self.encode_prompts([""])
         self._prompt_embeds = self.encode_prompts(prompts)
         shared = int(options.get("shared_noise_group", 1))
-        offset, total = options.get("noise_slice") or (0, self.num_envs)
-        if self.num_envs % shared or offset % shared:
+        noise_slice = options.get("noise_slice")
+        if self.num_envs % shared or (noise_slice is not None and noise_slice[0] % shared):
             raise ValueError(f"shared_noise_group {shared} must divide the {self.num_envs} envs")
-        noise = torch.randn((total // shared, *self.latent_shape), generator=self._generator)
-        noise = noise.repeat_interleave(shared, dim=0)[offset : offset + self.num_envs]
+        noise = noise_rows(self.num_envs, self.latent_shape, self._generator, noise_slice, repeat=shared)
         self._latents = (noise * self.pipeline.scheduler.init_noise_sigma).to(self.device, self.dtype)
         self._step = 0
         return self._observation(), {"prompts": self.prompts}
