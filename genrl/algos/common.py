@@ -36,6 +36,22 @@ class TrainingKnobs(Protocol):
     kl_coef: float
 
 
+class EpochMeans:
+    """Per-key means of the statistics an epoch's optimisation reports, however many times each was added."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, stats: dict[str, float]) -> None:
+        for key, value in stats.items():
+            self.sums[key] += value
+            self.counts[key] += 1
+
+    def means(self) -> dict[str, float]:
+        return {key: self.sums[key] / self.counts[key] for key in self.sums}
+
+
 def optimizer_step(
     params: list[torch.nn.Parameter],
     optimizer: torch.optim.Optimizer,
@@ -69,8 +85,7 @@ def optimize(
     ``average_gradients`` (multi-process training) averages the gradient over processes before each step."""
     sizes = buffer.minibatch_sizes(cfg.train_batch_size)
     accumulation = cfg.gradient_accumulation_steps
-    sums: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
+    means = EpochMeans()
     params = policy.trainable_parameters()
     policy.train()
     for _ in range(passes):
@@ -87,13 +102,9 @@ def optimize(
                     stats["kl"] = kl.item()
                 # Weight by the chunk's share of the optimizer step, so chunking leaves the gradient unchanged.
                 (loss * (len(chunk.sample_index) / pairs_per_step)).backward()
-                for key, value in {"loss": loss.item(), **stats}.items():
-                    sums[key] += value
-                    counts[key] += 1
+                means.add({"loss": loss.item(), **stats})
             if i + 1 == group_end:
-                sums["grad_norm"] += optimizer_step(
-                    params, optimizer, cfg.max_grad_norm, lr_scheduler, average_gradients
-                )
-                counts["grad_norm"] += 1
+                norm = optimizer_step(params, optimizer, cfg.max_grad_norm, lr_scheduler, average_gradients)
+                means.add({"grad_norm": norm})
     policy.eval()
-    return {key: sums[key] / counts[key] for key in sums}
+    return means.means()

@@ -17,11 +17,10 @@ left over), its gradient the mean over their images.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 
 import torch
 
-from genrl.algos.common import GradientSync, optimizer_step
+from genrl.algos.common import EpochMeans, GradientSync, optimizer_step
 from genrl.distributed import NoiseSlice
 from genrl.envs import DenoisingEnv
 from genrl.policy import DenoisingPolicy
@@ -83,8 +82,7 @@ def update(
     """Samples and trains on every batch of the epoch; returns the rollouts and the epoch's mean statistics."""
     params = policy.trainable_parameters()
     accumulation = cfg.gradient_accumulation_steps
-    sums: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
+    means = EpochMeans()
     rollouts = []
     policy.train()
     for i, batch in enumerate(batches):
@@ -96,12 +94,9 @@ def update(
         loss = -rewards.mean() + cfg.kl_coef * kl
         (loss / batches_in_step).backward()
         rollouts.append(rollout)
-        stats = {"loss": loss.item(), "kl": kl.item()} if cfg.kl_coef > 0 else {"loss": loss.item()}
-        for key, value in stats.items():
-            sums[key] += value
-            counts[key] += 1
+        means.add({"loss": loss.item(), "kl": kl.item()} if cfg.kl_coef > 0 else {"loss": loss.item()})
         if i + 1 == step_start + batches_in_step:
-            sums["grad_norm"] += optimizer_step(params, optimizer, cfg.max_grad_norm, lr_scheduler, average_gradients)
-            counts["grad_norm"] += 1
+            norm = optimizer_step(params, optimizer, cfg.max_grad_norm, lr_scheduler, average_gradients)
+            means.add({"grad_norm": norm})
     policy.eval()
-    return rollouts, {key: sums[key] / counts[key] for key in sums}
+    return rollouts, means.means()
