@@ -73,7 +73,7 @@ class PretrainConfig:
 
     latent_dataset: int = 30000
     """Images rendered and encoded once for teacher and LCM training."""
-    teacher_steps: int = 5000
+    teacher_steps: int = 14000
     teacher_batch: int = 64
     teacher_lr: float = 5e-4
     teacher_ema: float = 0.999
