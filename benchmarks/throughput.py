@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from genrl.distributed import launch_command
 
 
 @dataclass
@@ -30,15 +30,9 @@ class Args:
 def images_per_second(args: Args, processes: int, out: Path) -> float:
     threads = max(1, (os.cpu_count() or 1) // processes)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-    train = ["-m", "genrl.train", "--preset", args.preset, "--epochs", str(args.epochs), "--device", args.device]
+    train = ["--preset", args.preset, "--epochs", str(args.epochs), "--device", args.device]
     train += ["--output-dir", str(out), "--run-name", f"p{processes}", "--log-images-every", "1000"]
-    if processes > 1:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
-        train = [*launcher, "--main_process_port", str(port), *train]
-    subprocess.run([sys.executable, *train], check=True, env=env, capture_output=True)
+    subprocess.run(launch_command(processes, "genrl.train", train), check=True, env=env, capture_output=True)
     metrics = [json.loads(line) for line in (out / f"p{processes}" / "metrics.jsonl").read_text().splitlines()]
     first, last = metrics[0], metrics[-1]
     return (last["reward_queries"] - first["reward_queries"]) / (last["wall_time_s"] - first["wall_time_s"])

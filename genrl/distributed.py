@@ -14,10 +14,28 @@ The run is defined on the global batch, and each process takes its slice of it:
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from datetime import timedelta
 from typing import Any, NamedTuple
 
 import torch
+
+
+def launch_command(processes: int, module: str, args: list[str]) -> list[str]:
+    """The command line running ``python -m module args`` on ``processes`` processes: plain Python for one,
+    ``accelerate launch`` for several, on a free local port so that concurrent runs do not collide."""
+    if processes == 1:
+        return [sys.executable, "-m", module, *args]
+    launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
+    return [sys.executable, *launcher, "--main_process_port", str(free_port()), "-m", module, *args]
+
+
+def free_port() -> int:
+    """A local TCP port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 class NoiseSlice(NamedTuple):

@@ -15,16 +15,15 @@ import torch
 from diffusers import (
     AutoencoderKL,
     LatentConsistencyModelPipeline,
-    LCMScheduler,
     PNDMScheduler,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTokenizer
+
+from genrl.shapes.components import SD_BETAS, build_text_encoder, lcm_scheduler
 
 RESOLUTION = 64
-# Stable Diffusion's beta schedule, which LCM_Dreamshaper_v7 and Dreamshaper 7 share.
-_SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
 
 def _byte_alphabet() -> list[str]:
@@ -44,20 +43,7 @@ def _tokenizer() -> CLIPTokenizer:
 def _components(lcm: bool) -> dict:
     torch.manual_seed(0)
     tokenizer = _tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=tokenizer.model_max_length,
-            projection_dim=32,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = build_text_encoder(tokenizer, width=32, layers=2, mlp_ratio=2)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -83,11 +69,9 @@ def _components(lcm: bool) -> dict:
         time_cond_proj_dim=32 if lcm else None,
     )
     if lcm:
-        scheduler = LCMScheduler(
-            **_SD_BETAS, original_inference_steps=50, set_alpha_to_one=True, timestep_scaling=10.0, clip_sample=False
-        )
+        scheduler = lcm_scheduler()
     else:
-        scheduler = PNDMScheduler(**_SD_BETAS, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+        scheduler = PNDMScheduler(**SD_BETAS, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
     return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
 
 

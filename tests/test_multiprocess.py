@@ -2,13 +2,12 @@
 
 import json
 import os
-import socket
 import subprocess
-import sys
 
 import torch
 from safetensors.torch import load_file
 
+from genrl.distributed import free_port, launch_command
 from tests.helpers import fast_args
 
 FAILING_REWARDS = """
@@ -24,17 +23,9 @@ def stalls_on_rank_one(images, prompts, metadata):
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(processes: int, args: list[str], timeout: float = 240, pythonpath: str | None = None):
     """One process: plain ``python -m genrl.train``; several: ``accelerate launch``."""
-    launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
-    launcher += ["--main_process_port", str(_free_port())]
-    command = [sys.executable, *(launcher if processes > 1 else []), "-m", "genrl.train", *args]
+    command = launch_command(processes, "genrl.train", args)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([pythonpath, os.getcwd()])
@@ -92,7 +83,7 @@ def test_a_process_that_dies_or_stalls_ends_the_run_with_an_error(tmp_path):
 
 
 def test_a_reward_server_that_is_down_stops_every_process(tmp_path):
-    url = f"http://127.0.0.1:{_free_port()}?retries=2&backoff=0.01"  # nothing listens there
+    url = f"http://127.0.0.1:{free_port()}?retries=2&backoff=0.01"  # nothing listens there
     args = fast_args(tmp_path, "r", "--sample-batch-size", "2", "--train-batch-size", "2", "--reward", url)
     proc = _launch(2, args, timeout=90)
     assert proc.returncode != 0

@@ -12,14 +12,15 @@ from diffusers import AutoencoderKL, ConfigMixin, DDIMScheduler, LCMScheduler, M
 from diffusers.configuration_utils import register_to_config
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordLevel
-from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from genrl.shapes.world import ATTRIBUTES, BACKGROUNDS, COLOURS, COUNTS, RESOLUTION, SHAPES, SIZES
 
 MAX_TOKENS = 16
 TEXT_DIM = 64
 GUIDANCE_EMBED_DIM = 64
-_SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+# Stable Diffusion's beta schedule, which Dreamshaper 7 and LCM_Dreamshaper_v7 share.
+SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
 
 def build_tokenizer(max_length: int = MAX_TOKENS) -> PreTrainedTokenizerFast:
@@ -43,16 +44,19 @@ def build_tokenizer(max_length: int = MAX_TOKENS) -> PreTrainedTokenizerFast:
     )
 
 
-def build_text_encoder(tokenizer: PreTrainedTokenizerFast) -> CLIPTextModel:
+def build_text_encoder(
+    tokenizer: PreTrainedTokenizerBase, width: int = TEXT_DIM, layers: int = 3, mlp_ratio: int = 4
+) -> CLIPTextModel:
+    """A small CLIP text encoder whose vocabulary, positions and special tokens match ``tokenizer``."""
     return CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
-            hidden_size=TEXT_DIM,
-            intermediate_size=4 * TEXT_DIM,
-            num_hidden_layers=3,
+            hidden_size=width,
+            intermediate_size=mlp_ratio * width,
+            num_hidden_layers=layers,
             num_attention_heads=4,
             max_position_embeddings=tokenizer.model_max_length,
-            projection_dim=TEXT_DIM,
+            projection_dim=width,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
@@ -93,13 +97,13 @@ def build_unet(lcm: bool) -> UNet2DConditionModel:
 
 def teacher_scheduler() -> DDIMScheduler:
     """Stable Diffusion's training schedule, with DDIM for sampling (as DDPO samples)."""
-    return DDIMScheduler(**_SD_BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return DDIMScheduler(**SD_BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
 
 def lcm_scheduler() -> LCMScheduler:
     """LCM_Dreamshaper_v7's scheduler configuration."""
     return LCMScheduler(
-        **_SD_BETAS,
+        **SD_BETAS,
         original_inference_steps=50,
         clip_sample=False,
         set_alpha_to_one=True,
