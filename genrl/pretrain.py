@@ -9,7 +9,7 @@ Stages, in order, each checkpointed every ``--checkpoint-every`` steps into ``--
   classifier  the reward model: every attribute of an image, trained on renders and their VAE reconstructions
   teacher     text encoder + epsilon-prediction UNet on VAE latents, SD's schedule, 10% prompt dropout, EMA
   lcm         latent consistency distillation from the teacher (w sampled and embedded, DDIM solver on the
-              50-step skipping grid, EMA target network); exports a slow EMA of the student
+              50-step skipping grid, EMA target network)
   export      pipeline folders (StableDiffusionPipeline, LatentConsistencyModelPipeline) and the classifier
 """
 
@@ -30,7 +30,7 @@ import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -42,9 +42,6 @@ from genrl.errors import GenrlError  # noqa: E402
 from genrl.shapes import components, shipped_dir  # noqa: E402
 from genrl.shapes.world import ATTRIBUTES, sample_dataset  # noqa: E402
 from genrl.steps import guidance_embedding  # noqa: E402
-
-if TYPE_CHECKING:
-    from diffusers.training_utils import EMAModel
 
 SHIPPED = shipped_dir()
 Stage = Literal["all", "vae", "classifier", "teacher", "lcm", "export", "evaluate"]
@@ -89,9 +86,6 @@ class PretrainConfig:
     """Range of the guidance weight w (guidance scale - 1) that the LCM learns to take as input."""
     lcm_w_max: float = 9.0
     lcm_target_ema: float = 0.95
-    """EMA of the consistency target network (the LCM paper's mu)."""
-    lcm_export_ema: float = 0.999
-    """Decay of the slower EMA of the student that is exported as the LCM (warmed up from 0)."""
 
     eval_images: int = 256
     """Images per prompt-accuracy figure in evaluate."""
@@ -123,7 +117,7 @@ class PretrainConfig:
 def _train_loop(
     name: str,
     cfg: PretrainConfig,
-    modules: dict[str, torch.nn.Module | EMAModel],
+    modules: dict[str, torch.nn.Module],
     optimizer: torch.optim.Optimizer,
     steps: int,
     step_fn: Callable[[int], dict[str, float]],
@@ -137,10 +131,7 @@ def _train_loop(
     if state_path.exists():
         state = torch.load(state_path, weights_only=True)
         for key, module in modules.items():
-            if key in state["modules"]:
-                module.load_state_dict(state["modules"][key])
-            else:  # a module added to the stage since this checkpoint was written
-                print(f"{name}: {key} is not in the checkpoint, starting it fresh", flush=True)
+            module.load_state_dict(state["modules"][key])
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
         print(f"{name}: resuming at step {start}", flush=True)
@@ -362,7 +353,6 @@ def stage_teacher(cfg: PretrainConfig) -> None:
 def stage_lcm(cfg: PretrainConfig) -> None:
     """Latent consistency distillation (Luo et al., 2023, Algorithm 1), in the teacher's latent space."""
     from diffusers import UNet2DConditionModel
-    from diffusers.training_utils import EMAModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(cfg.seed)
@@ -377,8 +367,6 @@ def stage_lcm(cfg: PretrainConfig) -> None:
     with torch.no_grad():  # the guidance embedding starts as a no-op, so the student starts as the teacher
         student.time_embedding.cond_proj.weight.zero_()
     target = copy.deepcopy(student).requires_grad_(False)
-    # The target's short EMA serves the consistency loss; averaging over ~1000 steps gives better weights to ship.
-    export_ema = EMAModel(student.parameters(), decay=cfg.lcm_export_ema)
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lcm_lr, weight_decay=1e-4, fused=True)
 
     scheduler = components.lcm_scheduler()
@@ -438,13 +426,10 @@ def stage_lcm(cfg: PretrainConfig) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         _ema_update(target, student, cfg.lcm_target_ema)
-        export_ema.step(student.parameters())
         return {"loss": loss.item()}
 
-    modules = {"student": student, "target": target, "export_ema": export_ema}
-    _train_loop("lcm", cfg, modules, optimizer, cfg.lcm_steps, step)
-    export_ema.copy_to(student.parameters())
-    _finish(cfg, "lcm", lambda p: student.save_pretrained(p / "unet", safe_serialization=True))
+    _train_loop("lcm", cfg, {"student": student, "target": target}, optimizer, cfg.lcm_steps, step)
+    _finish(cfg, "lcm", lambda p: target.save_pretrained(p / "unet", safe_serialization=True))
 
 
 def stage_export(cfg: PretrainConfig) -> None:

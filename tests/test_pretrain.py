@@ -1,11 +1,10 @@
 """`python -m genrl.pretrain` end to end at toy scale, and the shapes reward on what it builds."""
 
 import json
-import shutil
 
 import pytest
 import torch
-from diffusers import LatentConsistencyModelPipeline, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import LatentConsistencyModelPipeline, StableDiffusionPipeline
 
 from genrl.errors import GenrlError
 from genrl.pretrain import main
@@ -40,25 +39,6 @@ def test_pretrain_builds_pipelines_that_plain_diffusers_loads(built):
 def test_pretrain_resumes_finished_and_checkpointed_stages(built, capsys):
     main(["vae", "--scale", "toy", "--work-dir", str(built), "--out-dir", str(built / "out")])
     assert "vae: resuming at step 3" in capsys.readouterr().out
-
-
-def test_lcm_stage_ships_the_slow_ema_and_resumes_checkpoints_written_without_it(built, tmp_path, capsys):
-    work = tmp_path / "work"
-    shutil.copytree(built, work)
-    state = torch.load(work / "lcm" / "state.pt", weights_only=True)
-    shipped = UNet2DConditionModel.from_pretrained(work / "lcm" / "final" / "unet").state_dict()
-    student = UNet2DConditionModel.from_pretrained(work / "lcm" / "final" / "unet")
-    student.load_state_dict(state["modules"]["student"])
-    names = [name for name, _ in student.named_parameters()]
-    for name, shadow in zip(names, state["modules"]["export_ema"]["shadow_params"], strict=True):
-        torch.testing.assert_close(shipped[name], shadow)
-    target = state["modules"]["target"]
-    assert any(not torch.equal(shipped[name], target[name]) for name in names)
-
-    del state["modules"]["export_ema"]  # a checkpoint from before the stage had a slow EMA
-    torch.save(state, work / "lcm" / "state.pt")
-    main(["lcm", "--scale", "toy", "--work-dir", str(work)])
-    assert "export_ema is not in the checkpoint, starting it fresh" in capsys.readouterr().out
 
 
 def test_a_stage_needs_the_stages_before_it(tmp_path, capsys):
