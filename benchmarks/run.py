@@ -66,6 +66,8 @@ class Args:
     eval_images: int = 32
     """Images per evaluation point (inference budget, steps, held-out prompts)."""
     device: str = "cpu"
+    report_only: bool = False
+    """Train nothing: recompute the summaries, figures and report from ``output_dir/results.json``."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,6 +183,11 @@ def first_reach(x: np.ndarray, y: np.ndarray, target: float) -> float | None:
     return float(x[hits[0]]) if len(hits) else None
 
 
+def initial_reward(runs: list[list[dict]]) -> float:
+    """Mean over seeds of the first ``SMOOTHING`` epochs' reward (one epoch's mean is too noisy a start)."""
+    return float(np.mean([np.mean([m["reward_mean"] for m in run[:SMOOTHING]]) for run in runs]))
+
+
 def final_reward(runs: list[list[dict]]) -> float:
     """Mean over seeds of the last ``SMOOTHING`` epochs' reward."""
     return float(np.mean([np.mean([m["reward_mean"] for m in run[-SMOOTHING:]]) for run in runs]))
@@ -204,14 +211,14 @@ def summarise(task_result: dict) -> dict:
     """The headline numbers of one task.
 
     ``train_speedup``: DDPO's wall-clock to reach 90% of its own gain over the shared starting reward (the mean
-    of both methods' first-epoch reward), divided by RLCM's wall-clock to reach the same reward; null if RLCM
+    of both methods' ``initial_reward``), divided by RLCM's wall-clock to reach the same reward; null if RLCM
     never does (or DDPO gains nothing). ``query_efficiency``: the same in reward queries. ``inference_speedup``:
     seconds per image of DDPO's sampler over RLCM's, at their training horizons. ``dpg_query_efficiency``
     (where DPG ran): PPO's reward queries to reach 90% of its gain over RLCM's start, over DPG's.
     """
     curves = task_result["curves"]
     rlcm, ddpo = curves["RLCM (PPO)"], curves["DDPO (PPO)"]
-    start = float(np.mean([run[0]["reward_mean"] for run in rlcm + ddpo]))
+    start = (initial_reward(rlcm) + initial_reward(ddpo)) / 2
     evals = task_result["evaluation"]
     rlcm_cfg, ddpo_cfg = task_result["configs"]["RLCM (PPO)"], task_result["configs"]["DDPO (PPO)"]
     rlcm_time = evals["RLCM (PPO)"]["steps"][str(rlcm_cfg["num_steps"])]["seconds_per_image"]
@@ -222,13 +229,10 @@ def summarise(task_result: dict) -> dict:
         "query_efficiency": speedup(ddpo, rlcm, "reward_queries", start),
         "inference_speedup": ddpo_time / rlcm_time,
         "final_reward": {name: final_reward(runs) for name, runs in curves.items()},
-        "first_epoch_reward": {
-            name: float(np.mean([r[0]["reward_mean"] for r in runs])) for name, runs in curves.items()
-        },
+        "initial_reward": {name: initial_reward(runs) for name, runs in curves.items()},
     }
     if "RLCM (DPG)" in curves:
-        own_start = float(np.mean([run[0]["reward_mean"] for run in rlcm]))
-        summary["dpg_query_efficiency"] = speedup(rlcm, curves["RLCM (DPG)"], "reward_queries", own_start)
+        summary["dpg_query_efficiency"] = speedup(rlcm, curves["RLCM (DPG)"], "reward_queries", initial_reward(rlcm))
     return summary
 
 
@@ -317,8 +321,12 @@ def plot_evaluations(results: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "n/a (never reached)" if value is None else f"{value:.{digits}f}"
+def _fmt(value: float | None, why_none: str) -> str:
+    return f"n/a ({why_none})" if value is None else f"{value:.2f}"
+
+
+def _start_to_end(summary: dict, name: str) -> str:
+    return f"{summary['initial_reward'][name]:.3f} -> {summary['final_reward'][name]:.3f}"
 
 
 def write_report(results: dict, out: Path) -> None:
@@ -331,25 +339,31 @@ def write_report(results: dict, out: Path) -> None:
         f"Seeds: {meta['seeds']}, training budget per run: {meta['time_budget_s']:.0f} s, finished {meta['date']} "
         f"in {meta['total_s'] / 60:.1f} min.",
         "",
-        "| task | train_speedup | query_efficiency | inference_speedup | final reward RLCM (PPO) | final reward DDPO "
-        "(PPO) | other methods |",
+        "| task | train_speedup | query_efficiency | inference_speedup | reward RLCM (PPO) | reward DDPO (PPO) "
+        "| other methods |",
         "|---|---|---|---|---|---|---|",
     ]
     for task, data in results["tasks"].items():
         s = data["summary"]
+        ddpo_gained = s["final_reward"]["DDPO (PPO)"] > s["starting_reward"]
+        why = "RLCM never gets there" if ddpo_gained else "DDPO gains nothing"
         others = ", ".join(
-            f"{n}: {v:.3f}" for n, v in s["final_reward"].items() if n not in ("RLCM (PPO)", "DDPO (PPO)")
+            f"{n}: {_start_to_end(s, n)}" for n in s["final_reward"] if n not in ("RLCM (PPO)", "DDPO (PPO)")
         )
         if "dpg_query_efficiency" in s:
-            others += f"; DPG query efficiency over PPO: {_fmt(s['dpg_query_efficiency'])}"
+            ppo_gained = s["final_reward"]["RLCM (PPO)"] > s["initial_reward"]["RLCM (PPO)"]
+            dpg_why = "DPG never gets there" if ppo_gained else "PPO gains nothing"
+            others += f"; DPG query efficiency over PPO: {_fmt(s['dpg_query_efficiency'], dpg_why)}"
         lines.append(
-            f"| {task} | {_fmt(s['train_speedup'])} | {_fmt(s['query_efficiency'])} | {s['inference_speedup']:.2f} | "
-            f"{s['final_reward']['RLCM (PPO)']:.3f} | {s['final_reward']['DDPO (PPO)']:.3f} | {others} |"
+            f"| {task} | {_fmt(s['train_speedup'], why)} | {_fmt(s['query_efficiency'], why)} | "
+            f"{s['inference_speedup']:.2f} | {_start_to_end(s, 'RLCM (PPO)')} | {_start_to_end(s, 'DDPO (PPO)')} | "
+            f"{others} |"
         )
     lines += [
         "",
-        "Definitions: see `summarise` in `benchmarks/run.py`. The shared starting reward is the mean of both "
-        "methods' first-epoch rewards; final rewards are the mean of the last 3 epochs, averaged over seeds. "
+        "Definitions: see `summarise` in `benchmarks/run.py`. Rewards are given as start -> end: the mean of the "
+        f"first and of the last {SMOOTHING} epochs, averaged over seeds; the shared starting reward of the ratios "
+        "is the mean of RLCM's and DDPO's starts. "
         "Figures 6-8 evaluate the final LoRA of seed 0, loaded into a plain diffusers pipeline, on "
         f"{meta['eval_images']} images per point; Fig. 7 samples the RLCM model trained at its preset's H at "
         "H = 2, 4, 8 (the paper trained one model per H).",
@@ -393,8 +407,27 @@ def check_paper_requirements(args: Args) -> None:
         )
 
 
+def write_outputs(results: dict, out: Path) -> None:
+    """results.json (with every task's summary recomputed), the figures and report.md."""
+    for data in results["tasks"].values():
+        data["summary"] = summarise(data)
+    results["summary"] = {task: data["summary"] for task, data in results["tasks"].items()}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    plot_curves(results, "reward_queries", "reward queries", out / "fig4_reward_vs_queries.png")
+    plot_curves(results, "wall_time_s", "training wall-clock (s)", out / "fig5_reward_vs_wallclock.png")
+    plot_evaluations(results, out)
+    write_report(results, out)
+
+
 def main(args: Args) -> None:
     began = time.perf_counter()
+    if args.report_only:
+        path = args.output_dir / "results.json"
+        if not path.is_file():
+            raise GenrlError(f"--report-only needs {path}: pass the --output-dir of a finished benchmark run")
+        write_outputs(json.loads(path.read_text()), args.output_dir)
+        print(f"report: {args.output_dir / 'report.md'}")
+        return
     seeds = args.seeds or (1 if args.quick else 2)
     if args.suite == "paper":
         check_paper_requirements(args)
@@ -443,12 +476,7 @@ def main(args: Args) -> None:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "total_s": time.perf_counter() - began,
     }
-    results["summary"] = {task: data["summary"] for task, data in results["tasks"].items()}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    plot_curves(results, "reward_queries", "reward queries", out / "fig4_reward_vs_queries.png")
-    plot_curves(results, "wall_time_s", "training wall-clock (s)", out / "fig5_reward_vs_wallclock.png")
-    plot_evaluations(results, out)
-    write_report(results, out)
+    write_outputs(results, out)
     print(f"\nreport: {out / 'report.md'}  ({(time.perf_counter() - began) / 60:.1f} min)")
 
 

@@ -3,7 +3,18 @@
 import numpy as np
 import pytest
 
-from benchmarks.run import final_reward, plot_curves, plot_evaluations, smooth, speedup, summarise, write_report
+from benchmarks.run import (
+    Args,
+    final_reward,
+    initial_reward,
+    main,
+    plot_curves,
+    plot_evaluations,
+    smooth,
+    speedup,
+    summarise,
+    write_report,
+)
 
 
 def _run(rate: float, epochs: int = 60, start: float = 0.0, ceiling: float = 1.0, queries_per_epoch: int = 16):
@@ -39,38 +50,68 @@ def test_speedup_is_the_ratio_of_times_to_ninety_percent_of_the_slow_gain():
     assert speedup([_run(0.0, start=-1)], fast, "wall_time_s", 0.0) is None  # the slow method gains nothing
 
 
-def test_summary_and_report(tmp_path):
+def _task(ddpo_rate: float = 0.02) -> dict:
     steps = lambda t: {str(h): {"reward": 0.1 * h, "seconds_per_image": t * h} for h in (2, 4, 8)}  # noqa: E731
-    task = {
-        "curves": {"RLCM (PPO)": [_run(0.2), _run(0.1)], "DDPO (PPO)": [_run(0.02), _run(0.03)]},
+    return {
+        "curves": {"RLCM (PPO)": [_run(0.2), _run(0.1)], "DDPO (PPO)": [_run(ddpo_rate), _run(ddpo_rate * 1.5)]},
         "configs": {"RLCM (PPO)": {"num_steps": 4}, "DDPO (PPO)": {"num_steps": 8}},
         "evaluation": {
             "RLCM (PPO)": {"steps": steps(0.01), "trained_reward": 0.4, "heldout_reward": 0.3},
             "DDPO (PPO)": {"steps": steps(0.1), "trained_reward": 0.8, "heldout_reward": 0.5},
         },
     }
-    summary = summarise(task)
+
+
+def _results(task: dict) -> dict:
+    meta = dict(suite="shapes", command="x", machine="m", seeds=2, time_budget_s=60, eval_images=8, date="d")
+    return {"tasks": {"alignment": {**task, "summary": summarise(task)}}, "meta": {**meta, "total_s": 60}}
+
+
+def test_start_and_end_rewards_average_three_epochs_per_seed():
+    runs = [_run(0.1), _run(0.2)]
+    assert initial_reward(runs) == pytest.approx(np.mean([0.1, 0.2, 0.3, 0.2, 0.4, 0.6]))
+    assert final_reward(runs) == pytest.approx(1.0)
+    summary = summarise(_task())
+    ddpo_start = initial_reward(_task()["curves"]["DDPO (PPO)"])
+    assert summary["starting_reward"] == pytest.approx((initial_reward(runs) + ddpo_start) / 2)
+
+
+def test_summary_and_report(tmp_path):
+    results = _results(_task())
+    summary = results["tasks"]["alignment"]["summary"]
     assert summary["inference_speedup"] == pytest.approx((0.1 * 8) / (0.01 * 4))
     assert summary["train_speedup"] > 1 and summary["query_efficiency"] == pytest.approx(summary["train_speedup"])
     assert summary["final_reward"]["DDPO (PPO)"] == pytest.approx(1.0)
-    results = {
-        "tasks": {"alignment": {**task, "summary": summary}},
-        "meta": {
-            "suite": "shapes",
-            "command": "x",
-            "machine": "m",
-            "seeds": 2,
-            "time_budget_s": 60,
-            "eval_images": 8,
-            "date": "d",
-            "total_s": 60,
-        },
-    }
     plot_curves(results, "reward_queries", "reward queries", tmp_path / "fig4.png")
     plot_evaluations(results, tmp_path)
     write_report(results, tmp_path)
     assert (tmp_path / "fig4.png").stat().st_size > 0 and (tmp_path / "fig8_heldout.png").exists()
-    assert f"| alignment | {summary['train_speedup']:.2f} |" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    start = summary["initial_reward"]["RLCM (PPO)"]
+    assert f"| alignment | {summary['train_speedup']:.2f} |" in report
+    assert f"| {start:.3f} -> 1.000 |" in report
+
+
+def test_report_says_why_a_ratio_is_missing(tmp_path):
+    write_report(_results(_task(ddpo_rate=0.0)), tmp_path)  # DDPO flat at 0: it gains nothing
+    assert "| alignment | n/a (DDPO gains nothing) |" in (tmp_path / "report.md").read_text()
+    task = _task()
+    task["curves"]["RLCM (PPO)"] = [_run(0.001), _run(0.001)]  # RLCM crawls and never reaches DDPO's reward
+    write_report(_results(task), tmp_path)
+    assert "| alignment | n/a (RLCM never gets there) |" in (tmp_path / "report.md").read_text()
+
+
+def test_report_only_rebuilds_summary_figures_and_report_from_results_json(tmp_path):
+    import json
+
+    results = _results(_task())
+    results["tasks"]["alignment"]["summary"] = {"stale": True}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    main(Args(output_dir=tmp_path, report_only=True))
+    rebuilt = json.loads((tmp_path / "results.json").read_text())
+    assert rebuilt["summary"]["alignment"] == json.loads(json.dumps(summarise(_task())))
+    assert (tmp_path / "report.md").exists() and (tmp_path / "fig5_reward_vs_wallclock.png").exists()
+    assert not (tmp_path / "runs").exists()  # nothing trained
 
 
 def test_the_paper_suite_says_what_it_needs(tmp_path):
@@ -90,3 +131,19 @@ def test_the_paper_suite_says_what_it_needs(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: the paper suite cannot run here")
     assert "SimianLuo/LCM_Dreamshaper_v7" in lines[0] and "GPU" in lines[0]
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_report_only_without_results_is_a_one_line_error(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--report-only", "--output-dir", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --report-only needs {tmp_path / 'none' / 'results.json'}: pass the --output-dir of a finished "
+        "benchmark run"
+    ]
