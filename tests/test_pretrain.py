@@ -48,6 +48,16 @@ def test_a_stage_needs_the_stages_before_it(tmp_path, capsys):
     assert "has not finished" in capsys.readouterr().err
 
 
+def test_a_solver_span_off_the_grid_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["lcm", "--scale", "toy", "--work-dir", str(tmp_path / "w"), "--lcm-solver-span", "0"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --lcm-solver-span 0 is not a number of intervals of the 50-step grid; pass 1 to 50 (2 is the default)"
+    ]
+    assert not (tmp_path / "w").exists()
+
+
 def test_shapes_reward_is_the_probability_of_every_prompted_attribute(built):
     reward = ShapesAlignment(built / "out" / "reward")
     scenes = train_scenes()[:3]
