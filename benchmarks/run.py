@@ -412,7 +412,9 @@ def write_outputs(results: dict, out: Path) -> None:
     for data in results["tasks"].values():
         data["summary"] = summarise(data)
     results["summary"] = {task: data["summary"] for task, data in results["tasks"].items()}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    staged = out / "results.json.tmp"
+    staged.write_text(json.dumps(results, indent=1))
+    os.replace(staged, out / "results.json")  # a failed rewrite leaves the old results whole
     plot_curves(results, "reward_queries", "reward queries", out / "fig4_reward_vs_queries.png")
     plot_curves(results, "wall_time_s", "training wall-clock (s)", out / "fig5_reward_vs_wallclock.png")
     plot_evaluations(results, out)
@@ -425,7 +427,11 @@ def main(args: Args) -> None:
         path = args.output_dir / "results.json"
         if not path.is_file():
             raise GenrlError(f"--report-only needs {path}: pass the --output-dir of a finished benchmark run")
-        write_outputs(json.loads(path.read_text()), args.output_dir)
+        try:
+            results = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise GenrlError(f"{path} is not valid JSON ({exc}): rerun the benchmark into that folder") from None
+        write_outputs(results, args.output_dir)
         print(f"report: {args.output_dir / 'report.md'}")
         return
     seeds = args.seeds or (1 if args.quick else 2)

@@ -147,3 +147,19 @@ def test_report_only_without_results_is_a_one_line_error(tmp_path):
         f"error: --report-only needs {tmp_path / 'none' / 'results.json'}: pass the --output-dir of a finished "
         "benchmark run"
     ]
+
+
+def test_report_only_on_a_broken_results_file_is_a_one_line_error_that_keeps_it(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "results.json").write_text('{"tasks": ')
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--report-only", "--output-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'results.json'} is not valid JSON")
+    assert (tmp_path / "results.json").read_text() == '{"tasks": '
