@@ -408,9 +408,7 @@ def check_paper_requirements(args: Args) -> None:
 
 
 def write_outputs(results: dict, out: Path) -> None:
-    """results.json (with every task's summary recomputed), the figures and report.md."""
-    for data in results["tasks"].values():
-        data["summary"] = summarise(data)
+    """results.json, the figures and report.md, from results whose tasks carry their summaries."""
     results["summary"] = {task: data["summary"] for task, data in results["tasks"].items()}
     staged = out / "results.json.tmp"
     staged.write_text(json.dumps(results, indent=1))
@@ -431,6 +429,8 @@ def main(args: Args) -> None:
             results = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise GenrlError(f"{path} is not valid JSON ({exc}): rerun the benchmark into that folder") from None
+        for data in results["tasks"].values():
+            data["summary"] = summarise(data)
         write_outputs(results, args.output_dir)
         print(f"report: {args.output_dir / 'report.md'}")
         return

@@ -1,5 +1,10 @@
 """The benchmark suite's arithmetic (smoothing, time-to-reward, the headline ratios) and its report."""
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -48,6 +53,13 @@ def test_speedup_is_the_ratio_of_times_to_ninety_percent_of_the_slow_gain():
     assert 7 < ratio < 9
     assert speedup(slow, [_run(0.001)], "wall_time_s", 0.0) is None  # never reaches the target
     assert speedup([_run(0.0, start=-1)], fast, "wall_time_s", 0.0) is None  # the slow method gains nothing
+
+
+def _cli_errors(*args: str, env: dict | None = None) -> list[str]:
+    """Runs ``python -m benchmarks.run ARGS``, which must fail with exit code 2; its stderr lines."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", *args], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2
+    return proc.stderr.strip().splitlines()
 
 
 def _task(ddpo_rate: float = 0.02) -> dict:
@@ -102,8 +114,6 @@ def test_report_says_why_a_ratio_is_missing(tmp_path):
 
 
 def test_report_only_rebuilds_summary_figures_and_report_from_results_json(tmp_path):
-    import json
-
     results = _results(_task())
     results["tasks"]["alignment"]["summary"] = {"stale": True}
     (tmp_path / "results.json").write_text(json.dumps(results))
@@ -115,51 +125,22 @@ def test_report_only_rebuilds_summary_figures_and_report_from_results_json(tmp_p
 
 
 def test_the_paper_suite_says_what_it_needs(tmp_path):
-    import os
-    import subprocess
-    import sys
-
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-cache")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--suite", "paper", "--output-dir", str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
+    lines = _cli_errors("--suite", "paper", "--output-dir", str(tmp_path / "out"), env=env)
     assert len(lines) == 1 and lines[0].startswith("error: the paper suite cannot run here")
     assert "SimianLuo/LCM_Dreamshaper_v7" in lines[0] and "GPU" in lines[0]
     assert not (tmp_path / "out" / "results.json").exists()
 
 
 def test_report_only_without_results_is_a_one_line_error(tmp_path):
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--report-only", "--output-dir", str(tmp_path / "none")],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
+    assert _cli_errors("--report-only", "--output-dir", str(tmp_path / "none")) == [
         f"error: --report-only needs {tmp_path / 'none' / 'results.json'}: pass the --output-dir of a finished "
         "benchmark run"
     ]
 
 
 def test_report_only_on_a_broken_results_file_is_a_one_line_error_that_keeps_it(tmp_path):
-    import subprocess
-    import sys
-
     (tmp_path / "results.json").write_text('{"tasks": ')
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--report-only", "--output-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
+    lines = _cli_errors("--report-only", "--output-dir", str(tmp_path))
     assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'results.json'} is not valid JSON")
     assert (tmp_path / "results.json").read_text() == '{"tasks": '
