@@ -7,7 +7,7 @@ import torch
 from diffusers import LatentConsistencyModelPipeline, StableDiffusionPipeline
 
 from genrl.errors import GenrlError
-from genrl.pretrain import main
+from genrl.pretrain import consistency_distance, main
 from genrl.rewards.shapes import ShapesAlignment
 from genrl.shapes.world import ATTRIBUTES, parse_prompt, train_scenes
 
@@ -48,14 +48,36 @@ def test_a_stage_needs_the_stages_before_it(tmp_path, capsys):
     assert "has not finished" in capsys.readouterr().err
 
 
-def test_a_solver_span_off_the_grid_is_a_one_line_error(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--lcm-solver-span", "0"],
+            "--lcm-solver-span 0 is not a number of intervals of the 50-step grid; pass 1 to 50 (2 is the default)",
+        ),
+        (["--lcm-huber-c", "0"], "--lcm-huber-c 0.0 must be above 0; pass e.g. 0.001 (the default)"),
+    ],
+)
+def test_a_bad_distillation_flag_is_a_one_line_error(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as info:
-        main(["lcm", "--scale", "toy", "--work-dir", str(tmp_path / "w"), "--lcm-solver-span", "0"])
+        main(["lcm", "--scale", "toy", "--work-dir", str(tmp_path / "w"), *flags])
     assert info.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines() == [
-        "error: --lcm-solver-span 0 is not a number of intervals of the 50-step grid; pass 1 to 50 (2 is the default)"
-    ]
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
     assert not (tmp_path / "w").exists()
+
+
+def test_consistency_distance_is_squared_error_or_pseudo_huber():
+    goal = torch.randn(4, 4, 16, 16)
+    far, near = goal + torch.randn_like(goal), goal + 1e-6 * torch.randn_like(goal)
+    assert consistency_distance(far, goal, "l2", 0.001) == torch.nn.functional.mse_loss(far, goal)
+    # Linear in large errors: within c of the absolute error ...
+    huber_far = consistency_distance(far, goal, "huber", 0.001)
+    assert abs(huber_far - torch.nn.functional.l1_loss(far, goal)) <= 0.001
+    # ... and quadratic in small ones, d^2 / 2c.
+    huber_near = consistency_distance(near.double(), goal.double(), "huber", 0.001)
+    expected = torch.nn.functional.mse_loss(near.double(), goal.double()) / 0.002
+    torch.testing.assert_close(huber_near, expected, rtol=1e-5, atol=0)
+    assert consistency_distance(goal, goal, "huber", 0.001) == 0
 
 
 def test_shapes_reward_is_the_probability_of_every_prompted_attribute(built):
