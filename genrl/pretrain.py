@@ -9,7 +9,7 @@ Stages, in order, each checkpointed every ``--checkpoint-every`` steps into ``--
   classifier  the reward model: every attribute of an image, trained on renders and their VAE reconstructions
   teacher     text encoder + epsilon-prediction UNet on VAE latents, SD's schedule, 10% prompt dropout, EMA
   lcm         latent consistency distillation from the teacher (w sampled and embedded, DDIM solver on the
-              50-step skipping grid spanning 2 of its intervals a step, EMA target network)
+              50-step skipping grid spanning 2 of its intervals a step, EMA target network, pseudo-Huber)
   export      pipeline folders (StableDiffusionPipeline, LatentConsistencyModelPipeline) and the classifier
 """
 
@@ -500,10 +500,11 @@ STAGE_FUNCTIONS = {
 
 def run(cfg: PretrainConfig) -> None:
     cfg = cfg.scaled()
-    if not 1 <= cfg.lcm_solver_span <= 50:
+    grid = components.LCM_ORIGIN_STEPS
+    if not 1 <= cfg.lcm_solver_span <= grid:
         raise GenrlError(
-            f"--lcm-solver-span {cfg.lcm_solver_span} is not a number of intervals of the 50-step grid; "
-            "pass 1 to 50 (2 is the default)"
+            f"--lcm-solver-span {cfg.lcm_solver_span} is not a number of intervals of the {grid}-step grid; "
+            f"pass 1 to {grid} (2 is the default)"
         )
     if cfg.lcm_loss == "huber" and not cfg.lcm_huber_c > 0:
         # c = 0 is the absolute error, whose gradient at a zero difference is NaN.

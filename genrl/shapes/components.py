@@ -100,11 +100,15 @@ def teacher_scheduler() -> DDIMScheduler:
     return DDIMScheduler(**SD_BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
 
+LCM_ORIGIN_STEPS = 50
+"""Steps of the skipping grid that LCM distillation and sampling use (LCM_Dreamshaper_v7's original_inference_steps)."""
+
+
 def lcm_scheduler() -> LCMScheduler:
     """LCM_Dreamshaper_v7's scheduler configuration."""
     return LCMScheduler(
         **SD_BETAS,
-        original_inference_steps=50,
+        original_inference_steps=LCM_ORIGIN_STEPS,
         clip_sample=False,
         set_alpha_to_one=True,
         steps_offset=1,
