@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import tyro
 
-from genrl.config import PRESETS, TrainConfig
+from genrl.config import PRESETS, TrainConfig, config_to_json
 from genrl.envs import DDPMEnv, LCMEnv
 from genrl.errors import GenrlError
 from genrl.models import load_pipeline
@@ -456,7 +456,7 @@ def main(args: Args) -> None:
                 print(f"\n== {task} / {name} / seed {seed} ({budget:.0f} s)", flush=True)
                 runs.append(run_training(cfg, out / "runs", f"{task}-{slug}-seed{seed}", seed, budget, args.device))
             task_result["curves"][name] = runs
-            task_result["configs"][name] = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+            task_result["configs"][name] = config_to_json(cfg)
             if name in ("RLCM (PPO)", "DDPO (PPO)") or not args.quick:
                 lora = out / "runs" / f"{task}-{slug}-seed0" / "checkpoints" / "latest"
                 evaluation = evaluate_method(cfg, lora, args)

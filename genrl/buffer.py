@@ -4,6 +4,10 @@ Per trajectory: the prompt, its embedding (stored once, not per step), the rewar
 stochastic step: the latent, the next latent, the timesteps and the log-prob at sampling time. Minibatches are
 shuffled across samples and, independently per sample, across timesteps (as DDPO does), so that one forward
 pass sees several timesteps.
+
+On N processes each buffer holds its process's rows of the global batch (``place``), and minibatches are cut from
+the global batch: every process draws the same permutation of the global samples and the same step orders, and
+takes its own rows of each global minibatch (possibly none). So N processes cut the minibatches one process cuts.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ class Chunk:
     old_log_probs: torch.Tensor
     advantages: torch.Tensor
     sample_index: torch.Tensor
+    minibatch: int = 0
+    """Index of its global minibatch in the pass (``optimize`` counts on across passes)."""
 
 
 @dataclass
@@ -39,6 +45,9 @@ class TrajectoryBuffer:
     rewards: list[torch.Tensor] = field(default_factory=list)  # (B,)
     negative_prompt_embeds: torch.Tensor | None = None  # (1, L, D), shared by all
     advantages: torch.Tensor | None = None  # (N,)
+    # Where the rows sit in the global batch of all processes (``place``): None, the buffer is the whole batch.
+    global_rows: torch.Tensor | None = None  # (N,)
+    global_size: int | None = None
 
     def add_batch(
         self,
@@ -70,12 +79,37 @@ class TrajectoryBuffer:
     def num_steps(self) -> int:
         return self.latents[0].shape[1] if self.latents else 0
 
+    @property
+    def num_global(self) -> int:
+        """Trajectories in the global batch (all processes)."""
+        return len(self) if self.global_size is None else self.global_size
+
+    def rows_in_global_batch(self) -> torch.Tensor:
+        return torch.arange(len(self)) if self.global_rows is None else self.global_rows
+
+    def place(self, rank: int, processes: int) -> None:
+        """Marks the rows as process ``rank``'s share of a global batch over ``processes`` processes: row i of
+        sampling batch b is row (b * processes + rank) * B + i of the global batch, B rows per batch and process."""
+        sizes = {len(r) for r in self.rewards}
+        if len(sizes) > 1:
+            raise ValueError(f"every sampling batch must hold the same number of rows, got {sorted(sizes)}")
+        batch = sizes.pop() if sizes else 1
+        local = torch.arange(len(self))
+        self.global_rows = (local // batch * processes + rank) * batch + local % batch
+        self.global_size = len(self) * processes
+
     def all_rewards(self) -> torch.Tensor:
         return torch.cat(self.rewards)
 
     def subset(self, indices: torch.Tensor) -> TrajectoryBuffer:
-        """The trajectories at ``indices`` (with their advantages), as a buffer of one batch."""
-        idx = indices.cpu()
+        """The trajectories at ``indices`` of the global batch that this buffer holds (with their advantages), as
+        a buffer of one batch; the global batch becomes the one of ``indices`` (every process passes the same)."""
+        idx, new_rows = indices.cpu(), None
+        if self.global_rows is not None:  # this buffer's rows among them, and where they sit in the new batch
+            position = torch.full((self.num_global,), -1, dtype=torch.long)
+            position[idx] = torch.arange(len(idx))
+            new_rows = position[self.global_rows]
+            idx = torch.nonzero(new_rows >= 0).squeeze(1)
         take = lambda parts: [torch.cat(parts)[idx.to(parts[0].device)]]  # noqa: E731
         return TrajectoryBuffer(
             prompts=[self.prompts[i] for i in idx.tolist()],
@@ -89,19 +123,22 @@ class TrajectoryBuffer:
             rewards=take(self.rewards),
             negative_prompt_embeds=self.negative_prompt_embeds,
             advantages=None if self.advantages is None else self.advantages[idx.to(self.advantages.device)],
+            global_rows=None if new_rows is None else new_rows[idx],
+            global_size=None if new_rows is None else len(indices),
         )
 
     def minibatch_sizes(self, batch_size: int) -> list[int]:
-        """Trajectories in each minibatch: full ones, then the rest (only when the buffer was subset)."""
-        full, rest = divmod(len(self), batch_size)
+        """Trajectories in each global minibatch: full ones, then the rest (only when the buffer was subset)."""
+        full, rest = divmod(self.num_global, batch_size)
         return [batch_size] * full + ([rest] if rest else [])
 
     def minibatches(self, batch_size: int, steps_per_forward: int, generator: torch.Generator) -> Iterator[list[Chunk]]:
-        """Yields minibatches of ``batch_size`` trajectories (``minibatch_sizes``), each as a list of chunks
-        covering all its steps.
+        """Yields this buffer's rows of each global minibatch of ``batch_size`` trajectories (``minibatch_sizes``),
+        each as a list of chunks covering all their steps (no chunk where the buffer holds none of its rows).
 
         Chunk j of a minibatch holds, for every trajectory in it, the steps at positions
         [j * steps_per_forward, (j + 1) * steps_per_forward) of that trajectory's own random step order.
+        The permutation and the step orders are drawn for the global batch, so they do not depend on the layout.
         """
         if self.advantages is None:
             raise RuntimeError("set buffer.advantages before asking for minibatches")
@@ -109,15 +146,18 @@ class TrajectoryBuffer:
         latents, next_latents = cat(self.latents), cat(self.next_latents)
         timesteps, next_timesteps, log_probs = cat(self.timesteps), cat(self.next_timesteps), cat(self.log_probs)
         embeds = cat(self.prompt_embeds)
-        n, steps = len(self), self.num_steps
+        n, steps = self.num_global, self.num_steps
         order = torch.randperm(n, generator=generator)
         step_order = torch.stack([torch.randperm(steps, generator=generator) for _ in range(n)])
+        local_row = torch.full((n,), -1, dtype=torch.long)  # global row -> row of this buffer (-1: another's)
+        local_row[self.rows_in_global_batch()] = torch.arange(len(self))
         starts = [0, *accumulate(self.minibatch_sizes(batch_size))]
-        for start, end in zip(starts[:-1], starts[1:]):
-            idx = order[start:end].to(latents.device)
+        for minibatch, (start, end) in enumerate(zip(starts[:-1], starts[1:])):
+            mine = order[start:end][local_row[order[start:end]] >= 0]  # global rows, in the global order
+            idx = local_row[mine].to(latents.device)
             chunks = []
-            for j in range(0, steps, steps_per_forward):
-                cols = step_order[idx.cpu(), j : j + steps_per_forward].to(latents.device)  # (b, k)
+            for j in range(0, steps, steps_per_forward) if len(mine) else []:
+                cols = step_order[mine, j : j + steps_per_forward].to(latents.device)  # (b, k)
                 rows = idx[:, None].expand_as(cols)
                 rows, cols = rows.reshape(-1), cols.reshape(-1)
                 obs = {
@@ -128,5 +168,7 @@ class TrajectoryBuffer:
                     "prompt_embeds": embeds[rows],
                     "negative_prompt_embeds": self.negative_prompt_embeds.expand(len(rows), -1, -1),
                 }
-                chunks.append(Chunk(obs, next_latents[rows, cols], log_probs[rows, cols], self.advantages[rows], rows))
+                chunks.append(
+                    Chunk(obs, next_latents[rows, cols], log_probs[rows, cols], self.advantages[rows], rows, minibatch)
+                )
             yield chunks

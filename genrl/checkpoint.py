@@ -87,7 +87,14 @@ def _save_for_diffusers(unet: torch.nn.Module, folder: Path) -> None:
     """The LoRA as ``pipe.load_lora_weights(folder)`` reads it, or the whole UNet under full fine-tuning."""
     if getattr(unet, "peft_config", None):
         lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-        StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=lora, safe_serialization=True)
+        # The adapter's config travels in the file's metadata: without it diffusers rebuilds the LoRA at
+        # lora_alpha = rank, which scales a rank-16, alpha-32 adapter to half its trained strength.
+        StableDiffusionPipeline.save_lora_weights(
+            folder,
+            unet_lora_layers=lora,
+            unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+            safe_serialization=True,
+        )
     else:
         unet.save_pretrained(folder / "unet", safe_serialization=True)
 
@@ -110,13 +117,23 @@ def load_checkpoint(
         trainable = load_file(path / "trainable.safetensors")
         extra = torch.load(path / "optimizer.pt", weights_only=True)
         state = json.loads((path / "state.json").read_text())
+        counters = state["counters"]
+        if not {"epoch", "reward_queries", "wall_time_s"} <= set(counters):
+            raise ValueError(
+                f"state.json counters lack {sorted({'epoch', 'reward_queries', 'wall_time_s'} - set(counters))}"
+            )
         ema_state = None
         if ema is not None:
             if not (path / "ema.pt").is_file():
                 raise GenrlError(f"checkpoint '{path}' was saved without --ema-decay; resume without it")
             ema_state = torch.load(path / "ema.pt", weights_only=True)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise GenrlError(f"checkpoint '{path}' is unreadable ({exc}); start a new run or restore the folder") from exc
+    except GenrlError:
+        raise
+    except Exception as exc:  # safetensors, pickle and JSON each fail in their own way on a damaged file
+        reason = f"no {exc} entry" if isinstance(exc, KeyError) else (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise GenrlError(
+            f"checkpoint '{path}' is unreadable ({reason}); start a new run or restore the folder"
+        ) from exc
     params = dict(unet.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in trainable]
     if missing:
@@ -125,12 +142,30 @@ def load_checkpoint(
             f"e.g. {missing[0]}); "
             "resume with the run's own configuration"
         )
+    for name, value in trainable.items():
+        if name not in params or params[name].shape != value.shape:
+            found = tuple(params[name].shape) if name in params else "no such tensor"
+            raise GenrlError(
+                f"checkpoint '{path}' holds {name} of shape {tuple(value.shape)}, the model has {found}; "
+                "resume with the run's own configuration"
+            )
+        if not torch.isfinite(value).all():
+            raise GenrlError(
+                f"checkpoint '{path}' holds non-finite weights ({name}); the run had diverged by then: "
+                "resume from an earlier checkpoint or start a new run with a lower --learning-rate"
+            )
     with torch.no_grad():
         for name, value in trainable.items():
             params[name].copy_(value)
-    optimizer.load_state_dict(extra["optimizer"])
-    lr_scheduler.load_state_dict(extra["lr_scheduler"])
-    torch.set_rng_state(extra["torch_rng"])
-    if ema is not None:
-        ema.load_state_dict(ema_state)
+    try:
+        optimizer.load_state_dict(extra["optimizer"])
+        lr_scheduler.load_state_dict(extra["lr_scheduler"])
+        torch.set_rng_state(extra["torch_rng"])
+        if ema is not None:
+            ema.load_state_dict(ema_state)
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise GenrlError(
+            f"checkpoint '{path}': optimizer.pt does not fit this run ({str(exc).splitlines()[0]}); "
+            "resume with the run's own configuration or start a new run"
+        ) from exc
     return state

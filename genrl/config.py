@@ -6,9 +6,13 @@ A preset fills every field; flags given on the command line override it.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+import torch
 
 from genrl.errors import GenrlError
 from genrl.policy import DEFAULT_LORA_TARGETS
@@ -132,6 +136,13 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Reject impossible combinations with a message that names the fix."""
+        for f in dataclasses.fields(self):  # a NaN or inf anywhere ends as NaN weights a few epochs later
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise GenrlError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+        if self.resolution is not None and self.resolution < 1:
+            raise GenrlError(f"--resolution must be a positive number of pixels, got {self.resolution}")
+        _check_device(self.device)
         positive = [
             "epochs",
             "num_steps",
@@ -207,26 +218,81 @@ class TrainConfig:
                 )
 
 
+def config_to_json(cfg: TrainConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def read_config(path: Path) -> TrainConfig:
+    """A run's saved config.json; every field must be there, as a resume has to repeat the run exactly."""
+    if not path.is_file():
+        raise GenrlError(f"--resume {path.parent}: no config.json there; pass a run directory made by genrl.train")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise GenrlError(f"{path} is unreadable ({exc}); restore it or start a new run") from None
+    if not isinstance(data, dict):
+        raise GenrlError(f"{path} holds {type(data).__name__}, not a configuration; restore it or start a new run")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown, missing = set(data) - fields, fields - set(data)
+    if unknown or missing:
+        what = f"unknown fields {sorted(unknown)}" if unknown else f"no fields {sorted(missing)}"
+        raise GenrlError(f"{path} has {what}; was it written by another version? Restore it or start a new run")
+    data["output_dir"] = Path(data["output_dir"])
+    data["resume"] = Path(data["resume"]) if data["resume"] else None
+    data["lora_target_modules"] = tuple(data["lora_target_modules"])
+    return TrainConfig(**data)
+
+
+def _check_device(device: str) -> None:
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise GenrlError(f"--device '{device}' is not a torch device; use cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cpu":
+        return
+    backend = getattr(torch, parsed.type, None)
+    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+        raise GenrlError(f"--device {device}: this torch or machine has no {parsed.type} device; use --device cpu")
+    if parsed.index is not None and parsed.index >= backend.device_count():
+        count = backend.device_count()
+        raise GenrlError(f"--device {device}: this machine has {count} {parsed.type} devices; pick another index")
+
+
 def _preset(**fields) -> TrainConfig:
     return dataclasses.replace(TrainConfig(), **fields)
 
 
-# The paper's Table 1 (RLCM, per GPU; the paper used 4 GPUs, 3 for alignment) and DDPO's published config
-# (8 GPUs; its hyperparameters are the ones the RLCM paper compared against).
+# RLCM: the paper's Table 1 (per GPU; it used 4 GPUs, 3 for alignment) as the official code runs it
+# (github.com/Owen-Oertell/rlcm: lcm_rl_pytorch/conf/task/*.yaml, core/ppo_training_loop.py, scripts/main.py).
+# Its loop: for each of num_epochs epochs, batches_per_epoch rounds of [sample num_sample_iters batches of
+# sample_batch_size_per_gpu, then train on them: num_inner_epochs 1, minibatches of train_batch_size_per_gpu,
+# gradient_accumulation_steps of them per optimizer step]; every yaml makes those exactly one optimizer step per
+# round, taken after all its minibatches, so every PPO ratio is 1. A genrl epoch samples all its batches and then
+# trains on them, so one official round is one epoch here: batches_per_epoch = num_sample_iters,
+# epochs = num_epochs x batches_per_epoch, and train_batch_size x gradient_accumulation_steps = the epoch's
+# samples (tests/test_presets.py). Reward queries and optimizer steps per run are the official ones; so are
+# the per-prompt statistics, which it updates once a round.
+# Also as the official code: torch.optim.Adam, no weight decay; every one of the H steps noised and trained (its
+# LCMScheduler.step noises the last step too); a checkpoint every 10 of its epochs (save_interval).
+# Not representable here: its LinearLR schedule (lr to 0 over 3 x num_epochs, stepped once an official epoch, so
+# the lr ends at 2/3 of its start) and fp16 mixed precision.
+_RLCM_ROUNDS = 10  # the yaml's batches_per_epoch (Table 1's "Batches Per Epoch"): rounds per official epoch
 _RLCM_JPEG = dict(
     model="SimianLuo/LCM_Dreamshaper_v7",
     env="lcm",
     algo="ppo",
-    prompts="imagenet_animals",
+    prompts="imagenet_animals",  # dataset ComplexAnimals: the ImageNet classes 0-397
     finetune="lora",
     num_steps=8,
     guidance_scale=8.0,
+    noise_last_step=True,
     sample_batch_size=4,
-    batches_per_epoch=10,
+    batches_per_epoch=1,  # num_sample_iters
     train_batch_size=2,
     gradient_accumulation_steps=2,
     inner_epochs=1,
     learning_rate=1e-4,
+    adam_weight_decay=0.0,
     clip_range=1e-4,
     adv_clip_max=10.0,
     max_grad_norm=5.0,
@@ -234,9 +300,14 @@ _RLCM_JPEG = dict(
     stat_min_count=16,
     lora_rank=16,
     lora_alpha=32.0,
-    epochs=100,
-    save_every=1,
+    epochs=100 * _RLCM_ROUNDS,
+    save_every=10 * _RLCM_ROUNDS,
 )
+# DDPO: ddpo-pytorch's config/dgx.py (per GPU, 8 GPUs; 6 for alignment), whose hyperparameters the RLCM paper
+# ran DDPO with (section 5), on Dreamshaper v7 rather than dgx.py's CompVis/stable-diffusion-v1-4. The rest is
+# config/base.py: 50 DDIM steps, eta 1, guidance 5, AdamW (lr 3e-4, weight decay 1e-4), grad clip 1, advantage
+# clip 5, clip range 1e-4, 1 inner epoch, LoRA rank 4 (diffusers' LoRAAttnProcessor default, scale 1).
+# Its epochs make several optimizer steps, as DDPO does: (sample batch x batches) / (train batch x accumulation).
 _DDPO_JPEG = dict(
     model="Lykon/dreamshaper-7",
     env="ddpm",
@@ -252,6 +323,7 @@ _DDPO_JPEG = dict(
     gradient_accumulation_steps=2,
     inner_epochs=1,
     learning_rate=3e-4,
+    adam_weight_decay=1e-4,
     clip_range=1e-4,
     adv_clip_max=5.0,
     max_grad_norm=1.0,
@@ -284,7 +356,8 @@ _TINY = dict(
     max_grad_norm=1.0,
 )
 
-# Table 1's aesthetic and prompt-alignment columns differ from the JPEG tasks in these fields only.
+# Table 1's aesthetic and prompt-alignment columns (aesthetic.yaml, prompt_image_alignment.yaml) differ from the
+# JPEG tasks in these fields only.
 _RLCM_AESTHETIC = {
     **_RLCM_JPEG,
     "prompts": "simple_animals",
@@ -294,21 +367,40 @@ _RLCM_AESTHETIC = {
     "lora_rank": 8,
     "lora_alpha": 8.0,
 }
+# Table 1's "Number of Sample Inner Epochs" 5 is the yaml's num_sample_iters: 5 sampling batches before each
+# optimizer step (2 x 20 = 40 = 5 x 8 images), with num_inner_epochs 1. The yaml's lr is 4e-4, Table 1's 1e-4;
+# this follows the table (and the sweep range [1e-5, 3e-4] of the paper's appendix B.2, which 4e-4 is outside).
+_RLCM_ALIGNMENT_ROUNDS = 6  # the yaml's batches_per_epoch
 _RLCM_ALIGNMENT = {
     **_RLCM_JPEG,
     "prompts": "animals_activities",
     "sample_batch_size": 8,
+    "batches_per_epoch": 5,  # num_sample_iters
     "gradient_accumulation_steps": 20,
     "num_steps": 16,
-    "batches_per_epoch": 6,
-    "epochs": 118,
-    "inner_epochs": 5,
+    "epochs": 118 * _RLCM_ALIGNMENT_ROUNDS,
+    "save_every": 10 * _RLCM_ALIGNMENT_ROUNDS,
+    "inner_epochs": 1,
     "stat_buffer_size": 32,
 }
-# DDPO's aesthetic and alignment runs share its common hyperparameters; their per-task batch layouts are not in
-# this project's references, so these keep the JPEG layout and change prompts, reward and statistics buffer.
-_DDPO_AESTHETIC = {**_DDPO_JPEG, "prompts": "simple_animals", "stat_buffer_size": 32}
-_DDPO_ALIGNMENT = {**_DDPO_JPEG, "prompts": "animals_activities", "stat_buffer_size": 32}
+# dgx.py aesthetic(): 200 epochs, (8 x 4) / (4 x 4) = 2 optimizer steps an epoch.
+_DDPO_AESTHETIC = {
+    **_DDPO_JPEG,
+    "prompts": "simple_animals",
+    "gradient_accumulation_steps": 4,
+    "epochs": 200,
+    "stat_buffer_size": 32,
+}
+# dgx.py prompt_image_alignment(): 6 GPUs (2 more served LLaVA), 200 epochs, (8 x 6) / (4 x 6) = 2 optimizer
+# steps an epoch; prompts "a/an {simple animal} {activity}" (simple_animals.txt, activities.txt).
+_DDPO_ALIGNMENT = {
+    **_DDPO_JPEG,
+    "prompts": "animals_activities",
+    "batches_per_epoch": 6,
+    "gradient_accumulation_steps": 6,
+    "epochs": 200,
+    "stat_buffer_size": 32,
+}
 # The paper's prompt-alignment reward (LLaVA + BERTScore) ran as a server on its own GPU; so does this one:
 #   python -m genrl.rewards.serve --reward vlm_bertscore --port 8000
 _ALIGNMENT_SERVER = "http://127.0.0.1:8000"

@@ -6,8 +6,13 @@ The run is defined on the global batch, and each process takes its slice of it:
 - sampling batch b holds ``sample_batch_size x N`` prompts and initial noises, drawn from the run's seeds as one
   process would draw them; process r samples rows [r B, (r + 1) B) (``NoiseSlice``), step noise included;
 - rewards are gathered batch by batch, so per-prompt statistics, advantages and metrics see the global batch;
-- gradients are averaged over processes before clipping, so every process takes the same optimizer step (equal
-  local batches: the average of the local means is the global mean);
+- PPO and REINFORCE cut their minibatches from the global batch (``TrajectoryBuffer.minibatches``): a global
+  minibatch holds ``train_batch_size x N`` trajectories, and a process trains on its rows of it (possibly none),
+  each chunk's loss weighted by its share of the optimizer step's global (trajectory, step) pairs; the gradients
+  are summed over processes before clipping, and the training statistics are pair-weighted sums summed over
+  processes (``sum_totals``). So N processes take, and log, the optimizer steps of one process;
+- DPG's gradients are averaged over processes before clipping (equal local batches: the average of the local
+  means is the global mean), so that every process takes the same optimizer step there too;
 - only the main process writes the run directory and checkpoints; every process resumes from them.
 """
 
@@ -24,11 +29,21 @@ import torch
 
 def launch_command(processes: int, module: str, args: list[str]) -> list[str]:
     """The command line running ``python -m module args`` on ``processes`` processes: plain Python for one,
-    ``accelerate launch`` for several, on a free local port so that concurrent runs do not collide."""
+    ``accelerate launch`` for several (``accelerate_args``)."""
     if processes == 1:
         return [sys.executable, "-m", module, *args]
-    launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
-    return [sys.executable, *launcher, "--main_process_port", str(free_port()), "-m", module, *args]
+    return [sys.executable, "-m", "accelerate.commands.launch", *accelerate_args(processes, module, args)]
+
+
+def accelerate_args(processes: int, module: str, args: list[str]) -> list[str]:
+    """``accelerate launch``'s arguments for ``python -m module args`` on ``processes`` local processes, on a free
+    port so that concurrent runs do not collide. The values accelerate would otherwise warn it took by default are
+    given (genrl uses no mixed precision nor compilation of accelerate's). The launcher looks at its processes every
+    second rather than every 0.1 s: it stops them all once one has failed, and the others first get time to say
+    why they stop (a closed connection is noticed at once)."""
+    settings = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--monitor_interval", "1"]
+    port = ["--main_process_port", str(free_port())]
+    return ["--multi_gpu", "--num_processes", str(processes), *settings, *port, "-m", module, *args]
 
 
 def free_port() -> int:
@@ -75,10 +90,18 @@ class Processes:
         return NoiseSlice(self.rank * local_batch, self.count * local_batch)
 
     def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """The mean of every process's gradients, in place on each (a missing gradient counts as zeros)."""
+        self._reduce_gradients(params, "mean")
+
+    def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """The sum of every process's gradients, in place on each (a missing gradient counts as zeros)."""
+        self._reduce_gradients(params, "sum")
+
+    def _reduce_gradients(self, params: list[torch.nn.Parameter], reduction: str) -> None:
         if self.count == 1:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = self.accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
+        flat = self.accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction=reduction)
         start = 0
         for p, g in zip(params, grads):
             p.grad = flat[start : start + g.numel()].view_as(g).clone()
@@ -94,6 +117,22 @@ class Processes:
         keys = sorted(stats)
         values = self.accelerator.reduce(torch.tensor([stats[k] for k in keys], dtype=torch.float64), "mean")
         return dict(zip(keys, values.tolist()))
+
+    def sum_totals(self, totals: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        """Per key, the (weighted sum, weight) pairs of every process added up (a key some processes lack counts
+        as (0, 0) there); the same result, summed in process order, on every process."""
+        if self.count == 1:
+            return totals
+        every: list[dict[str, tuple[float, float]]] = [{} for _ in range(self.count)]
+        torch.distributed.all_gather_object(every, totals)
+        keys = dict.fromkeys(key for process in every for key in process)
+        return {
+            key: (
+                sum(process[key][0] for process in every if key in process),
+                sum(process[key][1] for process in every if key in process),
+            )
+            for key in keys
+        }
 
     def broadcast(self, value: Any) -> Any:
         """The main process's ``value``, on every process."""

@@ -51,7 +51,13 @@ def load_prompts(spec: str) -> list[str]:
             f"prompts '{spec}' is neither a built-in set ({', '.join(BUILTIN_PROMPTS)}) nor a file; "
             "pass a set name or a text file with one prompt per line"
         )
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise GenrlError(
+            f"prompt file '{spec}' is not UTF-8 text (byte {exc.start}); save it as UTF-8, one prompt per line"
+        ) from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise GenrlError(f"prompt file '{spec}' has no prompts; write one prompt per line")
     return prompts

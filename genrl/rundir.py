@@ -5,15 +5,19 @@ Every file is written atomically (written beside, then renamed), so a crash leav
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from genrl.errors import GenrlError
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -44,6 +48,37 @@ class RunDir:
         self.samples = self.path / "samples"
         self.checkpoints = self.path / "checkpoints"
         self._writer = None
+        self._lock: IO[str] | None = None
+
+    def lock(self) -> None:
+        """Create the directory and hold an OS lock on it until ``close``: a second run on it is refused. The OS
+        drops the lock when its process dies, so the lock of a killed run is taken over, never stale."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = (self.path / ".lock").open("a+", encoding="utf-8")
+        except OSError as exc:
+            raise GenrlError(
+                f"cannot create the run directory {self.path} ({exc.strerror or exc}); pass a writable --output-dir"
+            ) from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise GenrlError(
+                f"run directory {self.path} is in use by another run (process {holder}); wait for it to end or "
+                "pick another --run-name"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock = handle
+
+    def holds_progress(self) -> bool:
+        """Whether a run logged an epoch or saved a checkpoint here (then only ``--resume`` may continue it)."""
+        return (self.checkpoints / "latest").exists() or bool(self.read_metrics())
 
     def create(self, config: dict[str, Any]) -> None:
         for folder in (self.path, self.samples, self.checkpoints):
@@ -59,9 +94,23 @@ class RunDir:
         return self._writer
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The logged epochs. A torn last line (the process died mid-write: power loss, full disk) is dropped
+        with a warning, as that epoch will be run again; damage anywhere else is an error."""
         if not self.metrics_path.exists():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        text = self.metrics_path.read_text(encoding="utf-8", errors="replace")
+        lines = [line for line in text.splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                if number < len(lines):
+                    raise GenrlError(
+                        f"{self.metrics_path} line {number} is damaged; repair or delete that line, then --resume"
+                    ) from None
+                print(f"warning: {self.metrics_path} ends in a torn line; dropped it", file=sys.stderr)
+        return records
 
     def keep_metrics_before(self, epoch: int) -> None:
         """On resume: forget epochs the checkpoint does not cover (they will be run again)."""
@@ -96,3 +145,13 @@ class RunDir:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+            self._writer = None
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the lock
+            self._lock = None
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -132,7 +132,10 @@ def ddim_step(
         mean    = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma_t^2) eps
         x_prev  ~ N(mean, sigma_t^2 I)
 
-    ``prev_timestep`` < 0 means the final step, which lands on ``final_alpha_cumprod``.
+    ``prev_timestep`` < 0 means the final step, which lands on ``final_alpha_cumprod`` (as ``DDIMScheduler.step``
+    does). Where that is 1 (``set_alpha_to_one=True``) the step is deterministic, std 0, and has no log-prob;
+    ``DDPMEnv`` therefore steps to timestep 0 instead, as ddpo-pytorch does, and never passes a negative one for a
+    step it trains.
     """
     alpha_t = _per_sample(alphas_cumprod[timestep], sample)
     safe_prev = prev_timestep.clamp(min=0)

@@ -87,9 +87,11 @@ def save_tiny_pipeline(folder: str | Path, lcm: bool) -> Path:
         pipe.save_pretrained(staged, safe_serialization=True)
         try:
             os.replace(staged, folder)
-        except OSError:  # another process built it first
-            if not (folder / "model_index.json").exists():
-                raise
+        except OSError:
+            if not (folder / "model_index.json").exists():  # a folder left incomplete by something else
+                shutil.rmtree(folder)
+                os.replace(staged, folder)
+            # else another process built it first: both builds are the same
     return folder
 
 
@@ -97,8 +99,6 @@ def tiny_pipeline_dir(lcm: bool) -> Path:
     """The cached tiny pipeline folder, built on first use."""
     root = Path(os.environ.get("GENRL_CACHE", Path.home() / ".cache" / "genrl"))
     folder = root / ("tiny-lcm" if lcm else "tiny-sd")
-    if not (folder / "model_index.json").exists():
-        if folder.exists():
-            shutil.rmtree(folder)
+    if not (folder / "model_index.json").exists():  # never delete here: another process may be loading it
         save_tiny_pipeline(folder, lcm)
     return folder

@@ -14,8 +14,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
+import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
@@ -32,7 +31,7 @@ from genrl.advantages import PerPromptStatTracker, compute_advantages, informati
 from genrl.algos import BUFFER_ALGORITHMS, dpg
 from genrl.buffer import TrajectoryBuffer
 from genrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from genrl.config import DEFAULT_PRESET, TrainConfig, preset
+from genrl.config import DEFAULT_PRESET, TrainConfig, config_to_json, preset, read_config
 from genrl.distributed import Processes
 from genrl.envs import DDPMEnv, LCMEnv
 from genrl.errors import GenrlError
@@ -44,28 +43,12 @@ from genrl.rollout import Rollout, SamplingBatch, collect
 from genrl.rundir import RunDir
 
 # Fields a resumed run must keep: the checkpoint only fits the model it was trained on.
-_FIXED_ON_RESUME = ("model", "env", "finetune", "lora_rank", "lora_target_modules")
+_FIXED_ON_RESUME = ("model", "env", "finetune", "lora_rank", "lora_alpha", "lora_target_modules")
 
 
 # --------------------------------------------------------------------------------------------------
 # Configuration: preset (or the resumed run's config) first, then the command line's flags on top
 # --------------------------------------------------------------------------------------------------
-def config_to_json(cfg: TrainConfig) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-
-
-def config_from_json(data: dict) -> TrainConfig:
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    unknown = set(data) - set(fields)
-    if unknown:
-        raise GenrlError(f"config.json has unknown fields {sorted(unknown)}; was it written by another version?")
-    data = dict(data)
-    data["output_dir"] = Path(data["output_dir"])
-    data["resume"] = Path(data["resume"]) if data.get("resume") else None
-    data["lora_target_modules"] = tuple(data["lora_target_modules"])
-    return TrainConfig(**data)
-
-
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
     argv = sys.argv[1:] if argv is None else argv
     pre = argparse.ArgumentParser(add_help=False)
@@ -73,10 +56,9 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     pre.add_argument("--resume", type=Path, default=None)
     known, _ = pre.parse_known_args(argv)
     if known.resume is not None:
-        saved = known.resume / "config.json"
-        if not saved.is_file():
-            raise GenrlError(f"--resume {known.resume}: no config.json there; pass a run directory made by genrl.train")
-        base = config_from_json(json.loads(saved.read_text()))
+        if known.preset is not None:
+            raise GenrlError("--preset cannot change on --resume (the run keeps its saved configuration); drop it")
+        base = read_config(known.resume / "config.json")
     else:
         base = preset(known.preset or DEFAULT_PRESET)
     cfg = tyro.cli(TrainConfig, default=base, args=argv, description=__doc__)
@@ -181,24 +163,68 @@ def _policy_gradient_epoch(
     ]
     global_rewards = _global_rewards(rollouts, processes)
     advantages = compute_advantages(global_prompts, global_rewards, tracker, cfg.group_size, cfg.group_std)
-    buffer.advantages = advantages.view(cfg.batches_per_epoch, processes.count, -1)[:, processes.rank].reshape(-1)
+    buffer.place(processes.rank, processes.count)  # minibatches are cut from the global batch
+    buffer.advantages = advantages[buffer.global_rows.to(advantages.device)]
     stats: dict[str, float] = {}
-    # A group of equal rewards teaches nothing: leave it out of the update. (On several processes they stay:
-    # every process must take the same number of optimizer steps; their policy gradient is zero anyway.)
-    if cfg.group_size > 1 and processes.count == 1:
-        kept = informative_groups(buffer.advantages, cfg.group_size)
-        stats["groups_kept_fraction"] = len(kept) / len(buffer)
+    # A group of equal rewards teaches nothing: leave it out of the update. Every process drops the same groups
+    # of the global batch, so N processes cut the minibatches of one (a process may hold none of some of them).
+    if cfg.group_size > 1:
+        kept = informative_groups(advantages, cfg.group_size)
+        stats["groups_kept_fraction"] = len(kept) / len(advantages)
         buffer = buffer.subset(kept)
-    if len(buffer):
+    if buffer.num_global:
         shuffle = torch.Generator().manual_seed(_seed(cfg.seed, epoch, 0, 3))
         update = BUFFER_ALGORITHMS[cfg.algo]
-        stats.update(update(policy, optimizer, buffer, cfg, shuffle, lr_scheduler, processes.average_gradients))
+        stats.update(update(policy, optimizer, buffer, cfg, shuffle, lr_scheduler, processes))
     return rollouts, global_rewards, stats, reward_wait, time.perf_counter() - train_start
 
 
 def _global_rewards(rollouts: list[Rollout], processes: Processes) -> torch.Tensor:
     """The rewards of the epoch's global batches, in the order one process would have sampled them."""
     return torch.cat([processes.gather(r.rewards) for r in rollouts])
+
+
+def _claim_run_dir(cfg: TrainConfig, processes: Processes) -> tuple[RunDir, Path | None]:
+    """The run directory, locked by the main process against a second run, and the checkpoint to resume from
+    (None: from scratch, also on --resume of a run stopped before its first checkpoint)."""
+    if cfg.resume is not None:
+        run = RunDir(cfg.resume)
+    else:  # the main process names the run: the time differs between processes
+        run = RunDir(
+            cfg.output_dir / processes.broadcast(cfg.run_name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        )
+    problem = None
+    if processes.is_main:
+        try:
+            run.lock()
+            if cfg.resume is None and run.holds_progress():
+                raise GenrlError(
+                    f"run directory {run.path} already holds a run; pick another --run-name or --resume it"
+                )
+        except GenrlError as exc:
+            run.close()
+            problem = str(exc)
+    problem = processes.broadcast(problem)  # every process stops, not only the main one
+    if problem:
+        raise GenrlError(problem)
+    checkpoint = latest_checkpoint(run.checkpoints) if cfg.resume is not None else None
+    if cfg.resume is not None and checkpoint is None and processes.is_main:
+        print(f"{run.path} has no checkpoint yet: the run starts again from epoch 1", file=sys.stderr)
+    return run, checkpoint
+
+
+def _check_finite(epoch: int, stats: dict[str, float], policy, cfg: TrainConfig) -> None:
+    """Stop a diverged run before its epoch is logged or saved. NaN weights decode to black images, which a
+    JPEG-size reward scores best: left alone, the reward would seem to improve."""
+    bad = next((key for key in ("loss", "grad_norm") if key in stats and not math.isfinite(stats[key])), None)
+    if bad is None and not all(torch.isfinite(p).all() for p in policy.trainable_parameters()):
+        bad = "weights"
+    if bad is not None:
+        raise GenrlError(
+            f"epoch {epoch}: the {bad.replace('_', ' ')} became NaN or infinite, so training diverged, most likely "
+            f"because --learning-rate {cfg.learning_rate:g} is too high; lower it and start again (nothing of "
+            "this epoch was saved)"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,30 +240,19 @@ def train(cfg: TrainConfig) -> RunDir:
         )
     processes = Processes(cfg.device, cfg.process_timeout_s)
     device = processes.device
-    if cfg.resume is not None:
-        run = RunDir(cfg.resume)
-        checkpoint = latest_checkpoint(run.checkpoints)
-        if checkpoint is None:
-            raise GenrlError(f"--resume {cfg.resume}: no complete checkpoint there; start a new run without --resume")
-    else:
-        # The main process names the run (the time differs between processes) and checks it is new.
-        name = cfg.run_name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-        taken = (cfg.output_dir / name / "metrics.jsonl").exists()
-        name, taken = processes.broadcast((name, taken))
-        run, checkpoint = RunDir(cfg.output_dir / name), None
-        if taken:
-            raise GenrlError(f"run directory {run.path} already holds a run; pick another --run-name or --resume it")
-
     pipe = load_pipeline(cfg.model, cfg.env, device)
     executor = (  # one intra-op thread for the reward: two OpenMP teams on the same cores stall each other
         ThreadPoolExecutor(1, "reward", initializer=torch.set_num_threads, initargs=(1,)) if cfg.async_rewards else None
     )
-    if cfg.env == "lcm":
-        env = LCMEnv(
-            cfg.sample_batch_size, pipe, reward_fn, cfg.num_steps, cfg.noise_last_step, cfg.resolution, executor
-        )
-    else:
-        env = DDPMEnv(cfg.sample_batch_size, pipe, reward_fn, cfg.num_steps, cfg.resolution, executor)
+    try:
+        if cfg.env == "lcm":
+            env = LCMEnv(
+                cfg.sample_batch_size, pipe, reward_fn, cfg.num_steps, cfg.noise_last_step, cfg.resolution, executor
+            )
+        else:
+            env = DDPMEnv(cfg.sample_batch_size, pipe, reward_fn, cfg.num_steps, cfg.resolution, executor)
+    except ValueError as exc:  # the env checks the pipeline and the image size against each other
+        raise GenrlError(f"--model {cfg.model} with --resolution: {exc}") from None
     torch.manual_seed(_seed(cfg.seed, 0, 0, 4))  # the LoRA's random initial A comes from torch's global RNG
     if cfg.finetune == "lora":
         add_lora(pipe.unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules)
@@ -264,100 +279,101 @@ def train(cfg: TrainConfig) -> RunDir:
         ema = EMAModel(policy.trainable_parameters(), decay=cfg.ema_decay)
         optimizer.register_step_post_hook(lambda *_: ema.step(policy.trainable_parameters()))
 
-    counters = {"epoch": 0, "reward_queries": 0, "wall_time_s": 0.0}
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, pipe.unet, optimizer, lr_scheduler, ema)
-        counters = state["counters"]
-        saved_by = state.get("num_processes", 1)
-        if saved_by != processes.count:
-            raise GenrlError(
-                f"--resume {cfg.resume}: the run was trained on {saved_by} processes, this launch has "
-                f"{processes.count}; resume with --num_processes {saved_by}"
-            )
-        if tracker is not None and state.get("tracker"):
-            tracker.load_state_dict(state["tracker"])
-        if processes.is_main:
-            run.keep_metrics_before(counters["epoch"] + 1)
-    if processes.is_main:
-        run.create(config_to_json(cfg))
-        print(f"run directory: {run.path}", flush=True)
-
-    bar = tqdm(  # disable=None: a bar on a terminal, none in logs
-        range(counters["epoch"] + 1, cfg.epochs + 1),
-        desc="epochs",
-        initial=counters["epoch"],
-        total=cfg.epochs,
-        disable=None if processes.is_main else True,
-    )
-    # Wall-clock counts everything from here on, logging and checkpoints included, across resumed segments.
-    segment_start, wall_before = time.perf_counter(), counters["wall_time_s"]
-    for epoch in bar:
-        epoch_start = time.perf_counter()
-        batches = _sampling_batches(cfg, prompt_pool, epoch, processes)
-        if cfg.algo == "dpg":
-            # DPG samples and learns in one pass: each batch's reward gradient flows back through its chain.
-            rollouts, stats = dpg.update(
-                env, policy, optimizer, batches, cfg, lr_scheduler, processes.average_gradients
-            )
-            rewards = _global_rewards(rollouts, processes)
-            reward_wait = 0.0
-            spent = sum(r.sample_time_s + r.reward_time_s for r in rollouts)
-            train_time = time.perf_counter() - epoch_start - spent
-        else:
-            rollouts, rewards, stats, reward_wait, train_time = _policy_gradient_epoch(
-                cfg, env, policy, optimizer, lr_scheduler, tracker, batches, prompt_pool, epoch, processes
-            )
-        stats = processes.mean(stats)
-        first_batch = rollouts[0]
-        counters["reward_queries"] += len(rewards)
-        parts: dict[str, list[torch.Tensor]] = {}
-        for rollout in rollouts:
-            for name, values in rollout.reward_parts.items():
-                parts.setdefault(name, []).append(processes.gather(values.detach()).cpu())
-        sample_time = sum(r.sample_time_s for r in rollouts)
-        reward_time = sum(r.reward_time_s for r in rollouts)
-
-        counters["epoch"] = epoch
-        counters["wall_time_s"] = wall_before + time.perf_counter() - segment_start
-        metrics = {
-            "epoch": epoch,
-            "reward_mean": rewards.mean().item(),
-            "reward_std": rewards.std(unbiased=False).item(),
-            "reward_queries": counters["reward_queries"],
-            "wall_time_s": counters["wall_time_s"],
-            "sample_time_s": sample_time,
-            "reward_time_s": reward_time,
-            "reward_wait_s": reward_wait,
-            "train_time_s": train_time,
-            "lr": lr_scheduler.get_last_lr()[0],
-            **stats,
-        }
-        if parts:
-            metrics["reward_parts"] = {name: torch.cat(v).mean().item() for name, v in parts.items()}
-        out_of_time = cfg.time_budget_s is not None and counters["wall_time_s"] >= cfg.time_budget_s
-        log_images = epoch in (1, cfg.epochs) or epoch % cfg.log_images_every == 0 or out_of_time
-        if processes.is_main:  # the only one that writes
-            if log_images and ema is not None:
-                evaluation = _sample_with_ema(ema, policy, env, cfg, prompt_pool, processes)
-                metrics["ema_reward_mean"] = evaluation.rewards.mean().item()
-                run.save_samples(epoch, evaluation.images, evaluation.prompts, evaluation.rewards, suffix="-ema")
-            run.log_metrics(metrics)
-            if log_images:
-                run.save_samples(epoch, first_batch.images, first_batch.prompts, first_batch.rewards)
-            if epoch % cfg.save_every == 0 or epoch == cfg.epochs or out_of_time:
-                state = {
-                    "counters": counters,
-                    "tracker": tracker.state_dict() if tracker is not None else None,
-                    "num_processes": processes.count,
-                }
-                save_checkpoint(
-                    run.checkpoints, epoch, pipe.unet, optimizer, lr_scheduler, state, cfg.keep_checkpoints, ema
+    run, checkpoint = _claim_run_dir(cfg, processes)
+    with run:  # released however the run ends
+        counters = {"epoch": 0, "reward_queries": 0, "wall_time_s": 0.0}
+        if checkpoint is not None:
+            state = load_checkpoint(checkpoint, pipe.unet, optimizer, lr_scheduler, ema)
+            counters = state["counters"]
+            saved_by = state.get("num_processes", 1)
+            if saved_by != processes.count:
+                raise GenrlError(
+                    f"--resume {cfg.resume}: the run was trained on {saved_by} processes, this launch has "
+                    f"{processes.count}; resume with --num_processes {saved_by}"
                 )
-        bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics.get('loss', float('nan')):.2e}")
-        if out_of_time:
-            break
-    bar.close()
-    run.close()
+            if tracker is not None and state.get("tracker"):
+                tracker.load_state_dict(state["tracker"])
+        if processes.is_main:
+            run.keep_metrics_before(counters["epoch"] + 1)  # the epochs after the checkpoint will run again
+            run.create(config_to_json(cfg))
+            print(f"run directory: {run.path}", flush=True)
+
+        bar = tqdm(  # disable=None: a bar on a terminal, none in logs
+            range(counters["epoch"] + 1, cfg.epochs + 1),
+            desc="epochs",
+            initial=counters["epoch"],
+            total=cfg.epochs,
+            disable=None if processes.is_main else True,
+        )
+        # Wall-clock counts everything from here on, logging and checkpoints included, across resumed segments.
+        segment_start, wall_before = time.perf_counter(), counters["wall_time_s"]
+        for epoch in bar:
+            epoch_start = time.perf_counter()
+            batches = _sampling_batches(cfg, prompt_pool, epoch, processes)
+            if cfg.algo == "dpg":
+                # DPG samples and learns in one pass: each batch's reward gradient flows back through its chain.
+                rollouts, stats = dpg.update(
+                    env, policy, optimizer, batches, cfg, lr_scheduler, processes.average_gradients
+                )
+                rewards = _global_rewards(rollouts, processes)
+                reward_wait = 0.0
+                spent = sum(r.sample_time_s + r.reward_time_s for r in rollouts)
+                train_time = time.perf_counter() - epoch_start - spent
+            else:
+                rollouts, rewards, stats, reward_wait, train_time = _policy_gradient_epoch(
+                    cfg, env, policy, optimizer, lr_scheduler, tracker, batches, prompt_pool, epoch, processes
+                )
+            stats = processes.mean(stats)
+            _check_finite(epoch, stats, policy, cfg)
+            first_batch = rollouts[0]
+            counters["reward_queries"] += len(rewards)
+            parts: dict[str, list[torch.Tensor]] = {}
+            for rollout in rollouts:
+                for name, values in rollout.reward_parts.items():
+                    parts.setdefault(name, []).append(processes.gather(values.detach()).cpu())
+            sample_time = sum(r.sample_time_s for r in rollouts)
+            reward_time = sum(r.reward_time_s for r in rollouts)
+
+            counters["epoch"] = epoch
+            counters["wall_time_s"] = wall_before + time.perf_counter() - segment_start
+            metrics = {
+                "epoch": epoch,
+                "reward_mean": rewards.mean().item(),
+                "reward_std": rewards.std(unbiased=False).item(),
+                "reward_queries": counters["reward_queries"],
+                "wall_time_s": counters["wall_time_s"],
+                "sample_time_s": sample_time,
+                "reward_time_s": reward_time,
+                "reward_wait_s": reward_wait,
+                "train_time_s": train_time,
+                "lr": lr_scheduler.get_last_lr()[0],
+                **stats,
+            }
+            if parts:
+                metrics["reward_parts"] = {name: torch.cat(v).mean().item() for name, v in parts.items()}
+            out_of_time = cfg.time_budget_s is not None and counters["wall_time_s"] >= cfg.time_budget_s
+            log_images = epoch in (1, cfg.epochs) or epoch % cfg.log_images_every == 0 or out_of_time
+            if processes.is_main:  # the only one that writes
+                if log_images and ema is not None:
+                    evaluation = _sample_with_ema(ema, policy, env, cfg, prompt_pool, processes)
+                    metrics["ema_reward_mean"] = evaluation.rewards.mean().item()
+                    run.save_samples(epoch, evaluation.images, evaluation.prompts, evaluation.rewards, suffix="-ema")
+                run.log_metrics(metrics)
+                if log_images:
+                    run.save_samples(epoch, first_batch.images, first_batch.prompts, first_batch.rewards)
+                if epoch % cfg.save_every == 0 or epoch == cfg.epochs or out_of_time:
+                    state = {
+                        "counters": counters,
+                        "tracker": tracker.state_dict() if tracker is not None else None,
+                        "num_processes": processes.count,
+                    }
+                    save_checkpoint(
+                        run.checkpoints, epoch, pipe.unet, optimizer, lr_scheduler, state, cfg.keep_checkpoints, ema
+                    )
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics.get('loss', float('nan')):.2e}")
+            if out_of_time:
+                break
+        bar.close()
     if executor is not None:
         executor.shutdown()
     processes.wait()  # the last checkpoint is complete before any process leaves
@@ -388,7 +404,18 @@ def main(argv: list[str] | None = None) -> None:
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             raise
         # Another process died (gloo: "connection closed by peer") or hung past --process-timeout-s: stop too.
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # gloo raises a plain RuntimeError; one that is not about the communication (out of memory, a bug) is this
+        # process's own failure, and keeps its traceback.
+        text = str(exc)
+        if not isinstance(exc, torch.distributed.DistError) and not any(
+            word in text.lower() for word in ("gloo", "nccl", "processgroup", "connection", "timed out", "timeout")
+        ):
+            raise
+        # The reason's first sentence, without gloo's "[path/to/source.cc:123] " in front.
+        reason = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        if reason.startswith("[") and "] " in reason:
+            reason = reason.split("] ", 1)[1]
+        reason = reason.split(". ")[0]
         print(
             f"error: another process of this run stopped or stalled ({reason[:200]}); see its output above, fix it, "
             "and continue with --resume RUN_DIR (the latest complete checkpoint is kept)",

@@ -32,3 +32,18 @@ def fast_args(tmp_path: Path, name: str = "run", *extra: str) -> list[str]:
 
 def tiny(env: str = "lcm"):
     return load_pipeline("tiny", env)
+
+
+def expect_error(capsys, argv: list[str], message: str) -> str:
+    """``genrl.train`` on ``argv`` ends with exit 2 and one ``error:`` line containing ``message``."""
+    import pytest
+
+    from genrl.train import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert message in err[0], err[0]
+    return err[0]

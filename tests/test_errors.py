@@ -27,6 +27,9 @@ def plugin(tmp_path, monkeypatch):
         "def raises(images, prompts, metadata):\n    raise RuntimeError('model server fell over')\n"
         "def nan(images, prompts, metadata):\n    return torch.full((len(prompts),), float('nan'))\n"
         "def wrong_shape(images, prompts, metadata):\n    return torch.zeros(len(prompts), 2)\n"
+        "def meta(images, prompts, metadata):\n    return torch.empty(len(prompts), device='meta')\n"
+        "def huge(images, prompts, metadata):\n    return torch.full((len(prompts),), 1e38)\n"
+        "def exits(images, prompts, metadata):\n    raise SystemExit('lost the licence server')\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
 
@@ -79,12 +82,18 @@ def test_model_folder_without_a_pipeline(tmp_path, capsys):
         ("bad_rewards:raises", "raised RuntimeError: model server fell over"),
         ("bad_rewards:nan", "returned NaN for 4 of 4 images"),
         ("bad_rewards:wrong_shape", "returned shape (4, 2) for 4 images"),
+        ("bad_rewards:meta", "reward 'bad_rewards:meta' returned a tensor on the meta device"),
+        ("bad_rewards:huge", "reward 'bad_rewards:huge' returned 1e+38 for 4 of 4 images, over 1e+15"),
+        ("bad_rewards:exits", "reward 'bad_rewards:exits' raised SystemExit: lost the licence server; fix the reward"),
     ],
 )
 def test_bad_reward_leaves_no_checkpoint(tmp_path, capsys, plugin, reward, message):
     _fails(capsys, fast_args(tmp_path, "r", "--reward", reward), message)
     assert not (tmp_path / "r" / "checkpoints" / "latest").exists()
-    _fails(capsys, ["--resume", str(tmp_path / "r")], "no complete checkpoint")
+    with pytest.raises(SystemExit):  # a run stopped before its first checkpoint starts again, and fails again
+        main(["--resume", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "the run starts again from epoch 1" in err[0] and message in err[-1]
 
 
 def test_resume_needs_a_run_directory(tmp_path, capsys):

@@ -1,13 +1,17 @@
-"""Two processes on CPU (gloo), launched as a user launches them: ``accelerate launch --multi_gpu``."""
+"""Two processes on CPU (gloo), launched as a user launches them: ``python -m genrl.launch --num-processes 2``, or
+``accelerate launch --multi_gpu --num_processes 2 -m genrl.train``."""
 
 import json
 import os
 import subprocess
+import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from genrl.distributed import free_port, launch_command
+from genrl.tiny import tiny_pipeline_dir
 from tests.helpers import fast_args
 
 FAILING_REWARDS = """
@@ -22,10 +26,30 @@ def stalls_on_rank_one(images, prompts, metadata):
     return images.mean(dim=(1, 2, 3))
 """
 
+SMOOTH_REWARDS = """
+import torch
+def mean(images, prompts, metadata):
+    return images.mean(dim=(1, 2, 3))
+def mean_but_one_for_cats(images, prompts, metadata):  # groups of cats carry no signal
+    cats = torch.tensor(["cat" in p for p in prompts], device=images.device)
+    return torch.where(cats, 1.0, images.mean(dim=(1, 2, 3)))
+"""
 
-def _launch(processes: int, args: list[str], timeout: float = 240, pythonpath: str | None = None):
-    """One process: plain ``python -m genrl.train``; several: ``accelerate launch``."""
-    command = launch_command(processes, "genrl.train", args)
+
+@pytest.fixture(autouse=True, scope="module")
+def _tiny_pipeline_built():
+    """Built once here: two processes that find no tiny pipeline in the cache would both build it."""
+    tiny_pipeline_dir(lcm=True)
+
+
+def _launch(
+    processes: int, args: list[str], timeout: float = 240, pythonpath: str | None = None, launcher: str = "genrl"
+):
+    """One process: plain ``python -m genrl.train``; several: ``python -m genrl.launch`` or ``accelerate launch``."""
+    if processes > 1 and launcher == "genrl":
+        command = [sys.executable, "-m", "genrl.launch", "--num-processes", str(processes), *args]
+    else:
+        command = launch_command(processes, "genrl.train", args)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([pythonpath, os.getcwd()])
@@ -43,7 +67,7 @@ def test_two_processes_make_the_first_update_of_one_process_with_the_whole_batch
     one = fast_args(tmp_path, "one", *common, "--sample-batch-size", "4", "--train-batch-size", "4")
     two = fast_args(tmp_path, "two", *common, "--sample-batch-size", "2", "--train-batch-size", "2")
     for processes, args in ((1, one), (2, two)):
-        proc = _launch(processes, args)
+        proc = _launch(processes, args, launcher="accelerate")
         assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = (load_file(tmp_path / n / "checkpoints" / "latest" / "trainable.safetensors") for n in ("one", "two"))
     for key in a:
@@ -53,6 +77,39 @@ def test_two_processes_make_the_first_update_of_one_process_with_the_whole_batch
     for key in ("reward_mean", "reward_std", "grad_norm", "loss"):
         assert abs(m1[key] - m2[key]) <= 1e-5 * max(1.0, abs(m1[key])), key
     assert not (tmp_path / "two" / "checkpoints" / ".staging-epoch-0001").exists()
+
+
+@pytest.mark.parametrize("layout", ["accumulation 1", "accumulation 2", "groups"])
+def test_two_processes_follow_one_process_over_several_minibatches_and_epochs(tmp_path, layout):
+    # The default preset's layout, scaled down: two sampling batches an epoch, four minibatches of the global batch
+    # (one optimizer step each, or two each with accumulation 2), so that every global minibatch mixes rows that the
+    # two processes sampled. A large Adam eps, as above, keeps rounding noise from being amplified, and so does a
+    # smooth reward: a JPEG size is an integer count of bytes, which a rounding difference in a pixel can change.
+    # groups: GRPO groups of 2; the cats' groups are left out of the update, by both processes alike. A group's
+    # gradient is a difference of two similar images' gradients: it keeps their rounding differences (sampling
+    # batches of 4 rather than 8) and loses most of its norm, so its gradient norm agrees to 1e-3 only.
+    (tmp_path / "smooth_rewards.py").write_text(SMOOTH_REWARDS)
+    common = ["--epochs", "3", "--batches-per-epoch", "2", "--adam-epsilon", "1"]
+    if layout == "groups":
+        (tmp_path / "prompts.txt").write_text("a cat\na dog\na bee\n")
+        common += ["--group-size", "2", "--reward", "smooth_rewards:mean_but_one_for_cats"]
+        common += ["--prompts", str(tmp_path / "prompts.txt")]
+    else:
+        common += ["--reward", "smooth_rewards:mean", "--gradient-accumulation-steps", layout.split()[-1]]
+    one = fast_args(tmp_path, "one", *common, "--sample-batch-size", "8", "--train-batch-size", "4")
+    two = fast_args(tmp_path, "two", *common, "--sample-batch-size", "4", "--train-batch-size", "2")
+    for processes, args in ((1, one), (2, two)):
+        proc = _launch(processes, args, pythonpath=str(tmp_path))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    single, double = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert [m["epoch"] for m in single] == [m["epoch"] for m in double] == [1, 2, 3]
+    tolerance = 1e-3 if layout == "groups" else 1e-4
+    for a, b in zip(single, double):
+        for key in ("reward_mean", "loss", "grad_norm", "approx_kl", "clipfrac", "ratio_mean"):
+            assert abs(a[key] - b[key]) <= tolerance * max(1.0, abs(a[key])), (a["epoch"], key, a[key], b[key])
+    if layout == "groups":
+        kept = [m["groups_kept_fraction"] for m in single]
+        assert kept == [m["groups_kept_fraction"] for m in double] and min(kept) < 1, kept
 
 
 def test_two_process_run_resumed_gives_the_uninterrupted_metrics(tmp_path):
@@ -73,13 +130,18 @@ def test_two_process_run_resumed_gives_the_uninterrupted_metrics(tmp_path):
 def test_a_process_that_dies_or_stalls_ends_the_run_with_an_error(tmp_path):
     (tmp_path / "failing_rewards.py").write_text(FAILING_REWARDS)
     args = ["--sample-batch-size", "2", "--train-batch-size", "2", "--process-timeout-s", "5"]
-    for reward in ("dies_on_rank_one", "stalls_on_rank_one"):
-        run_args = fast_args(tmp_path, reward, *args, "--reward", f"failing_rewards:{reward}")
-        proc = _launch(2, run_args, timeout=90, pythonpath=str(tmp_path))  # not a hang: well within the timeout
+    runs = [("dies_on_rank_one", "genrl"), ("stalls_on_rank_one", "genrl"), ("dies_on_rank_one", "accelerate")]
+    for reward, launcher in runs:
+        run_args = fast_args(tmp_path, f"{reward}-{launcher}", *args, "--reward", f"failing_rewards:{reward}")
+        # Not a hang: well within the timeout.
+        proc = _launch(2, run_args, timeout=90, pythonpath=str(tmp_path), launcher=launcher)
         assert proc.returncode != 0
         assert "error: another process of this run stopped or stalled" in proc.stderr, proc.stderr[-3000:]
         if reward == "dies_on_rank_one":
             assert "error: reward 'failing_rewards:dies_on_rank_one' raised RuntimeError" in proc.stderr
+        if launcher == "genrl":  # accelerate's launcher ends with ChildFailedError's traceback instead
+            assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+            assert proc.stderr.strip().splitlines()[-1].startswith("error: the run stopped (process 0: ")
 
 
 def test_a_reward_server_that_is_down_stops_every_process(tmp_path):
@@ -87,5 +149,7 @@ def test_a_reward_server_that_is_down_stops_every_process(tmp_path):
     args = fast_args(tmp_path, "r", "--sample-batch-size", "2", "--train-batch-size", "2", "--reward", url)
     proc = _launch(2, args, timeout=90)
     assert proc.returncode != 0
-    assert proc.stderr.count("error: reward server") == 2, proc.stderr[-3000:]  # each process, in one line
+    # In one line, on each process that gets to it before the launcher stops it: one process's failure stops the rest.
+    assert proc.stderr.count("error: reward server") in (1, 2), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith("error: the run stopped")
     assert not (tmp_path / "r" / "checkpoints" / "latest").exists()

@@ -1,5 +1,7 @@
 """The step maths against diffusers' schedulers and torch.distributions, exactly."""
 
+import math
+
 import pytest
 import torch
 from diffusers import DDIMScheduler, LCMScheduler
@@ -99,3 +101,122 @@ def test_log_prob_matches_torch_distributions(reduction):
     ref = ref.mean(dim=(1, 2, 3)) if reduction == "mean" else ref.sum(dim=(1, 2, 3))
     ours = steps.gaussian_log_prob(value, mean, std, reduction)
     torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# DDIM's last step through the env and policy that training uses
+# --------------------------------------------------------------------------------------------------
+DDPM_PROMPTS = ["a red cat", "a blue dog", "a green frog"]
+
+
+def _ddpm_setup(num_steps: int, **scheduler_overrides):
+    """The tiny SD pipeline with a DDIM scheduler, its env and policy (guidance 5, eta 1, mean log-probs)."""
+    from genrl.envs import DDPMEnv
+    from genrl.policy import make_policy
+    from genrl.rewards import jpeg_incompressibility
+    from tests.helpers import tiny
+
+    pipe = tiny("ddpm")
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **scheduler_overrides)
+    env = DDPMEnv(len(DDPM_PROMPTS), pipe, jpeg_incompressibility, num_steps=num_steps)
+    policy = make_policy("ddpm", pipe, guidance_scale=5.0, reduction="mean", eta=1.0)
+    return pipe, env, policy
+
+
+def _collect(env, policy):
+    from genrl.rollout import collect
+
+    return collect(env, policy, DDPM_PROMPTS, [{} for _ in DDPM_PROMPTS], noise_seed=3, step_seed=4)
+
+
+def _ddpo_pytorch_step(pipe, step, num_steps, guidance_scale=5.0, eta=1.0):
+    """ddpo-pytorch's ``ddim_step_with_logprob`` (diffusers_patch/ddim_with_logprob.py), written out here on its own:
+    the previous timestep is clamped to [0, T - 1] before the gather, so ``final_alpha_cumprod`` is never used.
+    Returns (std, log-prob) of the step's recorded action."""
+    sched, unet = pipe.scheduler, pipe.unet
+    latents, t = step["latents"], step["timestep"]
+    embeds = torch.cat([step["negative_prompt_embeds"], step["prompt_embeds"]])
+    with torch.no_grad():
+        uncond, cond = unet(torch.cat([latents] * 2), torch.cat([t] * 2), embeds).sample.chunk(2)
+    eps = uncond + guidance_scale * (cond - uncond)
+    prev = torch.clamp(t - sched.config.num_train_timesteps // num_steps, 0, sched.config.num_train_timesteps - 1)
+    alpha_t = sched.alphas_cumprod.gather(0, t).reshape(-1, 1, 1, 1)
+    alpha_prev = torch.where(prev >= 0, sched.alphas_cumprod.gather(0, prev), sched.final_alpha_cumprod)
+    alpha_prev = alpha_prev.reshape(-1, 1, 1, 1)
+    x0 = (latents - (1 - alpha_t) ** 0.5 * eps) / alpha_t**0.5
+    variance = ((1 - alpha_prev) / (1 - alpha_t)) * (1 - alpha_t / alpha_prev)
+    std = eta * variance**0.5
+    mean = alpha_prev**0.5 * x0 + (1 - alpha_prev - std**2) ** 0.5 * eps
+    log_prob = (
+        -((step["next_latents"] - mean) ** 2) / (2 * std**2)
+        - torch.log(std)
+        - torch.log(torch.sqrt(2 * torch.as_tensor(math.pi)))
+    )
+    return std, log_prob.mean(dim=(1, 2, 3))
+
+
+def test_ddim_last_step_with_set_alpha_to_one_trains_as_ddpo_pytorch_does():
+    """diffusers' default set_alpha_to_one=True makes its last DDIM step deterministic (std 0): trained as a
+    stochastic step it had a NaN log-prob. The env steps to timestep 0 as ddpo-pytorch does: every step keeps a
+    positive std and a finite log-prob, at sampling and in training, equal to ddpo-pytorch's."""
+    from genrl.buffer import TrajectoryBuffer
+
+    num_steps = 5
+    pipe, env, policy = _ddpm_setup(num_steps, set_alpha_to_one=True, steps_offset=1)
+    assert float(pipe.scheduler.final_alpha_cumprod) == 1.0
+    rollout = _collect(env, policy)
+    assert len(rollout.steps) == num_steps
+
+    for step in rollout.steps:
+        obs = {
+            **step,
+            "stochastic": torch.ones_like(step["timestep"], dtype=torch.bool),
+            "prompt_embeds": rollout.prompt_embeds,
+            "negative_prompt_embeds": rollout.negative_prompt_embeds,
+        }
+        with torch.no_grad():
+            dist = policy.distribution(obs)
+        ref_std, ref_log_prob = _ddpo_pytorch_step(pipe, obs, num_steps)
+        assert bool((dist.std > 0).all()), f"std 0 at timestep {int(step['timestep'][0])}"
+        assert torch.isfinite(step["log_prob"]).all()
+        torch.testing.assert_close(dist.std, ref_std, rtol=0, atol=0)
+        torch.testing.assert_close(step["log_prob"], ref_log_prob)
+
+    # The training path: the buffer's minibatches, scored by the policy as the PPO loss scores them (ratio 1).
+    buffer = TrajectoryBuffer()
+    buffer.add_batch(
+        rollout.prompts,
+        rollout.metadata,
+        rollout.prompt_embeds,
+        rollout.negative_prompt_embeds,
+        rollout.steps,
+        rollout.rewards,
+    )
+    buffer.advantages = torch.zeros(len(buffer))
+    for minibatch in buffer.minibatches(len(buffer), 1, torch.Generator().manual_seed(0)):
+        for chunk in minibatch:
+            with torch.no_grad():
+                log_prob = policy.log_prob(chunk.obs, chunk.next_latents)
+            assert torch.isfinite(log_prob).all()
+            torch.testing.assert_close(log_prob, chunk.old_log_probs)
+    assert env.next_timesteps[-1] == 0  # alphas_cumprod[0], as ddpo-pytorch's clamp gives
+
+
+def test_ddim_rollout_is_the_same_whatever_set_alpha_to_one_says():
+    """The env never lands on final_alpha_cumprod, so SD's set_alpha_to_one=False and diffusers' default True give
+    the same trajectories (and, with False, the same as diffusers' own pipeline: tests/test_envs.py)."""
+    runs = [_collect(*_ddpm_setup(4, set_alpha_to_one=flag, steps_offset=1)[1:]) for flag in (False, True)]
+    for a, b in zip(runs[0].steps, runs[1].steps):
+        assert torch.equal(a["next_latents"], b["next_latents"]) and torch.equal(a["log_prob"], b["log_prob"])
+
+
+def test_ddim_schedule_ending_on_timestep_0_keeps_a_deterministic_last_step():
+    """With steps_offset 0 the schedule ends on t = 0, with no earlier timestep: that step is diffusers' (onto
+    final_alpha_cumprod, std 0) and stays out of the policy; the others train with finite log-probs."""
+    pipe, env, policy = _ddpm_setup(4, set_alpha_to_one=True, steps_offset=0)
+    assert env.timesteps == [750, 500, 250, 0] and env.stochastic == [True, True, True, False]
+    rollout = _collect(env, policy)
+    assert [int(s["timestep"][0]) for s in rollout.steps] == [750, 500, 250]
+    assert all(torch.isfinite(s["log_prob"]).all() for s in rollout.steps)
+    with pytest.raises(ValueError, match="no stochastic step"):
+        _ddpm_setup(1, steps_offset=0)

@@ -100,8 +100,9 @@ class _GradCapture(torch.optim.SGD):
         super().__init__(params, lr=0.0)
         self.grads = []
 
-    def step(self, closure=None):
-        self.grads.append([p.grad.clone() for g in self.param_groups for p in g["params"]])
+    def step(self, closure=None):  # a process without rows in a step has no gradient: zeros, as summed
+        params = [p for g in self.param_groups for p in g["params"]]
+        self.grads.append([torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params])
 
 
 @pytest.mark.parametrize("accumulation", [1, 2, 3])
@@ -203,3 +204,91 @@ def test_a_subset_buffer_trains_on_a_smaller_last_minibatch_with_the_same_mean_g
         grads.append(opt.grads[0])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def _share(buffer: TrajectoryBuffer, rank: int, count: int) -> TrajectoryBuffer:
+    """Process ``rank``'s rows of each sampling batch of ``buffer``, as ``count`` processes would have sampled them."""
+    part = lambda rows: rows[rank * len(rows) // count : (rank + 1) * len(rows) // count]  # noqa: E731
+    per_batch = len(buffer.rewards[0])
+    local = TrajectoryBuffer(negative_prompt_embeds=buffer.negative_prompt_embeds)
+    for name in ("prompt_embeds", "latents", "next_latents", "timesteps", "next_timesteps", "log_probs", "rewards"):
+        setattr(local, name, [part(t) for t in getattr(buffer, name)])
+    for name in ("prompts", "metadata"):
+        rows = getattr(buffer, name)
+        setattr(local, name, [x for b in range(0, len(rows), per_batch) for x in part(rows[b : b + per_batch])])
+    local.place(rank, count)
+    local.advantages = buffer.advantages[local.global_rows]
+    return local
+
+
+class _OneOfTwo:
+    """A process of two, alone: the test adds the two processes' gradients and totals up itself."""
+
+    count = 2
+
+    def sum_gradients(self, params):
+        pass
+
+    def sum_totals(self, totals):
+        self.totals = totals
+        return totals
+
+
+def test_two_processes_cut_the_minibatches_of_one_from_the_global_batch():
+    policy, buffer = _buffer("lcm", 4)  # 2 batches of 4, 3 steps
+    shares = [_share(buffer, rank, 2) for rank in (0, 1)]
+    assert shares[1].global_rows.tolist() == [2, 3, 6, 7] and shares[1].prompts == ["a cat", "a bee"] * 2
+    torch.testing.assert_close(torch.cat([s.advantages for s in shares]).sort().values, buffer.advantages)
+    pairs = lambda chunks: {(a, t) for c in chunks for a, t in zip(c.advantages.tolist(), c.obs["timestep"].tolist())}  # noqa: E731
+    single = list(buffer.minibatches(4, 2, torch.Generator().manual_seed(0)))
+    split = [list(s.minibatches(4, 2, torch.Generator().manual_seed(0))) for s in shares]
+    assert len(single) == len(split[0]) == len(split[1]) == 2
+    for i, chunks in enumerate(single):
+        assert pairs(chunks) == pairs(split[0][i]) | pairs(split[1][i])
+        assert not pairs(split[0][i]) & pairs(split[1][i])
+    # The same groups kept on every process; process 1 keeps one trajectory, so one of the two global minibatches
+    # (of 4 and 1) holds no row of it.
+    kept = torch.tensor([0, 1, 4, 5, 6])
+    single = list(buffer.subset(kept).minibatches(4, 2, torch.Generator().manual_seed(0)))
+    split = [list(s.subset(kept).minibatches(4, 2, torch.Generator().manual_seed(0))) for s in shares]
+    assert [s.subset(kept).global_rows.tolist() for s in shares] == [[0, 1, 2, 3], [4]]
+    assert sum(not chunks for chunks in split[1]) == 1 and all(split[0])
+    for i, chunks in enumerate(single):
+        assert pairs(chunks) == pairs(split[0][i]) | pairs(split[1][i])
+
+
+# Process 0 holds trajectories 0, 1, 4, 5, process 1 the others. Keeping 0, 1, 4, 5, 6 leaves process 1 one: it has
+# no row in one of the two minibatches; keeping 0, 1, 4, 5 leaves it none at all.
+@pytest.mark.parametrize(
+    "kept,accumulation", [(None, 1), ([0, 1, 4, 5, 6], 1), (None, 2), ([0, 1, 4, 5], 1), ([0, 1, 4, 5, 6], 2)]
+)
+def test_two_processes_summed_make_the_gradients_and_statistics_of_one(kept, accumulation):
+    policy, buffer = _buffer("lcm", 3)  # 2 batches of 4, 2 steps
+    subset = kept is not None
+    kept = torch.tensor(kept or [])
+    loss = lambda logp, ch: (reinforce.reinforce_loss(logp, ch.advantages, 10), {"adv": ch.advantages.mean().item()})  # noqa: E731
+
+    def run(buffer, processes, batch_size):
+        opt = _GradCapture(policy.trainable_parameters())
+        knobs = SimpleNamespace(
+            train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            steps_per_forward=1,
+            max_grad_norm=1e9,
+            kl_coef=0.0,
+        )
+        stats = optimize(policy, opt, buffer, loss, knobs, torch.Generator().manual_seed(0), processes=processes)
+        return opt.grads, stats
+
+    one_grads, one_stats = run(buffer.subset(kept) if subset else buffer, None, 4)
+    shares = [_share(buffer, rank, 2) for rank in (0, 1)]
+    processes = [_OneOfTwo(), _OneOfTwo()]
+    two = [run(s.subset(kept) if subset else s, p, 2)[0] for s, p in zip(shares, processes)]
+    assert len(one_grads) == len(two[0]) == len(two[1]) == (2 if accumulation == 1 and len(kept) != 4 else 1)
+    for step, grads in enumerate(one_grads):
+        for i, g in enumerate(grads):
+            torch.testing.assert_close(two[0][step][i] + two[1][step][i], g, rtol=1e-4, atol=1e-7)
+    for key in ("loss", "adv"):  # (each grad_norm here is of its own, unsummed gradient)
+        total = sum(p.totals[key][0] for p in processes if key in p.totals)
+        weight = sum(p.totals[key][1] for p in processes if key in p.totals)
+        assert abs(total / weight - one_stats[key]) < 1e-6 * max(1, abs(one_stats[key])), key

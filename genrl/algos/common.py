@@ -5,6 +5,13 @@ Accumulation semantics: an optimizer step follows every ``gradient_accumulation_
 however many steps go into one forward pass. Where the minibatches of a pass do not divide evenly, the last
 optimizer step of the pass takes the ones left over (its gradient is still their mean).
 
+On N processes (``processes``) the minibatches are the global batch's (``TrajectoryBuffer.minibatches``): a global
+minibatch holds ``N x train_batch_size`` trajectories, each process computes the loss of its rows of it (none,
+possibly), weights each chunk by its share of the optimizer step's global (trajectory, step) pairs, and the
+gradients are summed over processes before clipping. So an optimizer step's gradient is the mean over its global
+pairs, as on one process, and every process takes the same step. The logged statistics are pair-weighted means
+over the global batch (gradient norm: per optimizer step), summed over processes before dividing.
+
 KL regularisation (``kl_coef`` > 0) adds ``kl_coef * KL(pi_theta || pi_ref)`` per (trajectory, step) pair, in
 closed form for the two Gaussians of a step; the reference is the same UNet with the LoRA switched off.
 """
@@ -22,8 +29,18 @@ from genrl.policy import DenoisingPolicy
 
 # (log-probs of the chunk's actions under the current policy, chunk) -> (loss averaged over the chunk, stats)
 LossFn = Callable[[torch.Tensor, Chunk], tuple[torch.Tensor, dict[str, float]]]
-# Averages the trainable parameters' gradients over processes in place (genrl.distributed.Processes)
+# Reduces (sums or averages) the trainable parameters' gradients over processes in place (genrl.distributed)
 GradientSync = Callable[[list[torch.nn.Parameter]], None]
+
+
+class Collective(Protocol):
+    """What ``optimize`` needs of the run's processes (``genrl.distributed.Processes``); None: one process."""
+
+    count: int
+
+    def sum_gradients(self, params: list[torch.nn.Parameter]) -> None: ...
+
+    def sum_totals(self, totals: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]: ...
 
 
 class TrainingKnobs(Protocol):
@@ -37,19 +54,24 @@ class TrainingKnobs(Protocol):
 
 
 class EpochMeans:
-    """Per-key means of the statistics an epoch's optimisation reports, however many times each was added."""
+    """Per-key weighted means of the statistics an epoch's optimisation reports, however many times each was
+    added (weight 1 unless given), over all processes when ``means`` is given them."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = defaultdict(float)
-        self.counts: dict[str, int] = defaultdict(int)
+        self.weights: dict[str, float] = defaultdict(float)
 
-    def add(self, stats: dict[str, float]) -> None:
+    def add(self, stats: dict[str, float], weight: float = 1) -> None:
         for key, value in stats.items():
-            self.sums[key] += value
-            self.counts[key] += 1
+            self.sums[key] += value * weight
+            self.weights[key] += weight
 
-    def means(self) -> dict[str, float]:
-        return {key: self.sums[key] / self.counts[key] for key in self.sums}
+    def means(self, processes: Collective | None = None) -> dict[str, float]:
+        """The means; with ``processes`` (every process calls it), of the sums and weights of all processes."""
+        totals = {key: (self.sums[key], self.weights[key]) for key in self.sums}
+        if processes is not None and processes.count > 1:
+            totals = processes.sum_totals(totals)
+        return {key: total / weight for key, (total, weight) in totals.items()}
 
 
 def optimizer_step(
@@ -57,11 +79,11 @@ def optimizer_step(
     optimizer: torch.optim.Optimizer,
     max_grad_norm: float,
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    average_gradients: GradientSync | None = None,
+    reduce_gradients: GradientSync | None = None,
 ) -> float:
-    """Average over processes, clip, step, clear. Returns the gradient norm before clipping."""
-    if average_gradients is not None:
-        average_gradients(params)
+    """Reduce over processes, clip, step, clear. Returns the gradient norm before clipping."""
+    if reduce_gradients is not None:
+        reduce_gradients(params)
     norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
     optimizer.step()
     if lr_scheduler is not None:
@@ -79,32 +101,39 @@ def optimize(
     generator: torch.Generator,
     passes: int = 1,
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    average_gradients: GradientSync | None = None,
+    processes: Collective | None = None,
 ) -> dict[str, float]:
-    """Runs ``passes`` shuffled passes over the buffer; returns the per-epoch means of the loss's stats.
-    ``average_gradients`` (multi-process training) averages the gradient over processes before each step."""
-    sizes = buffer.minibatch_sizes(cfg.train_batch_size)
+    """Runs ``passes`` shuffled passes over the buffer; returns the epoch's pair-weighted means of the loss's
+    stats. ``processes`` (multi-process training): the buffer holds this process's rows of the global batch
+    (``TrajectoryBuffer.place``), and every process calls this with the same generator state."""
+    count = 1 if processes is None else processes.count
+    batch_size = cfg.train_batch_size * count  # a global minibatch
+    sizes = buffer.minibatch_sizes(batch_size)
     accumulation = cfg.gradient_accumulation_steps
+    sum_gradients = processes.sum_gradients if count > 1 else None
     means = EpochMeans()
     params = policy.trainable_parameters()
     policy.train()
-    for _ in range(passes):
-        for i, chunks in enumerate(buffer.minibatches(cfg.train_batch_size, cfg.steps_per_forward, generator)):
+    for p in range(passes):
+        for i, chunks in enumerate(buffer.minibatches(batch_size, cfg.steps_per_forward, generator)):
             group_start = i - i % accumulation
             group_end = min(group_start + accumulation, len(sizes))
-            pairs_per_step = sum(sizes[group_start:group_end]) * buffer.num_steps
-            for chunk in chunks:
+            pairs_per_step = sum(sizes[group_start:group_end]) * buffer.num_steps  # over all processes
+            for chunk in chunks:  # none where this process holds no row of the minibatch
+                chunk.minibatch += p * len(sizes)
                 dist = policy.distribution(chunk.obs)
                 loss, stats = loss_fn(policy.action_log_prob(dist, chunk.next_latents), chunk)
                 if cfg.kl_coef > 0:
                     kl = policy.kl_to_reference(chunk.obs, dist).mean()
                     loss = loss + cfg.kl_coef * kl
                     stats["kl"] = kl.item()
-                # Weight by the chunk's share of the optimizer step, so chunking leaves the gradient unchanged.
-                (loss * (len(chunk.sample_index) / pairs_per_step)).backward()
-                means.add({"loss": loss.item(), **stats})
-            if i + 1 == group_end:
-                norm = optimizer_step(params, optimizer, cfg.max_grad_norm, lr_scheduler, average_gradients)
+                # Weight by the chunk's share of the optimizer step, so that neither chunking nor the split over
+                # processes changes the gradient (summed over processes: the mean over the step's global pairs).
+                pairs = len(chunk.sample_index)
+                (loss * (pairs / pairs_per_step)).backward()
+                means.add({"loss": loss.item(), **stats}, weight=pairs)
+            if i + 1 == group_end:  # every process, with or without rows in the step's minibatches
+                norm = optimizer_step(params, optimizer, cfg.max_grad_norm, lr_scheduler, sum_gradients)
                 means.add({"grad_norm": norm})
     policy.eval()
-    return means.means()
+    return means.means(processes)

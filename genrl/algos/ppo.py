@@ -9,11 +9,9 @@ Every step of a trajectory shares the trajectory's advantage (the reward is term
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from genrl.algos.common import GradientSync, optimize
+from genrl.algos.common import Collective, optimize
 from genrl.buffer import Chunk, TrajectoryBuffer
 from genrl.policy import DenoisingPolicy
 
@@ -36,29 +34,24 @@ def update(
     cfg,
     generator: torch.Generator,
     lr_scheduler=None,
-    average_gradients: GradientSync | None = None,
+    processes: Collective | None = None,
 ) -> dict[str, float]:
-    # The first minibatch's chunks run before any optimizer step: their ratio is 1 when training reproduces
-    # sampling exactly (same weights, same maths), so it is logged as a check.
-    first: list[float] = []
-    chunks_per_minibatch = math.ceil(buffer.num_steps / cfg.steps_per_forward)
-
     def loss_fn(log_prob: torch.Tensor, chunk: Chunk) -> tuple[torch.Tensor, dict[str, float]]:
         loss, ratio = clipped_surrogate_loss(
             log_prob, chunk.old_log_probs, chunk.advantages, cfg.clip_range, cfg.adv_clip_max
         )
         with torch.no_grad():
-            if len(first) < chunks_per_minibatch:
-                first.append(ratio.mean().item())
             stats = {
                 "approx_kl": 0.5 * ((log_prob - chunk.old_log_probs) ** 2).mean().item(),
                 "clipfrac": ((ratio - 1).abs() > cfg.clip_range).float().mean().item(),
                 "ratio_mean": ratio.mean().item(),
             }
+            # The first (global) minibatch runs before any optimizer step: its ratio is 1 when training
+            # reproduces sampling exactly (same weights, same maths), so it is logged as a check.
+            if chunk.minibatch == 0:
+                stats["ratio_mean_first_minibatch"] = stats["ratio_mean"]
         return loss, stats
 
-    stats = optimize(
-        policy, optimizer, buffer, loss_fn, cfg, generator, cfg.inner_epochs, lr_scheduler, average_gradients
-    )
-    stats["ratio_mean_first_minibatch"] = sum(first) / len(first)
+    stats = optimize(policy, optimizer, buffer, loss_fn, cfg, generator, cfg.inner_epochs, lr_scheduler, processes)
+    stats["ratio_mean_first_minibatch"] = stats.pop("ratio_mean_first_minibatch")  # last, as it always was
     return stats

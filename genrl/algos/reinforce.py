@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from genrl.algos.common import GradientSync, optimize
+from genrl.algos.common import Collective, optimize
 from genrl.buffer import Chunk, TrajectoryBuffer
 from genrl.policy import DenoisingPolicy
 
@@ -27,7 +27,7 @@ def update(
     cfg,
     generator: torch.Generator,
     lr_scheduler=None,
-    average_gradients: GradientSync | None = None,
+    processes: Collective | None = None,
 ) -> dict[str, float]:
     def loss_fn(log_prob: torch.Tensor, chunk: Chunk) -> tuple[torch.Tensor, dict[str, float]]:
         with torch.no_grad():
@@ -43,5 +43,5 @@ def update(
         generator,
         passes=1,
         lr_scheduler=lr_scheduler,
-        average_gradients=average_gradients,
+        processes=processes,
     )

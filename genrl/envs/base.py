@@ -53,8 +53,13 @@ class DenoisingEnv(gym.vector.VectorEnv):
         self.dtype = pipeline.unet.dtype
         vae_scale = 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
         self.resolution = resolution or pipeline.unet.config.sample_size * vae_scale
-        if self.resolution % vae_scale:
-            raise ValueError(f"resolution {self.resolution} must be a multiple of the VAE's factor {vae_scale}")
+        # The VAE halves the image and the UNet the latent once per down block but the last.
+        multiple = vae_scale * 2 ** (len(pipeline.unet.config.block_out_channels) - 1)
+        if self.resolution < 1 or self.resolution % multiple:
+            raise ValueError(
+                f"resolution {self.resolution} must be a positive multiple of {multiple} for this model "
+                f"(its VAE and UNet downsample by that much); e.g. {pipeline.unet.config.sample_size * vae_scale}"
+            )
         self.latent_shape = (
             pipeline.unet.config.in_channels,
             self.resolution // vae_scale,

@@ -16,6 +16,9 @@ import torch
 
 from genrl.errors import GenrlError
 
+MAX_ABS_REWARD = 1e15
+"""Larger rewards are refused: float32 means, variances and advantages over a million of them stay finite."""
+
 
 @runtime_checkable
 class RewardFn(Protocol):
@@ -24,6 +27,12 @@ class RewardFn(Protocol):
 
 def is_differentiable(reward: RewardFn) -> bool:
     return bool(getattr(reward, "differentiable", False))
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: first line of the message``, or the bare type where the message is empty (``sys.exit()``)."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 class CheckedReward:
@@ -49,11 +58,10 @@ class CheckedReward:
                 out = self.fn(images, prompts, metadata)
         except GenrlError:
             raise
-        except Exception as exc:  # the user's code: report it, in one line, as theirs
-            message = str(exc).splitlines()[0] if str(exc) else ""
-            raise GenrlError(
-                f"reward '{self.name}' raised {type(exc).__name__}: {message}; fix the reward function"
-            ) from exc
+        # The user's code: report it, in one line, as theirs. SystemExit too (a stray sys.exit() or a library that
+        # exits), which would otherwise end training with no word; KeyboardInterrupt stays the user's own stop.
+        except (Exception, SystemExit) as exc:
+            raise GenrlError(f"reward '{self.name}' raised {_describe(exc)}; fix the reward function") from exc
         return self.check(out, len(prompts), images.dtype), parts
 
     def check(self, out: Any, n: int, image_dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -64,6 +72,11 @@ class CheckedReward:
             raise GenrlError(
                 f"reward '{self.name}' returned {type(out).__name__}, not numbers; return a tensor of {n} floats"
             ) from exc
+        if rewards.device.type == "meta":
+            raise GenrlError(
+                f"reward '{self.name}' returned a tensor on the meta device, which holds no values; "
+                "load the reward model's weights (not on device='meta') and return real numbers"
+            )
         if rewards.shape != (n,):
             raise GenrlError(
                 f"reward '{self.name}' returned shape {tuple(rewards.shape)} for {n} images; "
@@ -78,5 +91,12 @@ class CheckedReward:
             raise GenrlError(
                 f"reward '{self.name}' returned {kind} for {int(bad.sum())} of {n} images; "
                 "make the reward finite for every image"
+            )
+        too_large = rewards.detach().abs() > MAX_ABS_REWARD
+        if too_large.any():
+            raise GenrlError(
+                f"reward '{self.name}' returned {rewards.detach()[too_large][0].item():.3g} for {int(too_large.sum())} "
+                f"of {n} images, over {MAX_ABS_REWARD:.0e} in magnitude, where batch statistics overflow; "
+                "scale the reward down"
             )
         return rewards
