@@ -38,14 +38,13 @@ def _status_kb(field: str) -> int:
 
 def measure(args: Args, checkpointing: bool) -> float:
     """MiB per sample of one DPG forward and backward pass."""
-    from genrl.algos import dpg
     from genrl.config import preset
-    from genrl.envs import DDPMEnv, LCMEnv
+    from genrl.envs import make_env
     from genrl.models import load_pipeline
     from genrl.policy import add_lora, make_policy
     from genrl.prompts import load_prompts
     from genrl.rewards import load_reward
-    from genrl.rollout import collect
+    from genrl.rollout import SamplingBatch, collect
 
     cfg = dataclasses.replace(preset(args.preset), algo="dpg", sample_batch_size=args.batch_size)
     pipe = load_pipeline(cfg.model, cfg.env, args.device)
@@ -53,15 +52,14 @@ def measure(args: Args, checkpointing: bool) -> float:
     if checkpointing:
         pipe.unet.enable_gradient_checkpointing()
         pipe.vae.enable_gradient_checkpointing()
-    env_cls = LCMEnv if cfg.env == "lcm" else DDPMEnv
-    env = env_cls(args.batch_size, pipe, load_reward(cfg.reward), num_steps=cfg.num_steps)
+    env = make_env(cfg.env, args.batch_size, pipe, load_reward(cfg.reward), cfg.num_steps)
     policy = make_policy(cfg.env, pipe, cfg.guidance_scale, cfg.logprob_reduction, cfg.eta).train()
     prompts = load_prompts(cfg.prompts)[: args.batch_size]
-    collect(env, policy, prompts, [{}] * args.batch_size, 0, 0)  # warm-up: allocator pools, lazy modules
+    collect(env, policy, SamplingBatch(prompts, 0, 0))  # warm-up: allocator pools, lazy modules
 
     def update() -> None:
-        _, rewards, _ = dpg.reparameterised_rollout(env, policy, prompts, 1, 1, truncation=cfg.dpg_steps)
-        (-rewards.mean()).backward()
+        rollout = collect(env, policy, SamplingBatch(prompts, 1, 1), grad_steps=cfg.dpg_steps)
+        (-rollout.rewards.mean()).backward()
 
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()

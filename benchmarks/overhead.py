@@ -22,6 +22,7 @@ import torch
 import tyro
 
 from genrl.config import PRESETS, TrainConfig
+from genrl.envs import make_env
 from genrl.models import load_pipeline
 from genrl.policy import add_lora
 from genrl.train import train
@@ -65,34 +66,34 @@ def unet_passes(cfg: TrainConfig, num_stochastic_steps: int) -> tuple[list[int],
     return sampling, training
 
 
-def bare_compute_seconds(cfg: TrainConfig, sampling: list[int], training: list[int]) -> tuple[float, float, float]:
-    """Time exactly those UNet passes on random inputs of the right shapes; also the epoch's VAE decodes, which
-    are not part of the bare compute but explain much of what is left."""
+def bare_compute_seconds(cfg: TrainConfig) -> tuple[float, float, float]:
+    """Time exactly the UNet passes of an epoch (``unet_passes``) on random inputs of the right shapes; also the
+    epoch's VAE decodes, which are not part of the bare compute but explain much of what is left."""
     pipe = load_pipeline(cfg.model, cfg.env, cfg.device)
+    # The env the run trained on, for its shapes and for which of its steps are stochastic (and so trained).
+    env = make_env(cfg.env, cfg.sample_batch_size, pipe, None, cfg.num_steps, cfg.resolution, cfg.noise_last_step)
+    sampling, training = unet_passes(cfg, sum(env.stochastic))
     unet = pipe.unet
     if cfg.finetune == "lora":
         add_lora(unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules)
     else:
         unet.requires_grad_(True)
-    size = (cfg.resolution or unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)) // 2 ** (
-        len(pipe.vae.config.block_out_channels) - 1
-    )
-    text_len = pipe.tokenizer.model_max_length
-    hidden = pipe.text_encoder.config.hidden_size
+    latent_shape = env.latent_shape
+    text_shape = env.single_observation_space["prompt_embeds"].shape
     cond_dim = unet.config.time_cond_proj_dim
 
     def run(batch: int) -> torch.Tensor:
         kwargs = {"timestep_cond": torch.randn(batch, cond_dim, device=cfg.device)} if cond_dim else {}
         return unet(
-            torch.randn(batch, unet.config.in_channels, size, size, device=cfg.device),
+            torch.randn(batch, *latent_shape, device=cfg.device),
             torch.randint(0, 1000, (batch,), device=cfg.device),
-            torch.randn(batch, text_len, hidden, device=cfg.device),
+            torch.randn(batch, *text_shape, device=cfg.device),
             **kwargs,
         ).sample
 
     with torch.no_grad():
         run(sampling[0])  # warm-up
-        latents = torch.randn(cfg.sample_batch_size, unet.config.in_channels, size, size, device=cfg.device)
+        latents = torch.randn(cfg.sample_batch_size, *latent_shape, device=cfg.device)
         vae = pipe.vae
         start = time.perf_counter()
         for _ in range(cfg.batches_per_epoch):
@@ -112,8 +113,7 @@ def measure(name: str, cfg: TrainConfig) -> list[dict]:
     with tempfile.TemporaryDirectory() as out:
         run = train(dataclasses.replace(cfg, output_dir=Path(out), run_name=name))
         metrics = run.read_metrics()
-    stochastic = cfg.num_steps - (1 if cfg.env == "lcm" and not cfg.noise_last_step else 0)
-    bare_sample, bare_train, decode = bare_compute_seconds(cfg, *unet_passes(cfg, stochastic))
+    bare_sample, bare_train, decode = bare_compute_seconds(cfg)
     bare = bare_sample + bare_train
     rows, previous = [], 0.0
     for m in metrics:

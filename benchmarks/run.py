@@ -36,13 +36,13 @@ import torch
 import tyro
 
 from genrl.config import PRESETS, TrainConfig, config_to_json
-from genrl.envs import DDPMEnv, LCMEnv
+from genrl.envs import make_env
 from genrl.errors import GenrlError
 from genrl.models import load_pipeline
 from genrl.policy import make_policy
 from genrl.prompts import load_prompts
 from genrl.rewards import load_reward
-from genrl.rollout import collect
+from genrl.rollout import SamplingBatch, collect
 from genrl.rundir import image_grid
 from genrl.train import train
 
@@ -121,12 +121,13 @@ class Evaluator:
         rng = np.random.default_rng(seed)
         chosen = [prompts[i] for i in rng.integers(len(prompts), size=self.num_images)]
         batch = min(8, self.num_images)
-        env_cls = LCMEnv if self.cfg.env == "lcm" else DDPMEnv
-        env = env_cls(batch, self.pipe, self.reward, num_steps=num_steps)
-        collect(env, self.policy, chosen[:batch], [{}] * batch, seed, seed)  # warm-up
+        env = make_env(self.cfg.env, batch, self.pipe, self.reward, num_steps)
+        collect(env, self.policy, SamplingBatch(chosen[:batch], seed, seed))  # warm-up
         rewards, seconds, images = [], 0.0, []
         for start in range(0, len(chosen) - batch + 1, batch):
-            rollout = collect(env, self.policy, chosen[start : start + batch], [{}] * batch, seed + start, seed - start)
+            rollout = collect(
+                env, self.policy, SamplingBatch(chosen[start : start + batch], seed + start, seed - start)
+            )
             rewards.append(rollout.rewards)
             seconds += rollout.sample_time_s
             images.append(rollout.images)

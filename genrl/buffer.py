@@ -15,8 +15,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from genrl.rollout import Rollout
 
 
 @dataclass
@@ -35,42 +39,30 @@ class Chunk:
 @dataclass
 class TrajectoryBuffer:
     prompts: list[str] = field(default_factory=list)
-    metadata: list[dict] = field(default_factory=list)
     prompt_embeds: list[torch.Tensor] = field(default_factory=list)  # (B, L, D) per batch
     latents: list[torch.Tensor] = field(default_factory=list)  # (B, T, C, h, w)
     next_latents: list[torch.Tensor] = field(default_factory=list)
     timesteps: list[torch.Tensor] = field(default_factory=list)  # (B, T)
     next_timesteps: list[torch.Tensor] = field(default_factory=list)
     log_probs: list[torch.Tensor] = field(default_factory=list)  # (B, T)
-    rewards: list[torch.Tensor] = field(default_factory=list)  # (B,)
     negative_prompt_embeds: torch.Tensor | None = None  # (1, L, D), shared by all
     advantages: torch.Tensor | None = None  # (N,)
     # Where the rows sit in the global batch of all processes (``place``): None, the buffer is the whole batch.
     global_rows: torch.Tensor | None = None  # (N,)
     global_size: int | None = None
 
-    def add_batch(
-        self,
-        prompts: list[str],
-        metadata: list[dict],
-        prompt_embeds: torch.Tensor,
-        negative_prompt_embeds: torch.Tensor,
-        steps: list[dict[str, torch.Tensor]],
-        rewards: torch.Tensor,
-    ) -> None:
-        """``steps``: per stochastic step, ``latents``, ``next_latents``, ``timestep``, ``next_timestep`` and
-        ``log_prob``."""
-        stack = lambda key: torch.stack([s[key] for s in steps], dim=1)  # noqa: E731
-        self.prompts += prompts
-        self.metadata += metadata
-        self.prompt_embeds.append(prompt_embeds)
-        self.negative_prompt_embeds = negative_prompt_embeds[:1]
+    def add_rollout(self, rollout: Rollout) -> None:
+        """A sampled batch: its prompts and embeddings, and per stochastic step (``rollout.steps``) ``latents``,
+        ``next_latents``, ``timestep``, ``next_timestep`` and ``log_prob``."""
+        stack = lambda key: torch.stack([s[key] for s in rollout.steps], dim=1)
+        self.prompts += rollout.prompts
+        self.prompt_embeds.append(rollout.prompt_embeds)
+        self.negative_prompt_embeds = rollout.negative_prompt_embeds[:1]
         self.latents.append(stack("latents"))
         self.next_latents.append(stack("next_latents"))
         self.timesteps.append(stack("timestep"))
         self.next_timesteps.append(stack("next_timestep"))
         self.log_probs.append(stack("log_prob"))
-        self.rewards.append(rewards)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -90,16 +82,13 @@ class TrajectoryBuffer:
     def place(self, rank: int, processes: int) -> None:
         """Marks the rows as process ``rank``'s share of a global batch over ``processes`` processes: row i of
         sampling batch b is row (b * processes + rank) * B + i of the global batch, B rows per batch and process."""
-        sizes = {len(r) for r in self.rewards}
+        sizes = {len(e) for e in self.prompt_embeds}
         if len(sizes) > 1:
             raise ValueError(f"every sampling batch must hold the same number of rows, got {sorted(sizes)}")
         batch = sizes.pop() if sizes else 1
         local = torch.arange(len(self))
         self.global_rows = (local // batch * processes + rank) * batch + local % batch
         self.global_size = len(self) * processes
-
-    def all_rewards(self) -> torch.Tensor:
-        return torch.cat(self.rewards)
 
     def subset(self, indices: torch.Tensor) -> TrajectoryBuffer:
         """The trajectories at ``indices`` of the global batch that this buffer holds (with their advantages), as
@@ -110,17 +99,15 @@ class TrajectoryBuffer:
             position[idx] = torch.arange(len(idx))
             new_rows = position[self.global_rows]
             idx = torch.nonzero(new_rows >= 0).squeeze(1)
-        take = lambda parts: [torch.cat(parts)[idx.to(parts[0].device)]]  # noqa: E731
+        take = lambda parts: [torch.cat(parts)[idx.to(parts[0].device)]]
         return TrajectoryBuffer(
             prompts=[self.prompts[i] for i in idx.tolist()],
-            metadata=[self.metadata[i] for i in idx.tolist()],
             prompt_embeds=take(self.prompt_embeds),
             latents=take(self.latents),
             next_latents=take(self.next_latents),
             timesteps=take(self.timesteps),
             next_timesteps=take(self.next_timesteps),
             log_probs=take(self.log_probs),
-            rewards=take(self.rewards),
             negative_prompt_embeds=self.negative_prompt_embeds,
             advantages=None if self.advantages is None else self.advantages[idx.to(self.advantages.device)],
             global_rows=None if new_rows is None else new_rows[idx],
@@ -142,7 +129,7 @@ class TrajectoryBuffer:
         """
         if self.advantages is None:
             raise RuntimeError("set buffer.advantages before asking for minibatches")
-        cat = lambda parts: torch.cat(parts)  # noqa: E731
+        cat = lambda parts: torch.cat(parts)
         latents, next_latents = cat(self.latents), cat(self.next_latents)
         timesteps, next_timesteps, log_probs = cat(self.timesteps), cat(self.next_timesteps), cat(self.log_probs)
         embeds = cat(self.prompt_embeds)

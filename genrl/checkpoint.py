@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +54,8 @@ def save_checkpoint(
     save_file(trainable, staging / "trainable.safetensors")
     _save_for_diffusers(unet, staging)
     if ema is not None:
-        params = [p for p in unet.parameters() if p.requires_grad]
-        ema.store(params)
-        ema.copy_to(params)
-        try:
+        with ema_weights(ema, [p for p in unet.parameters() if p.requires_grad]):
             _save_for_diffusers(unet, staging / "ema")
-        finally:
-            ema.restore(params)
         torch.save(ema.state_dict(), staging / "ema.pt")
     torch.save(
         {
@@ -81,6 +78,17 @@ def save_checkpoint(
     for old in sorted(checkpoints.glob("epoch-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+@contextmanager
+def ema_weights(ema: EMAModel, params: list[torch.nn.Parameter]) -> Iterator[None]:
+    """The EMA weights in ``params`` inside the block, the trained ones again after it."""
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
 
 
 def _save_for_diffusers(unet: torch.nn.Module, folder: Path) -> None:

@@ -15,7 +15,9 @@ from typing import Literal
 import torch
 
 from genrl.errors import GenrlError
-from genrl.policy import DEFAULT_LORA_TARGETS
+
+# The attention projections of every transformer block, where the reference implementations put LoRA.
+DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 @dataclass
@@ -26,9 +28,10 @@ class TrainConfig:
     """A diffusers pipeline: hub id, local folder, 'shapes' (the embedded models) or 'tiny' (random weights)."""
     env: Literal["lcm", "ddpm"] = "lcm"
     """lcm: consistency sampling (RLCM). ddpm: DDIM with eta > 0 (DDPO)."""
-    algo: Literal["ppo", "reinforce", "dpg"] = "ppo"
+    algo: str = "ppo"
     """ppo: clipped PPO (RLCM, DDPO). reinforce: one unclipped pass. dpg: backpropagate a differentiable reward
-    through the sampling chain (AlignProp, DRaFT-K)."""
+    through the sampling chain (AlignProp, DRaFT-K). Or your own: 'package.module:Class', or the name of a
+    'genrl.algorithms' entry point."""
     reward: str = "jpeg_compressibility"
     """A built-in reward (with options), 'package.module:function', 'a=0.7,b=0.3', or a server URL."""
     prompts: str = "shapes_train"
@@ -86,6 +89,8 @@ class TrainConfig:
 
     # Optimisation
     learning_rate: float = 3e-3
+    lr_schedule: Literal["constant", "linear"] = "constant"
+    """constant, or linear: from --learning-rate down to 0 over --epochs, stepped once an epoch."""
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-4
@@ -222,6 +227,10 @@ def config_to_json(cfg: TrainConfig) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
+# Fields added after runs were saved without them, and the value that reproduces those runs.
+_ADDED_SINCE = {"lr_schedule": "constant"}
+
+
 def read_config(path: Path) -> TrainConfig:
     """A run's saved config.json; every field must be there, as a resume has to repeat the run exactly."""
     if not path.is_file():
@@ -233,6 +242,7 @@ def read_config(path: Path) -> TrainConfig:
     if not isinstance(data, dict):
         raise GenrlError(f"{path} holds {type(data).__name__}, not a configuration; restore it or start a new run")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    data = {**_ADDED_SINCE, **data}  # runs saved before a field existed ran as its value here says
     unknown, missing = set(data) - fields, fields - set(data)
     if unknown or missing:
         what = f"unknown fields {sorted(unknown)}" if unknown else f"no fields {sorted(missing)}"

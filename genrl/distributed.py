@@ -22,9 +22,13 @@ import os
 import socket
 import sys
 from datetime import timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
+
+from genrl.noise import NoiseSlice
 
 
 def launch_command(processes: int, module: str, args: list[str]) -> list[str]:
@@ -53,29 +57,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-class NoiseSlice(NamedTuple):
-    """Rows [offset, offset + local batch) of a global batch of ``total`` rows."""
-
-    offset: int
-    total: int
-
-
-def noise_rows(
-    rows: int, shape: tuple[int, ...], generator: torch.Generator, noise_slice: NoiseSlice | None, repeat: int = 1
-) -> torch.Tensor:
-    """Standard normal noise (rows, *shape): this process's rows of the global batch's noise, drawn as one
-    process would draw it, so that N processes sample what one would. ``repeat``: consecutive runs of that many
-    global rows share one draw (groups from one initial noise)."""
-    offset, total = noise_slice or (0, rows)
-    noise = torch.randn((total // repeat, *shape), generator=generator).repeat_interleave(repeat, dim=0)
-    return noise[offset : offset + rows]
-
-
 class Processes:
     def __init__(self, device: str, timeout_s: float):
-        from accelerate import Accelerator  # here: the envs and the policy import this module for noise_rows
-        from accelerate.utils import InitProcessGroupKwargs
-
         distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         # A collective waits at most timeout_s for a process that hangs; one that dies is noticed at once.
         handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))] if distributed else []
@@ -138,8 +121,6 @@ class Processes:
         """The main process's ``value``, on every process."""
         if self.count == 1:
             return value
-        from accelerate.utils import broadcast_object_list
-
         box = [value]
         broadcast_object_list(box, from_process=0)
         return box[0]

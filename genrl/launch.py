@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         train(train_args)
         return
 
-    import torch.distributed.run  # noqa: F401  (its loggers, to quiet them)
+    import torch.distributed.run
     from accelerate.commands.launch import launch_command, launch_command_parser
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError

@@ -11,7 +11,7 @@ from diffusers import DDIMScheduler, DiffusionPipeline, LCMScheduler
 
 from genrl.errors import GenrlError
 from genrl.shapes import shipped_dir
-from genrl.tiny import tiny_pipeline_dir
+from genrl.shapes.tiny import tiny_pipeline_dir
 
 
 def resolve_model(model: str, env: Literal["lcm", "ddpm"]) -> str:
@@ -23,7 +23,7 @@ def resolve_model(model: str, env: Literal["lcm", "ddpm"]) -> str:
         folder = shipped_dir() / ("lcm" if env == "lcm" else "teacher")
         if not (folder / "model_index.json").exists():
             raise GenrlError(
-                f"the shapes models are missing from {folder.parent}; rebuild them: python -m genrl.pretrain"
+                f"the shapes models are missing from {folder.parent}; rebuild them: python -m genrl.shapes.pretrain"
             )
         return str(folder)
     return model

@@ -1,7 +1,7 @@
 """The policy: the trainable denoiser and the Gaussian it defines over the next latent.
 
-``distribution(obs)`` gives mean and std of the next latent; ``log_prob(obs, next_latents)`` scores an action;
-``act(obs, generator)`` samples one. The step maths themselves live in ``genrl.steps``.
+``distribution(obs)`` gives mean and std of the next latent; ``action_log_prob(dist, next_latents)`` scores an
+action under it; ``act(obs, generator)`` samples one. The step maths themselves live in ``genrl.steps``.
 """
 
 from __future__ import annotations
@@ -12,18 +12,15 @@ from typing import Any, Literal
 import torch
 from peft import LoraConfig
 
-from genrl.distributed import NoiseSlice, noise_rows
+from genrl.noise import NoiseSlice, noise_rows
 from genrl.steps import (
     LogProbReduction,
     StepDistribution,
     ddim_step,
     gaussian_kl,
     gaussian_log_prob,
-    guidance_embedding,
     lcm_step,
 )
-
-DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 def add_lora(unet: torch.nn.Module, rank: int, alpha: float, target_modules: Sequence[str]) -> None:
@@ -47,9 +44,6 @@ class DenoisingPolicy(torch.nn.Module):
 
     def distribution(self, obs: dict[str, torch.Tensor]) -> StepDistribution:
         raise NotImplementedError
-
-    def log_prob(self, obs: dict[str, torch.Tensor], next_latents: torch.Tensor) -> torch.Tensor:
-        return self.action_log_prob(self.distribution(obs), next_latents)
 
     def action_log_prob(self, dist: StepDistribution, next_latents: torch.Tensor) -> torch.Tensor:
         return gaussian_log_prob(next_latents, dist.mean, dist.std, self.reduction)
@@ -90,16 +84,24 @@ class DenoisingPolicy(torch.nn.Module):
 
 
 class LCMPolicy(DenoisingPolicy):
-    """Guidance enters as the w-embedding (``timestep_cond``), w = guidance_scale - 1: one UNet pass per step."""
+    """Guidance enters as the w-embedding (``timestep_cond``), w = guidance_scale - 1: one UNet pass per step.
+    ``w_embedding`` (1, time_cond_proj_dim) is that embedding, as the LCM pipeline computes it (``make_policy``)."""
 
-    def __init__(self, unet: torch.nn.Module, scheduler: Any, guidance_scale: float, reduction: LogProbReduction):
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        scheduler: Any,
+        guidance_scale: float,
+        reduction: LogProbReduction,
+        w_embedding: torch.Tensor,
+    ):
         super().__init__(unet, scheduler, guidance_scale, reduction)
         self.timestep_scaling = float(scheduler.config.get("timestep_scaling", 10.0))
+        self.register_buffer("w_embedding", w_embedding.to(unet.device), persistent=False)
 
     def distribution(self, obs: dict[str, torch.Tensor]) -> StepDistribution:
         latents = obs["latents"]
-        w = torch.full((latents.shape[0],), self.guidance_scale - 1, device=latents.device)
-        cond = guidance_embedding(w, self.unet.config.time_cond_proj_dim).to(latents)
+        cond = self.w_embedding.to(latents).repeat(latents.shape[0], 1)
         eps = self.unet(latents, obs["timestep"], obs["prompt_embeds"], timestep_cond=cond).sample
         return lcm_step(
             eps,
@@ -137,5 +139,8 @@ def make_policy(
     kind: Literal["lcm", "ddpm"], pipeline: Any, guidance_scale: float, reduction: LogProbReduction, eta: float = 1.0
 ) -> DenoisingPolicy:
     if kind == "lcm":
-        return LCMPolicy(pipeline.unet, pipeline.scheduler, guidance_scale, reduction)
+        # The pipeline's own embedding of w = guidance_scale - 1 (computed as its __call__ does, on the CPU).
+        w = torch.tensor([guidance_scale - 1.0])
+        w_embedding = pipeline.get_guidance_scale_embedding(w, embedding_dim=pipeline.unet.config.time_cond_proj_dim)
+        return LCMPolicy(pipeline.unet, pipeline.scheduler, guidance_scale, reduction, w_embedding)
     return DDPMPolicy(pipeline.unet, pipeline.scheduler, guidance_scale, reduction, eta)

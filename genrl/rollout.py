@@ -1,17 +1,23 @@
-"""Sampling: run the policy in the env for one batch and return what the buffer stores."""
+"""Sampling: run the policy in the env for one batch and return what the algorithms learn from.
+
+Every algorithm samples through ``collect``: PPO and REINFORCE without a graph (they store each step's latents and
+log-prob), DPG with a graph over the last ``grad_steps`` steps (it backpropagates the reward through them).
+"""
 
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future
-from dataclasses import dataclass
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 
-from genrl.distributed import NoiseSlice
 from genrl.envs import DenoisingEnv
+from genrl.noise import NoiseSlice
 from genrl.policy import DenoisingPolicy
+from genrl.rewards.base import CheckedReward
+from genrl.steps import StepDistribution
 
 
 class SamplingBatch(NamedTuple):
@@ -26,75 +32,105 @@ class SamplingBatch(NamedTuple):
 @dataclass
 class Rollout:
     prompts: list[str]
-    metadata: list[dict]
     prompt_embeds: torch.Tensor
     negative_prompt_embeds: torch.Tensor
-    steps: list[dict[str, torch.Tensor]]  # the stochastic steps only
-    rewards: torch.Tensor
+    steps: list[dict[str, torch.Tensor]]  # the stochastic steps only, detached
+    rewards: torch.Tensor  # with its graph where sampled with grad_steps
     images: torch.Tensor
     reward_parts: dict[str, torch.Tensor]  # a composite reward's parts, each (B,)
     sample_time_s: float
     reward_time_s: float
+    reward_wait_s: float = 0.0  # how long ``resolve`` waited for a background reward
     reward_future: Future | None = None  # set while the reward is computed in the background
+    in_background: bool = False
+    # (observation, distribution) of the stochastic steps sampled with a graph (DPG's KL term)
+    graph_steps: list[tuple[dict[str, torch.Tensor], StepDistribution]] = field(default_factory=list)
 
     def resolve(self) -> Rollout:
         """Wait for a background reward; afterwards ``rewards``, ``reward_parts`` and ``reward_time_s`` hold."""
         if self.reward_future is not None:
+            start = time.perf_counter()
             self.rewards, self.reward_parts, self.reward_time_s = self.reward_future.result()
+            self.reward_wait_s = time.perf_counter() - start
             self.reward_future = None
         return self
 
+    @property
+    def blocked_s(self) -> float:
+        """Seconds the caller spent on the reward: all of it, or only the wait where it ran in the background."""
+        return self.reward_wait_s if self.in_background else self.reward_time_s
 
-@torch.no_grad()
+    def detach(self) -> Rollout:
+        """Drop the graph (after a backward pass) so that keeping the rollout for logging keeps no activations."""
+        self.rewards, self.images, self.graph_steps = self.rewards.detach(), self.images.detach(), []
+        return self
+
+
+def score(reward: CheckedReward, images: torch.Tensor, prompts: list[str]):
+    """The reward of ``images``: (rewards, parts, seconds)."""
+    start = time.perf_counter()
+    rewards, parts = reward.score(images, prompts, [{} for _ in prompts])
+    return rewards, parts, time.perf_counter() - start
+
+
 def collect(
     env: DenoisingEnv,
     policy: DenoisingPolicy,
-    prompts: list[str],
-    metadata: list[dict],
-    noise_seed: int,
-    step_seed: int,
+    batch: SamplingBatch,
     shared_noise_group: int = 1,
-    noise_slice: NoiseSlice | None = None,
+    grad_steps: int = 0,
+    background_reward: tuple[CheckedReward, Executor] | None = None,
 ) -> Rollout:
-    """``noise_seed`` seeds the initial latents, ``step_seed`` the policy's step noise: together they fix the batch.
-    With ``shared_noise_group`` G, each run of G consecutive images starts from one initial latent. With
-    ``noise_slice``, this batch is those rows of a global batch (one process of several)."""
+    """Samples ``batch``: its ``noise_seed`` seeds the initial latents, its ``step_seed`` the policy's step noise,
+    so the two fix the batch. With ``shared_noise_group`` G, each run of G consecutive images starts from one
+    initial latent. The last ``grad_steps`` steps keep their graph (reparameterised: the same chain either way).
+    ``background_reward`` (reward, executor), for an env built without a reward: the images are scored in the
+    executor while the caller samples on (``Rollout.resolve`` waits for them)."""
     start = time.perf_counter()
-    generator = torch.Generator().manual_seed(step_seed)
-    options = {
-        "prompts": prompts,
-        "metadata": metadata,
-        "shared_noise_group": shared_noise_group,
-        "noise_slice": noise_slice,
-    }
-    obs, _ = env.reset(seed=noise_seed, options=options)
+    generator = torch.Generator().manual_seed(batch.step_seed)
+    options = {"prompts": batch.prompts, "shared_noise_group": shared_noise_group, "noise_slice": batch.noise_slice}
+    obs, _ = env.reset(seed=batch.noise_seed, options=options)
     embeds, negative = obs["prompt_embeds"], obs["negative_prompt_embeds"]
-    steps = []
-    for _ in range(env.num_steps):
-        action, log_prob = policy.act(obs, generator, noise_slice)
-        if obs["stochastic"].all():
-            steps.append(
-                {
-                    "latents": obs["latents"],
-                    "next_latents": action["next_latents"],
-                    "timestep": obs["timestep"],
-                    "next_timestep": obs["next_timestep"],
-                    "log_prob": log_prob,
-                }
-            )
-        obs, rewards, terminated, _, info = env.step(action)
+    steps, graph_steps = [], []
+    for i in range(env.num_steps):
+        with torch.set_grad_enabled(i >= env.num_steps - grad_steps):
+            if torch.is_grad_enabled():
+                action, dist = policy.sample_action(obs, generator, batch.noise_slice)
+                log_prob = policy.action_log_prob(dist, action["next_latents"]).detach()
+            else:
+                action, log_prob = policy.act(obs, generator, batch.noise_slice)
+                dist = None
+            if obs["stochastic"].all():
+                if dist is not None:
+                    graph_steps.append((obs, dist))
+                steps.append(
+                    {
+                        "latents": obs["latents"].detach(),
+                        "next_latents": action["next_latents"].detach(),
+                        "timestep": obs["timestep"],
+                        "next_timestep": obs["next_timestep"],
+                        "log_prob": log_prob,
+                    }
+                )
+            obs, rewards, terminated, _, info = env.step(action)
     assert bool(terminated.all())
-    reward_time = info.get("reward_time_s", 0.0)
+    images, future, parts, reward_time = info["images"], None, info.get("reward_parts", {}), 0.0
+    if background_reward is not None:
+        reward, executor = background_reward
+        future = executor.submit(score, reward, images.detach(), batch.prompts)
+    else:
+        reward_time = info["reward_time_s"]
     return Rollout(
-        prompts,
-        metadata,
+        batch.prompts,
         embeds,
         negative,
         steps,
         rewards,
-        info["images"],
-        info.get("reward_parts", {}),
+        images,
+        parts,
         sample_time_s=time.perf_counter() - start - reward_time,
         reward_time_s=reward_time,
-        reward_future=info.get("reward_future"),
+        reward_future=future,
+        in_background=future is not None,
+        graph_steps=graph_steps,
     )

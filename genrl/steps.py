@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 
 LogProbReduction = Literal["mean", "sum"]
@@ -32,45 +31,6 @@ class StepDistribution:
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Gather-by-timestep results have shape (B,); broadcast them over the latent dims."""
     return values.reshape(-1, *([1] * (like.ndim - 1)))
-
-
-# --------------------------------------------------------------------------------------------------
-# Schedules
-# --------------------------------------------------------------------------------------------------
-def lcm_timesteps(num_steps: int, original_steps: int = 50, num_train_timesteps: int = 1000) -> list[int]:
-    """The LCM skipping-step schedule, as ``LCMScheduler.set_timesteps`` computes it.
-
-    The origin grid is 19, 39, ..., 999 for 50 origin steps on 1000 training steps; ``num_steps`` points are
-    taken from it, evenly spaced from the noisy end. (Older diffusers, which the RLCM reference code used, took
-    every (50 // H)-th point instead; both coincide for H dividing 50.)
-    """
-    if not 1 <= num_steps <= original_steps:
-        raise ValueError(f"LCM horizon must be between 1 and {original_steps}, got {num_steps}")
-    k = num_train_timesteps // original_steps
-    origin = (np.arange(1, original_steps + 1) * k - 1)[::-1]
-    indices = np.floor(np.linspace(0, original_steps, num=num_steps, endpoint=False)).astype(np.int64)
-    return [int(t) for t in origin[indices]]
-
-
-def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000, steps_offset: int = 0) -> list[int]:
-    """The "leading" DDIM schedule of Stable Diffusion's scheduler config."""
-    if not 1 <= num_steps <= num_train_timesteps:
-        raise ValueError(f"DDIM steps must be between 1 and {num_train_timesteps}, got {num_steps}")
-    ratio = num_train_timesteps // num_steps
-    return [int(t) + steps_offset for t in (np.arange(0, num_steps) * ratio).round()[::-1]]
-
-
-def guidance_embedding(w: torch.Tensor, embedding_dim: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Sinusoidal embedding of the guidance weight w (LCM's ``timestep_cond``), shape (B, embedding_dim)."""
-    w = w * 1000.0
-    half_dim = embedding_dim // 2
-    scale = torch.log(torch.tensor(10000.0)) / (half_dim - 1)
-    freqs = torch.exp(torch.arange(half_dim, dtype=dtype) * -scale)
-    emb = w.to(dtype)[:, None] * freqs[None, :].to(w.device)
-    emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=1)
-    if embedding_dim % 2 == 1:
-        emb = torch.nn.functional.pad(emb, (0, 1))
-    return emb
 
 
 # --------------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def _cli_errors(*args: str, env: dict | None = None) -> list[str]:
 
 
 def _task(ddpo_rate: float = 0.02) -> dict:
-    steps = lambda t: {str(h): {"reward": 0.1 * h, "seconds_per_image": t * h} for h in (2, 4, 8)}  # noqa: E731
+    steps = lambda t: {str(h): {"reward": 0.1 * h, "seconds_per_image": t * h} for h in (2, 4, 8)}
     return {
         "curves": {"RLCM (PPO)": [_run(0.2), _run(0.1)], "DDPO (PPO)": [_run(ddpo_rate), _run(ddpo_rate * 1.5)]},
         "configs": {"RLCM (PPO)": {"num_steps": 4}, "DDPO (PPO)": {"num_steps": 8}},

@@ -10,7 +10,7 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcesso
 from genrl.errors import GenrlError
 from genrl.rewards import load_reward
 from genrl.rewards.clip import AestheticReward
-from genrl.tiny import _tokenizer
+from genrl.shapes.tiny import _tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,7 @@ def plugin(tmp_path, monkeypatch):
 )
 def test_bad_configuration(tmp_path, capsys, extra, message):
     if "TINY_SD" in extra:
-        from genrl.tiny import tiny_pipeline_dir
+        from genrl.shapes.tiny import tiny_pipeline_dir
 
         extra = [str(tiny_pipeline_dir(lcm=False)) if e == "TINY_SD" else e for e in extra]
     _fails(capsys, fast_args(tmp_path, "r", *extra), message)

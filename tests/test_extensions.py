@@ -8,16 +8,16 @@ import torch
 from safetensors.torch import load_file
 
 from genrl.advantages import compute_advantages, group_advantages, informative_groups
-from genrl.algos import dpg
 from genrl.envs import DDPMEnv, LCMEnv
 from genrl.policy import add_lora, make_policy
-from genrl.rollout import collect
+from genrl.rollout import SamplingBatch, collect
 from genrl.steps import gaussian_kl
 from genrl.train import main
 from tests.helpers import fast_args, tiny
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 PROMPTS = ["a cat", "a dog"]
+BATCH = SamplingBatch(PROMPTS, noise_seed=5, step_seed=6)
 
 
 class WeightedBrightness:
@@ -73,8 +73,7 @@ def test_dpg_gradient_matches_finite_differences(kind):
     ]
 
     def loss() -> torch.Tensor:
-        _, rewards, _ = dpg.reparameterised_rollout(env, policy, PROMPTS, 5, 6, truncation=env.num_steps)
-        return -rewards.mean()
+        return -collect(env, policy, BATCH, grad_steps=env.num_steps).rewards.mean()
 
     policy.zero_grad()
     loss().backward()
@@ -113,8 +112,7 @@ def test_dpg_truncation_differentiates_the_last_k_steps_only():
 
     _set(policy, base, direction, 0.0)
     policy.zero_grad()
-    _, rewards, _ = dpg.reparameterised_rollout(env, policy, PROMPTS, 5, 6, truncation=k)
-    (-rewards.mean()).backward()
+    (-collect(env, policy, BATCH, grad_steps=k).rewards.mean()).backward()
     analytic = sum((p.grad * d).sum() for p, d in zip(_params(policy), direction)).item()
     numeric = (frozen_prefix_loss(1e-5) - frozen_prefix_loss(-1e-5)) / 2e-5
     assert abs(analytic - numeric) <= 1e-5 * abs(numeric) + 1e-9, (analytic, numeric)
@@ -129,8 +127,7 @@ def test_gradient_checkpointing_leaves_the_gradient_unchanged():
             pipe.vae.enable_gradient_checkpointing()
         policy.train()
         policy.zero_grad()
-        _, rewards, _ = dpg.reparameterised_rollout(env, policy, PROMPTS, 5, 6, truncation=env.num_steps)
-        (-rewards.mean()).backward()
+        (-collect(env, policy, BATCH, grad_steps=env.num_steps).rewards.mean()).backward()
         grads.append([p.grad.clone() for p in _params(policy)])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
@@ -138,11 +135,13 @@ def test_gradient_checkpointing_leaves_the_gradient_unchanged():
 
 def test_the_reparameterised_rollout_is_the_sampled_one():
     _, env, policy = _setup("lcm", dtype=torch.float32)
-    sampled = collect(env, policy, PROMPTS, [{}, {}], noise_seed=5, step_seed=6)
-    rollout, rewards, _ = dpg.reparameterised_rollout(env, policy, PROMPTS, 5, 6, truncation=env.num_steps)
-    torch.testing.assert_close(rollout.images, sampled.images, rtol=0, atol=1e-6)
-    torch.testing.assert_close(rewards.detach(), sampled.rewards, rtol=0, atol=1e-6)
-    assert rewards.requires_grad
+    sampled = collect(env, policy, BATCH)
+    rollout = collect(env, policy, BATCH, grad_steps=env.num_steps)
+    torch.testing.assert_close(rollout.images.detach(), sampled.images, rtol=0, atol=1e-6)
+    torch.testing.assert_close(rollout.rewards.detach(), sampled.rewards, rtol=0, atol=1e-6)
+    assert rollout.rewards.requires_grad and not sampled.rewards.requires_grad
+    for a, b in zip(rollout.steps, sampled.steps):  # PPO could train on a DPG rollout's steps as well
+        torch.testing.assert_close(a["log_prob"], b["log_prob"], rtol=0, atol=1e-5)
 
 
 def test_dpg_trains_from_the_command_line(tmp_path):

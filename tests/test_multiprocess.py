@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from genrl.distributed import free_port, launch_command
-from genrl.tiny import tiny_pipeline_dir
+from genrl.shapes.tiny import tiny_pipeline_dir
 from tests.helpers import fast_args
 
 FAILING_REWARDS = """

@@ -13,8 +13,7 @@ then one optimizer step) is one genrl epoch: see the comment above ``_RLCM_JPEG`
 
 import pytest
 
-from genrl.config import DEFAULT_PRESET, PRESETS, TrainConfig
-from genrl.policy import DEFAULT_LORA_TARGETS
+from genrl.config import DEFAULT_LORA_TARGETS, DEFAULT_PRESET, PRESETS, TrainConfig
 
 # Every RLCM task (yaml and Table 1, unless a line says otherwise).
 _RLCM_COMMON = {

@@ -1,5 +1,6 @@
-"""`python -m genrl.pretrain` end to end at toy scale, and the shapes reward on what it builds."""
+"""`python -m genrl.shapes.pretrain` end to end at toy scale, and the shapes reward on what it builds."""
 
+import copy
 import json
 
 import pytest
@@ -7,8 +8,8 @@ import torch
 from diffusers import LatentConsistencyModelPipeline, StableDiffusionPipeline
 
 from genrl.errors import GenrlError
-from genrl.pretrain import consistency_distance, main
 from genrl.rewards.shapes import ShapesAlignment
+from genrl.shapes.pretrain import Average, PretrainConfig, _train_loop, consistency_distance, main
 from genrl.shapes.world import ATTRIBUTES, parse_prompt, train_scenes
 
 
@@ -64,6 +65,43 @@ def test_a_bad_distillation_flag_is_a_one_line_error(tmp_path, capsys, flags, me
     assert info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
     assert not (tmp_path / "w").exists()
+
+
+def test_an_average_copies_then_decays_at_a_fixed_rate_across_a_resume(tmp_path):
+    """A copy for ``copy_steps`` steps, then (1 - decay) of the way to the source every step, the first one and the
+    first after a resume included (diffusers' EMAModel, left to its defaults, would warm its decay up)."""
+    torch.manual_seed(0)
+    source = torch.nn.Linear(3, 2)
+    modules = {"source": source, "target": copy.deepcopy(source).requires_grad_(False)}
+    optimizer = torch.optim.SGD(source.parameters(), lr=0.1)
+    decay, copy_steps, steps = 0.75, 2, 7
+    moved = [p.detach().double().clone() for p in source.parameters()]
+    expected = [p.clone() for p in moved]
+    for i in range(steps):
+        moved = [p + (1.0 + i) for p in moved]
+        expected = [m.clone() if i < copy_steps else e + (1 - decay) * (m - e) for e, m in zip(expected, moved)]
+
+    interrupt_at = [4]  # after the checkpoint of step 2: the second run resumes at step 3
+
+    def step_fn(i: int) -> dict[str, float]:
+        if i in interrupt_at:
+            raise KeyboardInterrupt
+        with torch.no_grad():
+            for p in source.parameters():
+                p.add_(1.0 + i)
+        return {}
+
+    def train() -> None:
+        cfg = PretrainConfig(work_dir=tmp_path, checkpoint_every=3)
+        averages = {"target": Average("source", decay, copy_steps)}
+        _train_loop("average", cfg, modules, optimizer, steps, step_fn, averages)
+
+    with pytest.raises(KeyboardInterrupt):
+        train()
+    interrupt_at.clear()
+    train()
+    for p, e in zip(modules["target"].parameters(), expected):
+        torch.testing.assert_close(p.double(), e)
 
 
 def test_consistency_distance_is_squared_error_or_pseudo_huber():

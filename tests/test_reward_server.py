@@ -284,10 +284,10 @@ class _Flaky(BaseHTTPRequestHandler):
     codes: list[int] = []
     seen: list[int] = []
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self._send(200, {"reward": "flaky", "differentiable": False})
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         self.rfile.read(int(self.headers["Content-Length"]))
         code = self.codes[min(len(self.seen), len(self.codes) - 1)]
         self.seen.append(code)

@@ -62,7 +62,7 @@ def test_load_reward_by_name_and_by_module_path(tmp_path, monkeypatch):
     for spec, message in [
         ("nope", "unknown reward 'nope'"),
         ("no_such_mod:f", "cannot import"),
-        ("my_rewards:missing", "no callable 'missing'"),
+        ("my_rewards:missing", "has no 'missing'"),
     ]:
         with pytest.raises(GenrlError, match=message):
             load_reward(spec)

@@ -61,6 +61,6 @@ def test_missing_shapes_models_say_how_to_rebuild(tmp_path, monkeypatch):
     try:
         resolve_model("shapes", "lcm")
     except GenrlError as exc:
-        assert "python -m genrl.pretrain" in str(exc)
+        assert "python -m genrl.shapes.pretrain" in str(exc)
     else:
         raise AssertionError("no error")

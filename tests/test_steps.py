@@ -11,25 +11,13 @@ from genrl import steps
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
 
-@pytest.mark.parametrize("num_steps", [1, 2, 3, 4, 8, 16, 50])
-def test_lcm_schedule_matches_diffusers(num_steps):
-    sched = LCMScheduler(**SD, original_inference_steps=50)
-    sched.set_timesteps(num_steps)
-    assert steps.lcm_timesteps(num_steps) == sched.timesteps.tolist()
-
-
-def test_lcm_schedule_rejects_impossible_horizon():
-    with pytest.raises(ValueError, match="between 1 and 50"):
-        steps.lcm_timesteps(51)
-
-
 @pytest.mark.parametrize("num_steps", [4, 8])
 def test_lcm_step_matches_diffusers_given_the_same_noise(num_steps):
     sched = LCMScheduler(**SD, original_inference_steps=50, set_alpha_to_one=True)
     sched.set_timesteps(num_steps)
     gen = torch.Generator().manual_seed(0)
     sample = torch.randn(3, 4, 8, 8, generator=gen)
-    schedule = steps.lcm_timesteps(num_steps)
+    schedule = sched.timesteps.tolist()
     for i, t in enumerate(schedule):
         eps = torch.randn(sample.shape, generator=gen)
         noise_gen = torch.Generator().manual_seed(100 + i)
@@ -67,7 +55,6 @@ def test_lcm_step_per_sample_timesteps_match_one_at_a_time():
 def test_ddim_step_matches_diffusers_given_the_same_noise(set_alpha_to_one):
     sched = DDIMScheduler(**SD, set_alpha_to_one=set_alpha_to_one, steps_offset=1, clip_sample=False)
     sched.set_timesteps(10)
-    assert steps.ddim_timesteps(10, steps_offset=1) == sched.timesteps.tolist()
     gen = torch.Generator().manual_seed(1)
     sample = torch.randn(2, 4, 8, 8, generator=gen)
     for t in sched.timesteps.tolist():
@@ -83,12 +70,46 @@ def test_ddim_step_matches_diffusers_given_the_same_noise(set_alpha_to_one):
         sample = ref.prev_sample
 
 
-def test_guidance_embedding_matches_the_lcm_pipeline():
-    from diffusers import LatentConsistencyModelPipeline
+def test_lcm_policy_conditions_the_unet_on_w_as_the_lcm_pipeline_does():
+    """w = guidance_scale - 1, embedded and passed to the UNet as ``timestep_cond``, for every row."""
+    from genrl.policy import make_policy
+    from tests.helpers import tiny
 
-    w = torch.tensor([7.0, 3.5])
-    ref = LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, w, embedding_dim=32)
-    assert torch.equal(steps.guidance_embedding(w, 32), ref)
+    pipe = tiny("lcm")
+    seen = {}
+
+    def keep_pipeline(_pipe, _step, _timestep, tensors):
+        seen["pipeline"] = tensors["w_embedding"]
+        return {}
+
+    pipe(
+        ["a red cat", "a blue dog"],
+        num_inference_steps=1,
+        guidance_scale=8.0,
+        output_type="latent",
+        callback_on_step_end=keep_pipeline,
+        callback_on_step_end_tensor_inputs=["w_embedding"],
+    )
+    policy = make_policy("lcm", pipe, guidance_scale=8.0, reduction="mean")
+
+    def keep_policy(_unet, _args, kwargs):
+        seen["policy"] = kwargs["timestep_cond"]
+
+    hook = pipe.unet.register_forward_pre_hook(keep_policy, with_kwargs=True)
+    try:
+        obs = {
+            "latents": torch.zeros(2, 4, 16, 16),
+            "timestep": torch.full((2,), 999),
+            "next_timestep": torch.full((2,), 499),
+            "prompt_embeds": torch.zeros(2, 8, 32),
+            "stochastic": torch.ones(2, dtype=torch.bool),
+        }
+        with torch.no_grad():
+            policy.distribution(obs)
+    finally:
+        hook.remove()
+    assert seen["pipeline"].shape == (2, pipe.unet.config.time_cond_proj_dim)
+    assert torch.equal(seen["policy"], seen["pipeline"])
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
@@ -124,9 +145,9 @@ def _ddpm_setup(num_steps: int, **scheduler_overrides):
 
 
 def _collect(env, policy):
-    from genrl.rollout import collect
+    from genrl.rollout import SamplingBatch, collect
 
-    return collect(env, policy, DDPM_PROMPTS, [{} for _ in DDPM_PROMPTS], noise_seed=3, step_seed=4)
+    return collect(env, policy, SamplingBatch(DDPM_PROMPTS, noise_seed=3, step_seed=4))
 
 
 def _ddpo_pytorch_step(pipe, step, num_steps, guidance_scale=5.0, eta=1.0):
@@ -184,19 +205,12 @@ def test_ddim_last_step_with_set_alpha_to_one_trains_as_ddpo_pytorch_does():
 
     # The training path: the buffer's minibatches, scored by the policy as the PPO loss scores them (ratio 1).
     buffer = TrajectoryBuffer()
-    buffer.add_batch(
-        rollout.prompts,
-        rollout.metadata,
-        rollout.prompt_embeds,
-        rollout.negative_prompt_embeds,
-        rollout.steps,
-        rollout.rewards,
-    )
+    buffer.add_rollout(rollout)
     buffer.advantages = torch.zeros(len(buffer))
     for minibatch in buffer.minibatches(len(buffer), 1, torch.Generator().manual_seed(0)):
         for chunk in minibatch:
             with torch.no_grad():
-                log_prob = policy.log_prob(chunk.obs, chunk.next_latents)
+                log_prob = policy.action_log_prob(policy.distribution(chunk.obs), chunk.next_latents)
             assert torch.isfinite(log_prob).all()
             torch.testing.assert_close(log_prob, chunk.old_log_probs)
     assert env.next_timesteps[-1] == 0  # alphas_cumprod[0], as ddpo-pytorch's clamp gives

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from genrl.config import PRESETS
 from genrl.policy import add_lora
-from genrl.tiny import tiny_pipeline_dir
+from genrl.shapes.tiny import tiny_pipeline_dir
 from genrl.train import main
 from tests.helpers import fast_args
 
@@ -176,3 +176,10 @@ def test_async_reward_failures_still_end_in_one_line(tmp_path, capsys, monkeypat
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: reward 'nan_reward:nan' returned NaN for 4 of 4 images; make the reward finite for every image"
     ]
+
+
+def test_linear_lr_schedule_decays_once_an_epoch_and_is_recorded(tmp_path):
+    main(fast_args(tmp_path, "r", "--lr-schedule", "linear", "--learning-rate", "0.04", "--epochs", "4"))
+    lrs = [m["lr"] for m in _metrics(tmp_path / "r")]
+    assert lrs == pytest.approx([0.04, 0.03, 0.02, 0.01])  # from --learning-rate to 0 over --epochs
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["lr_schedule"] == "linear"

@@ -13,7 +13,7 @@ from genrl.buffer import TrajectoryBuffer
 from genrl.envs import DDPMEnv, LCMEnv
 from genrl.policy import add_lora, make_policy
 from genrl.rewards import jpeg_incompressibility
-from genrl.rollout import collect
+from genrl.rollout import SamplingBatch, collect
 from tests.helpers import tiny
 
 
@@ -75,8 +75,7 @@ def _buffer(env_kind: str, num_steps: int):
             p.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
     buffer = TrajectoryBuffer()
     for b in range(2):
-        r = collect(env, policy, ["a cat", "a dog", "a cat", "a bee"], [{}] * 4, noise_seed=b, step_seed=10 + b)
-        buffer.add_batch(r.prompts, r.metadata, r.prompt_embeds, r.negative_prompt_embeds, r.steps, r.rewards)
+        buffer.add_rollout(collect(env, policy, SamplingBatch(["a cat", "a dog", "a cat", "a bee"], b, 10 + b)))
     buffer.advantages = torch.linspace(-1, 1, len(buffer))
     return policy, buffer
 
@@ -89,7 +88,8 @@ def test_training_recomputes_the_sampling_log_probs(env_kind, num_steps, per_for
     with torch.no_grad():
         for chunks in buffer.minibatches(2, per_forward, torch.Generator().manual_seed(0)):
             for chunk in chunks:
-                ratio = torch.exp(policy.log_prob(chunk.obs, chunk.next_latents) - chunk.old_log_probs)
+                log_prob = policy.action_log_prob(policy.distribution(chunk.obs), chunk.next_latents)
+                ratio = torch.exp(log_prob - chunk.old_log_probs)
                 assert (ratio - 1).abs().max() < 1e-6
                 seen.update(zip(chunk.sample_index.tolist(), chunk.obs["timestep"].tolist()))
     assert len(seen) == len(buffer) * buffer.num_steps  # every (trajectory, step) pair exactly once
@@ -136,7 +136,7 @@ def test_ppo_update_first_minibatch_ratio_is_one_and_the_weights_move():
     policy, buffer = _buffer("lcm", 3)
     before = [p.clone() for p in policy.trainable_parameters()]
     opt = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-3)
-    cfg = SimpleNamespace(
+    cfg = ppo.PPOConfig(
         clip_range=1e-4,
         adv_clip_max=10,
         inner_epochs=2,
@@ -146,7 +146,7 @@ def test_ppo_update_first_minibatch_ratio_is_one_and_the_weights_move():
         max_grad_norm=5.0,
         kl_coef=0.0,
     )
-    stats = ppo.update(policy, opt, buffer, cfg, torch.Generator().manual_seed(0))
+    stats = ppo.PPO(cfg).train_on(buffer, policy, opt, torch.Generator().manual_seed(0))
     assert abs(stats["ratio_mean_first_minibatch"] - 1) < 1e-6
     assert {"loss", "approx_kl", "clipfrac", "ratio_mean", "grad_norm"} <= set(stats)
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.trainable_parameters()))
@@ -188,7 +188,7 @@ def test_a_subset_buffer_trains_on_a_smaller_last_minibatch_with_the_same_mean_g
     assert kept.prompts == [buffer.prompts[i] for i in (0, 2, 3, 5, 7)]
     torch.testing.assert_close(kept.advantages, buffer.advantages[[0, 2, 3, 5, 7]])
     assert kept.minibatch_sizes(2) == [2, 2, 1]
-    loss = lambda logp, ch: (reinforce.reinforce_loss(logp, ch.advantages, 10), {})  # noqa: E731
+    loss = lambda logp, ch: (reinforce.reinforce_loss(logp, ch.advantages, 10), {})
     grads = []
     for batch_size, accumulation in ((2, 3), (5, 1)):  # three minibatches in one step, or one of all five
         opt = _GradCapture(policy.trainable_parameters())
@@ -208,14 +208,13 @@ def test_a_subset_buffer_trains_on_a_smaller_last_minibatch_with_the_same_mean_g
 
 def _share(buffer: TrajectoryBuffer, rank: int, count: int) -> TrajectoryBuffer:
     """Process ``rank``'s rows of each sampling batch of ``buffer``, as ``count`` processes would have sampled them."""
-    part = lambda rows: rows[rank * len(rows) // count : (rank + 1) * len(rows) // count]  # noqa: E731
-    per_batch = len(buffer.rewards[0])
+    part = lambda rows: rows[rank * len(rows) // count : (rank + 1) * len(rows) // count]
+    per_batch = len(buffer.prompt_embeds[0])
     local = TrajectoryBuffer(negative_prompt_embeds=buffer.negative_prompt_embeds)
-    for name in ("prompt_embeds", "latents", "next_latents", "timesteps", "next_timesteps", "log_probs", "rewards"):
+    for name in ("prompt_embeds", "latents", "next_latents", "timesteps", "next_timesteps", "log_probs"):
         setattr(local, name, [part(t) for t in getattr(buffer, name)])
-    for name in ("prompts", "metadata"):
-        rows = getattr(buffer, name)
-        setattr(local, name, [x for b in range(0, len(rows), per_batch) for x in part(rows[b : b + per_batch])])
+    rows = buffer.prompts
+    local.prompts = [x for b in range(0, len(rows), per_batch) for x in part(rows[b : b + per_batch])]
     local.place(rank, count)
     local.advantages = buffer.advantages[local.global_rows]
     return local
@@ -239,7 +238,7 @@ def test_two_processes_cut_the_minibatches_of_one_from_the_global_batch():
     shares = [_share(buffer, rank, 2) for rank in (0, 1)]
     assert shares[1].global_rows.tolist() == [2, 3, 6, 7] and shares[1].prompts == ["a cat", "a bee"] * 2
     torch.testing.assert_close(torch.cat([s.advantages for s in shares]).sort().values, buffer.advantages)
-    pairs = lambda chunks: {(a, t) for c in chunks for a, t in zip(c.advantages.tolist(), c.obs["timestep"].tolist())}  # noqa: E731
+    pairs = lambda chunks: {(a, t) for c in chunks for a, t in zip(c.advantages.tolist(), c.obs["timestep"].tolist())}
     single = list(buffer.minibatches(4, 2, torch.Generator().manual_seed(0)))
     split = [list(s.minibatches(4, 2, torch.Generator().manual_seed(0))) for s in shares]
     assert len(single) == len(split[0]) == len(split[1]) == 2
@@ -266,7 +265,7 @@ def test_two_processes_summed_make_the_gradients_and_statistics_of_one(kept, acc
     policy, buffer = _buffer("lcm", 3)  # 2 batches of 4, 2 steps
     subset = kept is not None
     kept = torch.tensor(kept or [])
-    loss = lambda logp, ch: (reinforce.reinforce_loss(logp, ch.advantages, 10), {"adv": ch.advantages.mean().item()})  # noqa: E731
+    loss = lambda logp, ch: (reinforce.reinforce_loss(logp, ch.advantages, 10), {"adv": ch.advantages.mean().item()})
 
     def run(buffer, processes, batch_size):
         opt = _GradCapture(policy.trainable_parameters())

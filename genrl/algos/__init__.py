@@ -1,9 +1,6 @@
-"""The algorithms. ``ppo`` and ``reinforce`` are ``update(policy, optimizer, buffer, cfg, generator)`` over the
-shared ``TrajectoryBuffer`` of sampled trajectories; ``dpg`` samples and backpropagates in one pass
-(``dpg.update(env, policy, optimizer, batches, cfg)``). Each returns the epoch's training statistics."""
+"""The algorithms: PPO (``ppo.py``), REINFORCE (``reinforce.py``) and DPG (``dpg.py``), each a class with a typed
+``Config`` and ``update(policy, optimizer, batch) -> stats`` (the interface: ``base.py``)."""
 
-from genrl.algos import dpg, ppo, reinforce
+from genrl.algos.base import Algorithm, EpochBatch, make_algorithm
 
-BUFFER_ALGORITHMS = {"ppo": ppo.update, "reinforce": reinforce.update}
-
-__all__ = ["BUFFER_ALGORITHMS", "dpg"]
+__all__ = ["Algorithm", "EpochBatch", "make_algorithm"]

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
+from genrl.advantages import informative_groups
+from genrl.algos.base import EpochBatch
 from genrl.buffer import Chunk, TrajectoryBuffer
 from genrl.policy import DenoisingPolicy
 
@@ -43,14 +46,16 @@ class Collective(Protocol):
     def sum_totals(self, totals: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]: ...
 
 
-class TrainingKnobs(Protocol):
-    """The fields of ``TrainConfig`` the loop reads."""
+@dataclass
+class PolicyGradientConfig:
+    """The hyperparameters of the shared optimisation loop (their help: ``genrl.config.TrainConfig``)."""
 
-    train_batch_size: int
-    gradient_accumulation_steps: int
-    steps_per_forward: int
-    max_grad_norm: float
-    kl_coef: float
+    train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    steps_per_forward: int = 1
+    max_grad_norm: float = 5.0
+    kl_coef: float = 0.0
+    adv_clip_max: float = 10.0
 
 
 class EpochMeans:
@@ -78,7 +83,6 @@ def optimizer_step(
     params: list[torch.nn.Parameter],
     optimizer: torch.optim.Optimizer,
     max_grad_norm: float,
-    lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     reduce_gradients: GradientSync | None = None,
 ) -> float:
     """Reduce over processes, clip, step, clear. Returns the gradient norm before clipping."""
@@ -86,8 +90,6 @@ def optimizer_step(
         reduce_gradients(params)
     norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
     optimizer.step()
-    if lr_scheduler is not None:
-        lr_scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return norm
 
@@ -97,10 +99,9 @@ def optimize(
     optimizer: torch.optim.Optimizer,
     buffer: TrajectoryBuffer,
     loss_fn: LossFn,
-    cfg: TrainingKnobs,
+    cfg: PolicyGradientConfig,
     generator: torch.Generator,
     passes: int = 1,
-    lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     processes: Collective | None = None,
 ) -> dict[str, float]:
     """Runs ``passes`` shuffled passes over the buffer; returns the epoch's pair-weighted means of the loss's
@@ -133,7 +134,27 @@ def optimize(
                 (loss * (pairs / pairs_per_step)).backward()
                 means.add({"loss": loss.item(), **stats}, weight=pairs)
             if i + 1 == group_end:  # every process, with or without rows in the step's minibatches
-                norm = optimizer_step(params, optimizer, cfg.max_grad_norm, lr_scheduler, sum_gradients)
+                norm = optimizer_step(params, optimizer, cfg.max_grad_norm, sum_gradients)
                 means.add({"grad_norm": norm})
     policy.eval()
     return means.means(processes)
+
+
+def policy_gradient_buffer(batch: EpochBatch) -> tuple[TrajectoryBuffer, dict[str, float]]:
+    """PPO's and REINFORCE's epoch before the update: sample every batch, then keep this process's rows of the
+    global batch with their advantages. Returns the buffer and its statistics."""
+    rollouts = [batch.sample(i) for i in range(len(batch.batches))]
+    buffer = TrajectoryBuffer()
+    for rollout in rollouts:  # with --async-rewards, the rewards were computed while sampling went on
+        buffer.add_rollout(rollout.resolve())
+    advantages = batch.advantages()  # every process computes the global batch's, then keeps its own rows
+    buffer.place(batch.processes.rank, batch.processes.count)  # minibatches are cut from the global batch
+    buffer.advantages = advantages[buffer.global_rows.to(advantages.device)]
+    stats: dict[str, float] = {}
+    # A group of equal rewards teaches nothing: leave it out of the update. Every process drops the same groups
+    # of the global batch, so N processes cut the minibatches of one (a process may hold none of some of them).
+    if batch.group_size > 1:
+        kept = informative_groups(advantages, batch.group_size)
+        stats["groups_kept_fraction"] = len(kept) / len(advantages)
+        buffer = buffer.subset(kept)
+    return buffer, stats

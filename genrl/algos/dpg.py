@@ -16,87 +16,57 @@ left over), its gradient the mean over their images.
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 
 import torch
 
-from genrl.algos.common import EpochMeans, GradientSync, optimizer_step
-from genrl.distributed import NoiseSlice
-from genrl.envs import DenoisingEnv
+from genrl.algos.base import EpochBatch
+from genrl.algos.common import EpochMeans, optimizer_step
 from genrl.policy import DenoisingPolicy
-from genrl.rollout import Rollout, SamplingBatch
+from genrl.rollout import Rollout
 
 
-def reparameterised_rollout(
-    env: DenoisingEnv,
-    policy: DenoisingPolicy,
-    prompts: list[str],
-    noise_seed: int,
-    step_seed: int,
-    truncation: int,
-    kl_coef: float = 0.0,
-    noise_slice: NoiseSlice | None = None,
-) -> tuple[Rollout, torch.Tensor, torch.Tensor]:
-    """One batch through the env with a graph over its last ``truncation`` steps.
-
-    Returns the rollout (detached, for logging), the rewards (B,) with their graph, and the mean per-step KL to
-    the reference over the steps with a graph (0 unless ``kl_coef`` > 0).
-    """
-    start = time.perf_counter()
-    generator = torch.Generator().manual_seed(step_seed)
-    obs, _ = env.reset(seed=noise_seed, options={"prompts": prompts, "noise_slice": noise_slice})
-    embeds, negative = obs["prompt_embeds"], obs["negative_prompt_embeds"]
-    kls = []
-    for i in range(env.num_steps):
-        with torch.set_grad_enabled(i >= env.num_steps - truncation):
-            action, dist = policy.sample_action(obs, generator, noise_slice)
-            if kl_coef > 0 and torch.is_grad_enabled() and obs["stochastic"].all():
-                kls.append(policy.kl_to_reference(obs, dist).mean())
-            obs, rewards, _, _, info = env.step(action)
-    reward_time = info["reward_time_s"]
-    rollout = Rollout(
-        prompts,
-        [{} for _ in prompts],
-        embeds,
-        negative,
-        steps=[],
-        rewards=rewards.detach(),
-        images=info["images"].detach(),
-        reward_parts={k: v.detach() for k, v in info["reward_parts"].items()},
-        sample_time_s=time.perf_counter() - start - reward_time,
-        reward_time_s=reward_time,
-    )
-    kl = torch.stack(kls).mean() if kls else torch.zeros((), device=rewards.device)
-    return rollout, rewards, kl
+@dataclass
+class DPGConfig:
+    dpg_steps: int = 4
+    """How many of the last denoising steps keep a graph (``TrainConfig.dpg_steps``: --dpg-truncation resolved)."""
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 5.0
+    kl_coef: float = 0.0
 
 
-def update(
-    env: DenoisingEnv,
-    policy: DenoisingPolicy,
-    optimizer: torch.optim.Optimizer,
-    batches: list[SamplingBatch],
-    cfg,
-    lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    average_gradients: GradientSync | None = None,
-) -> tuple[list[Rollout], dict[str, float]]:
-    """Samples and trains on every batch of the epoch; returns the rollouts and the epoch's mean statistics."""
-    params = policy.trainable_parameters()
-    accumulation = cfg.gradient_accumulation_steps
-    means = EpochMeans()
-    rollouts = []
-    policy.train()
-    for i, batch in enumerate(batches):
-        step_start = i - i % accumulation
-        batches_in_step = min(step_start + accumulation, len(batches)) - step_start
-        rollout, rewards, kl = reparameterised_rollout(
-            env, policy, batch.prompts, batch.noise_seed, batch.step_seed, cfg.dpg_steps, cfg.kl_coef, batch.noise_slice
-        )
-        loss = -rewards.mean() + cfg.kl_coef * kl
-        (loss / batches_in_step).backward()
-        rollouts.append(rollout)
-        means.add({"loss": loss.item(), "kl": kl.item()} if cfg.kl_coef > 0 else {"loss": loss.item()})
-        if i + 1 == step_start + batches_in_step:
-            norm = optimizer_step(params, optimizer, cfg.max_grad_norm, lr_scheduler, average_gradients)
-            means.add({"grad_norm": norm})
-    policy.eval()
-    return rollouts, means.means()
+def reference_kl(policy: DenoisingPolicy, rollout: Rollout) -> torch.Tensor:
+    """The mean per-step KL to the reference over the stochastic steps sampled with a graph."""
+    kls = [policy.kl_to_reference(obs, dist).mean() for obs, dist in rollout.graph_steps]
+    return torch.stack(kls).mean() if kls else torch.zeros((), device=rollout.rewards.device)
+
+
+class DPG:
+    differentiable_reward = True
+    Config = DPGConfig
+
+    def __init__(self, config: DPGConfig):
+        self.config = config
+
+    def update(self, policy: DenoisingPolicy, optimizer: torch.optim.Optimizer, batch: EpochBatch) -> dict[str, float]:
+        """Samples and trains on every batch of the epoch, one after the other."""
+        cfg = self.config
+        params = policy.trainable_parameters()
+        accumulation, count = cfg.gradient_accumulation_steps, len(batch.batches)
+        means = EpochMeans()
+        policy.train()
+        for i in range(count):
+            step_start = i - i % accumulation
+            batches_in_step = min(step_start + accumulation, count) - step_start
+            rollout = batch.sample(i, grad_steps=cfg.dpg_steps)
+            kl = reference_kl(policy, rollout) if cfg.kl_coef > 0 else None
+            loss = -rollout.rewards.mean() + (cfg.kl_coef * kl if kl is not None else 0)
+            (loss / batches_in_step).backward()
+            rollout.detach()
+            means.add({"loss": loss.item(), **({"kl": kl.item()} if kl is not None else {})})
+            if i + 1 == step_start + batches_in_step:
+                # Equal batches on every process: the mean of their gradients is the global batch's.
+                norm = optimizer_step(params, optimizer, cfg.max_grad_norm, batch.processes.average_gradients)
+                means.add({"grad_norm": norm})
+        policy.eval()
+        return means.means()

@@ -9,9 +9,12 @@ Every step of a trajectory shares the trajectory's advantage (the reward is term
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from genrl.algos.common import Collective, optimize
+from genrl.algos.base import EpochBatch
+from genrl.algos.common import Collective, PolicyGradientConfig, optimize, policy_gradient_buffer
 from genrl.buffer import Chunk, TrajectoryBuffer
 from genrl.policy import DenoisingPolicy
 
@@ -27,31 +30,53 @@ def clipped_surrogate_loss(
     return torch.maximum(unclipped, clipped).mean(), ratio
 
 
-def update(
-    policy: DenoisingPolicy,
-    optimizer: torch.optim.Optimizer,
-    buffer: TrajectoryBuffer,
-    cfg,
-    generator: torch.Generator,
-    lr_scheduler=None,
-    processes: Collective | None = None,
-) -> dict[str, float]:
-    def loss_fn(log_prob: torch.Tensor, chunk: Chunk) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, ratio = clipped_surrogate_loss(
-            log_prob, chunk.old_log_probs, chunk.advantages, cfg.clip_range, cfg.adv_clip_max
-        )
-        with torch.no_grad():
-            stats = {
-                "approx_kl": 0.5 * ((log_prob - chunk.old_log_probs) ** 2).mean().item(),
-                "clipfrac": ((ratio - 1).abs() > cfg.clip_range).float().mean().item(),
-                "ratio_mean": ratio.mean().item(),
-            }
-            # The first (global) minibatch runs before any optimizer step: its ratio is 1 when training
-            # reproduces sampling exactly (same weights, same maths), so it is logged as a check.
-            if chunk.minibatch == 0:
-                stats["ratio_mean_first_minibatch"] = stats["ratio_mean"]
-        return loss, stats
+@dataclass
+class PPOConfig(PolicyGradientConfig):
+    clip_range: float = 1e-2
+    inner_epochs: int = 1
 
-    stats = optimize(policy, optimizer, buffer, loss_fn, cfg, generator, cfg.inner_epochs, lr_scheduler, processes)
-    stats["ratio_mean_first_minibatch"] = stats.pop("ratio_mean_first_minibatch")  # last, as it always was
-    return stats
+
+class PPO:
+    """RLCM's and DDPO's algorithm: sample the epoch, then ``inner_epochs`` clipped passes over it."""
+
+    Config = PPOConfig
+
+    def __init__(self, config: PPOConfig):
+        self.config = config
+
+    def update(self, policy: DenoisingPolicy, optimizer: torch.optim.Optimizer, batch: EpochBatch) -> dict[str, float]:
+        buffer, stats = policy_gradient_buffer(batch)
+        if buffer.num_global:
+            stats.update(self.train_on(buffer, policy, optimizer, batch.generator, batch.processes))
+        return stats
+
+    def train_on(
+        self,
+        buffer: TrajectoryBuffer,
+        policy: DenoisingPolicy,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        processes: Collective | None = None,
+    ) -> dict[str, float]:
+        """``inner_epochs`` passes of the clipped loss over the buffer (with its advantages)."""
+        cfg = self.config
+
+        def loss_fn(log_prob: torch.Tensor, chunk: Chunk) -> tuple[torch.Tensor, dict[str, float]]:
+            loss, ratio = clipped_surrogate_loss(
+                log_prob, chunk.old_log_probs, chunk.advantages, cfg.clip_range, cfg.adv_clip_max
+            )
+            with torch.no_grad():
+                chunk_stats = {
+                    "approx_kl": 0.5 * ((log_prob - chunk.old_log_probs) ** 2).mean().item(),
+                    "clipfrac": ((ratio - 1).abs() > cfg.clip_range).float().mean().item(),
+                    "ratio_mean": ratio.mean().item(),
+                }
+                # The first (global) minibatch runs before any optimizer step: its ratio is 1 when training
+                # reproduces sampling exactly (same weights, same maths), so it is logged as a check.
+                if chunk.minibatch == 0:
+                    chunk_stats["ratio_mean_first_minibatch"] = chunk_stats["ratio_mean"]
+            return loss, chunk_stats
+
+        stats = optimize(policy, optimizer, buffer, loss_fn, cfg, generator, cfg.inner_epochs, processes)
+        stats["ratio_mean_first_minibatch"] = stats.pop("ratio_mean_first_minibatch")  # last, as it always was
+        return stats

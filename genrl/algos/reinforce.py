@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from genrl.algos.common import Collective, optimize
+from genrl.algos.base import EpochBatch
+from genrl.algos.common import Collective, PolicyGradientConfig, optimize, policy_gradient_buffer
 from genrl.buffer import Chunk, TrajectoryBuffer
 from genrl.policy import DenoisingPolicy
 
@@ -20,28 +21,34 @@ def reinforce_loss(log_prob: torch.Tensor, advantages: torch.Tensor, adv_clip_ma
     return -(advantages.clamp(-adv_clip_max, adv_clip_max) * log_prob).mean()
 
 
-def update(
-    policy: DenoisingPolicy,
-    optimizer: torch.optim.Optimizer,
-    buffer: TrajectoryBuffer,
-    cfg,
-    generator: torch.Generator,
-    lr_scheduler=None,
-    processes: Collective | None = None,
-) -> dict[str, float]:
-    def loss_fn(log_prob: torch.Tensor, chunk: Chunk) -> tuple[torch.Tensor, dict[str, float]]:
-        with torch.no_grad():
-            stats = {"approx_kl": 0.5 * ((log_prob - chunk.old_log_probs) ** 2).mean().item()}
-        return reinforce_loss(log_prob, chunk.advantages, cfg.adv_clip_max), stats
+class REINFORCE:
+    """One unclipped pass over the epoch's samples."""
 
-    return optimize(
-        policy,
-        optimizer,
-        buffer,
-        loss_fn,
-        cfg,
-        generator,
-        passes=1,
-        lr_scheduler=lr_scheduler,
-        processes=processes,
-    )
+    Config = PolicyGradientConfig
+
+    def __init__(self, config: PolicyGradientConfig):
+        self.config = config
+
+    def update(self, policy: DenoisingPolicy, optimizer: torch.optim.Optimizer, batch: EpochBatch) -> dict[str, float]:
+        buffer, stats = policy_gradient_buffer(batch)
+        if buffer.num_global:
+            stats.update(self.train_on(buffer, policy, optimizer, batch.generator, batch.processes))
+        return stats
+
+    def train_on(
+        self,
+        buffer: TrajectoryBuffer,
+        policy: DenoisingPolicy,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        processes: Collective | None = None,
+    ) -> dict[str, float]:
+        """One pass of the REINFORCE loss over the buffer (with its advantages)."""
+        cfg = self.config
+
+        def loss_fn(log_prob: torch.Tensor, chunk: Chunk) -> tuple[torch.Tensor, dict[str, float]]:
+            with torch.no_grad():
+                chunk_stats = {"approx_kl": 0.5 * ((log_prob - chunk.old_log_probs) ** 2).mean().item()}
+            return reinforce_loss(log_prob, chunk.advantages, cfg.adv_clip_max), chunk_stats
+
+        return optimize(policy, optimizer, buffer, loss_fn, cfg, generator, 1, processes)

@@ -1,32 +1,65 @@
 """What the LCM and DDPM environments share: prompts in, latents through, decoded images scored at the end.
 
 An environment is a Gymnasium vector env of B sub-envs, one per image. Observations and actions are dicts of
-torch tensors on the model's device. The env owns the timestep schedule, the frozen text encoder and VAE, and
-the reward call; the trainable denoiser lives in the policy.
+torch tensors on the model's device; ``observation_space`` and ``action_space`` (and their ``single_`` versions,
+one row) declare every key, shape and dtype, and ``{k: v.cpu().numpy()}`` of what ``reset`` and ``step`` return
+lies in them (tests/test_envs.py). The env owns the timestep schedule, the frozen text encoder and VAE, and the
+reward call; the trainable denoiser lives in the policy.
 
-Observation keys: ``latents`` (B, C, h, w), ``timestep``, ``next_timestep`` (B,) long, ``stochastic`` (B,) bool
-(False where the step is deterministic and carries no log-prob), ``prompt_embeds`` (B, L, D),
-``negative_prompt_embeds`` (B, L, D). Action keys: ``next_latents`` (the next state) and ``pred_original``
-(the model's clean-image estimate, which the LCM env decodes at the end).
+Observation keys, the same on every step and after the last:
 
-The reward is zero before the last step. Where the caller has grad enabled (a reparameterised rollout), the
-decode and the reward keep the graph. With a ``reward_executor`` (say a thread pool), the last step returns
-NaN rewards at once and ``info["reward_future"]``, a future of (rewards, parts, seconds), so that the caller can
-sample the next batch while the reward is computed; the values are those the synchronous call would give.
+- ``latents`` (B, C, h, w), the pipeline's dtype: the current state.
+- ``timestep``, ``next_timestep`` (B,) int64: where this step goes from and to. -1 stands for "past timestep 0",
+  where DDIM's last step lands on ``final_alpha_cumprod`` (a schedule that ends on t = 0).
+- ``stochastic`` (B,) bool: False where the step is deterministic and carries no log-prob.
+- ``prompt_embeds``, ``negative_prompt_embeds`` (B, L, D), the pipeline's dtype: the prompts' and the empty
+  prompt's text embeddings.
+
+The observation after the last step (``terminated`` all True) has no step left: ``timestep`` and
+``next_timestep`` both hold the schedule's end (the last step's ``next_timestep``) and ``stochastic`` is False.
+
+Action keys: ``next_latents`` (the next state) and ``pred_original`` (the model's clean-image estimate, which
+the LCM env decodes at the end; the DDPM env decodes ``next_latents``), both (B, C, h, w): the action of
+``DenoisingPolicy.sample_action``.
+
+Rewards are (B,) float. Before the last step they are zero and ``info`` is empty. At the last step the env decodes
+the final latents, under the caller's grad mode (a reparameterised rollout keeps the graph through the decode and
+the reward), and then:
+
+- with a ``reward_fn``, it scores them: the rewards, and ``info`` = ``images`` (B, 3, H, W) in [0, 1],
+  ``reward_parts`` (a composite reward's parts, each (B,)) and ``reward_time_s``;
+- with ``reward_fn=None``, it does not: the rewards are NaN (not yet known, never to be mistaken for a score) and
+  ``info`` = ``images`` only, for the caller to score (say in a background thread while it samples on).
 """
 
 from __future__ import annotations
 
 import time
-from concurrent.futures import Executor
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from genrl.distributed import noise_rows
+from genrl.noise import noise_rows
 from genrl.rewards import CheckedReward, RewardFn
+
+
+def scheduler_timesteps(scheduler_cls: type, scheduler: Any, num_steps: int, **kwargs: Any) -> list[int]:
+    """The timesteps ``scheduler_cls.set_timesteps(num_steps, **kwargs)`` gives on ``scheduler``'s config.
+
+    ``set_timesteps`` changes the scheduler it runs on, so it runs on a fresh one: the pipeline's scheduler stays as
+    it was. Building it as ``scheduler_cls`` also gives the schedule of the step the env's maths mirror whatever
+    scheduler the pipeline was saved with.
+    """
+    fresh = scheduler_cls.from_config(scheduler.config)
+    fresh.set_timesteps(num_steps, **kwargs)
+    return [int(t) for t in fresh.timesteps]
+
+
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    """The dtype a space declares for tensors of ``dtype``; numpy has no bfloat16, so those convert as float32."""
+    return np.dtype(np.float32) if dtype == torch.bfloat16 else torch.empty((), dtype=dtype).numpy().dtype
 
 
 class DenoisingEnv(gym.vector.VectorEnv):
@@ -36,17 +69,23 @@ class DenoisingEnv(gym.vector.VectorEnv):
         self,
         num_envs: int,
         pipeline: Any,
-        reward_fn: RewardFn,
+        reward_fn: RewardFn | None,
         timesteps: list[int],
         next_timesteps: list[int],
         stochastic: list[bool],
         resolution: int | None = None,
-        reward_executor: Executor | None = None,
     ):
         self.num_envs = num_envs
-        self.reward_executor = reward_executor
         self.pipeline = pipeline
-        self.reward_fn = reward_fn if isinstance(reward_fn, CheckedReward) else CheckedReward(reward_fn, "reward")
+        if reward_fn is not None and not isinstance(reward_fn, CheckedReward):
+            reward_fn = CheckedReward(reward_fn, "reward")
+        self.reward_fn = reward_fn
+        num_train_timesteps = pipeline.scheduler.config.num_train_timesteps
+        if not all(0 <= t < num_train_timesteps for t in timesteps):
+            raise ValueError(
+                f"the {len(timesteps)}-step schedule {timesteps} leaves the model's timesteps 0 to "
+                f"{num_train_timesteps - 1}; use fewer steps"
+            )
         self.timesteps, self.next_timesteps, self.stochastic = timesteps, next_timesteps, stochastic
         self.num_steps = len(timesteps)
         self.device = pipeline.unet.device
@@ -65,23 +104,32 @@ class DenoisingEnv(gym.vector.VectorEnv):
             self.resolution // vae_scale,
             self.resolution // vae_scale,
         )
-
-        self.single_action_space = gym.spaces.Box(-np.inf, np.inf, self.latent_shape, np.float32)
-        self.action_space = gym.spaces.Box(-np.inf, np.inf, (num_envs, *self.latent_shape), np.float32)
-        self.single_observation_space = gym.spaces.Dict(
-            latents=self.single_action_space,
-            timestep=gym.spaces.Discrete(pipeline.scheduler.config.num_train_timesteps),
-        )
-        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
+        self._declare_spaces()
 
         self._generator = torch.Generator(device="cpu")
         self._negative_embeds = None
         self._step = None
         self._latents = None
 
-    @property
-    def num_stochastic_steps(self) -> int:
-        return sum(self.stochastic)
+    def _declare_spaces(self) -> None:
+        """The spaces of one sub-env's observation and action (the module docstring), and of the batch."""
+        dtype = _numpy_dtype(self.dtype)
+        latents = gym.spaces.Box(-np.inf, np.inf, self.latent_shape, dtype)
+        text = (self.pipeline.tokenizer.model_max_length, self.pipeline.text_encoder.config.hidden_size)
+        embeds = gym.spaces.Box(-np.inf, np.inf, text, dtype)
+        # -1 to the last training timestep: -1 is "past timestep 0" (a DDIM schedule that ends on t = 0).
+        timestep = gym.spaces.Discrete(self.pipeline.scheduler.config.num_train_timesteps + 1, start=-1)
+        self.single_observation_space = gym.spaces.Dict(
+            latents=latents,
+            timestep=timestep,
+            next_timestep=timestep,
+            stochastic=gym.spaces.Box(0, 1, (), np.bool_),
+            prompt_embeds=embeds,
+            negative_prompt_embeds=embeds,
+        )
+        self.single_action_space = gym.spaces.Dict(next_latents=latents, pred_original=latents)
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
 
     # ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -103,12 +151,18 @@ class DenoisingEnv(gym.vector.VectorEnv):
         return (images / 2 + 0.5).clamp(0, 1)
 
     def _observation(self) -> dict[str, torch.Tensor]:
-        full = lambda v, dtype: torch.full((self.num_envs,), v, dtype=dtype, device=self.device)  # noqa: E731
+        i = self._step
+        if i < self.num_steps:
+            t, t_next, stochastic = self.timesteps[i], self.next_timesteps[i], self.stochastic[i]
+        else:  # after the last step the chain rests at the schedule's end, with no step left to take
+            t = t_next = self.next_timesteps[-1]
+            stochastic = False
+        full = lambda v, dtype: torch.full((self.num_envs,), v, dtype=dtype, device=self.device)
         return {
             "latents": self._latents,
-            "timestep": full(self.timesteps[self._step], torch.long),
-            "next_timestep": full(self.next_timesteps[self._step], torch.long),
-            "stochastic": full(self.stochastic[self._step], torch.bool),
+            "timestep": full(t, torch.long),
+            "next_timestep": full(t_next, torch.long),
+            "stochastic": full(stochastic, torch.bool),
             "prompt_embeds": self._prompt_embeds,
             "negative_prompt_embeds": self._negative_embeds.expand(self.num_envs, -1, -1),
         }
@@ -143,29 +197,23 @@ class DenoisingEnv(gym.vector.VectorEnv):
         return action["next_latents"]
 
     def step(self, action: dict[str, torch.Tensor]):
+        """One denoising step to ``action["next_latents"]``; the last one decodes and, with a ``reward_fn``, scores
+        (the module docstring has the rewards and ``info`` of each case)."""
         if self._step is None or self._step >= self.num_steps:
             raise RuntimeError("call reset() before step(); an episode ends after num_steps steps")
         self._latents = action["next_latents"]
         self._step += 1
-        zeros = torch.zeros(self.num_envs, device=self.device)
         done = self._step == self.num_steps
         terminated = torch.full((self.num_envs,), done, device=self.device)
         truncated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         if not done:
-            return self._observation(), zeros, terminated, truncated, {}
+            return self._observation(), torch.zeros(self.num_envs, device=self.device), terminated, truncated, {}
         # Under the caller's grad mode: a reparameterised rollout (DPG) keeps the graph through decode and reward.
         images = self.decode(self.final_latents(action))
-        final_obs = {"latents": self._latents}
-        if self.reward_executor is not None:
-            # The caller samples on while the reward is computed; it arrives through the future.
-            future = self.reward_executor.submit(self._score, images, self.prompts, self.prompt_metadata)
-            pending = torch.full((self.num_envs,), float("nan"), device=self.device)
-            return final_obs, pending, terminated, truncated, {"images": images, "reward_future": future}
-        rewards, parts, seconds = self._score(images, self.prompts, self.prompt_metadata)
-        info = {"images": images, "reward_parts": parts, "reward_time_s": seconds}
-        return final_obs, rewards, terminated, truncated, info
-
-    def _score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict]):
+        if self.reward_fn is None:  # the caller scores the images itself
+            unscored = torch.full((self.num_envs,), float("nan"), device=self.device)
+            return self._observation(), unscored, terminated, truncated, {"images": images}
         start = time.perf_counter()
-        rewards, parts = self.reward_fn.score(images, prompts, metadata)
-        return rewards.to(self.device), parts, time.perf_counter() - start
+        rewards, parts = self.reward_fn.score(images, self.prompts, self.prompt_metadata)
+        info = {"images": images, "reward_parts": parts, "reward_time_s": time.perf_counter() - start}
+        return self._observation(), rewards.to(self.device), terminated, truncated, info

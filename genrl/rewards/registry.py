@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from genrl.errors import GenrlError
+from genrl.plugins import import_object
 from genrl.rewards.base import CheckedReward, RewardFn
 
 
@@ -129,16 +130,9 @@ def _single(term: str) -> CheckedReward:
         raise GenrlError(
             f"unknown reward '{name}'; use one of {', '.join(reward_names())} or 'package.module:function'"
         )
-    module_name, _, attr = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise GenrlError(
-            f"reward '{name}': cannot import module '{module_name}' ({exc}); check it is on PYTHONPATH"
-        ) from exc
-    fn = getattr(module, attr, None)
+    fn = import_object(name, "reward")
     if not callable(fn):
-        raise GenrlError(f"reward '{name}': module '{module_name}' has no callable '{attr}'; check the name")
+        raise GenrlError(f"reward '{name}': '{name.partition(':')[2]}' is not callable; name a function or a class")
     # module:function is the reward itself; module:Factory(key=value) and module:Factory() build it.
     return CheckedReward(_build(name, fn, options) if raw is not None else fn, name)
 

@@ -197,13 +197,13 @@ def _handler(reward: CheckedReward, cfg: ServeConfig) -> type[BaseHTTPRequestHan
             self.close_connection = True
             self._answer(code, {"error": message or HTTPStatus(code).phrase})
 
-        def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+        def do_GET(self) -> None:
             if self.path == "/info":  # the limits too, so that a client can refuse an oversized batch itself
                 self._answer(200, {"reward": reward.name, "differentiable": False, "limits": limits})
             else:
                 self._answer(404, {"error": f"no such path {self.path}; use GET /info or POST /score"})
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             try:
                 rewards = self._score()
             except Refused as exc:

@@ -27,7 +27,7 @@ class ShapesAlignment:
             folder = self.model_dir or shipped_dir() / "reward"
             if not (folder / "config.json").exists():
                 raise GenrlError(
-                    f"shapes reward model not found in {folder}; run `python -m genrl.pretrain` to build it"
+                    f"shapes reward model not found in {folder}; run `python -m genrl.shapes.pretrain` to build it"
                 )
             self._classifier = ShapesClassifier.from_pretrained(folder).eval().requires_grad_(False)
         return self._classifier

@@ -2,7 +2,8 @@
 
 The trained models ship in ``weights/``: ``teacher`` (a StableDiffusionPipeline folder), ``lcm`` (a
 LatentConsistencyModelPipeline folder distilled from it) and ``reward`` (the attribute classifier).
-``python -m genrl.pretrain`` rebuilds them.
+``python -m genrl.shapes.pretrain`` rebuilds them. ``tiny`` builds the random-weight pipelines of ``--model tiny``
+from the same components.
 """
 
 from pathlib import Path

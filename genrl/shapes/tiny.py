@@ -1,7 +1,8 @@
 """Tiny random-weight Stable Diffusion and LCM pipelines, built from configs and saved as diffusers folders.
 
-They stand in for hub checkpoints where no weights can be downloaded: the tests and the default preset load
-them through the same ``from_pretrained`` path a real checkpoint takes. Same seed, same weights.
+``--model tiny``: plumbing checks in seconds. The tests and the ``tiny-*`` presets load them through the same
+``from_pretrained`` path a real checkpoint takes. Same seed, same weights. They borrow the shapes models' text
+encoder, noise schedule and LCM scheduler (``genrl.shapes.components``), nothing trained.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""``python -m genrl.pretrain``: build the embedded shapes models from scratch.
+"""``python -m genrl.shapes.pretrain``: build the embedded shapes models from scratch.
 
-    python -m genrl.pretrain                 # every stage, resuming where the work directory left off
-    python -m genrl.pretrain evaluate        # the quality figures of the shipped (or --out-dir) models
-    python -m genrl.pretrain --scale toy     # a one-minute end-to-end run (what the test does)
+    python -m genrl.shapes.pretrain                 # every stage, resuming where the work directory left off
+    python -m genrl.shapes.pretrain evaluate        # the quality figures of the shipped (or --out-dir) models
+    python -m genrl.shapes.pretrain --scale toy     # a one-minute end-to-end run (what the test does)
 
 Stages, in order, each checkpointed every ``--checkpoint-every`` steps into ``--work-dir`` and resumed from there:
   vae         AutoencoderKL, 64x64x3 <-> 16x16x4, MSE + a small KL
@@ -20,28 +20,29 @@ import os
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
-import copy  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
+import copy
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import tyro  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+import tyro
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
 
-from genrl.errors import GenrlError  # noqa: E402
-from genrl.shapes import components, shipped_dir  # noqa: E402
-from genrl.shapes.world import ATTRIBUTES, sample_dataset  # noqa: E402
-from genrl.steps import ddim_step, guidance_embedding, lcm_step  # noqa: E402
+from genrl.errors import GenrlError
+from genrl.shapes import components, shipped_dir
+from genrl.shapes.world import ATTRIBUTES, sample_dataset
+from genrl.steps import ddim_step, lcm_step
 
 SHIPPED = shipped_dir()
 Stage = Literal["all", "vae", "classifier", "teacher", "lcm", "export", "evaluate"]
@@ -122,6 +123,17 @@ class PretrainConfig:
 # --------------------------------------------------------------------------------------------------
 # Resumable training loop shared by the stages
 # --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Average:
+    """A module that follows the exponential moving average of another's weights, ``source`` (a key of the
+    loop's modules), at a fixed ``decay``; in the first ``copy_steps`` steps, while the weights move fast, it is a
+    copy of them instead."""
+
+    source: str
+    decay: float
+    copy_steps: int = 0
+
+
 def _train_loop(
     name: str,
     cfg: PretrainConfig,
@@ -129,8 +141,11 @@ def _train_loop(
     optimizer: torch.optim.Optimizer,
     steps: int,
     step_fn: Callable[[int], dict[str, float]],
+    averages: dict[str, Average] | None = None,
 ) -> None:
-    """Runs ``step_fn(step)`` for step in [start, steps), checkpointing ``modules`` and the optimizer atomically."""
+    """Runs ``step_fn(step)`` for step in [start, steps), checkpointing ``modules`` and the optimizer atomically.
+    After each step, each module named in ``averages`` takes its average's next value (diffusers' EMAModel). The
+    module holds the averaged weights, so a checkpoint (weights and step) is all a resumed average needs."""
     folder = cfg.work_dir / name
     folder.mkdir(parents=True, exist_ok=True)
     state_path = folder / "state.pt"
@@ -157,12 +172,30 @@ def _train_loop(
     log = (folder / "log.jsonl").open("a")
     bar = tqdm(range(start, steps), desc=name, initial=start, total=steps, mininterval=5, disable=None)
     began = time.perf_counter()
+    emas: dict[str, EMAModel] = {}  # each made at its first averaging step, from its module (resumed or copied)
     for step in bar:
         # Linear warm-up over 50 steps, then a cosine decay to a tenth of the learning rate.
         scale = min(1.0, (step + 1) / 50) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
         for group, base in zip(optimizer.param_groups, base_lrs):
             group["lr"] = base * scale
         stats = step_fn(step)
+        for key, average in (averages or {}).items():
+            target, source = modules[key], modules[average.source]
+            if step < average.copy_steps:
+                target.load_state_dict(source.state_dict())
+                continue
+            if key not in emas:
+                # A fixed decay from the first update on: min_decay = decay (no warm-up), update_after_step -1 (0
+                # would copy on the first update). foreach: the same rounding as torch.lerp_.
+                emas[key] = EMAModel(
+                    target.parameters(),
+                    decay=average.decay,
+                    min_decay=average.decay,
+                    update_after_step=-1,
+                    foreach=True,
+                )
+            emas[key].step(source.parameters())
+            emas[key].copy_to(target.parameters())
         if step % 25 == 0 or step == steps - 1:
             log.write(json.dumps({"step": step, "time_s": time.perf_counter() - began, **stats}) + "\n")
             log.flush()
@@ -189,12 +222,6 @@ def _finish(cfg: PretrainConfig, name: str, save: Callable[[Path], None]) -> Non
 def _images(num: int, seed: int, split: str = "train") -> tuple[torch.Tensor, list]:
     images, scenes = sample_dataset(num, seed, split)
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, scenes
-
-
-def _ema_update(target: torch.nn.Module, source: torch.nn.Module, decay: float) -> None:
-    with torch.no_grad():
-        for t, s in zip(target.parameters(), source.parameters()):
-            t.lerp_(s, 1 - decay)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -230,7 +257,7 @@ def _require(cfg: PretrainConfig, name: str) -> Path:
     path = _done(cfg, name)
     if not path.exists():
         raise GenrlError(
-            f"stage '{name}' has not finished in {cfg.work_dir}; run `python -m genrl.pretrain {name}` first"
+            f"stage '{name}' has not finished in {cfg.work_dir}; run `python -m genrl.shapes.pretrain {name}` first"
         )
     return path
 
@@ -343,12 +370,14 @@ def stage_teacher(cfg: PretrainConfig) -> None:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        _ema_update(ema_unet, unet, cfg.teacher_ema if i > 200 else 0.0)
-        _ema_update(ema_text, text_encoder, cfg.teacher_ema if i > 200 else 0.0)
         return {"loss": loss.item()}
 
     modules = {"unet": unet, "text_encoder": text_encoder, "ema_unet": ema_unet, "ema_text": ema_text}
-    _train_loop("teacher", cfg, modules, optimizer, cfg.teacher_steps, step)
+    averages = {
+        "ema_unet": Average("unet", cfg.teacher_ema, copy_steps=201),
+        "ema_text": Average("text_encoder", cfg.teacher_ema, copy_steps=201),
+    }
+    _train_loop("teacher", cfg, modules, optimizer, cfg.teacher_steps, step, averages)
 
     def save(path: Path) -> None:
         ema_unet.save_pretrained(path / "unet", safe_serialization=True)
@@ -372,7 +401,7 @@ def consistency_distance(
 
 def stage_lcm(cfg: PretrainConfig) -> None:
     """Latent consistency distillation (Luo et al., 2023, Algorithm 1), in the teacher's latent space."""
-    from diffusers import UNet2DConditionModel
+    from diffusers import LatentConsistencyModelPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(cfg.seed)
@@ -417,7 +446,8 @@ def stage_lcm(cfg: PretrainConfig) -> None:
         t_prev = (t - cfg.lcm_solver_span * skip).clamp(min=0)
         noisy = scheduler.add_noise(x0, torch.randn(x0.shape, generator=g), t)
         w = cfg.lcm_w_min + (cfg.lcm_w_max - cfg.lcm_w_min) * torch.rand(b, generator=g)
-        w_embed = guidance_embedding(w, components.GUIDANCE_EMBED_DIM)
+        # The embedding the exported pipeline feeds its UNet (a method that reads nothing of its pipeline).
+        w_embed = LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, w, components.GUIDANCE_EMBED_DIM)
 
         prediction = consistency_function(student, noisy, t, cond, w_embed)
 
@@ -435,10 +465,11 @@ def stage_lcm(cfg: PretrainConfig) -> None:
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        _ema_update(target, student, cfg.lcm_target_ema)
         return {"loss": loss.item()}
 
-    _train_loop("lcm", cfg, {"student": student, "target": target}, optimizer, cfg.lcm_steps, step)
+    modules = {"student": student, "target": target}
+    averages = {"target": Average("student", cfg.lcm_target_ema)}
+    _train_loop("lcm", cfg, modules, optimizer, cfg.lcm_steps, step, averages)
     _finish(cfg, "lcm", lambda p: target.save_pretrained(p / "unet", safe_serialization=True))
 
 
@@ -480,7 +511,7 @@ def stage_export(cfg: PretrainConfig) -> None:
         staging / "reward", safe_serialization=True
     )
     (staging / "README.md").write_text(
-        "Trained by `python -m genrl.pretrain` (genrl's own code, genrl's procedural shapes world); "
+        "Trained by `python -m genrl.shapes.pretrain` (genrl's own code, genrl's procedural shapes world); "
         "see the genrl README.\n"
     )
     shutil.rmtree(out, ignore_errors=True)
