@@ -7,17 +7,7 @@ import sys
 import pytest
 
 from genrl.train import main
-from tests.helpers import fast_args
-
-
-def _fails(capsys, argv, message):
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert info.value.code == 2
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    assert message in err[0], err[0]
-    return err[0]
+from tests.helpers import expect_error, fast_args
 
 
 @pytest.fixture
@@ -62,18 +52,18 @@ def test_bad_configuration(tmp_path, capsys, extra, message):
         from genrl.shapes.tiny import tiny_pipeline_dir
 
         extra = [str(tiny_pipeline_dir(lcm=False)) if e == "TINY_SD" else e for e in extra]
-    _fails(capsys, fast_args(tmp_path, "r", *extra), message)
+    expect_error(capsys, fast_args(tmp_path, "r", *extra), message)
     assert not (tmp_path / "r" / "checkpoints" / "latest").exists()
 
 
 def test_empty_prompt_file(tmp_path, capsys):
     (tmp_path / "p.txt").write_text("\n  \n")
-    _fails(capsys, fast_args(tmp_path, "r", "--prompts", str(tmp_path / "p.txt")), "has no prompts")
+    expect_error(capsys, fast_args(tmp_path, "r", "--prompts", str(tmp_path / "p.txt")), "has no prompts")
 
 
 def test_model_folder_without_a_pipeline(tmp_path, capsys):
     (tmp_path / "m").mkdir()
-    _fails(capsys, fast_args(tmp_path, "r", "--model", str(tmp_path / "m")), "no model_index.json")
+    expect_error(capsys, fast_args(tmp_path, "r", "--model", str(tmp_path / "m")), "no model_index.json")
 
 
 @pytest.mark.parametrize(
@@ -88,7 +78,7 @@ def test_model_folder_without_a_pipeline(tmp_path, capsys):
     ],
 )
 def test_bad_reward_leaves_no_checkpoint(tmp_path, capsys, plugin, reward, message):
-    _fails(capsys, fast_args(tmp_path, "r", "--reward", reward), message)
+    expect_error(capsys, fast_args(tmp_path, "r", "--reward", reward), message)
     assert not (tmp_path / "r" / "checkpoints" / "latest").exists()
     with pytest.raises(SystemExit):  # a run stopped before its first checkpoint starts again, and fails again
         main(["--resume", str(tmp_path / "r")])
@@ -97,17 +87,19 @@ def test_bad_reward_leaves_no_checkpoint(tmp_path, capsys, plugin, reward, messa
 
 
 def test_resume_needs_a_run_directory(tmp_path, capsys):
-    _fails(capsys, ["--resume", str(tmp_path / "nothing")], "no config.json there")
+    expect_error(capsys, ["--resume", str(tmp_path / "nothing")], "no config.json there")
 
 
 def test_resume_refuses_a_different_model(tmp_path, capsys):
     main(fast_args(tmp_path, "r", "--epochs", "1"))
-    _fails(capsys, ["--resume", str(tmp_path / "r"), "--finetune", "lora"], "--finetune cannot change on --resume")
+    expect_error(
+        capsys, ["--resume", str(tmp_path / "r"), "--finetune", "lora"], "--finetune cannot change on --resume"
+    )
 
 
 def test_a_run_directory_is_not_overwritten(tmp_path, capsys):
     main(fast_args(tmp_path, "r", "--epochs", "1"))
-    _fails(capsys, fast_args(tmp_path, "r", "--epochs", "1"), "already holds a run")
+    expect_error(capsys, fast_args(tmp_path, "r", "--epochs", "1"), "already holds a run")
 
 
 def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch):

@@ -158,3 +158,26 @@ def policy_gradient_buffer(batch: EpochBatch) -> tuple[TrajectoryBuffer, dict[st
         stats["groups_kept_fraction"] = len(kept) / len(advantages)
         buffer = buffer.subset(kept)
     return buffer, stats
+
+
+class BufferAlgorithm:
+    """PPO's and REINFORCE's shape: sample the whole epoch, then ``train_on`` the buffer of this process's rows."""
+
+    def __init__(self, config: PolicyGradientConfig):
+        self.config = config
+
+    def update(self, policy: DenoisingPolicy, optimizer: torch.optim.Optimizer, batch: EpochBatch) -> dict[str, float]:
+        buffer, stats = policy_gradient_buffer(batch)
+        if buffer.num_global:
+            stats.update(self.train_on(buffer, policy, optimizer, batch.generator, batch.processes))
+        return stats
+
+    def train_on(
+        self,
+        buffer: TrajectoryBuffer,
+        policy: DenoisingPolicy,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        processes: Collective | None = None,
+    ) -> dict[str, float]:
+        raise NotImplementedError

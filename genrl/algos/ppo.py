@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from genrl.algos.base import EpochBatch
-from genrl.algos.common import Collective, PolicyGradientConfig, optimize, policy_gradient_buffer
+from genrl.algos.common import BufferAlgorithm, Collective, PolicyGradientConfig, optimize
 from genrl.buffer import Chunk, TrajectoryBuffer
 from genrl.policy import DenoisingPolicy
 
@@ -36,19 +35,10 @@ class PPOConfig(PolicyGradientConfig):
     inner_epochs: int = 1
 
 
-class PPO:
+class PPO(BufferAlgorithm):
     """RLCM's and DDPO's algorithm: sample the epoch, then ``inner_epochs`` clipped passes over it."""
 
     Config = PPOConfig
-
-    def __init__(self, config: PPOConfig):
-        self.config = config
-
-    def update(self, policy: DenoisingPolicy, optimizer: torch.optim.Optimizer, batch: EpochBatch) -> dict[str, float]:
-        buffer, stats = policy_gradient_buffer(batch)
-        if buffer.num_global:
-            stats.update(self.train_on(buffer, policy, optimizer, batch.generator, batch.processes))
-        return stats
 
     def train_on(
         self,

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from genrl.algos.base import EpochBatch
-from genrl.algos.common import Collective, PolicyGradientConfig, optimize, policy_gradient_buffer
+from genrl.algos.common import BufferAlgorithm, Collective, PolicyGradientConfig, optimize
 from genrl.buffer import Chunk, TrajectoryBuffer
 from genrl.policy import DenoisingPolicy
 
@@ -21,19 +20,10 @@ def reinforce_loss(log_prob: torch.Tensor, advantages: torch.Tensor, adv_clip_ma
     return -(advantages.clamp(-adv_clip_max, adv_clip_max) * log_prob).mean()
 
 
-class REINFORCE:
+class REINFORCE(BufferAlgorithm):
     """One unclipped pass over the epoch's samples."""
 
     Config = PolicyGradientConfig
-
-    def __init__(self, config: PolicyGradientConfig):
-        self.config = config
-
-    def update(self, policy: DenoisingPolicy, optimizer: torch.optim.Optimizer, batch: EpochBatch) -> dict[str, float]:
-        buffer, stats = policy_gradient_buffer(batch)
-        if buffer.num_global:
-            stats.update(self.train_on(buffer, policy, optimizer, batch.generator, batch.processes))
-        return stats
 
     def train_on(
         self,
