@@ -135,6 +135,16 @@ class TrainConfig:
     log_images_every: int = 5
     """Write a sample grid every N epochs (and at the first and last)."""
 
+    # Evaluation
+    eval_every: int = 10
+    """After every N epochs (and the first and the last), sample a fixed evaluation set (the same prompts and
+    noise in every run, whatever --seed) and log eval_reward_mean, eval_reward_std, eval_time_s (not counted in
+    wall_time_s) and, on shapes-world prompts, eval_prompt_accuracy. 0: never."""
+    eval_size: int = 32
+    """Images in the evaluation set (a multiple of --sample-batch-size)."""
+    eval_prompts: str | None = None
+    """Prompt set the evaluation draws from (default: --prompts)."""
+
     @property
     def samples_per_epoch(self) -> int:
         return self.sample_batch_size * self.batches_per_epoch
@@ -166,6 +176,11 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise GenrlError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.eval_every < 0 or self.eval_size < 1 or self.eval_size % self.sample_batch_size:
+            raise GenrlError(
+                f"--eval-every must be 0 or more and --eval-size a positive multiple of --sample-batch-size "
+                f"{self.sample_batch_size}, got {self.eval_every} and {self.eval_size}"
+            )
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise GenrlError(f"--time-budget-s must be positive, got {self.time_budget_s}")
         for name in ["learning_rate", "clip_range", "adv_clip_max", "max_grad_norm", "lora_alpha"]:
@@ -228,7 +243,7 @@ def config_to_json(cfg: TrainConfig) -> dict:
 
 
 # Fields added after runs were saved without them, and the value that reproduces those runs.
-_ADDED_SINCE = {"lr_schedule": "constant"}
+_ADDED_SINCE = {"lr_schedule": "constant", "eval_every": 0, "eval_size": 32, "eval_prompts": None}
 
 
 def read_config(path: Path) -> TrainConfig:

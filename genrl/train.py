@@ -40,6 +40,7 @@ from genrl.policy import DenoisingPolicy, add_lora, make_policy
 from genrl.prompts import load_prompts
 from genrl.rewards import load_reward
 from genrl.rewards.base import CheckedReward
+from genrl.rewards.shapes import is_shapes_prompt, shapes_alignment
 from genrl.rollout import Rollout, SamplingBatch, collect
 from genrl.rundir import RunDir
 
@@ -96,6 +97,7 @@ class Training:
     tracker: PerPromptStatTracker | None = None
     ema: EMAModel | None = None
     background_reward: tuple[CheckedReward, ThreadPoolExecutor] | None = None
+    eval_batches: list[SamplingBatch] = field(default_factory=list)
     counters: dict = field(default_factory=lambda: {"epoch": 0, "reward_queries": 0, "wall_time_s": 0.0})
 
 
@@ -157,6 +159,8 @@ def build(cfg: TrainConfig) -> Training:
         get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=0, num_training_steps=cfg.epochs),
         background_reward=background,
     )
+    if cfg.eval_every > 0:
+        training.eval_batches = _evaluation_set(cfg, load_prompts(cfg.eval_prompts or cfg.prompts))
     if cfg.advantages == "per_prompt" and cfg.group_size == 1:  # groups bring their own statistics
         training.tracker = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)
     if cfg.ema_decay > 0:
@@ -282,6 +286,40 @@ def _check_finite(epoch: int, stats: dict[str, float], policy: DenoisingPolicy, 
 
 
 # --------------------------------------------------------------------------------------------------
+# Evaluation: a fixed set of prompts and noise, the same in every run, so that curves compare across runs
+# --------------------------------------------------------------------------------------------------
+_EVAL_SEED = 20261123  # not --seed: every run, of any method or seed, is judged on the same images' noise
+
+
+def _evaluation_set(cfg: TrainConfig, pool: list[str]) -> list[SamplingBatch]:
+    rng = np.random.default_rng(_seed(_EVAL_SEED, 0))
+    prompts = [pool[i] for i in rng.choice(len(pool), size=cfg.eval_size, replace=len(pool) < cfg.eval_size)]
+    size = cfg.sample_batch_size
+    return [
+        SamplingBatch(prompts[start : start + size], _seed(_EVAL_SEED, start, 1), _seed(_EVAL_SEED, start, 2))
+        for start in range(0, cfg.eval_size, size)
+    ]
+
+
+def _evaluation_due(cfg: TrainConfig, epoch: int, last: bool) -> bool:
+    return cfg.eval_every > 0 and (epoch == 1 or last or epoch % cfg.eval_every == 0)
+
+
+def evaluate(t: Training) -> tuple[dict[str, float], Rollout]:
+    """The current policy on the evaluation set: its metrics, and its first batch (for the sample grid)."""
+    start = time.perf_counter()
+    rollouts = [collect(t.env, t.policy, batch, background_reward=t.background_reward) for batch in t.eval_batches]
+    rewards = torch.cat([r.resolve().rewards for r in rollouts])
+    metrics = {"eval_reward_mean": rewards.mean().item(), "eval_reward_std": rewards.std(unbiased=False).item()}
+    prompts = [p for r in rollouts for p in r.prompts]
+    if all(is_shapes_prompt(p) for p in prompts):
+        images = torch.cat([r.images for r in rollouts])
+        metrics["eval_prompt_accuracy"] = shapes_alignment.accuracy(images, prompts)
+    metrics["eval_time_s"] = time.perf_counter() - start
+    return metrics, rollouts[0]
+
+
+# --------------------------------------------------------------------------------------------------
 # The run directory: claimed, logged to, saved to (the main process only writes)
 # --------------------------------------------------------------------------------------------------
 def _claim_run_dir(cfg: TrainConfig, processes: Processes) -> tuple[RunDir, Path | None]:
@@ -371,8 +409,16 @@ def train(cfg: TrainConfig) -> RunDir:
             rollouts, metrics = run_epoch(t, epoch)
             t.counters["epoch"] = epoch
             t.counters["wall_time_s"] = metrics["wall_time_s"] = wall_before + time.perf_counter() - segment_start
-            out_of_time = cfg.time_budget_s is not None and t.counters["wall_time_s"] >= cfg.time_budget_s
+            # The main process's clock decides, so that every process stops after the same epoch.
+            out_of_time = t.processes.broadcast(
+                cfg.time_budget_s is not None and t.counters["wall_time_s"] >= cfg.time_budget_s
+            )
             if main_process:
+                if _evaluation_due(cfg, epoch, epoch == cfg.epochs or out_of_time):
+                    evaluation, shown = evaluate(t)
+                    metrics.update(evaluation)
+                    segment_start += evaluation["eval_time_s"]  # not training time
+                    run.save_samples(epoch, shown.images, shown.prompts, shown.rewards, suffix="-eval")
                 images = epoch in (1, cfg.epochs) or epoch % cfg.log_images_every == 0 or out_of_time
                 log_epoch(t, run, rollouts, metrics, images)
                 if epoch % cfg.save_every == 0 or epoch == cfg.epochs or out_of_time:
@@ -386,11 +432,11 @@ def train(cfg: TrainConfig) -> RunDir:
     t.processes.wait()  # the last checkpoint is complete before any process leaves
     if main_process:
         history = run.read_metrics()
-        if history:
-            print(
-                f"reward_mean: epoch {history[0]['epoch']}: {history[0]['reward_mean']:.4f} -> "
-                f"epoch {history[-1]['epoch']}: {history[-1]['reward_mean']:.4f}"
-            )
+        for key in ("reward_mean", "eval_reward_mean", "eval_prompt_accuracy"):  # first and last epoch that has it
+            logged = [m for m in history if key in m]
+            if logged:
+                first, last = logged[0], logged[-1]
+                print(f"{key}: epoch {first['epoch']}: {first[key]:.4f} -> epoch {last['epoch']}: {last[key]:.4f}")
         print(f"run directory: {run.path}  (LoRA: {run.checkpoints / 'latest'})")
     return run
 

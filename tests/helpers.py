@@ -23,6 +23,8 @@ FAST = [
     "2",
     "--log-images-every",
     "1",
+    "--eval-every",  # the evaluation set has tests of its own
+    "0",
 ]
 
 

@@ -45,6 +45,7 @@ def plugin(tmp_path, monkeypatch):
         (["--kl-coef", "0.1"], "--kl-coef needs --finetune lora"),
         (["--group-size", "3"], "--group-size 3 must be at least 1 and divide --sample-batch-size 4"),
         (["--ema-decay", "1"], "--ema-decay must be in [0, 1)"),
+        (["--eval-size", "6"], "--eval-size a positive multiple of --sample-batch-size 4"),
     ],
 )
 def test_bad_configuration(tmp_path, capsys, extra, message):

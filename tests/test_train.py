@@ -183,3 +183,26 @@ def test_linear_lr_schedule_decays_once_an_epoch_and_is_recorded(tmp_path):
     lrs = [m["lr"] for m in _metrics(tmp_path / "r")]
     assert lrs == pytest.approx([0.04, 0.03, 0.02, 0.01])  # from --learning-rate to 0 over --epochs
     assert json.loads((tmp_path / "r" / "config.json").read_text())["lr_schedule"] == "linear"
+
+
+def test_the_evaluation_set_is_fixed_and_scores_the_same_policy_the_same(tmp_path):
+    from genrl.train import build, evaluate, parse_config
+
+    args = fast_args(tmp_path, "r", "--eval-size", "8", "--prompts", "shapes_train")
+    a, b = build(parse_config(args)), build(parse_config([*args, "--seed", "1"]))
+    assert a.eval_batches == b.eval_batches  # the same prompts and noise whatever --seed
+    first, _ = evaluate(a)
+    second, _ = evaluate(a)
+    first.pop("eval_time_s"), second.pop("eval_time_s")
+    assert first == second and set(first) == {"eval_reward_mean", "eval_reward_std", "eval_prompt_accuracy"}
+    assert 0 <= first["eval_prompt_accuracy"] <= 1
+
+
+def test_evaluations_are_logged_at_the_first_every_nth_and_last_epoch(tmp_path):
+    main(fast_args(tmp_path, "r", "--epochs", "5", "--eval-every", "2", "--eval-size", "4"))  # (fast_args: 0)
+    metrics = _metrics(tmp_path / "r")
+    assert [m["epoch"] for m in metrics if "eval_reward_mean" in m] == [1, 2, 4, 5]
+    assert all(m["eval_time_s"] > 0 for m in metrics if "eval_time_s" in m)
+    assert (tmp_path / "r" / "samples" / "epoch-0005-eval.png").exists()
+    main(fast_args(tmp_path, "off", "--epochs", "2", "--eval-every", "0"))
+    assert not any("eval_reward_mean" in m for m in _metrics(tmp_path / "off"))

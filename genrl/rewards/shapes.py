@@ -33,6 +33,22 @@ class ShapesAlignment:
         return self._classifier
 
     def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> torch.Tensor:
+        log_prob = torch.zeros(len(prompts), device=images.device)
+        for logits, labels in self._judged(images, prompts):
+            log_prob = log_prob + logits.log_softmax(-1).gather(1, labels[:, None]).squeeze(1)
+        return log_prob.exp()
+
+    @torch.no_grad()
+    def accuracy(self, images: torch.Tensor, prompts: list[str]) -> float:
+        """The fraction of images in which the classifier finds every attribute its prompt asks for: a guard
+        against reward hacking (a JPEG reward rises as the shapes are erased; this falls)."""
+        correct = torch.ones(len(prompts), dtype=torch.bool, device=images.device)
+        for logits, labels in self._judged(images, prompts):
+            correct &= logits.argmax(1) == labels
+        return correct.float().mean().item()
+
+    def _judged(self, images: torch.Tensor, prompts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(classifier logits, prompted label) of each attribute."""
         from genrl.shapes.world import ATTRIBUTES, RESOLUTION, parse_prompt
 
         scenes = [parse_prompt(p) for p in prompts]
@@ -47,11 +63,15 @@ class ShapesAlignment:
                 images, size=(RESOLUTION, RESOLUTION), mode="bilinear", antialias=True
             )
         logits = classifier(images.float())
-        log_prob = torch.zeros(len(prompts), device=images.device)
-        for name in ATTRIBUTES:
-            labels = torch.tensor([s.label()[name] for s in scenes], device=images.device)
-            log_prob = log_prob + logits[name].log_softmax(-1).gather(1, labels[:, None]).squeeze(1)
-        return log_prob.exp()
+        return [
+            (logits[name], torch.tensor([s.label()[name] for s in scenes], device=images.device)) for name in ATTRIBUTES
+        ]
+
+
+def is_shapes_prompt(prompt: str) -> bool:
+    from genrl.shapes.world import parse_prompt
+
+    return parse_prompt(prompt) is not None
 
 
 shapes_alignment = ShapesAlignment()
