@@ -200,6 +200,8 @@ class TrainConfig:
                     "--num-steps 1 leaves no stochastic step with diffusers' deterministic last step; "
                     "use --num-steps 2 or more, or --noise-last-step"
                 )
+        elif self.noise_last_step:
+            raise GenrlError("--noise-last-step is an LCM option (every DDIM step is noised already); drop it for ddpm")
         elif not self.eta > 0:
             raise GenrlError(f"--eta {self.eta} makes DDIM deterministic, with no policy to train; use --eta > 0")
         self._validate_extensions()

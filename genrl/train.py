@@ -126,7 +126,7 @@ def build(cfg: TrainConfig) -> Training:
             None if background else reward,
             cfg.num_steps,
             cfg.resolution,
-            cfg.noise_last_step and cfg.env == "lcm",  # the flag is LCM-only
+            cfg.noise_last_step,
         )
     except ValueError as exc:
         raise GenrlError(f"--model {cfg.model}: {exc}") from None

@@ -46,6 +46,7 @@ def plugin(tmp_path, monkeypatch):
         (["--group-size", "3"], "--group-size 3 must be at least 1 and divide --sample-batch-size 4"),
         (["--ema-decay", "1"], "--ema-decay must be in [0, 1)"),
         (["--eval-size", "6"], "--eval-size a positive multiple of --sample-batch-size 4"),
+        (["--env", "ddpm", "--noise-last-step"], "--noise-last-step is an LCM option"),
     ],
 )
 def test_bad_configuration(tmp_path, capsys, extra, message):
