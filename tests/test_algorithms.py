@@ -90,3 +90,20 @@ def test_an_entry_point_names_an_algorithm(tmp_path, monkeypatch):
 def test_a_bad_algorithm_is_one_line(tmp_path, capsys, algo, message):
     expect_error(capsys, fast_args(tmp_path, "r", "--algo", algo), message)
     assert not (tmp_path / "r" / "checkpoints" / "latest").exists()
+
+
+def test_asking_for_the_advantages_twice_updates_the_statistics_once():
+    from genrl.algos.base import EpochBatch
+
+    calls = []
+    batch = EpochBatch(
+        batches=[],
+        sampler=None,
+        advantages_of=lambda rewards: calls.append(len(rewards)) or rewards - rewards.mean(),
+        processes=type("One", (), {"gather": staticmethod(lambda t: t)})(),
+        generator=torch.Generator(),
+    )
+    batch.rollouts.append(type("R", (), {"resolve": lambda self: self, "rewards": torch.tensor([1.0, 3.0])})())
+    torch.testing.assert_close(batch.advantages(), torch.tensor([-1.0, 1.0]))
+    batch.advantages()
+    assert calls == [2]

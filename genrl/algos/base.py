@@ -49,6 +49,7 @@ class EpochBatch:
     rollouts: list[Rollout] = field(default_factory=list)
     """What ``sample`` returned, in order; ``genrl.train`` logs the rewards and sample grids from it."""
     _gathered: list[torch.Tensor] = field(default_factory=list, repr=False)
+    _advantages: tuple[int, torch.Tensor] | None = field(default=None, repr=False)
 
     def sample(self, index: int, grad_steps: int = 0) -> Rollout:
         rollout = self.sampler(self.batches[index], grad_steps)
@@ -62,8 +63,11 @@ class EpochBatch:
         return torch.cat(self._gathered)
 
     def advantages(self) -> torch.Tensor:
-        """The advantages of the global batch of every rollout sampled so far."""
-        return self.advantages_of(self.global_rewards())
+        """The advantages of the global batch of every rollout sampled so far. Computed once for them, however
+        often asked: the per-prompt statistics must see each reward once."""
+        if self._advantages is None or self._advantages[0] != len(self.rollouts):
+            self._advantages = (len(self.rollouts), self.advantages_of(self.global_rewards()))
+        return self._advantages[1]
 
 
 class Algorithm(Protocol):
