@@ -188,7 +188,7 @@ def test_linear_lr_schedule_decays_once_an_epoch_and_is_recorded(tmp_path):
 def test_the_evaluation_set_is_fixed_and_scores_the_same_policy_the_same(tmp_path):
     from genrl.train import build, evaluate, parse_config
 
-    args = fast_args(tmp_path, "r", "--eval-size", "8", "--prompts", "shapes_train")
+    args = fast_args(tmp_path, "r", "--eval-every", "1", "--eval-size", "8", "--prompts", "shapes_train")
     a, b = build(parse_config(args)), build(parse_config([*args, "--seed", "1"]))
     assert a.eval_batches == b.eval_batches  # the same prompts and noise whatever --seed
     first, _ = evaluate(a)
