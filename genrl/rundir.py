@@ -10,6 +10,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,17 +28,19 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def image_grid(images: torch.Tensor, captions: list[str], columns: int = 4) -> Image.Image:
-    """(B, 3, H, W) in [0, 1] -> one PIL image, each tile captioned underneath."""
+    """(B, 3, H, W) in [0, 1] -> one PIL image, each tile with its whole caption underneath, wrapped to its width."""
     arrays = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     n, h, w, _ = arrays.shape
     columns = min(columns, n)
-    rows, caption_h = math.ceil(n / columns), 12
+    # PIL's default bitmap font is 6 pixels a character and 11 a line.
+    wrapped = [textwrap.wrap(caption, max(1, w // 6)) or [""] for caption in captions]
+    rows, caption_h = math.ceil(n / columns), 11 * max(len(lines) for lines in wrapped) + 1
     grid = Image.new("RGB", (columns * w, rows * (h + caption_h)), "white")
     draw = ImageDraw.Draw(grid)
-    for i, (array, caption) in enumerate(zip(arrays, captions)):
+    for i, (array, lines) in enumerate(zip(arrays, wrapped)):
         x, y = (i % columns) * w, (i // columns) * (h + caption_h)
         grid.paste(Image.fromarray(array), (x, y))
-        draw.text((x + 1, y + h), caption[: max(1, w // 6)], fill="black")
+        draw.multiline_text((x + 1, y + h), "\n".join(lines), fill="black", spacing=0)
     return grid
 
 

@@ -206,3 +206,17 @@ def test_evaluations_are_logged_at_the_first_every_nth_and_last_epoch(tmp_path):
     assert (tmp_path / "r" / "samples" / "epoch-0005-eval.png").exists()
     main(fast_args(tmp_path, "off", "--epochs", "2", "--eval-every", "0"))
     assert not any("eval_reward_mean" in m for m in _metrics(tmp_path / "off"))
+
+
+def test_sample_grid_captions_show_the_whole_prompt():
+    import numpy as np
+
+    from genrl.rundir import image_grid
+
+    images = torch.ones(2, 3, 64, 64)  # white tiles: only caption text is dark
+    prompt = "-1.75 two large red circles on a blue background"
+    short, long = image_grid(images, ["x", "y"]), image_grid(images, [prompt, "y"])
+    assert long.height > short.height  # the caption wraps onto more lines instead of being cut
+    caption = np.asarray(long.convert("L"))[64:, :64]
+    lines_with_ink = [row for row in range(0, caption.shape[0], 11) if (caption[row : row + 11] < 128).any()]
+    assert len(lines_with_ink) == 5  # "-1.75 two" "large red" "circles on" "a blue" "background"
