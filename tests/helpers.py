@@ -49,3 +49,10 @@ def expect_error(capsys, argv: list[str], message: str) -> str:
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert message in err[0], err[0]
     return err[0]
+
+
+def logged_metrics(run: Path) -> list[dict]:
+    """The records of ``run``'s metrics.jsonl, read as written (no torn-line tolerance)."""
+    import json
+
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 import genrl.algos.base as algos_base
 from genrl.algos.common import policy_gradient_buffer
 from genrl.train import main
-from tests.helpers import expect_error, fast_args
+from tests.helpers import expect_error, fast_args, logged_metrics
 
 
 @dataclass
@@ -54,15 +54,11 @@ class ReturnsAList(SignOfAdvantage):
         return [1.0]
 
 
-def _metrics(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_a_user_algorithm_trains_from_the_command_line(tmp_path):
     algo = "tests.test_algorithms:SignOfAdvantage"
     main(fast_args(tmp_path, "r", "--algo", algo, "--max-grad-norm", "0.5", "--save-every", "1"))
     run = tmp_path / "r"
-    metrics = _metrics(run)
+    metrics = logged_metrics(run)
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert all(m["max_grad_norm_seen"] == 0.5 for m in metrics)  # its Config filled from the flags
     first, second = (load_file(run / "checkpoints" / f"epoch-000{e}" / "trainable.safetensors") for e in (1, 2))
@@ -74,7 +70,7 @@ def test_an_entry_point_names_an_algorithm(tmp_path, monkeypatch):
     point = EntryPoint("sign", "tests.test_algorithms:SignOfAdvantage", "genrl.algorithms")
     monkeypatch.setattr(algos_base, "entry_points", lambda group: [point] if group == "genrl.algorithms" else [])
     main(fast_args(tmp_path, "r", "--algo", "sign", "--epochs", "1"))
-    assert "max_grad_norm_seen" in _metrics(tmp_path / "r")[0]
+    assert "max_grad_norm_seen" in logged_metrics(tmp_path / "r")[0]
 
 
 @pytest.mark.parametrize(

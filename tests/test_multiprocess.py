@@ -1,7 +1,6 @@
 """Two processes on CPU (gloo), launched as a user launches them: ``python -m genrl.launch --num-processes 2``, or
 ``accelerate launch --multi_gpu --num_processes 2 -m genrl.train``."""
 
-import json
 import os
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from safetensors.torch import load_file
 
 from genrl.distributed import free_port, launch_command
 from genrl.shapes.tiny import tiny_pipeline_dir
-from tests.helpers import fast_args
+from tests.helpers import fast_args, logged_metrics
 
 FAILING_REWARDS = """
 import os, time, torch
@@ -56,10 +55,6 @@ def _launch(
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def _metrics(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_two_processes_make_the_first_update_of_one_process_with_the_whole_batch(tmp_path):
     # Adam's first step is lr * g / (|g| + eps): with a tiny eps it divides rounding noise by itself wherever g is
     # tiny. A large eps makes the step proportional to the gradient, so the comparison is at float precision.
@@ -72,7 +67,7 @@ def test_two_processes_make_the_first_update_of_one_process_with_the_whole_batch
     a, b = (load_file(tmp_path / n / "checkpoints" / "latest" / "trainable.safetensors") for n in ("one", "two"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
-    (m1,), (m2,) = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    (m1,), (m2,) = logged_metrics(tmp_path / "one"), logged_metrics(tmp_path / "two")
     assert m1["reward_queries"] == m2["reward_queries"] == 4  # counted over both processes
     for key in ("reward_mean", "reward_std", "grad_norm", "loss"):
         assert abs(m1[key] - m2[key]) <= 1e-5 * max(1.0, abs(m1[key])), key
@@ -101,7 +96,7 @@ def test_two_processes_follow_one_process_over_several_minibatches_and_epochs(tm
     for processes, args in ((1, one), (2, two)):
         proc = _launch(processes, args, pythonpath=str(tmp_path))
         assert proc.returncode == 0, proc.stderr[-3000:]
-    single, double = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    single, double = logged_metrics(tmp_path / "one"), logged_metrics(tmp_path / "two")
     assert [m["epoch"] for m in single] == [m["epoch"] for m in double] == [1, 2, 3]
     tolerance = 1e-3 if layout == "groups" else 1e-4
     for a, b in zip(single, double):
@@ -112,13 +107,13 @@ def test_two_processes_follow_one_process_over_several_minibatches_and_epochs(tm
         assert kept == [m["groups_kept_fraction"] for m in double] and min(kept) < 1, kept
 
 
-def test_two_process_run_resumed_gives_the_uninterrupted_metrics(tmp_path):
+def test_two_process_run_resumed_gives_the_uninterruptedlogged_metrics(tmp_path):
     args = ["--sample-batch-size", "2", "--train-batch-size", "2"]
     assert _launch(2, fast_args(tmp_path, "straight", *args, "--epochs", "3")).returncode == 0
     assert _launch(2, fast_args(tmp_path, "split", *args, "--epochs", "1")).returncode == 0
     proc = _launch(2, ["--resume", str(tmp_path / "split"), "--epochs", "3"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    straight, split = _metrics(tmp_path / "straight"), _metrics(tmp_path / "split")
+    straight, split = logged_metrics(tmp_path / "straight"), logged_metrics(tmp_path / "split")
     assert [m["epoch"] for m in split] == [1, 2, 3]
     for a, b in zip(straight, split):
         assert (a["reward_mean"], a["loss"], a["reward_queries"]) == (b["reward_mean"], b["loss"], b["reward_queries"])

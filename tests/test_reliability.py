@@ -14,11 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from genrl.rundir import RunDir
 from genrl.train import main
-from tests.helpers import expect_error, fast_args
-
-
-def _metrics(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+from tests.helpers import expect_error, fast_args, logged_metrics
 
 
 # --- a run that diverges stops, and leaves nothing a resume would trust --------------------------------------
@@ -27,7 +23,7 @@ def test_a_diverging_run_stops_with_one_line_and_saves_nothing_of_it(tmp_path, c
     assert "--learning-rate 3000 is too high" in line
     diverged = int(line.split("epoch ")[1].split(":")[0])
     run = tmp_path / "r"
-    assert [m["epoch"] for m in _metrics(run)] == list(range(1, diverged))  # the diverged epoch is not logged
+    assert [m["epoch"] for m in logged_metrics(run)] == list(range(1, diverged))  # the diverged epoch is not logged
     assert not (run / "checkpoints" / f"epoch-{diverged:04d}").exists()
     for checkpoint in (run / "checkpoints").glob("epoch-*"):
         assert all(torch.isfinite(t).all() for t in load_file(checkpoint / "trainable.safetensors").values())
@@ -69,7 +65,7 @@ def test_a_run_directory_in_use_is_refused_and_a_dead_holder_is_taken_over(tmp_p
         holder.send_signal(signal.SIGKILL)  # dies without any clean-up
         holder.wait()
     main(fast_args(tmp_path, "r", "--epochs", "1"))  # the dead process's lock is taken over
-    assert [m["epoch"] for m in _metrics(tmp_path / "r")] == [1]
+    assert [m["epoch"] for m in logged_metrics(tmp_path / "r")] == [1]
 
 
 def test_the_lock_is_released_when_a_run_fails(tmp_path, capsys):
@@ -90,7 +86,7 @@ def test_two_runs_started_together_do_not_share_a_directory(tmp_path):
     assert codes == [0, 2], (first_err[-2000:], second.stderr[-2000:])
     loser = second.stderr if second.returncode == 2 else first_err
     assert loser.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in loser
-    assert [m["epoch"] for m in _metrics(tmp_path / "r")] == [1, 2, 3]
+    assert [m["epoch"] for m in logged_metrics(tmp_path / "r")] == [1, 2, 3]
 
 
 # --- a run stopped before its first checkpoint --------------------------------------------------------------
@@ -118,12 +114,14 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_scratch(tmp_path
     assert info.value.code == 130
     monkeypatch.delenv("GENRL_TEST_INTERRUPT")
     run = tmp_path / "r"
-    assert [m["epoch"] for m in _metrics(run)] == [1] and not (run / "checkpoints" / "latest").exists()
+    assert [m["epoch"] for m in logged_metrics(run)] == [1] and not (run / "checkpoints" / "latest").exists()
     capsys.readouterr()
     expect_error(capsys, fast_args(tmp_path, "r", *args), "already holds a run; pick another --run-name or --resume")
     main(["--resume", str(run)])
     assert "no checkpoint yet: the run starts again from epoch 1" in capsys.readouterr().err
-    assert [m["reward_mean"] for m in _metrics(run)] == [m["reward_mean"] for m in _metrics(tmp_path / "straight")]
+    assert [m["reward_mean"] for m in logged_metrics(run)] == [
+        m["reward_mean"] for m in logged_metrics(tmp_path / "straight")
+    ]
 
 
 def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path, capsys):
@@ -133,7 +131,7 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path, capsys):
         f.write('{"epoch": 2, "reward_mea')  # the process died mid-write
     main(["--resume", str(run), "--epochs", "2"])
     assert "ends in a torn line; dropped it" in capsys.readouterr().err
-    assert [m["epoch"] for m in _metrics(run)] == [1, 2]
+    assert [m["epoch"] for m in logged_metrics(run)] == [1, 2]
 
 
 # --- damaged input: one line naming the fix -----------------------------------------------------------------

@@ -13,7 +13,7 @@ from genrl.config import PRESETS
 from genrl.policy import add_lora
 from genrl.shapes.tiny import tiny_pipeline_dir
 from genrl.train import main
-from tests.helpers import fast_args
+from tests.helpers import fast_args, logged_metrics
 
 METRIC_KEYS = {
     "epoch",
@@ -30,16 +30,12 @@ METRIC_KEYS = {
 }
 
 
-def _metrics(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_run_directory_has_everything_the_design_promises(tmp_path):
     main(fast_args(tmp_path, "r", "--finetune", "lora"))
     run = tmp_path / "r"
     config = json.loads((run / "config.json").read_text())
     assert config["finetune"] == "lora" and config["epochs"] == 2 and config["preset"] == "tiny-compression"
-    metrics = _metrics(run)
+    metrics = logged_metrics(run)
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert all(METRIC_KEYS <= set(m) for m in metrics)
     assert [m["reward_queries"] for m in metrics] == [4, 8]
@@ -58,7 +54,7 @@ def test_resume_continues_exactly(tmp_path):
     main(fast_args(tmp_path, "straight", "--epochs", "4"))
     main(fast_args(tmp_path, "split", "--epochs", "2"))
     main(["--resume", str(tmp_path / "split"), "--epochs", "4"])
-    straight, split = _metrics(tmp_path / "straight"), _metrics(tmp_path / "split")
+    straight, split = logged_metrics(tmp_path / "straight"), logged_metrics(tmp_path / "split")
     assert [m["epoch"] for m in split] == [1, 2, 3, 4]
     for key in ("reward_mean", "reward_std", "loss", "approx_kl", "reward_queries"):
         assert [m[key] for m in split] == [m[key] for m in straight], key
@@ -70,17 +66,17 @@ def test_resume_forgets_epochs_after_the_checkpoint(tmp_path):
     main(fast_args(tmp_path, "r", "--epochs", "3", "--save-every", "2"))
     (tmp_path / "r" / "checkpoints" / "latest").unlink()
     (tmp_path / "r" / "checkpoints" / "latest").symlink_to("epoch-0002")
-    before = _metrics(tmp_path / "r")
+    before = logged_metrics(tmp_path / "r")
     main(["--resume", str(tmp_path / "r")])
-    after = _metrics(tmp_path / "r")
+    after = logged_metrics(tmp_path / "r")
     assert [m["epoch"] for m in after] == [1, 2, 3]
     assert after[2]["reward_mean"] == before[2]["reward_mean"]
 
 
-def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path):
+def test_same_seed_same_metrics_other_seed_otherlogged_metrics(tmp_path):
     for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
         main(fast_args(tmp_path, name, "--seed", seed, "--algo", "reinforce"))
-    a, b, c = (_metrics(tmp_path / n) for n in "abc")
+    a, b, c = (logged_metrics(tmp_path / n) for n in "abc")
     assert [m["reward_mean"] for m in a] == [m["reward_mean"] for m in b]
     assert [m["loss"] for m in a] == [m["loss"] for m in b]
     assert [m["reward_mean"] for m in a] != [m["reward_mean"] for m in c]
@@ -134,7 +130,7 @@ def test_ddpo_preset_runs_on_a_local_sd_folder(tmp_path):
     config = json.loads((tmp_path / "d" / "config.json").read_text())
     assert (config["env"], config["eta"], config["guidance_scale"], config["learning_rate"]) == ("ddpm", 1.0, 5.0, 3e-4)
     assert (config["clip_range"], config["adv_clip_max"], config["max_grad_norm"]) == (1e-4, 5.0, 1.0)
-    (m,) = _metrics(tmp_path / "d")
+    (m,) = logged_metrics(tmp_path / "d")
     assert m["reward_queries"] == 8 and abs(m["ratio_mean_first_minibatch"] - 1) < 1e-6
 
 
@@ -159,7 +155,7 @@ def test_help_lists_the_flat_flags():
 def test_async_rewards_give_the_same_run(tmp_path):
     main(fast_args(tmp_path, "sync", "--batches-per-epoch", "2"))
     main(fast_args(tmp_path, "async", "--batches-per-epoch", "2", "--async-rewards"))
-    sync, background = _metrics(tmp_path / "sync"), _metrics(tmp_path / "async")
+    sync, background = logged_metrics(tmp_path / "sync"), logged_metrics(tmp_path / "async")
     for key in ("reward_mean", "reward_std", "loss"):
         assert [m[key] for m in sync] == [m[key] for m in background]
     assert all(m["reward_time_s"] > 0 for m in background)
@@ -180,7 +176,7 @@ def test_async_reward_failures_still_end_in_one_line(tmp_path, capsys, monkeypat
 
 def test_linear_lr_schedule_decays_once_an_epoch_and_is_recorded(tmp_path):
     main(fast_args(tmp_path, "r", "--lr-schedule", "linear", "--learning-rate", "0.04", "--epochs", "4"))
-    lrs = [m["lr"] for m in _metrics(tmp_path / "r")]
+    lrs = [m["lr"] for m in logged_metrics(tmp_path / "r")]
     assert lrs == pytest.approx([0.04, 0.03, 0.02, 0.01])  # from --learning-rate to 0 over --epochs
     assert json.loads((tmp_path / "r" / "config.json").read_text())["lr_schedule"] == "linear"
 
@@ -200,12 +196,12 @@ def test_the_evaluation_set_is_fixed_and_scores_the_same_policy_the_same(tmp_pat
 
 def test_evaluations_are_logged_at_the_first_every_nth_and_last_epoch(tmp_path):
     main(fast_args(tmp_path, "r", "--epochs", "5", "--eval-every", "2", "--eval-size", "4"))  # (fast_args: 0)
-    metrics = _metrics(tmp_path / "r")
+    metrics = logged_metrics(tmp_path / "r")
     assert [m["epoch"] for m in metrics if "eval_reward_mean" in m] == [1, 2, 4, 5]
     assert all(m["eval_time_s"] > 0 for m in metrics if "eval_time_s" in m)
     assert (tmp_path / "r" / "samples" / "epoch-0005-eval.png").exists()
     main(fast_args(tmp_path, "off", "--epochs", "2", "--eval-every", "0"))
-    assert not any("eval_reward_mean" in m for m in _metrics(tmp_path / "off"))
+    assert not any("eval_reward_mean" in m for m in logged_metrics(tmp_path / "off"))
 
 
 def test_sample_grid_captions_show_the_whole_prompt():
