@@ -111,7 +111,7 @@ def bare_compute_seconds(cfg: TrainConfig) -> tuple[float, float, float]:
 
 def measure(name: str, cfg: TrainConfig) -> list[dict]:
     with tempfile.TemporaryDirectory() as out:
-        run = train(dataclasses.replace(cfg, output_dir=Path(out), run_name=name))
+        run = train(dataclasses.replace(cfg, output_dir=Path(out), run_name=name, eval_every=0))
         metrics = run.read_metrics()
     bare_sample, bare_train, decode = bare_compute_seconds(cfg)
     bare = bare_sample + bare_train

@@ -1,18 +1,19 @@
 """The benchmark suite: RLCM against DDPO on equal terms, the RLCM paper's figures 4-8 on your machine.
 
     python -m benchmarks.run --suite shapes --output-dir bench      # embedded shapes models, ~60 min on 2 CPU cores
-    python -m benchmarks.run --suite shapes --output-dir bench --quick                              # ~10 min
+    python -m benchmarks.run --suite shapes --output-dir bench --quick                  # <= 15 min: JPEG tasks, 1 seed
     python -m benchmarks.run --suite paper --output-dir bench --device cuda   # Table 1 models and presets, GPUs
 
-Per task, every method trains from its preset for the same wall-clock budget (``--time-budget-s``), for several
-seeds; then the final LoRAs are loaded into plain diffusers pipelines and evaluated. Written to the output dir:
+Per task, every method trains from its preset (each method's own best settings: benchmarks/sweep.py) for the same
+number of reward queries, on several seeds, and is scored every ``--eval-queries`` queries on a fixed evaluation
+set (the same prompts and noise for every method and seed). Runs are resumable: the same command again skips the
+finished ones and continues an interrupted one from its checkpoint. Then the final LoRAs of seed 0 are loaded
+into plain diffusers pipelines and evaluated at several step counts. Written to the output dir:
 
-    results.json       every training curve, every evaluation, and a ``summary`` per task (see ``summarise``)
-    report.md          the headline table and the figures
-    fig4_reward_vs_queries.png, fig5_reward_vs_wallclock.png, fig6_inference_budget.png,
-    fig7_lcm_steps.png, fig8_heldout.png, samples_<task>.png (base and fine-tuned, both methods)
-
-Curves are the per-epoch batch reward, smoothed over 3 epochs, averaged over seeds (shaded: one std).
+    results.json       every run's metrics, every evaluation, and a ``summary`` per task (see ``summarise``)
+    report.md          the headline table with 95% intervals, and the figures
+    fig4_reward_vs_queries.png, fig5_reward_vs_wallclock.png (eval reward and prompt accuracy, mean and std band
+    over seeds), fig6_inference_budget.png, fig7_lcm_steps.png, fig8_heldout.png, samples_<task>.png
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import numpy as np
 import torch
 import tyro
 
+from benchmarks.ratios import bootstrap_ci, final_reward, first_reach, pair_ratio, summarise_pairs
+from benchmarks.runs import Progress, budgeted, cpu_per_wall, evaluations, run_to_completion, untrained_evaluation
 from genrl.config import PRESETS, TrainConfig, config_to_json
 from genrl.envs import make_env
 from genrl.errors import GenrlError
@@ -43,11 +46,11 @@ from genrl.policy import make_policy
 from genrl.prompts import load_prompts
 from genrl.rewards import load_reward
 from genrl.rollout import SamplingBatch, collect
-from genrl.rundir import image_grid
-from genrl.train import train
+from genrl.rundir import atomic_write_text, image_grid
 
-SMOOTHING = 3
-"""Epochs in the moving average of the reward curves."""
+RLCM, DDPO = "RLCM (PPO)", "DDPO (PPO)"
+CONTENDED = 0.8
+"""A run is flagged when its CPU/wall ratio is below this fraction of the best of its method on the same task."""
 
 
 @dataclass
@@ -56,15 +59,17 @@ class Args:
     """shapes: the embedded models on a CPU. paper: the paper's models and Table 1 hyperparameters (GPUs)."""
     output_dir: Path = Path("benchmark-results")
     quick: bool = False
-    """Fewer seeds, methods and seconds: a check that everything runs (~10 min on a 2-core CPU)."""
+    """compression and incompression, RLCM and DDPO, one seed, fewer queries: at most 15 min on a 2-core CPU."""
     seeds: int | None = None
-    """Seeds per method (default: 2, quick 1)."""
-    time_budget_s: float | None = None
-    """Training wall-clock per run (default shapes: 130 s, quick 40 s; paper: 8 GPU hours)."""
+    """Seeds per method (default 3; quick 1)."""
+    queries: int | None = None
+    """Reward queries per run, the same for every method (default shapes: 1024, quick 384; paper: DDPO's preset)."""
+    eval_queries: int | None = None
+    """Reward queries between evaluations (default shapes: 128; paper: 1/20 of the budget)."""
     tasks: tuple[str, ...] | None = None
-    """Default shapes: compression, incompression, alignment; paper: also aesthetic."""
+    """Default shapes: compression, incompression, alignment (quick: the first two); paper: also aesthetic."""
     eval_images: int = 32
-    """Images per evaluation point (inference budget, steps, held-out prompts)."""
+    """Images per point of the final models' evaluation (inference budget, steps, held-out prompts)."""
     device: str = "cpu"
     report_only: bool = False
     """Train nothing: recompute the summaries, figures and report from ``output_dir/results.json``."""
@@ -74,34 +79,34 @@ class Args:
 # What runs
 # --------------------------------------------------------------------------------------------------
 def method_configs(args: Args, task: str) -> dict[str, TrainConfig]:
-    """Method name -> its training configuration for one task. RLCM (PPO) and DDPO (PPO) always; REINFORCE on
-    the LCM, and DPG where the reward is differentiable, on the shapes suite."""
+    """Method name -> its preset for one task: RLCM (PPO) and DDPO (PPO); on shapes alignment (not --quick) also
+    RLCM with REINFORCE and with DPG. There the paper's question is whether each RLCM method reaches the teacher's
+    start, so DDPO is only evaluated untrained (``reference_only``)."""
     if args.suite == "paper":
-        return {"RLCM (PPO)": PRESETS[f"rlcm-{task}"], "DDPO (PPO)": PRESETS[f"ddpo-{task}"]}
-    rlcm, ddpo = PRESETS[f"shapes-rlcm-{task}"], PRESETS[f"shapes-ddpo-{task}"]
-    methods = {"RLCM (PPO)": rlcm, "DDPO (PPO)": ddpo}
-    if not args.quick:
-        methods["RLCM (REINFORCE)"] = dataclasses.replace(rlcm, algo="reinforce")
-    if load_reward(rlcm.reward).differentiable:
-        # Reward backpropagation takes far larger steps per query than a policy gradient: a smaller lr.
-        methods["RLCM (DPG)"] = dataclasses.replace(rlcm, algo="dpg", learning_rate=1e-3)
+        return {RLCM: PRESETS[f"rlcm-{task}"], DDPO: PRESETS[f"ddpo-{task}"]}
+    methods = {RLCM: PRESETS[f"shapes-rlcm-{task}"], DDPO: PRESETS[f"shapes-ddpo-{task}"]}
+    if task == "alignment" and not args.quick:
+        methods["RLCM (REINFORCE)"] = dataclasses.replace(methods[RLCM], algo="reinforce")
+        methods["RLCM (DPG)"] = PRESETS["shapes-dpg-alignment"]
     return methods
 
 
-def run_training(cfg: TrainConfig, out: Path, name: str, seed: int, budget: float, device: str) -> list[dict]:
-    cfg = dataclasses.replace(
-        cfg,
-        seed=seed,
-        epochs=100_000,
-        time_budget_s=budget,
-        output_dir=out,
-        run_name=name,
-        device=device,
-        save_every=100_000,  # only the final checkpoint
-        log_images_every=100_000,
-    )
-    run = train(cfg)
-    return run.read_metrics()
+def reference_only(args: Args, task: str, name: str) -> bool:
+    return args.suite == "shapes" and task == "alignment" and name == DDPO
+
+
+def slug(name: str) -> str:
+    return name.lower().replace(" ", "-").replace("(", "").replace(")", "")
+
+
+def budget(args: Args, task: str) -> tuple[int, int]:
+    """Reward queries per run and between evaluations. The paper suite's default: DDPO's preset budget for both
+    methods, evaluated 20 times."""
+    if args.suite == "shapes":
+        return args.queries or (384 if args.quick else 1024), args.eval_queries or 128
+    ddpo = PRESETS[f"ddpo-{task}"]
+    queries = args.queries or ddpo.epochs * ddpo.samples_per_epoch
+    return queries, args.eval_queries or max(ddpo.samples_per_epoch, queries // 20)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -135,14 +140,23 @@ class Evaluator:
         return torch.cat(rewards).mean().item(), seconds / count, torch.cat(images)
 
 
+PAPER_DDIM_STEPS = 50
+"""DDPO's sampler in the paper: the inference speed-up is also measured against it."""
+
+
 def evaluation_steps(cfg: TrainConfig) -> list[int]:
-    """Inference steps swept for the budget figure: the LCM's H, or DDIM steps up to the training horizon."""
+    """Inference steps swept for the budget figure: the LCM's H, or DDIM steps up to the paper's 50."""
     if cfg.env == "lcm":
         return sorted({2, 4, 8, cfg.num_steps})
-    return sorted({max(2, cfg.num_steps // 4), max(2, cfg.num_steps // 2), cfg.num_steps})
+    return sorted({max(2, cfg.num_steps // 4), max(2, cfg.num_steps // 2), cfg.num_steps, PAPER_DDIM_STEPS})
 
 
-def evaluate_method(cfg: TrainConfig, lora: Path | None, args: Args) -> dict:
+def evaluate_method(cfg: TrainConfig, lora: Path | None, args: Args, cache: Path) -> dict:
+    """The model at several step counts, on held-out prompts, and 8 sample images; kept in ``cache`` once done."""
+    if cache.with_suffix(".json").is_file():
+        result = json.loads(cache.with_suffix(".json").read_text())
+        result["_images"] = torch.load(cache.with_suffix(".pt"))
+        return result
     evaluator = Evaluator(cfg, lora, args.device, args.eval_images)
     trained = load_prompts(cfg.prompts)
     sweep = {}
@@ -154,109 +168,157 @@ def evaluate_method(cfg: TrainConfig, lora: Path | None, args: Args) -> dict:
         result["heldout_reward"] = evaluator.sample(cfg.num_steps, load_prompts("shapes_heldout"))[0]
         result["trained_reward"] = sweep[str(cfg.num_steps)]["reward"]
     grid_prompts = trained[:: max(1, len(trained) // 8)][:8]
-    result["_images"] = evaluator.sample(cfg.num_steps, grid_prompts, seed=7)[2][:8]
     result["_prompts"] = grid_prompts
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(evaluator.sample(cfg.num_steps, grid_prompts, seed=7)[2][:8], cache.with_suffix(".pt"))
+    atomic_write_text(cache.with_suffix(".json"), json.dumps(result))
+    result["_images"] = torch.load(cache.with_suffix(".pt"))
     return result
 
 
 # --------------------------------------------------------------------------------------------------
-# Curves and the headline ratios
+# The headline numbers
 # --------------------------------------------------------------------------------------------------
-def smooth(values: list[float], window: int = SMOOTHING) -> np.ndarray:
-    """Trailing moving average (the first points average what there is)."""
-    v = np.asarray(values, dtype=float)
-    cumulative = np.cumsum(np.insert(v, 0, 0.0))
-    counts = np.minimum(np.arange(1, len(v) + 1), window)
-    return (cumulative[1:] - cumulative[np.arange(1, len(v) + 1) - counts]) / counts
+def curve(metrics: list[dict], x: str, key: str = "eval_reward_mean") -> tuple[list[float], list[float]]:
+    queries, wall, y = evaluations(metrics, key)
+    return (queries if x == "reward_queries" else wall), y
 
 
-def mean_curve(runs: list[list[dict]], x_key: str, points: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Smoothed reward against ``x_key``, interpolated on a common grid up to the shortest run; mean and std."""
-    end = min(run[-1][x_key] for run in runs)
-    start = max(run[0][x_key] for run in runs)
-    grid = np.linspace(start, end, points) if end > start else np.array([end])
-    curves = [np.interp(grid, [m[x_key] for m in run], smooth([m["reward_mean"] for m in run])) for run in runs]
-    return grid, np.mean(curves, axis=0), np.std(curves, axis=0)
+def ratio(slow: list[list[dict]], fast: list[list[dict]], x: str, slow_name: str, fast_name: str) -> dict:
+    """Per seed pair, ``slow``'s x to its final eval reward over ``fast``'s x to the same; mean and 95% interval."""
+    pairs = [pair_ratio(curve(s, x), curve(f, x), slow_name, fast_name) for s, f in zip(slow, fast)]
+    return summarise_pairs(pairs)
 
 
-def first_reach(x: np.ndarray, y: np.ndarray, target: float) -> float | None:
-    hits = np.nonzero(y >= target)[0]
-    return float(x[hits[0]]) if len(hits) else None
-
-
-def initial_reward(runs: list[list[dict]]) -> float:
-    """Mean over seeds of the first ``SMOOTHING`` epochs' reward (one epoch's mean is too noisy a start)."""
-    return float(np.mean([np.mean([m["reward_mean"] for m in run[:SMOOTHING]]) for run in runs]))
-
-
-def final_reward(runs: list[list[dict]]) -> float:
-    """Mean over seeds of the last ``SMOOTHING`` epochs' reward."""
-    return float(np.mean([np.mean([m["reward_mean"] for m in run[-SMOOTHING:]]) for run in runs]))
-
-
-def speedup(slow: list[list[dict]], fast: list[list[dict]], x_key: str, start: float) -> float | None:
-    """``slow``'s x to reach 90% of its own gain over ``start``, over ``fast``'s x to reach the same reward.
-    None where ``slow`` gains nothing or ``fast`` never gets there."""
-    target = start + 0.9 * (final_reward(slow) - start)
-    if not final_reward(slow) > start:
+def start_and_end(runs: list[list[dict]], key: str) -> dict | None:
+    """Mean over seeds of the untrained model's value and of the final one (last 3 evaluations); the gain from
+    each run's own start, with a bootstrap 95% interval over seeds."""
+    ys = [curve(m, "reward_queries", key)[1] for m in runs]
+    if not all(ys):
         return None
-    x_slow, y_slow, _ = mean_curve(slow, x_key)
-    x_fast, y_fast, _ = mean_curve(fast, x_key)
-    t_slow, t_fast = first_reach(x_slow, y_slow, target), first_reach(x_fast, y_fast, target)
-    if t_slow is None or t_fast is None or t_fast <= 0:
-        return None
-    return t_slow / t_fast
+    gains = [final_reward(y) - y[0] for y in ys]
+    return {
+        "start": float(np.mean([y[0] for y in ys])),
+        "end": float(np.mean([final_reward(y) for y in ys])),
+        "gain": float(np.mean(gains)),
+        "gain_ci95": list(bootstrap_ci(gains)),
+    }
 
 
-def summarise(task_result: dict) -> dict:
+def reaching(runs: list[list[dict]], target: float) -> dict:
+    """When each seed first reaches ``target`` (reward queries and wall-clock); means over the seeds that do."""
+    queries = [first_reach(*curve(m, "reward_queries"), target) for m in runs]
+    wall = [first_reach(*curve(m, "wall_time_s"), target) for m in runs]
+    reached = [i for i, q in enumerate(queries) if q is not None]
+    return {
+        "target": target,
+        "seeds_reached": len(reached),
+        "seeds": len(runs),
+        "reward_queries": float(np.mean([queries[i] for i in reached])) if reached else None,
+        "wall_time_s": float(np.mean([wall[i] for i in reached])) if reached else None,
+    }
+
+
+def ddpo_gain_in_standard_errors(runs: list[list[dict]], eval_size: int) -> float:
+    """DDPO's mean eval-reward gain over the standard error of one evaluation's mean (its image std over the root
+    of the set's size, at the start): the ratios mean something from about 3 (the issue's criterion for a budget)."""
+    gain = start_and_end(runs, "eval_reward_mean")["gain"]
+    starts = [next(m for m in r if "eval_reward_std" in m) for r in runs]
+    standard_error = np.mean([m["eval_reward_std"] for m in starts]) / np.sqrt(eval_size)
+    return float(gain / standard_error)
+
+
+def contended_runs(runs: dict[str, list[list[dict]]]) -> list[dict]:
+    """Runs whose CPU/wall ratio fell below ``CONTENDED`` of the best of their method: other work took cores."""
+    flagged = []
+    for method, seeds in runs.items():
+        shares = [cpu_per_wall(m) for m in seeds]
+        if any(np.isnan(shares)):
+            continue  # not trained
+        best = max(shares)
+        for seed, share in enumerate(shares):
+            if share < CONTENDED * best:
+                flagged.append({"method": method, "seed": seed, "cpu_per_wall": share, "best_of_method": best})
+    return flagged
+
+
+def summarise(task: dict) -> dict:
     """The headline numbers of one task.
 
-    ``train_speedup``: DDPO's wall-clock to reach 90% of its own gain over the shared starting reward (the mean
-    of both methods' ``initial_reward``), divided by RLCM's wall-clock to reach the same reward; null if RLCM
-    never does (or DDPO gains nothing). ``query_efficiency``: the same in reward queries. ``inference_speedup``:
-    seconds per image of DDPO's sampler over RLCM's, at their training horizons. ``dpg_query_efficiency``
-    (where DPG ran): PPO's reward queries to reach 90% of its gain over RLCM's start, over DPG's.
+    ``train_speedup``: per seed pair, DDPO's training wall-clock to first reach its final eval reward (mean of its
+    last 3 evaluations) over RLCM's to reach the same reward, interpolated between evaluations; the mean over
+    pairs, ``_ci95`` a bootstrap 95% interval, ``_lower_bound`` where RLCM started past the target (then its first
+    evaluation after updates is the divisor), ``_why_none`` where undefined. ``query_efficiency``: the same in
+    reward queries. ``eval_reward`` and ``eval_prompt_accuracy``: each method's start (the untrained model) and end,
+    and its gain from its own start. ``inference_speedup``: DDPO's seconds per image at its training horizon over
+    RLCM's, ``inference_speedup_50_ddim`` at the paper's 50 DDIM steps. With DPG (alignment): ``reaches_ddpo_start``
+    per RLCM method, and ``dpg_query_efficiency``: PPO's queries to its final eval reward over DPG's.
     """
-    curves = task_result["curves"]
-    rlcm, ddpo = curves["RLCM (PPO)"], curves["DDPO (PPO)"]
-    start = (initial_reward(rlcm) + initial_reward(ddpo)) / 2
-    evals = task_result["evaluation"]
-    rlcm_cfg, ddpo_cfg = task_result["configs"]["RLCM (PPO)"], task_result["configs"]["DDPO (PPO)"]
-    rlcm_time = evals["RLCM (PPO)"]["steps"][str(rlcm_cfg["num_steps"])]["seconds_per_image"]
-    ddpo_time = evals["DDPO (PPO)"]["steps"][str(ddpo_cfg["num_steps"])]["seconds_per_image"]
-    summary = {
-        "starting_reward": start,
-        "train_speedup": speedup(ddpo, rlcm, "wall_time_s", start),
-        "query_efficiency": speedup(ddpo, rlcm, "reward_queries", start),
-        "inference_speedup": ddpo_time / rlcm_time,
-        "final_reward": {name: final_reward(runs) for name, runs in curves.items()},
-        "initial_reward": {name: initial_reward(runs) for name, runs in curves.items()},
-    }
-    if "RLCM (DPG)" in curves:
-        summary["dpg_query_efficiency"] = speedup(rlcm, curves["RLCM (DPG)"], "reward_queries", initial_reward(rlcm))
+    runs = task["runs"]
+    summary: dict = {}
+    for key, x in (("train_speedup", "wall_time_s"), ("query_efficiency", "reward_queries")):
+        measured = ratio(runs[DDPO], runs[RLCM], x, "DDPO", "RLCM")
+        if all(len(m) == 1 for m in runs[DDPO]):
+            measured.update(value=None, ci95=None, why_none="DDPO not trained here: its start is the reference")
+        summary[key] = measured["value"]
+        for part in ("ci95", "lower_bound", "why_none", "pairs"):
+            summary[f"{key}_{part}"] = measured[part]
+    summary["eval_reward"] = {m: start_and_end(r, "eval_reward_mean") for m, r in runs.items()}
+    summary["eval_prompt_accuracy"] = {m: start_and_end(r, "eval_prompt_accuracy") for m, r in runs.items()}
+    evaluation, configs = task.get("evaluation", {}), task["configs"]
+    summary["ddpo_gain_in_standard_errors"] = ddpo_gain_in_standard_errors(runs[DDPO], configs[DDPO]["eval_size"])
+    if RLCM in evaluation and DDPO in evaluation:
+        seconds = lambda m, steps: evaluation[m]["steps"][str(steps)]["seconds_per_image"]
+        rlcm_time = seconds(RLCM, configs[RLCM]["num_steps"])
+        summary["inference_speedup"] = seconds(DDPO, configs[DDPO]["num_steps"]) / rlcm_time
+        if str(PAPER_DDIM_STEPS) in evaluation[DDPO]["steps"]:
+            summary["inference_speedup_50_ddim"] = seconds(DDPO, PAPER_DDIM_STEPS) / rlcm_time
+    if "RLCM (DPG)" in runs:
+        ddpo_start = summary["eval_reward"][DDPO]["start"]
+        summary["reaches_ddpo_start"] = {m: reaching(r, ddpo_start) for m, r in runs.items() if m.startswith("RLCM")}
+        summary["dpg_query_efficiency"] = ratio(runs[RLCM], runs["RLCM (DPG)"], "reward_queries", "PPO", "DPG")
+    summary["contended_runs"] = contended_runs(runs)
     return summary
 
 
 # --------------------------------------------------------------------------------------------------
 # Figures and report
 # --------------------------------------------------------------------------------------------------
-def plot_curves(results: dict, x_key: str, xlabel: str, path: Path) -> None:
+def mean_curve(runs: list[list[dict]], x: str, key: str, points: int = 60) -> tuple[np.ndarray, ...]:
+    """``key`` against ``x``, interpolated on a grid up to the shortest run; mean and std over seeds."""
+    curves = [curve(m, x, key) for m in runs]
+    grid = np.linspace(0.0, min(c[0][-1] for c in curves), points)
+    values = np.array([np.interp(grid, cx, cy) for cx, cy in curves])
+    return grid, values.mean(axis=0), values.std(axis=0)
+
+
+def plot_curves(results: dict, x: str, xlabel: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks = list(results["tasks"])
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        for name, runs in results["tasks"][task]["curves"].items():
-            x, mean, std = mean_curve(runs, x_key)
-            ax.plot(x, mean, label=name)
-            ax.fill_between(x, mean - std, mean + std, alpha=0.2)
-        ax.set_title(task)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("reward")
-        ax.grid(alpha=0.3)
+    rows = [("eval_reward_mean", "eval reward"), ("eval_prompt_accuracy", "eval prompt accuracy")]
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.5 * len(tasks), 6.4), squeeze=False)
+    for column, task in enumerate(tasks):
+        for row, (key, label) in enumerate(rows):
+            ax = axes[row][column]
+            for name, runs in results["tasks"][task]["runs"].items():
+                if not all(curve(m, x, key)[1] for m in runs):
+                    continue
+                if all(len(m) == 1 for m in runs):  # a reference, not trained: its start
+                    ax.axhline(
+                        np.mean([curve(m, x, key)[1][0] for m in runs]), ls="--", c="gray", label=f"{name} start"
+                    )
+                    continue
+                grid, mean, std = mean_curve(runs, x, key)
+                ax.plot(grid, mean, label=name)
+                ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
+            ax.set_title(task if row == 0 else "")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -269,11 +331,13 @@ def plot_evaluations(results: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = list(results["tasks"])
+    tasks = [t for t in results["tasks"] if results["tasks"][t].get("evaluation")]
+    if not tasks:
+        return
     # Fig. 6: reward against inference time per image, the final models at several step counts.
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        for name in ("RLCM (PPO)", "DDPO (PPO)"):
+        for name in (RLCM, DDPO):
             sweep = results["tasks"][task]["evaluation"][name]["steps"]
             xs = [v["seconds_per_image"] for v in sweep.values()]
             ys = [v["reward"] for v in sweep.values()]
@@ -292,7 +356,7 @@ def plot_evaluations(results: dict, out: Path) -> None:
     # Fig. 7: RLCM's reward and inference time against the number of LCM steps H.
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        sweep = results["tasks"][task]["evaluation"]["RLCM (PPO)"]["steps"]
+        sweep = results["tasks"][task]["evaluation"][RLCM]["steps"]
         hs = [int(h) for h in sweep]
         ax.plot(hs, [v["reward"] for v in sweep.values()], "o-", color="C0")
         ax.set_xlabel("LCM steps H")
@@ -322,12 +386,20 @@ def plot_evaluations(results: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def _fmt(value: float | None, why_none: str) -> str:
-    return f"n/a ({why_none})" if value is None else f"{value:.2f}"
+def format_ratio(summary: dict, key: str) -> str:
+    value = summary[key]
+    if value is None:
+        return f"n/a ({summary[f'{key}_why_none']})"
+    low, high = summary[f"{key}_ci95"]
+    bound = ">= " if summary[f"{key}_lower_bound"] else ""
+    return f"{bound}{value:.2f} [{low:.2f}, {high:.2f}]"
 
 
-def _start_to_end(summary: dict, name: str) -> str:
-    return f"{summary['initial_reward'][name]:.3f} -> {summary['final_reward'][name]:.3f}"
+def format_start_end(values: dict | None) -> str:
+    if values is None:
+        return "-"
+    low, high = values["gain_ci95"]
+    return f"{values['start']:.3f} -> {values['end']:.3f} ({values['gain']:+.3f} [{low:+.3f}, {high:+.3f}])"
 
 
 def write_report(results: dict, out: Path) -> None:
@@ -337,48 +409,90 @@ def write_report(results: dict, out: Path) -> None:
         "",
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']}  ",
-        f"Seeds: {meta['seeds']}, training budget per run: {meta['time_budget_s']:.0f} s, finished {meta['date']} "
-        f"in {meta['total_s'] / 60:.1f} min.",
+        f"Seeds: {meta['seeds']}; reward queries per run (between evaluations on a fixed set of 32 images): "
+        + ", ".join(f"{t} {q} ({meta['eval_queries'][t]})" for t, q in meta["queries"].items())
+        + f"; finished {meta['date']} in {meta['total_s'] / 60:.0f} min.",
         "",
-        "| task | train_speedup | query_efficiency | inference_speedup | reward RLCM (PPO) | reward DDPO (PPO) "
-        "| other methods |",
-        "|---|---|---|---|---|---|---|",
+        "| task | train_speedup [95% CI] | query_efficiency [95% CI] | DDPO's gain in standard errors | "
+        "inference_speedup (training horizon / 50 DDIM steps) |",
+        "|---|---|---|---|---|",
     ]
     for task, data in results["tasks"].items():
         s = data["summary"]
-        ddpo_gained = s["final_reward"]["DDPO (PPO)"] > s["starting_reward"]
-        why = "RLCM never gets there" if ddpo_gained else "DDPO gains nothing"
-        others = ", ".join(
-            f"{n}: {_start_to_end(s, n)}" for n in s["final_reward"] if n not in ("RLCM (PPO)", "DDPO (PPO)")
-        )
-        if "dpg_query_efficiency" in s:
-            ppo_gained = s["final_reward"]["RLCM (PPO)"] > s["initial_reward"]["RLCM (PPO)"]
-            dpg_why = "DPG never gets there" if ppo_gained else "PPO gains nothing"
-            others += f"; DPG query efficiency over PPO: {_fmt(s['dpg_query_efficiency'], dpg_why)}"
+        inference = "-"
+        if "inference_speedup" in s:
+            inference = f"{s['inference_speedup']:.2f} / {s.get('inference_speedup_50_ddim', float('nan')):.2f}"
         lines.append(
-            f"| {task} | {_fmt(s['train_speedup'], why)} | {_fmt(s['query_efficiency'], why)} | "
-            f"{s['inference_speedup']:.2f} | {_start_to_end(s, 'RLCM (PPO)')} | {_start_to_end(s, 'DDPO (PPO)')} | "
-            f"{others} |"
+            f"| {task} | {format_ratio(s, 'train_speedup')} | {format_ratio(s, 'query_efficiency')} | "
+            f"{s['ddpo_gain_in_standard_errors']:.1f} | {inference} |"
         )
     lines += [
         "",
-        "Definitions: see `summarise` in `benchmarks/run.py`. Rewards are given as start -> end: the mean of the "
-        f"first and of the last {SMOOTHING} epochs, averaged over seeds; the shared starting reward of the ratios "
-        "is the mean of RLCM's and DDPO's starts. "
-        "Figures 6-8 evaluate the final LoRA of seed 0, loaded into a plain diffusers pipeline, on "
+        "Each method from its own start (the untrained model) to its end (mean of its last 3 evaluations), means over "
+        "seeds, the gain with a bootstrap 95% interval over seeds:",
+        "",
+        "| task | method | eval reward start -> end (gain) | prompt accuracy start -> end (gain) | CPU/wall |",
+        "|---|---|---|---|---|",
+    ]
+    for task, data in results["tasks"].items():
+        s = data["summary"]
+        for method, runs in data["runs"].items():
+            shares = ", ".join(f"{cpu_per_wall(m):.2f}" for m in runs).replace("nan", "-")
+            lines.append(
+                f"| {task} | {method} | {format_start_end(s['eval_reward'][method])} | "
+                f"{format_start_end(s['eval_prompt_accuracy'][method])} | {shares} |"
+            )
+    for task, data in results["tasks"].items():
+        s = data["summary"]
+        if "reaches_ddpo_start" in s:
+            lines += ["", f"**{task}**: does each RLCM method reach DDPO's starting eval reward?", ""]
+            for method, r in s["reaches_ddpo_start"].items():
+                when = (
+                    f", after {r['reward_queries']:.0f} queries and {r['wall_time_s']:.0f} s on average"
+                    if r["seeds_reached"]
+                    else ""
+                )
+                lines.append(f"- {method}: {r['seeds_reached']} of {r['seeds']} seeds reach {r['target']:.3f}{when}")
+            lines.append(f"- DPG's query efficiency over PPO: {format_ratio(_flat(s['dpg_query_efficiency']), 'x')}")
+    flagged = [(task, f) for task, data in results["tasks"].items() for f in data["summary"]["contended_runs"]]
+    lines += [
+        "",
+        "Runs whose CPU/wall ratio shows other work competing for the cores (below "
+        f"{CONTENDED:.0%} of the best run of their method): "
+        + (
+            ", ".join(
+                f"{t} {f['method']} seed {f['seed']} ({f['cpu_per_wall']:.2f} of {f['best_of_method']:.2f})"
+                for t, f in flagged
+            )
+            if flagged
+            else "none."
+        ),
+    ]
+    lines += [
+        "",
+        "Definitions: `summarise` in `benchmarks/run.py` and `benchmarks/ratios.py`. A ratio's target is DDPO's final "
+        "eval reward in each seed pair; `>=` marks a lower bound (RLCM started past the target). Figures 6-8 evaluate "
+        "the final LoRA of seed 0, loaded into a plain diffusers pipeline, on "
         f"{meta['eval_images']} images per point; Fig. 7 samples the RLCM model trained at its preset's H at "
         "H = 2, 4, 8 (the paper trained one model per H).",
         "",
         "![reward vs queries](fig4_reward_vs_queries.png)",
         "![reward vs wall-clock](fig5_reward_vs_wallclock.png)",
-        "![inference budget](fig6_inference_budget.png)",
-        "![LCM steps](fig7_lcm_steps.png)",
-        "![held-out prompts](fig8_heldout.png)",
-        "",
-        *[f"![samples {task}](samples_{task}.png)" for task in results["tasks"]],
-        "",
     ]
-    (out / "report.md").write_text("\n".join(lines))
+    if any(data.get("evaluation") for data in results["tasks"].values()):
+        lines += [
+            "![inference budget](fig6_inference_budget.png)",
+            "![LCM steps](fig7_lcm_steps.png)",
+            "![held-out prompts](fig8_heldout.png)",
+            "",
+            *[f"![samples {task}](samples_{task}.png)" for task in results["tasks"]],
+        ]
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+
+
+def _flat(measured: dict) -> dict:
+    """A ``summarise_pairs`` result in the shape ``format_ratio`` reads, under the key 'x'."""
+    return {"x": measured["value"], **{f"x_{k}": measured[k] for k in ("ci95", "lower_bound", "why_none")}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -411,83 +525,111 @@ def check_paper_requirements(args: Args) -> None:
 def write_outputs(results: dict, out: Path) -> None:
     """results.json, the figures and report.md, from results whose tasks carry their summaries."""
     results["summary"] = {task: data["summary"] for task, data in results["tasks"].items()}
-    staged = out / "results.json.tmp"
-    staged.write_text(json.dumps(results, indent=1))
-    os.replace(staged, out / "results.json")  # a failed rewrite leaves the old results whole
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1))  # a failed rewrite keeps the old one
     plot_curves(results, "reward_queries", "reward queries", out / "fig4_reward_vs_queries.png")
     plot_curves(results, "wall_time_s", "training wall-clock (s)", out / "fig5_reward_vs_wallclock.png")
     plot_evaluations(results, out)
     write_report(results, out)
 
 
+def report_only(args: Args) -> None:
+    path = args.output_dir / "results.json"
+    if not path.is_file():
+        raise GenrlError(f"--report-only needs {path}: pass the --output-dir of a finished benchmark run")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise GenrlError(f"{path} is not valid JSON ({exc}): rerun the benchmark into that folder") from None
+    for data in results["tasks"].values():
+        data["summary"] = summarise(data)
+    write_outputs(results, args.output_dir)
+    print(f"report: {args.output_dir / 'report.md'}")
+
+
+def evaluate_task(args: Args, task: str, data: dict, methods: dict[str, TrainConfig]) -> None:
+    """Figures 6-8 and the sample grid: seed 0's final LoRA of each method (and RLCM's and DDPO's base models)."""
+    out = args.output_dir
+    rows, captions = [], []
+    for name, cfg in methods.items():
+        if args.quick and name not in (RLCM, DDPO):
+            continue
+        lora = out / "runs" / f"{task}-{slug(name)}-seed0" / "checkpoints" / "latest"
+        if not lora.exists():  # a reference method, not trained: its base model
+            lora = None
+        evaluation = evaluate_method(cfg, lora, args, out / "evaluations" / f"{task}-{slug(name)}")
+        if name in (RLCM, DDPO):
+            base = evaluate_method(cfg, None, args, out / "evaluations" / f"{task}-{slug(name)}-base")
+            rows += [base.pop("_images"), evaluation["_images"]]
+            captions += [f"{name} base: {p}" for p in base.pop("_prompts")]
+            captions += [f"{name} tuned" for _ in evaluation["_prompts"]]
+            evaluation["base"] = {k: v for k, v in base.items() if not k.startswith("_")}
+        data["evaluation"][name] = {k: v for k, v in evaluation.items() if not k.startswith("_")}
+    image_grid(torch.cat(rows), captions, columns=8).save(out / f"samples_{task}.png")
+
+
 def main(args: Args) -> None:
-    began = time.perf_counter()
     if args.report_only:
-        path = args.output_dir / "results.json"
-        if not path.is_file():
-            raise GenrlError(f"--report-only needs {path}: pass the --output-dir of a finished benchmark run")
-        try:
-            results = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise GenrlError(f"{path} is not valid JSON ({exc}): rerun the benchmark into that folder") from None
-        for data in results["tasks"].values():
-            data["summary"] = summarise(data)
-        write_outputs(results, args.output_dir)
-        print(f"report: {args.output_dir / 'report.md'}")
-        return
-    seeds = args.seeds or (1 if args.quick else 2)
+        return report_only(args)
+    seeds = args.seeds or (1 if args.quick else 3)
     if args.suite == "paper":
         check_paper_requirements(args)
-        budget = args.time_budget_s or 8 * 3600.0
         tasks = args.tasks or ("compression", "incompression", "aesthetic", "alignment")
     else:
-        budget = args.time_budget_s or (40.0 if args.quick else 130.0)
-        tasks = args.tasks or ("compression", "incompression", "alignment")
+        tasks = args.tasks or (
+            ("compression", "incompression") if args.quick else ("compression", "incompression", "alignment")
+        )
+    unknown = [t for t in tasks if f"shapes-rlcm-{t}" not in PRESETS and f"rlcm-{t}" not in PRESETS]
+    if unknown:
+        raise GenrlError(f"unknown --tasks {unknown}; choose from compression, incompression, alignment, aesthetic")
     out = args.output_dir
+    methods = {task: method_configs(args, task) for task in tasks}
+    budgets = {task: budget(args, task) for task in tasks}
+    jobs = [  # every configuration is checked before the first run starts
+        (task, name, budgeted(cfg, *budgets[task], seed, out / "runs" / f"{task}-{slug(name)}-seed{seed}", args.device))
+        for task in tasks
+        for name, cfg in methods[task].items()
+        for seed in range(seeds)
+    ]
     out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"tasks": {}}
+    progress = Progress(len(jobs))
+    results: dict = {"tasks": {t: {"runs": {}, "configs": {}, "evaluation": {}} for t in tasks}}
+    for task, name, cfg in jobs:
+        progress.start(f"{cfg.run_name}: {budgets[task][0]} reward queries")
+        run = untrained_evaluation if reference_only(args, task, name) else run_to_completion
+        results["tasks"][task]["runs"].setdefault(name, []).append(run(cfg))
+        results["tasks"][task]["configs"][name] = config_to_json(methods[task][name])
+        progress.finish()
     for task in tasks:
-        methods = method_configs(args, task)
-        task_result: dict = {"curves": {}, "evaluation": {}, "configs": {}}
-        grid_rows, grid_captions = [], []
-        for name, cfg in methods.items():
-            slug = name.lower().replace(" ", "-").replace("(", "").replace(")", "")
-            runs = []
-            for seed in range(seeds):
-                print(f"\n== {task} / {name} / seed {seed} ({budget:.0f} s)", flush=True)
-                runs.append(run_training(cfg, out / "runs", f"{task}-{slug}-seed{seed}", seed, budget, args.device))
-            task_result["curves"][name] = runs
-            task_result["configs"][name] = config_to_json(cfg)
-            if name in ("RLCM (PPO)", "DDPO (PPO)") or not args.quick:
-                lora = out / "runs" / f"{task}-{slug}-seed0" / "checkpoints" / "latest"
-                evaluation = evaluate_method(cfg, lora, args)
-                if name in ("RLCM (PPO)", "DDPO (PPO)"):
-                    base = evaluate_method(cfg, None, args)
-                    grid_rows += [base.pop("_images"), evaluation["_images"]]
-                    grid_captions += [f"{name} base: {p}" for p in base.pop("_prompts")]
-                    grid_captions += [f"{name} tuned" for _ in evaluation["_prompts"]]
-                    evaluation["base"] = {k: v for k, v in base.items() if not k.startswith("_")}
-                task_result["evaluation"][name] = {k: v for k, v in evaluation.items() if not k.startswith("_")}
-        image_grid(torch.cat(grid_rows), grid_captions, columns=8).save(out / f"samples_{task}.png")
-        task_result["summary"] = summarise(task_result)
-        results["tasks"][task] = task_result
-        print(json.dumps({task: task_result["summary"]}, indent=1), flush=True)
-
+        print(f"\n== evaluating the final models of {task}", flush=True)
+        evaluate_task(args, task, results["tasks"][task], methods[task])
+        results["tasks"][task]["summary"] = summarise(results["tasks"][task])
     results["meta"] = {
         "suite": args.suite,
         "command": "python -m benchmarks.run " + " ".join(sys.argv[1:]),
         "machine": machine(),
         "seeds": seeds,
-        "time_budget_s": budget,
+        "queries": {task: budgets[task][0] for task in tasks},
+        "eval_queries": {task: budgets[task][1] for task in tasks},
         "eval_images": args.eval_images,
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "total_s": time.perf_counter() - began,
+        "total_s": time.perf_counter() - progress.began,
     }
     write_outputs(results, out)
-    print(f"\nreport: {out / 'report.md'}  ({(time.perf_counter() - began) / 60:.1f} min)")
+    for task, data in results["tasks"].items():
+        s = data["summary"]
+        print(
+            f"{task}: train_speedup {format_ratio(s, 'train_speedup')}, query_efficiency "
+            f"{format_ratio(s, 'query_efficiency')}"
+        )
+    print(f"\nreport: {out / 'report.md'}  ({(time.perf_counter() - progress.began) / 60:.1f} min)")
 
 
 def cli() -> None:
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     try:
         main(tyro.cli(Args, description=__doc__))
     except GenrlError as exc:

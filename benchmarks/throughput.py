@@ -32,6 +32,7 @@ def images_per_second(args: Args, processes: int, out: Path) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     train = ["--preset", args.preset, "--epochs", str(args.epochs), "--device", args.device]
     train += ["--output-dir", str(out), "--run-name", f"p{processes}", "--log-images-every", "1000"]
+    train += ["--eval-every", "0"]  # training throughput only
     subprocess.run(launch_command(processes, "genrl.train", train), check=True, env=env, capture_output=True)
     metrics = [json.loads(line) for line in (out / f"p{processes}" / "metrics.jsonl").read_text().splitlines()]
     first, last = metrics[0], metrics[-1]

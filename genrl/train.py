@@ -302,12 +302,12 @@ def _evaluation_set(cfg: TrainConfig, pool: list[str]) -> list[SamplingBatch]:
 
 
 def _evaluation_due(cfg: TrainConfig, epoch: int, last: bool) -> bool:
-    return cfg.eval_every > 0 and (epoch == 1 or last or epoch % cfg.eval_every == 0)
+    return cfg.eval_every > 0 and (last or epoch % cfg.eval_every == 0)
 
 
 def evaluate(t: Training) -> tuple[dict[str, float], Rollout]:
     """The current policy on the evaluation set: its metrics, and its first batch (for the sample grid)."""
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     rollouts = [collect(t.env, t.policy, batch, background_reward=t.background_reward) for batch in t.eval_batches]
     rewards = torch.cat([r.resolve().rewards for r in rollouts])
     metrics = {"eval_reward_mean": rewards.mean().item(), "eval_reward_std": rewards.std(unbiased=False).item()}
@@ -316,7 +316,15 @@ def evaluate(t: Training) -> tuple[dict[str, float], Rollout]:
         images = torch.cat([r.images for r in rollouts])
         metrics["eval_prompt_accuracy"] = shapes_alignment.accuracy(images, prompts)
     metrics["eval_time_s"] = time.perf_counter() - start
+    metrics["eval_cpu_time_s"] = time.process_time() - cpu_start
     return metrics, rollouts[0]
+
+
+def _log_starting_evaluation(t: Training, run: RunDir) -> None:
+    """Epoch 0: the model before any update, every method's own start (one Adam step already moves it)."""
+    evaluation, shown = evaluate(t)
+    run.log_metrics({"epoch": 0, "reward_queries": 0, "wall_time_s": 0.0, "cpu_time_s": 0.0, **evaluation})
+    run.save_samples(0, shown.images, shown.prompts, shown.rewards, suffix="-eval")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -391,11 +399,13 @@ def train(cfg: TrainConfig) -> RunDir:
     with run:  # released however the run ends
         if checkpoint is not None:
             resume(t, checkpoint)
+        first = t.counters["epoch"] + 1
         if main_process:
-            run.keep_metrics_before(t.counters["epoch"] + 1)  # the epochs after the checkpoint will run again
+            run.keep_metrics_before(first)  # the epochs after the checkpoint will run again
             run.create(config_to_json(cfg))
             print(f"run directory: {run.path}", flush=True)
-        first = t.counters["epoch"] + 1
+            if first == 1 and cfg.eval_every > 0 and not run.read_metrics():
+                _log_starting_evaluation(t, run)
         bar = tqdm(
             range(first, cfg.epochs + 1),
             "epochs",
@@ -403,12 +413,15 @@ def train(cfg: TrainConfig) -> RunDir:
             total=cfg.epochs,
             disable=not main_process or None,
         )
-        # Wall-clock counts everything from here on, logging and checkpoints included, across resumed segments.
+        # Wall-clock counts everything from here on, logging and checkpoints included, across resumed segments;
+        # process CPU time beside it shows whether other work competed for the cores.
         segment_start, wall_before = time.perf_counter(), t.counters["wall_time_s"]
+        cpu_start, cpu_before = time.process_time(), t.counters.get("cpu_time_s", 0.0)  # older runs: absent
         for epoch in bar:
             rollouts, metrics = run_epoch(t, epoch)
             t.counters["epoch"] = epoch
             t.counters["wall_time_s"] = metrics["wall_time_s"] = wall_before + time.perf_counter() - segment_start
+            t.counters["cpu_time_s"] = metrics["cpu_time_s"] = cpu_before + time.process_time() - cpu_start
             # The main process's clock decides, so that every process stops after the same epoch.
             out_of_time = t.processes.broadcast(
                 cfg.time_budget_s is not None and t.counters["wall_time_s"] >= cfg.time_budget_s
@@ -418,6 +431,7 @@ def train(cfg: TrainConfig) -> RunDir:
                     evaluation, shown = evaluate(t)
                     metrics.update(evaluation)
                     segment_start += evaluation["eval_time_s"]  # not training time
+                    cpu_start -= evaluation["eval_cpu_time_s"]
                     run.save_samples(epoch, shown.images, shown.prompts, shown.rewards, suffix="-eval")
                 images = epoch in (1, cfg.epochs) or epoch % cfg.log_images_every == 0 or out_of_time
                 log_epoch(t, run, rollouts, metrics, images)

@@ -1,127 +1,186 @@
-"""The benchmark suite's arithmetic (smoothing, time-to-reward, the headline ratios) and its report."""
+"""The benchmark suite: its summary of evaluation curves, its report, resuming an interrupted suite, its errors."""
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from benchmarks.run import (
-    Args,
-    final_reward,
-    initial_reward,
-    main,
-    plot_curves,
-    plot_evaluations,
-    smooth,
-    speedup,
-    summarise,
-    write_report,
-)
+import benchmarks.run as suite
+from benchmarks.run import Args, main, plot_curves, plot_evaluations, summarise, write_report
+from genrl.config import PRESETS
 
 
-def _run(rate: float, epochs: int = 60, start: float = 0.0, ceiling: float = 1.0, queries_per_epoch: int = 16):
-    """Reward rising linearly at ``rate`` per second to ``ceiling``; one epoch per second."""
+def _metrics(rate: float, start: float = 0.0, evaluations: int = 6, seconds_per_query: float = 0.1) -> list[dict]:
+    """A run evaluated every 32 queries, its eval reward rising at ``rate`` per query; accuracy falling slowly."""
     return [
         {
-            "epoch": e,
-            "wall_time_s": float(e),
-            "reward_queries": e * queries_per_epoch,
-            "reward_mean": min(ceiling, start + rate * e),
+            "epoch": i,
+            "reward_queries": 32 * i,
+            "wall_time_s": 32 * i * seconds_per_query,
+            "cpu_time_s": 32 * i * seconds_per_query * 1.9,
+            "eval_reward_mean": start + rate * 32 * i,
+            "eval_reward_std": 0.16,
+            "eval_prompt_accuracy": 0.8 - 0.01 * i,
         }
-        for e in range(1, epochs + 1)
+        for i in range(evaluations)
     ]
 
 
-def test_smooth_is_a_trailing_moving_average():
-    values = [1.0, 5.0, 2.0, 8.0, 3.0]
-    expected = [np.mean(values[max(0, i - 2) : i + 1]) for i in range(len(values))]
-    np.testing.assert_allclose(smooth(values, 3), expected)
-
-
-def test_speedup_is_the_ratio_of_times_to_ninety_percent_of_the_slow_gain():
-    slow, fast = [_run(0.02)], [_run(0.2)]  # slow ends at 1.0 (epoch 50), fast gets there 10x sooner
-    # Target 0.9; the fast curve's smoothed reward first passes it at epoch 6.
-    target = 0.9 * final_reward(slow)
-    slow_time = next(
-        m["wall_time_s"] for m, s in zip(slow[0], smooth([m["reward_mean"] for m in slow[0]])) if s >= target
-    )
-    ratio = speedup(slow, fast, "wall_time_s", start=0.0)
-    assert ratio == pytest.approx(slow_time / 6.0, rel=0.05)
-    assert 7 < ratio < 9
-    assert speedup(slow, [_run(0.001)], "wall_time_s", 0.0) is None  # never reaches the target
-    assert speedup([_run(0.0, start=-1)], fast, "wall_time_s", 0.0) is None  # the slow method gains nothing
-
-
-def _cli_errors(*args: str, env: dict | None = None) -> list[str]:
-    """Runs ``python -m benchmarks.run ARGS``, which must fail with exit code 2; its stderr lines."""
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", *args], capture_output=True, text=True, env=env)
-    assert proc.returncode == 2
-    return proc.stderr.strip().splitlines()
-
-
-def _task(ddpo_rate: float = 0.02) -> dict:
-    steps = lambda t: {str(h): {"reward": 0.1 * h, "seconds_per_image": t * h} for h in (2, 4, 8)}
+def _task(ddpo_rate: float = 0.001) -> dict:
+    steps = lambda t, hs: {str(h): {"reward": 0.1 * h, "seconds_per_image": t * h} for h in hs}
     return {
-        "curves": {"RLCM (PPO)": [_run(0.2), _run(0.1)], "DDPO (PPO)": [_run(ddpo_rate), _run(ddpo_rate * 1.5)]},
-        "configs": {"RLCM (PPO)": {"num_steps": 4}, "DDPO (PPO)": {"num_steps": 8}},
+        # RLCM: 4x DDPO's reward per query, 5x faster per query; two seed pairs.
+        "runs": {
+            "RLCM (PPO)": [
+                _metrics(4 * ddpo_rate, seconds_per_query=0.02),
+                _metrics(2 * ddpo_rate, seconds_per_query=0.02),
+            ],
+            "DDPO (PPO)": [_metrics(ddpo_rate, start=0.05), _metrics(ddpo_rate, start=0.05)],
+        },
+        "configs": {"RLCM (PPO)": {"num_steps": 4}, "DDPO (PPO)": {"num_steps": 20, "eval_size": 16}},
         "evaluation": {
-            "RLCM (PPO)": {"steps": steps(0.01), "trained_reward": 0.4, "heldout_reward": 0.3},
-            "DDPO (PPO)": {"steps": steps(0.1), "trained_reward": 0.8, "heldout_reward": 0.5},
+            "RLCM (PPO)": {"steps": steps(0.01, (2, 4, 8)), "trained_reward": 0.4, "heldout_reward": 0.3},
+            "DDPO (PPO)": {"steps": steps(0.1, (5, 10, 20, 50)), "trained_reward": 0.8, "heldout_reward": 0.5},
         },
     }
 
 
 def _results(task: dict) -> dict:
-    meta = dict(suite="shapes", command="x", machine="m", seeds=2, time_budget_s=60, eval_images=8, date="d")
-    return {"tasks": {"alignment": {**task, "summary": summarise(task)}}, "meta": {**meta, "total_s": 60}}
+    meta = dict(suite="shapes", command="x", machine="m", seeds=2, eval_images=8)
+    meta.update(queries={"compression": 160}, eval_queries={"compression": 32})
+    return {"tasks": {"compression": {**task, "summary": summarise(task)}}, "meta": {**meta, "date": "d", "total_s": 1}}
 
 
-def test_start_and_end_rewards_average_three_epochs_per_seed():
-    runs = [_run(0.1), _run(0.2)]
-    assert initial_reward(runs) == pytest.approx(np.mean([0.1, 0.2, 0.3, 0.2, 0.4, 0.6]))
-    assert final_reward(runs) == pytest.approx(1.0)
+def test_summary_ratios_come_from_the_evaluation_curves_per_seed_pair():
     summary = summarise(_task())
-    ddpo_start = initial_reward(_task()["curves"]["DDPO (PPO)"])
-    assert summary["starting_reward"] == pytest.approx((initial_reward(runs) + ddpo_start) / 2)
+    # DDPO: 0.05 + 0.001 q, final = mean of q = 96, 128, 160 -> 0.178, reached at q = 128, 12.8 s.
+    # RLCM seed 0: 0.004 q reaches 0.178 at q = 44.5 (0.89 s); seed 1: 0.002 q at q = 89 (1.78 s).
+    assert summary["query_efficiency"] == pytest.approx((128 / 44.5 + 128 / 89) / 2)
+    assert summary["train_speedup"] == pytest.approx((12.8 / 0.89 + 12.8 / 1.78) / 2)
+    low, high = summary["train_speedup_ci95"]
+    assert low < summary["train_speedup"] < high  # bootstrap means of 2 pairs: each one alone, or their mean
+    assert (low, high) == (pytest.approx(12.8 / 1.78), pytest.approx(12.8 / 0.89))
+    assert not summary["train_speedup_lower_bound"] and summary["train_speedup_why_none"] is None
+    reward = summary["eval_reward"]["DDPO (PPO)"]
+    assert (reward["start"], reward["end"], reward["gain"]) == pytest.approx((0.05, 0.178, 0.128))
+    assert summary["eval_prompt_accuracy"]["RLCM (PPO)"]["start"] == pytest.approx(0.8)
+    assert summary["inference_speedup"] == pytest.approx((0.1 * 20) / (0.01 * 4))
+    assert summary["inference_speedup_50_ddim"] == pytest.approx((0.1 * 50) / (0.01 * 4))
+    assert summary["contended_runs"] == []
+    assert summary["ddpo_gain_in_standard_errors"] == pytest.approx(0.128 / (0.16 / 4))
 
 
-def test_summary_and_report(tmp_path):
+def test_missing_ratios_say_why_and_a_contended_run_is_flagged(tmp_path):
+    flat = _task(ddpo_rate=0.0)
+    summary = summarise(flat)
+    assert summary["train_speedup"] is None and summary["train_speedup_why_none"] == "DDPO gains nothing over its start"
+    slow_rlcm = _task()
+    slow_rlcm["runs"]["RLCM (PPO)"][1] = _metrics(0.0001, seconds_per_query=0.02)
+    assert summarise(slow_rlcm)["train_speedup_why_none"] == "RLCM never reaches DDPO's reward"
+    contended = _task()
+    for m in contended["runs"]["DDPO (PPO)"][1]:
+        m["cpu_time_s"] /= 2  # half the CPU per wall-clock second of its twin: something else held a core
+    assert summarise(contended)["contended_runs"] == [
+        {"method": "DDPO (PPO)", "seed": 1, "cpu_per_wall": pytest.approx(0.95), "best_of_method": pytest.approx(1.9)}
+    ]
+    write_report(_results(contended), tmp_path)
+    assert "compression DDPO (PPO) seed 1 (0.95 of 1.90)" in (tmp_path / "report.md").read_text()
+    write_report(_results(flat), tmp_path)
+    assert "| compression | n/a (DDPO gains nothing over its start) |" in (tmp_path / "report.md").read_text()
+
+
+def test_report_and_figures(tmp_path):
     results = _results(_task())
-    summary = results["tasks"]["alignment"]["summary"]
-    assert summary["inference_speedup"] == pytest.approx((0.1 * 8) / (0.01 * 4))
-    assert summary["train_speedup"] > 1 and summary["query_efficiency"] == pytest.approx(summary["train_speedup"])
-    assert summary["final_reward"]["DDPO (PPO)"] == pytest.approx(1.0)
+    summary = results["tasks"]["compression"]["summary"]
     plot_curves(results, "reward_queries", "reward queries", tmp_path / "fig4.png")
     plot_evaluations(results, tmp_path)
     write_report(results, tmp_path)
     assert (tmp_path / "fig4.png").stat().st_size > 0 and (tmp_path / "fig8_heldout.png").exists()
     report = (tmp_path / "report.md").read_text()
-    start = summary["initial_reward"]["RLCM (PPO)"]
-    assert f"| alignment | {summary['train_speedup']:.2f} |" in report
-    assert f"| {start:.3f} -> 1.000 |" in report
-
-
-def test_report_says_why_a_ratio_is_missing(tmp_path):
-    write_report(_results(_task(ddpo_rate=0.0)), tmp_path)  # DDPO flat at 0: it gains nothing
-    assert "| alignment | n/a (DDPO gains nothing) |" in (tmp_path / "report.md").read_text()
-    task = _task()
-    task["curves"]["RLCM (PPO)"] = [_run(0.001), _run(0.001)]  # RLCM crawls and never reaches DDPO's reward
-    write_report(_results(task), tmp_path)
-    assert "| alignment | n/a (RLCM never gets there) |" in (tmp_path / "report.md").read_text()
+    low, high = summary["train_speedup_ci95"]
+    assert f"| compression | {summary['train_speedup']:.2f} [{low:.2f}, {high:.2f}] |" in report
+    assert "| compression | DDPO (PPO) | 0.050 -> 0.178 (+0.128 [+0.128, +0.128]) |" in report
 
 
 def test_report_only_rebuilds_summary_figures_and_report_from_results_json(tmp_path):
     results = _results(_task())
-    results["tasks"]["alignment"]["summary"] = {"stale": True}
+    results["tasks"]["compression"]["summary"] = {"stale": True}
     (tmp_path / "results.json").write_text(json.dumps(results))
     main(Args(output_dir=tmp_path, report_only=True))
     rebuilt = json.loads((tmp_path / "results.json").read_text())
-    assert rebuilt["summary"]["alignment"] == json.loads(json.dumps(summarise(_task())))
+    assert rebuilt["summary"]["compression"] == json.loads(json.dumps(summarise(_task())))
     assert (tmp_path / "report.md").exists() and (tmp_path / "fig5_reward_vs_wallclock.png").exists()
     assert not (tmp_path / "runs").exists()  # nothing trained
+
+
+def _tiny_methods(args, task):
+    small = dict(
+        sample_batch_size=4, batches_per_epoch=1, train_batch_size=2, eval_size=4, finetune="lora", lora_rank=2
+    )
+    return {
+        "RLCM (PPO)": dataclasses.replace(PRESETS["tiny-compression"], num_steps=2, **small),
+        "DDPO (PPO)": dataclasses.replace(PRESETS["tiny-ddpo-compression"], num_steps=3, **small),
+    }
+
+
+def test_an_interrupted_suite_skips_finished_runs_and_resumes_the_interrupted_one(tmp_path, monkeypatch):
+    import benchmarks.runs
+    import genrl.train
+
+    monkeypatch.setattr(suite, "method_configs", _tiny_methods)
+    monkeypatch.setattr(suite, "evaluation_steps", lambda cfg: [cfg.num_steps])
+    args = Args(output_dir=tmp_path, tasks=("compression",), seeds=1, queries=12, eval_queries=4, eval_images=4)
+    real_epoch = genrl.train.run_epoch
+
+    def interrupted(t, epoch):  # DDPO is stopped in its third epoch, after the checkpoint of its second
+        if t.cfg.run_name == "compression-ddpo-ppo-seed0" and epoch == 3:
+            raise KeyboardInterrupt
+        return real_epoch(t, epoch)
+
+    monkeypatch.setattr(genrl.train, "run_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    runs = tmp_path / "runs"
+    assert (runs / "compression-rlcm-ppo-seed0" / "finished.json").is_file()
+    assert not (runs / "compression-ddpo-ppo-seed0" / "finished.json").exists()
+    before = [json.loads(line) for line in (runs / "compression-ddpo-ppo-seed0" / "metrics.jsonl").open()]
+    assert [m["epoch"] for m in before] == [0, 1, 2]
+
+    monkeypatch.setattr(genrl.train, "run_epoch", real_epoch)
+    trained = []
+    real_train = benchmarks.runs.train
+    monkeypatch.setattr(benchmarks.runs, "train", lambda cfg: trained.append(cfg) or real_train(cfg))
+    main(args)
+    assert [(c.run_name, c.resume) for c in trained] == [
+        ("compression-ddpo-ppo-seed0", runs / "compression-ddpo-ppo-seed0")
+    ]  # the finished RLCM run is read, not trained again
+    after = json.loads((runs / "compression-ddpo-ppo-seed0" / "finished.json").read_text())["metrics"]
+    assert [m["epoch"] for m in after] == [0, 1, 2, 3] and after[:3] == before
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["summary"]["compression"]) >= {"train_speedup", "train_speedup_ci95", "eval_reward"}
+    assert (tmp_path / "report.md").exists() and (tmp_path / "samples_compression.png").exists()
+
+    main(args)  # everything finished: nothing trains
+    assert len(trained) == 1
+
+
+def test_a_run_directory_with_other_settings_is_not_taken_over(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(suite, "method_configs", _tiny_methods)
+    monkeypatch.setattr(suite, "evaluation_steps", lambda cfg: [cfg.num_steps])
+    args = Args(output_dir=tmp_path, tasks=("compression",), seeds=1, queries=4, eval_queries=4, eval_images=4)
+    main(args)
+    with pytest.raises(Exception, match="holds a run with other settings"):
+        main(dataclasses.replace(args, queries=8, eval_queries=4))
+
+
+def _cli_errors(*args: str, env: dict | None = None) -> list[str]:
+    """Runs ``python -m benchmarks.run ARGS``, which must fail with exit code 2; its stderr lines."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", *args], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2, proc.stderr
+    return proc.stderr.strip().splitlines()
 
 
 def test_the_paper_suite_says_what_it_needs(tmp_path):
@@ -130,6 +189,11 @@ def test_the_paper_suite_says_what_it_needs(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: the paper suite cannot run here")
     assert "SimianLuo/LCM_Dreamshaper_v7" in lines[0] and "GPU" in lines[0]
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_a_budget_that_is_not_whole_epochs_is_a_one_line_error(tmp_path):
+    lines = _cli_errors("--queries", "100", "--output-dir", str(tmp_path))
+    assert len(lines) == 1 and "must be whole epochs" in lines[0] and "multiples of 32" in lines[0]
 
 
 def test_report_only_without_results_is_a_one_line_error(tmp_path):

@@ -49,7 +49,20 @@ def test_shipped_reward_model_reads_fresh_renders():
 
 def test_shapes_is_the_default_and_trains(tmp_path):
     assert DEFAULT_PRESET.startswith("shapes-rlcm") and PRESETS[DEFAULT_PRESET].model == "shapes"
-    main(["--epochs", "2", "--batches-per-epoch", "1", "--output-dir", str(tmp_path), "--run-name", "r"])
+    main(
+        [
+            "--epochs",
+            "2",
+            "--batches-per-epoch",
+            "1",
+            "--eval-every",
+            "0",
+            "--output-dir",
+            str(tmp_path),
+            "--run-name",
+            "r",
+        ]
+    )
     metrics = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2 and abs(metrics[0]["ratio_mean_first_minibatch"] - 1) < 1e-6
     pipe = LatentConsistencyModelPipeline.from_pretrained(shipped_dir() / "lcm")

@@ -189,17 +189,24 @@ def test_the_evaluation_set_is_fixed_and_scores_the_same_policy_the_same(tmp_pat
     assert a.eval_batches == b.eval_batches  # the same prompts and noise whatever --seed
     first, _ = evaluate(a)
     second, _ = evaluate(a)
-    first.pop("eval_time_s"), second.pop("eval_time_s")
+    for metrics in (first, second):
+        assert metrics.pop("eval_time_s") > 0 and metrics.pop("eval_cpu_time_s") > 0
     assert first == second and set(first) == {"eval_reward_mean", "eval_reward_std", "eval_prompt_accuracy"}
     assert 0 <= first["eval_prompt_accuracy"] <= 1
 
 
-def test_evaluations_are_logged_at_the_first_every_nth_and_last_epoch(tmp_path):
+def test_evaluations_are_logged_before_training_every_nth_and_last_epoch(tmp_path):
     main(fast_args(tmp_path, "r", "--epochs", "5", "--eval-every", "2", "--eval-size", "4"))  # (fast_args: 0)
     metrics = logged_metrics(tmp_path / "r")
-    assert [m["epoch"] for m in metrics if "eval_reward_mean" in m] == [1, 2, 4, 5]
+    assert [m["epoch"] for m in metrics if "eval_reward_mean" in m] == [0, 2, 4, 5]
+    assert metrics[0]["reward_queries"] == 0 and metrics[0]["wall_time_s"] == 0 and "reward_mean" not in metrics[0]
     assert all(m["eval_time_s"] > 0 for m in metrics if "eval_time_s" in m)
+    assert all(0 < m["cpu_time_s"] for m in metrics[1:])
+    assert (tmp_path / "r" / "samples" / "epoch-0000-eval.png").exists()
     assert (tmp_path / "r" / "samples" / "epoch-0005-eval.png").exists()
+    # A resumed run keeps its start and does not evaluate it again.
+    main(["--resume", str(tmp_path / "r"), "--epochs", "6"])
+    assert [m["epoch"] for m in logged_metrics(tmp_path / "r") if "eval_reward_mean" in m] == [0, 2, 4, 5, 6]
     main(fast_args(tmp_path, "off", "--epochs", "2", "--eval-every", "0"))
     assert not any("eval_reward_mean" in m for m in logged_metrics(tmp_path / "off"))
 

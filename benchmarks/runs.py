@@ -1,0 +1,104 @@
+"""Training runs for the benchmark suite and the sweep: budgets in reward queries, and resumable.
+
+Each run lives in ``OUT/runs/NAME``, a genrl run directory that checkpoints at every evaluation; when it ends, its
+logged metrics go to ``NAME/finished.json``. Running the same command again skips finished runs and continues an
+interrupted one from its latest checkpoint, so a suite longer than one sitting completes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from genrl.config import TrainConfig, config_to_json, read_config
+from genrl.errors import GenrlError
+from genrl.rundir import atomic_write_text
+from genrl.train import train
+
+
+def budgeted(cfg: TrainConfig, queries: int, eval_queries: int, seed: int, run_dir: Path, device: str) -> TrainConfig:
+    """``cfg`` trained for ``queries`` reward queries, evaluated (and checkpointed) every ``eval_queries``."""
+    per_epoch = cfg.samples_per_epoch
+    if queries % per_epoch or eval_queries % per_epoch:
+        raise GenrlError(
+            f"the budget of {queries} queries, evaluated every {eval_queries}, must be whole epochs of {cfg.preset}'s "
+            f"{per_epoch} samples; pick multiples of {per_epoch}"
+        )
+    cfg = dataclasses.replace(
+        cfg,
+        seed=seed,
+        epochs=queries // per_epoch,
+        eval_every=eval_queries // per_epoch,
+        save_every=eval_queries // per_epoch,
+        keep_checkpoints=1,
+        log_images_every=10**9,  # the evaluation grids are the pictures to look at
+        time_budget_s=None,
+        output_dir=run_dir.parent,
+        run_name=run_dir.name,
+        device=device,
+    )
+    cfg.validate()
+    return cfg
+
+
+def run_to_completion(cfg: TrainConfig) -> list[dict]:
+    """The run's logged metrics: read if it finished before, else trained, resuming whatever it had done."""
+    run_dir = cfg.output_dir / cfg.run_name
+    if (run_dir / "config.json").is_file():
+        saved = dataclasses.replace(read_config(run_dir / "config.json"), resume=None)
+        if config_to_json(saved) != config_to_json(cfg):
+            raise GenrlError(
+                f"{run_dir} holds a run with other settings than this command's; delete it, or pass another "
+                "--output-dir"
+            )
+        cfg = dataclasses.replace(cfg, resume=run_dir)
+    finished = run_dir / "finished.json"
+    if finished.is_file():
+        return json.loads(finished.read_text())["metrics"]
+    metrics = train(cfg).read_metrics()
+    atomic_write_text(finished, json.dumps({"metrics": metrics}))
+    return metrics
+
+
+def untrained_evaluation(cfg: TrainConfig) -> list[dict]:
+    """A method that is only a reference: its untrained model on the evaluation set, kept like a finished run."""
+    from genrl.train import build, evaluate
+
+    finished = cfg.output_dir / cfg.run_name / "finished.json"
+    if finished.is_file():
+        return json.loads(finished.read_text())["metrics"]
+    evaluation, _ = evaluate(build(cfg))
+    metrics = [{"epoch": 0, "reward_queries": 0, "wall_time_s": 0.0, "cpu_time_s": 0.0, **evaluation}]
+    finished.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(finished, json.dumps({"metrics": metrics}))
+    return metrics
+
+
+class Progress:
+    """Prints runs done out of the total and the time elapsed before each run starts."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.began = total, 0, time.perf_counter()
+
+    def start(self, name: str) -> None:
+        minutes = (time.perf_counter() - self.began) / 60
+        print(f"\n== [{self.done}/{self.total} runs done, {minutes:.1f} min] {name}", flush=True)
+
+    def finish(self) -> None:
+        self.done += 1
+
+
+def evaluations(metrics: list[dict], key: str = "eval_reward_mean") -> tuple[list[float], list[float], list[float]]:
+    """A run's evaluation curve: reward queries, training wall-clock and ``key`` at each evaluation."""
+    points = [m for m in metrics if key in m]
+    return [m["reward_queries"] for m in points], [m["wall_time_s"] for m in points], [m[key] for m in points]
+
+
+def cpu_per_wall(metrics: list[dict]) -> float:
+    """Process CPU seconds per training wall-clock second: lower than its peers when other work took the cores."""
+    last = metrics[-1]
+    if not last["wall_time_s"]:
+        return float("nan")  # not trained
+    return last.get("cpu_time_s", float("nan")) / last["wall_time_s"]

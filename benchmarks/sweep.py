@@ -1,0 +1,164 @@
+"""``python -m benchmarks.sweep``: each method's own best settings on the shapes suite, found the same way.
+
+    python -m benchmarks.sweep --output-dir docs/benchmark/sweep      # ~35 min on a 2-core CPU; resumable
+
+Per task family (JPEG, tuned on compression; alignment) and method, a grid of learning rates (and DDPO's update
+batch) trains for a short budget of reward queries on 2 seeds, judged on the fixed evaluation set. The winner is
+the best final eval reward (mean of the last 3 evaluations, over seeds) among settings whose final prompt
+accuracy stays at least ``KEEP_ACCURACY`` of the starting model's: a reward that rises while the shapes vanish is
+reward hacking. Winners go into ``_SHAPES_SWEPT`` in genrl/config.py by hand; the table into
+``OUT/sweep.md`` and ``OUT/sweep.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tyro
+
+from benchmarks.ratios import final_reward
+from benchmarks.runs import Progress, budgeted, evaluations, run_to_completion
+from genrl.config import PRESETS, TrainConfig
+from genrl.errors import GenrlError
+from genrl.rundir import atomic_write_text
+
+KEEP_ACCURACY = 0.8
+"""A setting qualifies if its final eval_prompt_accuracy is at least this fraction of the untrained model's."""
+
+_LRS = (1e-4, 3e-4, 1e-3, 3e-3)
+# Family -> method -> (base preset, settings tried). DDPO's update batch: 32 or 64 of its 64 images an epoch
+# (accumulating 4 or 8 minibatches of 8). DDPO skips lr 3e-3: in the pilot it lost 40% of its prompt accuracy within
+# 160 queries with no gain in reward. REINFORCE is not swept: with one optimizer step per sampling round its update
+# is PPO's (every ratio is 1, so nothing is clipped), and it takes PPO's winner.
+GRID: dict[str, dict[str, tuple[str, list[dict]]]] = {
+    "jpeg": {
+        "RLCM (PPO)": ("shapes-rlcm-compression", [{"learning_rate": lr} for lr in _LRS]),
+        "DDPO (PPO)": (
+            "shapes-ddpo-compression",
+            [{"learning_rate": lr, "gradient_accumulation_steps": a} for lr in _LRS[:3] for a in (4, 8)],
+        ),
+    },
+    "alignment": {
+        "RLCM (PPO)": ("shapes-rlcm-alignment", [{"learning_rate": lr} for lr in _LRS[:3]]),
+        "RLCM (DPG)": (
+            "shapes-rlcm-alignment",
+            [{"learning_rate": lr, "algo": "dpg", "group_size": 1} for lr in _LRS[:3]],
+        ),
+    },
+}
+
+
+@dataclass
+class Args:
+    output_dir: Path = Path("sweep-results")
+    families: tuple[str, ...] = ("jpeg", "alignment")
+    seeds: int = 2
+    queries: int = 320
+    """Reward queries per run (the same for every method)."""
+    eval_queries: int = 64
+    """Reward queries between evaluations."""
+    device: str = "cpu"
+
+
+def setting_name(settings: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("algo", "group_size"))
+
+
+def score(runs: list[list[dict]]) -> dict:
+    """Mean over seeds of the start and final eval reward and prompt accuracy."""
+    rewards = [evaluations(m)[2] for m in runs]
+    accuracy = [evaluations(m, "eval_prompt_accuracy")[2] for m in runs]
+    return {
+        "reward_start": float(np.mean([r[0] for r in rewards])),
+        "reward_final": float(np.mean([final_reward(r) for r in rewards])),
+        "accuracy_start": float(np.mean([a[0] for a in accuracy])),
+        "accuracy_final": float(np.mean([final_reward(a) for a in accuracy])),
+    }
+
+
+def pick_winner(rows: list[dict]) -> dict:
+    """The best final reward among rows that keep their accuracy; if none does, the one that keeps the most."""
+    kept = [r for r in rows if r["accuracy_final"] >= KEEP_ACCURACY * r["accuracy_start"]]
+    if kept:
+        return max(kept, key=lambda r: r["reward_final"])
+    return max(rows, key=lambda r: r["accuracy_final"] / max(r["accuracy_start"], 1e-9))
+
+
+def write_table(results: dict, out: Path, args: Args) -> None:
+    lines = [
+        "# Sweep: each method's own settings",
+        "",
+        f"Command: `python -m benchmarks.sweep {' '.join(sys.argv[1:])}`  ",
+        f"{args.seeds} seeds, {args.queries} reward queries per run, evaluated every {args.eval_queries} on the fixed "
+        "evaluation set (32 images). Final = mean of the last 3 evaluations, averaged over seeds. A setting qualifies "
+        f"if its final prompt accuracy is at least {KEEP_ACCURACY:.0%} of its start; the winner (**bold**) is the "
+        "best final reward among those.",
+        "",
+        "| family | method | setting | eval reward start -> final | prompt accuracy start -> final | qualifies |",
+        "|---|---|---|---|---|---|",
+    ]
+    for family, methods in results.items():
+        for method, data in methods.items():
+            for row in data["rows"]:
+                name = row["setting"]
+                if row == data["winner"]:
+                    name = f"**{name}**"
+                ok = row["accuracy_final"] >= KEEP_ACCURACY * row["accuracy_start"]
+                lines.append(
+                    f"| {family} | {method} | {name} | {row['reward_start']:.3f} -> {row['reward_final']:.3f} | "
+                    f"{row['accuracy_start']:.3f} -> {row['accuracy_final']:.3f} | {'yes' if ok else 'no'} |"
+                )
+    atomic_write_text(out / "sweep.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / "sweep.json", json.dumps(results, indent=1))
+
+
+def main(args: Args) -> None:
+    unknown = set(args.families) - set(GRID)
+    if unknown:
+        raise GenrlError(f"unknown --families {sorted(unknown)}; choose from {', '.join(GRID)}")
+    jobs = [
+        (family, method, base, settings, seed)
+        for family in args.families
+        for method, (base, grid) in GRID[family].items()
+        for settings in grid
+        for seed in range(args.seeds)
+    ]
+    progress = Progress(len(jobs))
+    runs: dict[tuple, list] = {}
+    for family, method, base, settings, seed in jobs:
+        cfg: TrainConfig = dataclasses.replace(PRESETS[base], **settings)
+        slug = "-".join(f"{v}" for v in settings.values())
+        name = f"{family}-{method.split()[0].lower()}-{cfg.algo}-{slug}-seed{seed}"
+        progress.start(name)
+        cfg = budgeted(cfg, args.queries, args.eval_queries, seed, args.output_dir / "runs" / name, args.device)
+        runs.setdefault((family, method, setting_name(settings)), []).append(run_to_completion(cfg))
+        progress.finish()
+    results: dict = {}
+    for (family, method, setting), metrics in runs.items():
+        data = results.setdefault(family, {}).setdefault(method, {"rows": []})
+        data["rows"].append({"setting": setting, **score(metrics)})
+    for methods in results.values():
+        for data in methods.values():
+            data["winner"] = pick_winner(data["rows"])
+    write_table(results, args.output_dir, args)
+    for family, methods in results.items():
+        for method, data in methods.items():
+            print(f"{family} / {method}: {data['winner']['setting']}")
+    print(f"table: {args.output_dir / 'sweep.md'}")
+
+
+def cli() -> None:
+    try:
+        main(tyro.cli(Args, description=__doc__))
+    except GenrlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    cli()
