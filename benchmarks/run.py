@@ -1,6 +1,6 @@
 """The benchmark suite: RLCM against DDPO on equal terms, the RLCM paper's figures 4-8 on your machine.
 
-    python -m benchmarks.run --suite shapes --output-dir bench      # embedded shapes models, ~60 min on 2 CPU cores
+    python -m benchmarks.run --suite shapes --output-dir bench      # embedded shapes models, ~50 min on 2 CPU cores
     python -m benchmarks.run --suite shapes --output-dir bench --quick                  # <= 15 min: JPEG tasks, 1 seed
     python -m benchmarks.run --suite paper --output-dir bench --device cuda   # Table 1 models and presets, GPUs
 
@@ -59,17 +59,19 @@ class Args:
     """shapes: the embedded models on a CPU. paper: the paper's models and Table 1 hyperparameters (GPUs)."""
     output_dir: Path = Path("benchmark-results")
     quick: bool = False
-    """compression and incompression, RLCM and DDPO, one seed, fewer queries: at most 15 min on a 2-core CPU."""
+    """compression and incompression, RLCM and DDPO, one seed, fewer evaluations, the final models at their
+    training horizons only: at most 15 min on a 2-core CPU."""
     seeds: int | None = None
     """Seeds per method (default 3; quick 1)."""
     queries: int | None = None
-    """Reward queries per run, the same for every method (default shapes: 1024, quick 384; paper: DDPO's preset)."""
+    """Reward queries per run, the same for every method (default shapes: 1024; paper: DDPO's preset)."""
     eval_queries: int | None = None
-    """Reward queries between evaluations (default shapes: 128; paper: 1/20 of the budget)."""
+    """Reward queries between evaluations (default shapes: 128, quick 256; paper: 1/20 of the budget)."""
     tasks: tuple[str, ...] | None = None
     """Default shapes: compression, incompression, alignment (quick: the first two); paper: also aesthetic."""
-    eval_images: int = 32
-    """Images per point of the final models' evaluation (inference budget, steps, held-out prompts)."""
+    eval_images: int | None = None
+    """Images per point of the final models' evaluation (inference budget, steps, held-out prompts; default 32,
+    quick 16)."""
     device: str = "cpu"
     report_only: bool = False
     """Train nothing: recompute the summaries, figures and report from ``output_dir/results.json``."""
@@ -103,7 +105,9 @@ def budget(args: Args, task: str) -> tuple[int, int]:
     """Reward queries per run and between evaluations. The paper suite's default: DDPO's preset budget for both
     methods, evaluated 20 times."""
     if args.suite == "shapes":
-        return args.queries or (384 if args.quick else 1024), args.eval_queries or 128
+        # Quick: the full budget of one seed, evaluated half as often (DDPO needs about 900 queries to pass its
+        # own start by as much as the ratio needs; fewer evaluations save more time than fewer queries would).
+        return args.queries or 1024, args.eval_queries or (256 if args.quick else 128)
     ddpo = PRESETS[f"ddpo-{task}"]
     queries = args.queries or ddpo.epochs * ddpo.samples_per_epoch
     return queries, args.eval_queries or max(ddpo.samples_per_epoch, queries // 20)
@@ -121,11 +125,12 @@ class Evaluator:
         self.reward = load_reward(cfg.reward)
         self.policy = make_policy(cfg.env, self.pipe, cfg.guidance_scale, cfg.logprob_reduction, cfg.eta).eval()
 
-    def sample(self, num_steps: int, prompts: list[str], seed: int = 12345):
-        """Mean reward and seconds per image (sampling and decode) on ``num_images`` prompts from the list."""
+    def sample(self, num_steps: int, prompts: list[str], seed: int = 12345, draw: bool = True):
+        """Mean reward, seconds per image (sampling and decode) and the images, on ``num_images`` prompts drawn
+        from the list (``draw``) or on the list itself, in its order."""
         rng = np.random.default_rng(seed)
-        chosen = [prompts[i] for i in rng.integers(len(prompts), size=self.num_images)]
-        batch = min(8, self.num_images)
+        chosen = [prompts[i] for i in rng.integers(len(prompts), size=self.num_images)] if draw else prompts
+        batch = min(8, len(chosen))
         env = make_env(self.cfg.env, batch, self.pipe, self.reward, num_steps)
         collect(env, self.policy, SamplingBatch(chosen[:batch], seed, seed))  # warm-up
         rewards, seconds, images = [], 0.0, []
@@ -144,10 +149,13 @@ PAPER_DDIM_STEPS = 50
 """DDPO's sampler in the paper: the inference speed-up is also measured against it."""
 
 
-def evaluation_steps(cfg: TrainConfig) -> list[int]:
-    """Inference steps swept for the budget figure: the LCM's H, or DDIM steps up to the paper's 50."""
+def evaluation_steps(cfg: TrainConfig, quick: bool = False) -> list[int]:
+    """Inference steps swept for the budget figure: the LCM's H, or DDIM steps up to the paper's 50. Quick: the
+    training horizon (and DDIM's 50), enough for the inference speed-ups."""
     if cfg.env == "lcm":
-        return sorted({2, 4, 8, cfg.num_steps})
+        return [cfg.num_steps] if quick else sorted({2, 4, 8, cfg.num_steps})
+    if quick:
+        return sorted({cfg.num_steps, PAPER_DDIM_STEPS})
     return sorted({max(2, cfg.num_steps // 4), max(2, cfg.num_steps // 2), cfg.num_steps, PAPER_DDIM_STEPS})
 
 
@@ -160,17 +168,17 @@ def evaluate_method(cfg: TrainConfig, lora: Path | None, args: Args, cache: Path
     evaluator = Evaluator(cfg, lora, args.device, args.eval_images)
     trained = load_prompts(cfg.prompts)
     sweep = {}
-    for steps in evaluation_steps(cfg):
+    for steps in evaluation_steps(cfg, args.quick):
         reward, seconds, _ = evaluator.sample(steps, trained)
         sweep[str(steps)] = {"reward": reward, "seconds_per_image": seconds}
     result: dict = {"steps": sweep}
-    if cfg.prompts == "shapes_train":
+    if cfg.prompts == "shapes_train" and not args.quick:
         result["heldout_reward"] = evaluator.sample(cfg.num_steps, load_prompts("shapes_heldout"))[0]
         result["trained_reward"] = sweep[str(cfg.num_steps)]["reward"]
     grid_prompts = trained[:: max(1, len(trained) // 8)][:8]
     result["_prompts"] = grid_prompts
     cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(evaluator.sample(cfg.num_steps, grid_prompts, seed=7)[2][:8], cache.with_suffix(".pt"))
+    torch.save(evaluator.sample(cfg.num_steps, grid_prompts, seed=7, draw=False)[2], cache.with_suffix(".pt"))
     atomic_write_text(cache.with_suffix(".json"), json.dumps(result))
     result["_images"] = torch.load(cache.with_suffix(".pt"))
     return result
@@ -319,7 +327,7 @@ def plot_curves(results: dict, x: str, xlabel: str, path: Path) -> None:
             ax.set_xlabel(xlabel)
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+        axes[0][column].legend(fontsize=8)  # the methods differ between tasks
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -411,7 +419,7 @@ def write_report(results: dict, out: Path) -> None:
         f"Machine: {meta['machine']}  ",
         f"Seeds: {meta['seeds']}; reward queries per run (between evaluations on a fixed set of 32 images): "
         + ", ".join(f"{t} {q} ({meta['eval_queries'][t]})" for t, q in meta["queries"].items())
-        + f"; finished {meta['date']} in {meta['total_s'] / 60:.0f} min.",
+        + f"; finished {meta['date']}, the last invocation taking {meta['total_s'] / 60:.0f} min.",
         "",
         "| task | train_speedup [95% CI] | query_efficiency [95% CI] | DDPO's gain in standard errors | "
         "inference_speedup (training horizon / 50 DDIM steps) |",
@@ -557,12 +565,14 @@ def evaluate_task(args: Args, task: str, data: dict, methods: dict[str, TrainCon
         if not lora.exists():  # a reference method, not trained: its base model
             lora = None
         evaluation = evaluate_method(cfg, lora, args, out / "evaluations" / f"{task}-{slug(name)}")
-        if name in (RLCM, DDPO):
+        if name in (RLCM, DDPO) and not args.quick:
             base = evaluate_method(cfg, None, args, out / "evaluations" / f"{task}-{slug(name)}-base")
-            rows += [base.pop("_images"), evaluation["_images"]]
+            rows.append(base.pop("_images"))
             captions += [f"{name} base: {p}" for p in base.pop("_prompts")]
-            captions += [f"{name} tuned" for _ in evaluation["_prompts"]]
             evaluation["base"] = {k: v for k, v in base.items() if not k.startswith("_")}
+        if name in (RLCM, DDPO):
+            rows.append(evaluation["_images"])
+            captions += [f"{name} tuned: {p}" for p in evaluation["_prompts"]]
         data["evaluation"][name] = {k: v for k, v in evaluation.items() if not k.startswith("_")}
     image_grid(torch.cat(rows), captions, columns=8).save(out / f"samples_{task}.png")
 
@@ -570,6 +580,7 @@ def evaluate_task(args: Args, task: str, data: dict, methods: dict[str, TrainCon
 def main(args: Args) -> None:
     if args.report_only:
         return report_only(args)
+    args = dataclasses.replace(args, eval_images=args.eval_images or (16 if args.quick else 32))
     seeds = args.seeds or (1 if args.quick else 3)
     if args.suite == "paper":
         check_paper_requirements(args)
@@ -578,9 +589,11 @@ def main(args: Args) -> None:
         tasks = args.tasks or (
             ("compression", "incompression") if args.quick else ("compression", "incompression", "alignment")
         )
-    unknown = [t for t in tasks if f"shapes-rlcm-{t}" not in PRESETS and f"rlcm-{t}" not in PRESETS]
+    prefix = "shapes-rlcm-" if args.suite == "shapes" else "rlcm-"
+    known = [name.removeprefix(prefix) for name in PRESETS if name.startswith(prefix)]
+    unknown = [t for t in tasks if t not in known]
     if unknown:
-        raise GenrlError(f"unknown --tasks {unknown}; choose from compression, incompression, alignment, aesthetic")
+        raise GenrlError(f"unknown --tasks {unknown} for the {args.suite} suite; choose from {', '.join(known)}")
     out = args.output_dir
     methods = {task: method_configs(args, task) for task in tasks}
     budgets = {task: budget(args, task) for task in tasks}

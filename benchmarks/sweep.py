@@ -1,6 +1,6 @@
 """``python -m benchmarks.sweep``: each method's own best settings on the shapes suite, found the same way.
 
-    python -m benchmarks.sweep --output-dir docs/benchmark/sweep      # ~35 min on a 2-core CPU; resumable
+    python -m benchmarks.sweep --output-dir docs/benchmark/sweep      # ~40 min on a 2-core CPU; resumable
 
 Per task family (JPEG, tuned on compression; alignment) and method, a grid of learning rates (and DDPO's update
 batch) trains for a short budget of reward queries on 2 seeds, judged on the fixed evaluation set. The winner is

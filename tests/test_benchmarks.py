@@ -131,7 +131,7 @@ def test_an_interrupted_suite_skips_finished_runs_and_resumes_the_interrupted_on
     import genrl.train
 
     monkeypatch.setattr(suite, "method_configs", _tiny_methods)
-    monkeypatch.setattr(suite, "evaluation_steps", lambda cfg: [cfg.num_steps])
+    monkeypatch.setattr(suite, "evaluation_steps", lambda cfg, quick=False: [cfg.num_steps])
     args = Args(output_dir=tmp_path, tasks=("compression",), seeds=1, queries=12, eval_queries=4, eval_images=4)
     real_epoch = genrl.train.run_epoch
 
@@ -169,7 +169,7 @@ def test_an_interrupted_suite_skips_finished_runs_and_resumes_the_interrupted_on
 
 def test_a_run_directory_with_other_settings_is_not_taken_over(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(suite, "method_configs", _tiny_methods)
-    monkeypatch.setattr(suite, "evaluation_steps", lambda cfg: [cfg.num_steps])
+    monkeypatch.setattr(suite, "evaluation_steps", lambda cfg, quick=False: [cfg.num_steps])
     args = Args(output_dir=tmp_path, tasks=("compression",), seeds=1, queries=4, eval_queries=4, eval_images=4)
     main(args)
     with pytest.raises(Exception, match="holds a run with other settings"):

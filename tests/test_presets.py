@@ -201,3 +201,36 @@ def test_paper_presets_validate(name):
 
 def test_default_preset_is_the_field_defaults():
     assert PRESETS[DEFAULT_PRESET] == TrainConfig()
+
+
+def test_shapes_presets_keep_each_methods_update_structure_on_equal_terms():
+    for task in ("compression", "incompression", "alignment"):
+        rlcm, ddpo = PRESETS[f"shapes-rlcm-{task}"], PRESETS[f"shapes-ddpo-{task}"]
+        # RLCM as Table 1: one optimizer step per sampling round. DDPO: update batches of at least 32 trajectories.
+        assert rlcm.train_batch_size * rlcm.gradient_accumulation_steps == rlcm.samples_per_epoch
+        assert ddpo.train_batch_size * ddpo.gradient_accumulation_steps >= 32
+        assert (rlcm.clip_range, rlcm.adv_clip_max, rlcm.max_grad_norm, rlcm.adam_weight_decay) == (1e-4, 10, 5, 0)
+        assert (ddpo.clip_range, ddpo.adv_clip_max, ddpo.max_grad_norm, ddpo.adam_weight_decay) == (1e-4, 5, 1, 1e-4)
+        # The same LoRA and the same advantage estimator: per-prompt statistics over groups of one prompt's images.
+        for field in ("lora_rank", "lora_alpha", "lora_target_modules", "advantages", "group_size", "group_std"):
+            assert getattr(rlcm, field) == getattr(ddpo, field), field
+        assert rlcm.group_size > 1 and rlcm.sample_batch_size % rlcm.group_size == 0
+
+
+def test_shapes_presets_are_the_committed_sweeps_winners():
+    import json
+    from pathlib import Path
+
+    sweep = json.loads((Path(__file__).parents[1] / "docs" / "benchmark" / "sweep" / "sweep.json").read_text())
+    presets = {
+        ("jpeg", "RLCM (PPO)"): ["shapes-rlcm-compression", "shapes-rlcm-incompression"],
+        ("jpeg", "DDPO (PPO)"): ["shapes-ddpo-compression", "shapes-ddpo-incompression"],
+        ("alignment", "RLCM (PPO)"): ["shapes-rlcm-alignment"],
+        ("alignment", "RLCM (DPG)"): ["shapes-dpg-alignment"],
+    }
+    assert {(family, method) for family in sweep for method in sweep[family]} == set(presets)
+    for (family, method), names in presets.items():
+        setting = dict(pair.split("=") for pair in sweep[family][method]["winner"]["setting"].split(", "))
+        for name in names:
+            for field, value in setting.items():
+                assert getattr(PRESETS[name], field) == pytest.approx(float(value)), (name, field)

@@ -121,6 +121,8 @@ def test_ddpo_preset_runs_on_a_local_sd_folder(tmp_path):
             "1",
             "--num-steps",
             "10",
+            "--eval-every",
+            "0",
             "--output-dir",
             str(tmp_path),
             "--run-name",
