@@ -34,10 +34,17 @@ from typing import Literal
 
 import numpy as np
 import torch
-import tyro
 
 from benchmarks.ratios import bootstrap_ci, final_reward, first_reach, pair_ratio, summarise_pairs
-from benchmarks.runs import Progress, budgeted, cpu_per_wall, evaluations, run_to_completion, untrained_evaluation
+from benchmarks.runs import (
+    Progress,
+    budgeted,
+    command_line,
+    cpu_per_wall,
+    evaluations,
+    run_to_completion,
+    untrained_evaluation,
+)
 from genrl.config import PRESETS, TrainConfig, config_to_json
 from genrl.envs import make_env
 from genrl.errors import GenrlError
@@ -638,16 +645,7 @@ def main(args: Args) -> None:
 
 
 def cli() -> None:
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-    try:
-        main(tyro.cli(Args, description=__doc__))
-    except GenrlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    command_line(main, Args, __doc__)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from genrl.config import TrainConfig, config_to_json, read_config
@@ -102,3 +104,18 @@ def cpu_per_wall(metrics: list[dict]) -> float:
     if not last["wall_time_s"]:
         return float("nan")  # not trained
     return last.get("cpu_time_s", float("nan")) / last["wall_time_s"]
+
+
+def command_line(main: Callable, args_type: type, description: str) -> None:
+    """Runs ``main`` on the parsed flags: quiet model loading, and one ``error:`` line (exit 2) for bad input."""
+    import diffusers
+    import transformers
+    import tyro
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        main(tyro.cli(args_type, description=description))
+    except GenrlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

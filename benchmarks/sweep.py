@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tyro
 
 from benchmarks.ratios import final_reward
-from benchmarks.runs import Progress, budgeted, evaluations, run_to_completion
+from benchmarks.runs import Progress, budgeted, command_line, evaluations, run_to_completion
 from genrl.config import PRESETS, TrainConfig
 from genrl.errors import GenrlError
 from genrl.rundir import atomic_write_text
@@ -153,11 +152,7 @@ def main(args: Args) -> None:
 
 
 def cli() -> None:
-    try:
-        main(tyro.cli(Args, description=__doc__))
-    except GenrlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    command_line(main, Args, __doc__)
 
 
 if __name__ == "__main__":

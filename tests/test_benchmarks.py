@@ -208,3 +208,16 @@ def test_report_only_on_a_broken_results_file_is_a_one_line_error_that_keeps_it(
     lines = _cli_errors("--report-only", "--output-dir", str(tmp_path))
     assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'results.json'} is not valid JSON")
     assert (tmp_path / "results.json").read_text() == '{"tasks": '
+
+
+def test_the_sweep_picks_the_best_reward_that_keeps_prompt_accuracy():
+    from benchmarks.sweep import pick_winner
+
+    rows = [
+        {"setting": "hacks", "reward_final": 1.0, "accuracy_start": 0.7, "accuracy_final": 0.3},
+        {"setting": "keeps", "reward_final": 0.5, "accuracy_start": 0.7, "accuracy_final": 0.56},  # exactly 80%
+        {"setting": "timid", "reward_final": 0.2, "accuracy_start": 0.7, "accuracy_final": 0.7},
+    ]
+    assert pick_winner(rows)["setting"] == "keeps"
+    lost = [rows[0], {**rows[0], "setting": "lost less", "accuracy_final": 0.5}]
+    assert pick_winner(lost)["setting"] == "lost less"  # none qualifies: the one that keeps the most
