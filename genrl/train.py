@@ -431,7 +431,7 @@ def train(cfg: TrainConfig) -> RunDir:
                     evaluation, shown = evaluate(t)
                     metrics.update(evaluation)
                     segment_start += evaluation["eval_time_s"]  # not training time
-                    cpu_start -= evaluation["eval_cpu_time_s"]
+                    cpu_start += evaluation["eval_cpu_time_s"]
                     run.save_samples(epoch, shown.images, shown.prompts, shown.rewards, suffix="-eval")
                 images = epoch in (1, cfg.epochs) or epoch % cfg.log_images_every == 0 or out_of_time
                 log_epoch(t, run, rollouts, metrics, images)

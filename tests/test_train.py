@@ -213,6 +213,25 @@ def test_evaluations_are_logged_before_training_every_nth_and_last_epoch(tmp_pat
     assert not any("eval_reward_mean" in m for m in logged_metrics(tmp_path / "off"))
 
 
+def test_cpu_time_leaves_evaluation_out(tmp_path, monkeypatch):
+    import time
+
+    import genrl.train
+
+    clock = {"cpu": 0.0}  # a process clock that only evaluations advance
+    monkeypatch.setattr(time, "process_time", lambda: clock["cpu"])
+    real_evaluate = genrl.train.evaluate
+
+    def costly_evaluate(t):
+        metrics, shown = real_evaluate(t)
+        clock["cpu"] += 100.0
+        return {**metrics, "eval_cpu_time_s": 100.0}, shown
+
+    monkeypatch.setattr(genrl.train, "evaluate", costly_evaluate)
+    main(fast_args(tmp_path, "r", "--epochs", "3", "--eval-every", "1", "--eval-size", "4"))
+    assert [m["cpu_time_s"] for m in logged_metrics(tmp_path / "r")] == [0.0, 0.0, 0.0, 0.0]
+
+
 def test_sample_grid_captions_show_the_whole_prompt():
     import numpy as np
 
