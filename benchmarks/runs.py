@@ -14,6 +14,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
+from benchmarks.ratios import bootstrap_ci, final_reward
 from genrl.config import TrainConfig, config_to_json, read_config
 from genrl.errors import GenrlError
 from genrl.rundir import atomic_write_text
@@ -56,23 +59,22 @@ def run_to_completion(cfg: TrainConfig) -> list[dict]:
                 "--output-dir"
             )
         cfg = dataclasses.replace(cfg, resume=run_dir)
-    finished = run_dir / "finished.json"
-    if finished.is_file():
-        return json.loads(finished.read_text())["metrics"]
-    metrics = train(cfg).read_metrics()
-    atomic_write_text(finished, json.dumps({"metrics": metrics}))
-    return metrics
+    return _once(run_dir, lambda: train(cfg).read_metrics())
 
 
 def untrained_evaluation(cfg: TrainConfig) -> list[dict]:
     """A method that is only a reference: its untrained model on the evaluation set, kept like a finished run."""
-    from genrl.train import build, evaluate
+    from genrl.train import build, starting_evaluation
 
-    finished = cfg.output_dir / cfg.run_name / "finished.json"
+    return _once(cfg.output_dir / cfg.run_name, lambda: [starting_evaluation(build(cfg))[0]])
+
+
+def _once(run_dir: Path, produce: Callable[[], list[dict]]) -> list[dict]:
+    """The metrics in ``run_dir/finished.json``; if there are none yet, ``produce`` them and write them there."""
+    finished = run_dir / "finished.json"
     if finished.is_file():
         return json.loads(finished.read_text())["metrics"]
-    evaluation, _ = evaluate(build(cfg))
-    metrics = [{"epoch": 0, "reward_queries": 0, "wall_time_s": 0.0, "cpu_time_s": 0.0, **evaluation}]
+    metrics = produce()
     finished.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(finished, json.dumps({"metrics": metrics}))
     return metrics
@@ -96,6 +98,21 @@ def evaluations(metrics: list[dict], key: str = "eval_reward_mean") -> tuple[lis
     """A run's evaluation curve: reward queries, training wall-clock and ``key`` at each evaluation."""
     points = [m for m in metrics if key in m]
     return [m["reward_queries"] for m in points], [m["wall_time_s"] for m in points], [m[key] for m in points]
+
+
+def start_and_end(runs: list[list[dict]], key: str) -> dict | None:
+    """Mean over seeds of the untrained model's ``key`` and of the final one (last 3 evaluations); the gain from
+    each run's own start, with a bootstrap 95% interval over seeds. None where no run logged ``key``."""
+    ys = [evaluations(m, key)[2] for m in runs]
+    if not all(ys):
+        return None
+    gains = [final_reward(y) - y[0] for y in ys]
+    return {
+        "start": float(np.mean([y[0] for y in ys])),
+        "end": float(np.mean([final_reward(y) for y in ys])),
+        "gain": float(np.mean(gains)),
+        "gain_ci95": list(bootstrap_ci(gains)),
+    }
 
 
 def cpu_per_wall(metrics: list[dict]) -> float:

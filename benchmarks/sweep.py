@@ -18,10 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from benchmarks.ratios import final_reward
-from benchmarks.runs import Progress, budgeted, command_line, evaluations, run_to_completion
+from benchmarks.runs import Progress, budgeted, command_line, run_to_completion, start_and_end
 from genrl.config import PRESETS, TrainConfig
 from genrl.errors import GenrlError
 from genrl.rundir import atomic_write_text
@@ -70,13 +67,12 @@ def setting_name(settings: dict) -> str:
 
 def score(runs: list[list[dict]]) -> dict:
     """Mean over seeds of the start and final eval reward and prompt accuracy."""
-    rewards = [evaluations(m)[2] for m in runs]
-    accuracy = [evaluations(m, "eval_prompt_accuracy")[2] for m in runs]
+    reward, accuracy = start_and_end(runs, "eval_reward_mean"), start_and_end(runs, "eval_prompt_accuracy")
     return {
-        "reward_start": float(np.mean([r[0] for r in rewards])),
-        "reward_final": float(np.mean([final_reward(r) for r in rewards])),
-        "accuracy_start": float(np.mean([a[0] for a in accuracy])),
-        "accuracy_final": float(np.mean([final_reward(a) for a in accuracy])),
+        "reward_start": reward["start"],
+        "reward_final": reward["end"],
+        "accuracy_start": accuracy["start"],
+        "accuracy_final": accuracy["end"],
     }
 
 

@@ -320,10 +320,16 @@ def evaluate(t: Training) -> tuple[dict[str, float], Rollout]:
     return metrics, rollouts[0]
 
 
-def _log_starting_evaluation(t: Training, run: RunDir) -> None:
-    """Epoch 0: the model before any update, every method's own start (one Adam step already moves it)."""
+def starting_evaluation(t: Training) -> tuple[dict[str, float], Rollout]:
+    """Epoch 0: the model before any update, every method's own start (one Adam step already moves it); its
+    metrics record and the evaluation set's first batch."""
     evaluation, shown = evaluate(t)
-    run.log_metrics({"epoch": 0, "reward_queries": 0, "wall_time_s": 0.0, "cpu_time_s": 0.0, **evaluation})
+    return {"epoch": 0, "reward_queries": 0, "wall_time_s": 0.0, "cpu_time_s": 0.0, **evaluation}, shown
+
+
+def _log_starting_evaluation(t: Training, run: RunDir) -> None:
+    record, shown = starting_evaluation(t)
+    run.log_metrics(record)
     run.save_samples(0, shown.images, shown.prompts, shown.rewards, suffix="-eval")
 
 
