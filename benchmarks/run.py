@@ -75,6 +75,11 @@ class Args:
     """Reward queries per run, the same for every method (default shapes: 1024; paper: DDPO's preset)."""
     eval_queries: int | None = None
     """Reward queries between evaluations (default shapes: 128, quick 256; paper: 1/20 of the budget)."""
+    rlcm_queries_factor: int = 2
+    """RLCM (PPO) goes on to this many times --queries where DDPO trains: an RLCM query costs about 1/7 of DDPO's
+    wall-clock, and stopping it at DDPO's query budget would cut off when it reaches DDPO's final reward (the
+    ratios' target). Everything compared at equal queries (start and end rewards, the final models, samples) reads
+    RLCM at --queries."""
     tasks: tuple[str, ...] | None = None
     """Default shapes: compression, incompression, alignment (quick: the first two); paper: also aesthetic."""
     eval_images: int | None = None
@@ -109,12 +114,24 @@ def slug(name: str) -> str:
     return name.lower().replace(" ", "-").replace("(", "").replace(")", "")
 
 
+def run_config(args: Args, task: str, name: str, cfg: TrainConfig, seed: int) -> TrainConfig:
+    """One run's config: the task's budget, RLCM's extended where DDPO trains; checkpoints at every evaluation,
+    all of them kept in an extended run, so that its model at the equal budget is there to evaluate."""
+    queries, every = budget(args, task)
+    run_dir = args.output_dir / "runs" / f"{task}-{slug(name)}-seed{seed}"
+    if name != RLCM or reference_only(args, task, DDPO) or args.rlcm_queries_factor == 1:
+        return budgeted(cfg, queries, every, seed, run_dir, args.device)
+    extended = budgeted(cfg, queries * args.rlcm_queries_factor, every, seed, run_dir, args.device)
+    return dataclasses.replace(extended, keep_checkpoints=extended.epochs // extended.save_every)
+
+
 def budget(args: Args, task: str) -> tuple[int, int]:
     """Reward queries per run and between evaluations. The paper suite's default: DDPO's preset budget for both
     methods, evaluated 20 times."""
     if args.suite == "shapes":
-        # Quick: the full budget of one seed, evaluated half as often (DDPO needs about 900 queries to pass its
-        # own start by as much as the ratio needs; fewer evaluations save more time than fewer queries would).
+        # 1024: where DDPO's eval reward, at its swept settings, gains about 3 standard errors of an evaluation
+        # (the pilot: docs/benchmark/sweep). Quick: the same budget on one seed, evaluated half as often (fewer
+        # evaluations save more time than fewer queries would).
         return args.queries or 1024, args.eval_queries or (256 if args.quick else 128)
     ddpo = PRESETS[f"ddpo-{task}"]
     queries = args.queries or ddpo.epochs * ddpo.samples_per_epoch
@@ -206,6 +223,19 @@ def ratio(slow: list[list[dict]], fast: list[list[dict]], x: str, slow_name: str
     return summarise_pairs(pairs)
 
 
+def accuracy_at_target(pairs: list[dict], slow: list[list[dict]], fast: list[list[dict]]) -> dict | None:
+    """Each method's prompt accuracy where it first reached its pair's target (interpolated in wall-clock), mean
+    over the pairs measured: a reward reached by erasing the subject shows here. None without prompt accuracy."""
+    measured = [(p, s, f) for p, s, f in zip(pairs, slow, fast) if p["value"] is not None]
+    if not measured or not all(evaluations(s, "eval_prompt_accuracy")[2] for _, s, _ in measured):
+        return None
+    at = lambda run, x: float(np.interp(x, *curve(run, "wall_time_s", "eval_prompt_accuracy")))
+    return {
+        DDPO: float(np.mean([at(s, p["slow_x"]) for p, s, _ in measured])),
+        RLCM: float(np.mean([at(f, p["fast_x"]) for p, _, f in measured])),
+    }
+
+
 def reaching(runs: list[list[dict]], target: float) -> dict:
     """When each seed first reaches ``target`` (reward queries and wall-clock); means over the seeds that do."""
     queries = [first_reach(*curve(m, "reward_queries"), target) for m in runs]
@@ -248,23 +278,30 @@ def summarise(task: dict) -> dict:
     ``train_speedup``: per seed pair, DDPO's training wall-clock to first reach its final eval reward (mean of its
     last 3 evaluations) over RLCM's to reach the same reward, interpolated between evaluations; the mean over
     pairs, ``_ci95`` a bootstrap 95% interval, ``_lower_bound`` where RLCM started past the target (then its first
-    evaluation after updates is the divisor), ``_why_none`` where undefined. ``query_efficiency``: the same in
-    reward queries. ``eval_reward`` and ``eval_prompt_accuracy``: each method's start (the untrained model) and end,
-    and its gain from its own start. ``inference_speedup``: DDPO's seconds per image at its training horizon over
-    RLCM's, ``inference_speedup_50_ddim`` at the paper's 50 DDIM steps. With DPG (alignment): ``reaches_ddpo_start``
+    evaluation after updates is the divisor), ``_why_none`` where undefined; ``prompt_accuracy_at_target``: each
+    method's prompt accuracy when it got there. ``query_efficiency``: the same in
+    reward queries. ``eval_reward`` and ``eval_prompt_accuracy``: each method's start (the untrained model) and end
+    at DDPO's query budget (RLCM's curve read up to there where it went on past it), and its gain from its own
+    start. ``inference_speedup``: DDPO's seconds per image at its training horizon over RLCM's,
+    ``inference_speedup_50_ddim`` at the paper's 50 DDIM steps. With DPG (alignment): ``reaches_ddpo_start``
     per RLCM method, and ``dpg_query_efficiency``: PPO's queries to its final eval reward over DPG's.
     """
     runs = task["runs"]
+    ddpo_trained = not all(len(m) == 1 for m in runs[DDPO])
     summary: dict = {}
     for key, x in (("train_speedup", "wall_time_s"), ("query_efficiency", "reward_queries")):
         measured = ratio(runs[DDPO], runs[RLCM], x, "DDPO", "RLCM")
-        if all(len(m) == 1 for m in runs[DDPO]):
+        if not ddpo_trained:
             measured.update(value=None, ci95=None, why_none="DDPO not trained here: its start is the reference")
         summary[key] = measured["value"]
         for part in ("ci95", "lower_bound", "why_none", "pairs"):
             summary[f"{key}_{part}"] = measured[part]
-    summary["eval_reward"] = {m: start_and_end(r, "eval_reward_mean") for m, r in runs.items()}
-    summary["eval_prompt_accuracy"] = {m: start_and_end(r, "eval_prompt_accuracy") for m, r in runs.items()}
+    summary["prompt_accuracy_at_target"] = accuracy_at_target(summary["train_speedup_pairs"], runs[DDPO], runs[RLCM])
+    # RLCM may have gone on past DDPO's budget (--rlcm-queries-factor): start and end compare equal queries.
+    horizon = max(m[-1]["reward_queries"] for m in runs[DDPO]) if ddpo_trained else float("inf")
+    equal = {m: [[r for r in run if r["reward_queries"] <= horizon] for run in seeds] for m, seeds in runs.items()}
+    summary["eval_reward"] = {m: start_and_end(r, "eval_reward_mean") for m, r in equal.items()}
+    summary["eval_prompt_accuracy"] = {m: start_and_end(r, "eval_prompt_accuracy") for m, r in equal.items()}
     evaluation, configs = task.get("evaluation", {}), task["configs"]
     summary["ddpo_gain_in_standard_errors"] = gain_in_standard_errors(
         summary["eval_reward"][DDPO]["gain"], runs[DDPO], configs[DDPO]["eval_size"]
@@ -415,17 +452,19 @@ def write_report(results: dict, out: Path) -> None:
         + ", ".join(f"{t} {q} ({meta['eval_queries'][t]})" for t, q in meta["queries"].items())
         + f"; finished {meta['date']}, the last invocation taking {meta['total_s'] / 60:.0f} min.",
         "",
-        "| task | train_speedup [95% CI] | query_efficiency [95% CI] | DDPO's gain in standard errors | "
-        "inference_speedup (training horizon / 50 DDIM steps) |",
-        "|---|---|---|---|---|",
+        "| task | train_speedup [95% CI] | query_efficiency [95% CI] | prompt accuracy at the target (DDPO / RLCM) | "
+        "DDPO's gain in standard errors | inference_speedup (training horizon / 50 DDIM steps) |",
+        "|---|---|---|---|---|---|",
     ]
     for task, data in results["tasks"].items():
         s = data["summary"]
         inference = "-"
         if "inference_speedup" in s:
             inference = f"{s['inference_speedup']:.2f} / {s.get('inference_speedup_50_ddim', float('nan')):.2f}"
+        accuracy = s.get("prompt_accuracy_at_target")
+        accuracy = f"{accuracy[DDPO]:.2f} / {accuracy[RLCM]:.2f}" if accuracy else "-"
         lines.append(
-            f"| {task} | {format_ratio(s, 'train_speedup')} | {format_ratio(s, 'query_efficiency')} | "
+            f"| {task} | {format_ratio(s, 'train_speedup')} | {format_ratio(s, 'query_efficiency')} | {accuracy} | "
             f"{s['ddpo_gain_in_standard_errors']:.1f} | {inference} |"
         )
     lines += [
@@ -555,7 +594,8 @@ def evaluate_task(args: Args, task: str, data: dict, methods: dict[str, TrainCon
     for name, cfg in methods.items():
         if args.quick and name not in (RLCM, DDPO):
             continue
-        lora = out / "runs" / f"{task}-{slug(name)}-seed0" / "checkpoints" / "latest"
+        at_equal_budget = f"epoch-{budget(args, task)[0] // cfg.samples_per_epoch:04d}"
+        lora = out / "runs" / f"{task}-{slug(name)}-seed0" / "checkpoints" / at_equal_budget
         if not lora.exists():  # a reference method, not trained: its base model
             lora = None
         evaluation = evaluate_method(cfg, lora, args, out / "evaluations" / f"{task}-{slug(name)}")
@@ -592,7 +632,7 @@ def main(args: Args) -> None:
     methods = {task: method_configs(args, task) for task in tasks}
     budgets = {task: budget(args, task) for task in tasks}
     jobs = [  # every configuration is checked before the first run starts
-        (task, name, budgeted(cfg, *budgets[task], seed, out / "runs" / f"{task}-{slug(name)}-seed{seed}", args.device))
+        (task, name, run_config(args, task, name, cfg, seed))
         for task in tasks
         for name, cfg in methods[task].items()
         for seed in range(seeds)
@@ -601,7 +641,7 @@ def main(args: Args) -> None:
     progress = Progress(len(jobs))
     results: dict = {"tasks": {t: {"runs": {}, "configs": {}, "evaluation": {}} for t in tasks}}
     for task, name, cfg in jobs:
-        progress.start(f"{cfg.run_name}: {budgets[task][0]} reward queries")
+        progress.start(f"{cfg.run_name}: {cfg.epochs * cfg.samples_per_epoch} reward queries")
         run = untrained_evaluation if reference_only(args, task, name) else run_to_completion
         results["tasks"][task]["runs"].setdefault(name, []).append(run(cfg))
         results["tasks"][task]["configs"][name] = config_to_json(methods[task][name])
@@ -616,6 +656,7 @@ def main(args: Args) -> None:
         "machine": machine(),
         "seeds": seeds,
         "queries": {task: budgets[task][0] for task in tasks},
+        "rlcm_queries_factor": args.rlcm_queries_factor,
         "eval_queries": {task: budgets[task][1] for task in tasks},
         "eval_images": args.eval_images,
         "date": time.strftime("%Y-%m-%d %H:%M"),

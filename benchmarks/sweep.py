@@ -1,6 +1,6 @@
 """``python -m benchmarks.sweep``: each method's own best settings on the shapes suite, found the same way.
 
-    python -m benchmarks.sweep --output-dir docs/benchmark/sweep      # ~40 min on a 2-core CPU; resumable
+    python -m benchmarks.sweep --output-dir docs/benchmark/sweep      # ~1 h on a 2-core CPU; resumable
 
 Per task family (JPEG, tuned on compression; alignment) and method, a grid of learning rates (and DDPO's update
 batch) trains for a short budget of reward queries on 2 seeds, judged on the fixed evaluation set. The winner is
@@ -27,23 +27,24 @@ KEEP_ACCURACY = 0.8
 """A setting qualifies if its final eval_prompt_accuracy is at least this fraction of the untrained model's."""
 
 _LRS = (1e-4, 3e-4, 1e-3, 3e-3)
-# Family -> method -> (base preset, settings tried). DDPO's update batch: 32 or 64 of its 64 images an epoch
-# (accumulating 4 or 8 minibatches of 8). DDPO skips lr 3e-3: in the pilot it lost 40% of its prompt accuracy within
-# 160 queries with no gain in reward. REINFORCE is not swept: with one optimizer step per sampling round its update
+# Family -> method -> (base preset, settings tried). Every method's learning rates go up in steps of about 3 until
+# the winner is not the largest one tried (the next one up loses its prompt accuracy or gains less): so DDPO also
+# tries 1e-2, and PPO on alignment stops at 1e-3. DDPO's update batch: 32 or 64 of its 64 images an epoch
+# (accumulating 4 or 8 minibatches of 8). REINFORCE is not swept: with one optimizer step per sampling round its update
 # is PPO's (every ratio is 1, so nothing is clipped), and it takes PPO's winner.
 GRID: dict[str, dict[str, tuple[str, list[dict]]]] = {
     "jpeg": {
         "RLCM (PPO)": ("shapes-rlcm-compression", [{"learning_rate": lr} for lr in _LRS]),
         "DDPO (PPO)": (
             "shapes-ddpo-compression",
-            [{"learning_rate": lr, "gradient_accumulation_steps": a} for lr in _LRS[:3] for a in (4, 8)],
+            [{"learning_rate": lr, "gradient_accumulation_steps": a} for lr in (*_LRS, 1e-2) for a in (4, 8)],
         ),
     },
     "alignment": {
         "RLCM (PPO)": ("shapes-rlcm-alignment", [{"learning_rate": lr} for lr in _LRS[:3]]),
         "RLCM (DPG)": (
             "shapes-rlcm-alignment",
-            [{"learning_rate": lr, "algo": "dpg", "group_size": 1} for lr in _LRS[:3]],
+            [{"learning_rate": lr, "algo": "dpg", "group_size": 1} for lr in _LRS],
         ),
     },
 }

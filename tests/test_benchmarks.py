@@ -71,6 +71,27 @@ def test_summary_ratios_come_from_the_evaluation_curves_per_seed_pair():
     assert summary["inference_speedup_50_ddim"] == pytest.approx((0.1 * 50) / (0.01 * 4))
     assert summary["contended_runs"] == []
     assert summary["ddpo_gain_in_standard_errors"] == pytest.approx(0.128 / (0.16 / 4))
+    # Accuracy falls 0.01 an evaluation (32 queries): DDPO reaches at q = 128, RLCM at 44.5 and 89.
+    assert summary["prompt_accuracy_at_target"] == {
+        "DDPO (PPO)": pytest.approx(0.76),
+        "RLCM (PPO)": pytest.approx(0.8 - 0.01 * (44.5 + 89) / 2 / 32),
+    }
+
+
+def test_rlcm_past_ddpos_budget_counts_for_the_ratio_but_start_and_end_compare_equal_queries():
+    task = _task()
+    # RLCM seed 1 gains as fast per query as DDPO: it reaches DDPO's 0.178 at q = 178, past DDPO's 160 queries,
+    # on a run that went on to 320.
+    task["runs"]["RLCM (PPO)"][1] = _metrics(0.001, evaluations=11, seconds_per_query=0.02)
+    summary = summarise(task)
+    assert [p["value"] for p in summary["query_efficiency_pairs"]] == [
+        pytest.approx(128 / 44.5),
+        pytest.approx(128 / 178),
+    ]
+    assert summary["train_speedup_pairs"][1]["value"] == pytest.approx(12.8 / (178 * 0.02))
+    # Ends at DDPO's 160 queries: seed 0 0.004 * 128, seed 1 0.001 * 128 (mean of the evaluations at 96, 128, 160).
+    assert summary["eval_reward"]["RLCM (PPO)"]["end"] == pytest.approx((0.512 + 0.128) / 2)
+    assert summary["eval_prompt_accuracy"]["RLCM (PPO)"]["end"] == pytest.approx(0.8 - 0.04)
 
 
 def test_missing_ratios_say_why_and_a_contended_run_is_flagged(tmp_path):
@@ -102,6 +123,7 @@ def test_report_and_figures(tmp_path):
     report = (tmp_path / "report.md").read_text()
     low, high = summary["train_speedup_ci95"]
     assert f"| compression | {summary['train_speedup']:.2f} [{low:.2f}, {high:.2f}] |" in report
+    assert "| 0.76 / 0.78 | 3.2 |" in report  # accuracy at the target, DDPO's gain in standard errors
     assert "| compression | DDPO (PPO) | 0.050 -> 0.178 (+0.128 [+0.128, +0.128]) |" in report
 
 
@@ -159,6 +181,10 @@ def test_an_interrupted_suite_skips_finished_runs_and_resumes_the_interrupted_on
     ]  # the finished RLCM run is read, not trained again
     after = json.loads((runs / "compression-ddpo-ppo-seed0" / "finished.json").read_text())["metrics"]
     assert [m["epoch"] for m in after] == [0, 1, 2, 3] and after[:3] == before
+    # RLCM went on to twice DDPO's 12 queries and kept its model at 12 for the final-model evaluation.
+    rlcm = json.loads((runs / "compression-rlcm-ppo-seed0" / "finished.json").read_text())["metrics"]
+    assert rlcm[-1]["reward_queries"] == 24
+    assert (runs / "compression-rlcm-ppo-seed0" / "checkpoints" / "epoch-0003").is_dir()
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["summary"]["compression"]) >= {"train_speedup", "train_speedup_ci95", "eval_reward"}
     assert (tmp_path / "report.md").exists() and (tmp_path / "samples_compression.png").exists()
