@@ -7,6 +7,10 @@ For one pair of runs (the same seed of a slow and a fast method), the target is 
 mean of its last ``FINAL_POINTS`` evaluations. Each run's time to the target is where its curve, drawn as straight
 lines between evaluations, first reaches it; the ratio is slow / fast. Over several seed pairs: the mean ratio and
 a bootstrap 95% interval of that mean.
+
+A pair whose slow run gains nothing over its start has no target to time. When the fast run still reaches that
+reward it is left out of the mean and counted: its ratio is unbounded (the slow method never gets anywhere), so
+leaving it out can only lower the mean. When the fast run does not reach it either, nothing is measured.
 """
 
 from __future__ import annotations
@@ -47,17 +51,20 @@ class PairRatio:
     lower_bound: bool = False
     """fast started past the target: ``value`` divides by its first evaluation after updates, a lower bound."""
     why_none: str | None = None
+    left_out: bool = False
+    """slow gained nothing while fast reached its reward: an unbounded ratio, left out of the mean."""
 
 
 def pair_ratio(slow: tuple[list, list], fast: tuple[list, list], slow_name: str, fast_name: str) -> PairRatio:
     """``slow`` and ``fast`` are (x, y) curves starting at the untrained model (x[0] = 0)."""
     (slow_x, slow_y), (fast_x, fast_y) = slow, fast
     target = min(final_reward(slow_y), max(slow_y[-FINAL_POINTS:]))  # a mean of equal floats can round above them
-    if not target - slow_y[0] > 1e-9 * max(1.0, abs(target)):
-        return PairRatio(None, target, None, None, why_none=f"{slow_name} gains nothing over its start")
     slow_time, fast_time = first_reach(slow_x, slow_y, target), first_reach(fast_x, fast_y, target)
     if fast_time is None:
         return PairRatio(None, target, slow_time, None, why_none=f"{fast_name} never reaches {slow_name}'s reward")
+    if not target - slow_y[0] > 1e-9 * max(1.0, abs(target)):
+        why = f"{slow_name} gains nothing over its start"
+        return PairRatio(None, target, None, fast_time, why_none=why, left_out=True)
     if fast_y[0] >= target:
         # Past the target before any update: no time to divide by; its first evaluation after updates bounds it.
         return PairRatio(slow_time / fast_x[1], target, slow_time, fast_x[1], lower_bound=True)
@@ -74,12 +81,15 @@ def bootstrap_ci(values: list[float], seed: int = 0) -> tuple[float, float]:
 
 
 def summarise_pairs(pairs: list[PairRatio]) -> dict:
-    """The mean over seed pairs and its interval; null with the reason when any pair could not be measured."""
-    missing = [p.why_none for p in pairs if p.value is None]
+    """The mean over the measured seed pairs and its interval, ``left_out`` the pairs left out (see the module's
+    docstring); null with the reason when a fast run misses its target or no pair is measured."""
+    missing = [p.why_none for p in pairs if p.value is None and not p.left_out]
     values = [p.value for p in pairs if p.value is not None]
-    summary: dict = {"pairs": [asdict(p) for p in pairs]}
+    left_out = [p.why_none for p in pairs if p.left_out]
+    summary: dict = {"pairs": [asdict(p) for p in pairs], "left_out": len(left_out)}
     if missing or not values:
-        summary.update(value=None, ci95=None, lower_bound=False, why_none="; ".join(sorted(set(missing))))
+        why = "; ".join(sorted(set(missing or left_out)))
+        summary.update(value=None, ci95=None, lower_bound=False, why_none=why)
     else:
         summary.update(
             value=float(np.mean(values)),

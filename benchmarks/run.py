@@ -279,13 +279,15 @@ def summarise(task: dict) -> dict:
     ``train_speedup``: per seed pair, DDPO's training wall-clock to first reach its final eval reward (mean of its
     last 3 evaluations) over RLCM's to reach the same reward, interpolated between evaluations; the mean over
     pairs, ``_ci95`` a bootstrap 95% interval, ``_lower_bound`` where RLCM started past the target (then its first
-    evaluation after updates is the divisor), ``_why_none`` where undefined. ``query_efficiency``: the same in
-    reward queries. ``prompt_accuracy_at_target``: each method's prompt accuracy where it reached the train_speedup
-    target. ``eval_reward`` and ``eval_prompt_accuracy``: each method's start (the untrained model) and end
-    at DDPO's query budget (RLCM's curve read up to there where it went on past it), and its gain from its own
-    start. ``inference_speedup``: DDPO's seconds per image at its training horizon over RLCM's,
-    ``inference_speedup_50_ddim`` at the paper's 50 DDIM steps. With DPG (alignment): ``reaches_ddpo_start``
-    per RLCM method, and ``dpg_query_efficiency``: PPO's queries to its final eval reward over DPG's.
+    evaluation after updates is the divisor), ``_why_none`` where undefined, ``_left_out`` the pairs in which DDPO
+    gained nothing but RLCM reached its reward (left out of the mean, see ``benchmarks.ratios``).
+    ``query_efficiency``: the same in reward queries. ``prompt_accuracy_at_target``: each method's prompt accuracy
+    where it reached the train_speedup target. ``eval_reward`` and ``eval_prompt_accuracy``: each method's start
+    (the untrained model) and end at DDPO's query budget (RLCM's curve read up to there where it went on past it),
+    and its gain from its own start. ``inference_speedup``: DDPO's seconds per image at its training horizon over
+    RLCM's, ``inference_speedup_50_ddim`` at the paper's 50 DDIM steps. With DPG (alignment):
+    ``reaches_ddpo_start`` per RLCM method, and ``dpg_query_efficiency``: PPO's queries to its final eval reward
+    over DPG's.
     """
     runs = task["runs"]
     ddpo_trained = not all(len(m) == 1 for m in runs[DDPO])
@@ -295,7 +297,7 @@ def summarise(task: dict) -> dict:
         if not ddpo_trained:
             measured.update(value=None, ci95=None, why_none="DDPO not trained here: its start is the reference")
         summary[key] = measured["value"]
-        for part in ("ci95", "lower_bound", "why_none", "pairs"):
+        for part in ("ci95", "lower_bound", "why_none", "pairs", "left_out"):
             summary[f"{key}_{part}"] = measured[part]
     summary["prompt_accuracy_at_target"] = accuracy_at_target(summary["train_speedup_pairs"], runs[DDPO], runs[RLCM])
     # RLCM may have gone on past DDPO's budget (--rlcm-queries-factor): start and end compare equal queries.
@@ -432,7 +434,9 @@ def format_ratio(summary: dict, key: str) -> str:
         return f"n/a ({summary[f'{key}_why_none']})"
     low, high = summary[f"{key}_ci95"]
     bound = ">= " if summary[f"{key}_lower_bound"] else ""
-    return f"{bound}{value:.2f} [{low:.2f}, {high:.2f}]"
+    left_out, pairs = summary[f"{key}_left_out"], len(summary[f"{key}_pairs"])
+    measured = f" ({pairs - left_out} of {pairs} seed pairs: the slow method gained nothing in the others)"
+    return f"{bound}{value:.2f} [{low:.2f}, {high:.2f}]" + (measured if left_out else "")
 
 
 def format_start_end(values: dict | None) -> str:
@@ -534,7 +538,8 @@ def write_report(results: dict, out: Path) -> None:
 
 def _flat(measured: dict) -> dict:
     """A ``summarise_pairs`` result in the shape ``format_ratio`` reads, under the key 'x'."""
-    return {"x": measured["value"], **{f"x_{k}": measured[k] for k in ("ci95", "lower_bound", "why_none")}}
+    parts = ("ci95", "lower_bound", "why_none", "pairs", "left_out")
+    return {"x": measured["value"], **{f"x_{k}": measured[k] for k in parts}}
 
 
 # --------------------------------------------------------------------------------------------------

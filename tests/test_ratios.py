@@ -45,6 +45,10 @@ def test_a_slow_method_that_gains_nothing_has_no_ratio():
     for slow in (flat, declining):
         ratio = pair_ratio(slow, _line(0.05), "DDPO", "RLCM")
         assert ratio.value is None and ratio.why_none == "DDPO gains nothing over its start"
+        assert ratio.left_out  # RLCM got there: an unbounded ratio, left out of the mean
+    # Neither gets anywhere: RLCM never reaches even a declining DDPO's end, which is a measured failure.
+    ratio = pair_ratio(declining, _line(0.0, start=0.1), "DDPO", "RLCM")
+    assert ratio.why_none == "RLCM never reaches DDPO's reward" and not ratio.left_out
 
 
 def test_a_fast_method_past_the_target_at_its_start_gives_a_lower_bound():
@@ -69,6 +73,13 @@ def test_summary_over_seed_pairs():
     summary = summarise_pairs(pairs)
     assert summary["value"] == pytest.approx(np.mean([10.0, 5.0, 2.5]))
     assert summary["ci95"][0] < summary["value"] < summary["ci95"][1] and not summary["lower_bound"]
+    assert summary["left_out"] == 0
+    flat_ddpo = pair_ratio(_line(0.0, start=0.2), _line(0.05), "DDPO", "RLCM")
+    with_flat = summarise_pairs([*pairs, flat_ddpo])
+    assert with_flat["value"] == pytest.approx(summary["value"]) and with_flat["ci95"] == summary["ci95"]
+    assert with_flat["left_out"] == 1 and len(with_flat["pairs"]) == 4
+    only_flat = summarise_pairs([flat_ddpo])
+    assert only_flat["value"] is None and only_flat["why_none"] == "DDPO gains nothing over its start"
     pairs.append(pair_ratio(_line(0.005), _line(0.001), "DDPO", "RLCM"))
     missing = summarise_pairs(pairs)
     assert missing["value"] is None and missing["ci95"] is None
