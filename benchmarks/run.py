@@ -434,8 +434,10 @@ def format_ratio(summary: dict, key: str) -> str:
         return f"n/a ({summary[f'{key}_why_none']})"
     low, high = summary[f"{key}_ci95"]
     bound = ">= " if summary[f"{key}_lower_bound"] else ""
-    left_out, pairs = summary[f"{key}_left_out"], len(summary[f"{key}_pairs"])
-    measured = f" ({pairs - left_out} of {pairs} seed pairs: the slow method gained nothing in the others)"
+    pairs = summary[f"{key}_pairs"]
+    left_out = [p["why_none"] for p in pairs if p["left_out"]]
+    why = "; ".join(sorted(set(left_out)))
+    measured = f" ({len(pairs) - len(left_out)} of {len(pairs)} seed pairs; left out: {why})"
     return f"{bound}{value:.2f} [{low:.2f}, {high:.2f}]" + (measured if left_out else "")
 
 
