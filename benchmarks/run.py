@@ -218,6 +218,10 @@ def curve(metrics: list[dict], x: str, key: str = "eval_reward_mean") -> tuple[l
     return (queries if x == "reward_queries" else wall), y
 
 
+RATIO_PARTS = ("ci95", "lower_bound", "why_none", "pairs", "left_out")
+"""What ``summarise_pairs`` gives beside the value; a summary stores each as ``<key>_<part>``."""
+
+
 def ratio(slow: list[list[dict]], fast: list[list[dict]], x: str, slow_name: str, fast_name: str) -> dict:
     """Per seed pair, ``slow``'s x to its final eval reward over ``fast``'s x to the same; mean and 95% interval."""
     pairs = [pair_ratio(curve(s, x), curve(f, x), slow_name, fast_name) for s, f in zip(slow, fast)]
@@ -297,7 +301,7 @@ def summarise(task: dict) -> dict:
         if not ddpo_trained:
             measured.update(value=None, ci95=None, why_none="DDPO not trained here: its start is the reference")
         summary[key] = measured["value"]
-        for part in ("ci95", "lower_bound", "why_none", "pairs", "left_out"):
+        for part in RATIO_PARTS:
             summary[f"{key}_{part}"] = measured[part]
     summary["prompt_accuracy_at_target"] = accuracy_at_target(summary["train_speedup_pairs"], runs[DDPO], runs[RLCM])
     # RLCM may have gone on past DDPO's budget (--rlcm-queries-factor): start and end compare equal queries.
@@ -540,8 +544,7 @@ def write_report(results: dict, out: Path) -> None:
 
 def _flat(measured: dict) -> dict:
     """A ``summarise_pairs`` result in the shape ``format_ratio`` reads, under the key 'x'."""
-    parts = ("ci95", "lower_bound", "why_none", "pairs", "left_out")
-    return {"x": measured["value"], **{f"x_{k}": measured[k] for k in parts}}
+    return {"x": measured["value"], **{f"x_{k}": measured[k] for k in RATIO_PARTS}}
 
 
 # --------------------------------------------------------------------------------------------------
