@@ -37,13 +37,21 @@ import torch
 
 from benchmarks.ratios import first_reach, pair_ratio, summarise_pairs
 from benchmarks.runs import (
+    Malformed,
     Progress,
     budgeted,
+    check_counts,
+    check_metrics,
+    check_names,
     command_line,
     cpu_per_wall,
     evaluations,
+    expect,
+    field,
+    read_json,
     run_to_completion,
     start_and_end,
+    subscript,
     untrained_evaluation,
 )
 from genrl.config import PRESETS, TrainConfig, config_to_json
@@ -133,10 +141,15 @@ def budget(args: Args, task: str) -> tuple[int, int]:
         # (docs/benchmark/sweep), so about 3 here; the committed full run measured 1.9 and 1.4, one seed of three
         # not learning. Quick: the same budget on one seed, evaluated half as often (fewer evaluations save more
         # time than fewer queries would).
-        return args.queries or 1024, args.eval_queries or (256 if args.quick else 128)
+        return _given(args.queries, 1024), _given(args.eval_queries, 256 if args.quick else 128)
     ddpo = PRESETS[f"ddpo-{task}"]
-    queries = args.queries or ddpo.epochs * ddpo.samples_per_epoch
-    return queries, args.eval_queries or max(ddpo.samples_per_epoch, queries // 20)
+    queries = _given(args.queries, ddpo.epochs * ddpo.samples_per_epoch)
+    return queries, _given(args.eval_queries, max(ddpo.samples_per_epoch, queries // 20))
+
+
+def _given(value: int | None, default: int) -> int:
+    # Not ``value or default``: that would read a 0 as the default (check_flags rejects it before this).
+    return default if value is None else value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -584,14 +597,77 @@ def write_outputs(results: dict, out: Path) -> None:
     write_report(results, out)
 
 
+def check_results(results: object) -> None:
+    """``Malformed`` naming the first place where ``results`` (results.json) departs from what ``main`` writes and
+    ``summarise``, the figures and the report read, so that ``--report-only`` fails before it writes anything."""
+    tasks = field(results, "tasks", "an object", "")
+    if not tasks:
+        raise Malformed('["tasks"] names no task')
+    for task, data in tasks.items():
+        at = subscript("", "tasks", task)
+        runs = field(data, "runs", "an object", at)
+        for method in (RLCM, DDPO):
+            field(runs, method, "a list", subscript(at, "runs"))
+        for method, seeds in runs.items():
+            where = subscript(at, "runs", method)
+            if not expect(seeds, "a list", where):
+                raise Malformed(f"{where} holds no run")
+            for seed, metrics in enumerate(seeds):
+                # Only DDPO may be a reference, evaluated once untrained; the ratios read a fast method's second
+                # evaluation where it starts past the target.
+                check_metrics(metrics, subscript(where, seed), 1 if method == DDPO else 2)
+        configs = field(data, "configs", "an object", at)
+        ddpo = field(configs, DDPO, "an object", subscript(at, "configs"))
+        field(ddpo, "eval_size", "a positive whole number", subscript(at, "configs", DDPO))
+        if field(data, "evaluation", "an object", at, optional=True):
+            _check_evaluation(data, at)
+    meta = field(results, "meta", "an object", "")
+    for key in ("suite", "command", "machine", "date"):
+        field(meta, key, "a string", '["meta"]')
+    for key in ("seeds", "eval_images"):
+        field(meta, key, "a positive whole number", '["meta"]')
+    field(meta, "total_s", "a number", '["meta"]')
+    queries = field(meta, "queries", "an object", '["meta"]')
+    eval_queries = field(meta, "eval_queries", "an object", '["meta"]')
+    for task in queries:
+        field(queries, task, "a number", '["meta"]["queries"]')
+        field(eval_queries, task, "a number", '["meta"]["eval_queries"]')
+
+
+def _check_evaluation(data: dict, at: str) -> None:
+    """A task's evaluations of the final models (``data`` at ``at``): RLCM's and DDPO's at their training horizons,
+    which the inference speed-up divides, and every point at a whole step count (Fig. 7 reads it as a number)."""
+    evaluation = data["evaluation"]
+    for method in (RLCM, DDPO):
+        field(evaluation, method, "an object", subscript(at, "evaluation"))
+        config = field(data["configs"], method, "an object", subscript(at, "configs"))
+        horizon = field(config, "num_steps", "a positive whole number", subscript(at, "configs", method))
+        steps = field(evaluation[method], "steps", "an object", subscript(at, "evaluation", method))
+        field(steps, str(horizon), "an object", subscript(at, "evaluation", method, "steps"))
+    for method, result in evaluation.items():
+        where = subscript(at, "evaluation", method)
+        for count, point in field(result, "steps", "an object", where).items():
+            if not count.isdigit():
+                raise Malformed(f"{subscript(where, 'steps')} has the key {json.dumps(count)}, not a number of steps")
+            field(point, "reward", "a number", subscript(where, "steps", count))
+            field(point, "seconds_per_image", "a positive number", subscript(where, "steps", count))  # a divisor
+        if field(result, "heldout_reward", "a number", where, optional=True) is not None:
+            field(result, "trained_reward", "a number", where)
+
+
 def report_only(args: Args) -> None:
     path = args.output_dir / "results.json"
     if not path.is_file():
         raise GenrlError(f"--report-only needs {path}: pass the --output-dir of a finished benchmark run")
+    fix = (
+        f"restore it, or delete it and rerun the benchmark's command into {args.output_dir} without --report-only "
+        "(its finished runs are read back, not trained again)"
+    )
+    results = read_json(path, fix)
     try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise GenrlError(f"{path} is not valid JSON ({exc}): rerun the benchmark into that folder") from None
+        check_results(results)
+    except Malformed as exc:
+        raise GenrlError(f"{path} does not hold a benchmark's results: {exc}; {fix}") from None
     for data in results["tasks"].values():
         data["summary"] = summarise(data)
     write_outputs(results, args.output_dir)
@@ -622,11 +698,25 @@ def evaluate_task(args: Args, task: str, data: dict, methods: dict[str, TrainCon
     image_grid(torch.cat(rows), captions, columns=8).save(out / f"samples_{task}.png")
 
 
+def check_flags(args: Args) -> None:
+    """Bad flags end the command before anything is read, trained or written."""
+    check_counts(args, "seeds", "queries", "eval_queries", "eval_images", "rlcm_queries_factor")
+    check_names(args.tasks, "tasks", "task")
+    images = args.eval_images
+    if images is not None and images > 8 and images % 8:
+        # The evaluation samples batches of min(8, images) and drops a remainder: the report would claim more.
+        raise GenrlError(
+            f"--eval-images must be at most 8 or a multiple of 8, got {images}: pass {images // 8 * 8} or "
+            f"{images // 8 * 8 + 8}"
+        )
+
+
 def main(args: Args) -> None:
+    check_flags(args)
     if args.report_only:
         return report_only(args)
-    args = dataclasses.replace(args, eval_images=args.eval_images or (16 if args.quick else 32))
-    seeds = args.seeds or (1 if args.quick else 5)
+    args = dataclasses.replace(args, eval_images=_given(args.eval_images, 16 if args.quick else 32))
+    seeds = _given(args.seeds, 1 if args.quick else 5)
     if args.suite == "paper":
         check_paper_requirements(args)
         tasks = args.tasks or ("compression", "incompression", "aesthetic", "alignment")

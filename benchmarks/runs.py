@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +74,11 @@ def _once(run_dir: Path, produce: Callable[[], list[dict]]) -> list[dict]:
     """The metrics in ``run_dir/finished.json``; if there are none yet, ``produce`` them and write them there."""
     finished = run_dir / "finished.json"
     if finished.is_file():
-        return json.loads(finished.read_text())["metrics"]
+        fix = f"restore it, or delete {run_dir} to run it again"
+        try:
+            return check_metrics(field(read_json(finished, fix), "metrics", "a list", ""), '["metrics"]')
+        except Malformed as exc:
+            raise GenrlError(f"{finished} does not hold a finished run's metrics: {exc}; {fix}") from None
     metrics = produce()
     finished.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(finished, json.dumps({"metrics": metrics}))
@@ -121,6 +126,115 @@ def cpu_per_wall(metrics: list[dict]) -> float:
     if not last["wall_time_s"]:
         return float("nan")  # not trained
     return last.get("cpu_time_s", float("nan")) / last["wall_time_s"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks of the flags and of the files read back
+# --------------------------------------------------------------------------------------------------
+def check_counts(args: object, *names: str) -> None:
+    """Each of ``args``' ``names`` at least 1 (or None: its default). Checked before anything else, because a
+    default written ``value or default`` reads 0 as the default, and ``range`` of a negative count is empty."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise GenrlError(
+                f"--{name.replace('_', '-')} must be at least 1, got {value}: pass a positive number, or leave it "
+                "out for the default"
+            )
+
+
+def check_names(names: tuple[str, ...] | None, flag: str, what: str) -> None:
+    """A list flag given (not None) names something, each once: an empty one would read as the default list, and a
+    repeated name would run its jobs twice and count them as more seeds."""
+    if names is None:
+        return
+    if not names:
+        raise GenrlError(f"--{flag} names no {what}: list at least one, or leave it out for the default")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise GenrlError(f"--{flag} names {', '.join(twice)} twice: list each {what} once")
+
+
+class Malformed(ValueError):
+    """Where a JSON file departs from what the benchmark writes and what is wrong there; the caller names the file
+    and the fix. ``where`` is a path of subscripts into the file, such as ``["tasks"]["compression"]``."""
+
+
+def read_json(path: Path, fix: str) -> object:
+    """``path``'s JSON value, or a ``GenrlError`` that says why there is none and ends in ``fix``."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise GenrlError(f"cannot read {path} ({exc.strerror}): {fix}") from None
+    except UnicodeDecodeError as exc:
+        raise GenrlError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise GenrlError(f"{path} is not valid JSON ({exc}): {fix}") from None
+
+
+def subscript(where: str, *keys: str | int) -> str:
+    """``where`` (a path into a JSON file, "" its top level) followed by ``keys``, as Python would index them."""
+    return where + "".join(f"[{json.dumps(key)}]" for key in keys)
+
+
+# JSON's true and false load as bool, which Python counts as an int: never a number in these files.
+_KINDS: dict[str, Callable[[object], bool]] = {
+    "an object": lambda v: isinstance(v, dict),
+    "a list": lambda v: isinstance(v, list),
+    "a string": lambda v: isinstance(v, str),
+    "a number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "a positive number": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v > 0,
+    "a positive whole number": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+}
+
+
+def describe(value: object) -> str:
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"the string {json.dumps(value[:40])}"
+    return f"the number {value}"
+
+
+def expect(value: object, kind: str, where: str) -> Any:
+    if not _KINDS[kind](value):
+        raise Malformed(f"{where or 'the top level'} should be {kind}, not {describe(value)}")
+    return value
+
+
+def field(record: dict, key: str, kind: str, where: str, optional: bool = False) -> Any:
+    """``record[key]`` (``record`` at ``where``), which must be ``kind``; None when ``optional`` and absent."""
+    expect(record, "an object", where)
+    if key not in record:
+        if optional:
+            return None
+        raise Malformed(f"{where or 'the top level'} has no {json.dumps(key)}")
+    return expect(record[key], kind, subscript(where, key))
+
+
+def check_metrics(metrics: object, where: str, evaluations_needed: int = 1) -> list[dict]:
+    """``metrics`` (at ``where``) as a run's logged metrics that ``evaluations``, ``start_and_end`` and the
+    summaries can read: records with numeric counters, evaluations with their std, at least ``evaluations_needed``
+    of them (a trained run's curve has its start and end, which its ratios read)."""
+    for i, record in enumerate(expect(metrics, "a list", where)):
+        at = subscript(where, i)
+        for key in ("reward_queries", "wall_time_s"):
+            field(record, key, "a number", at)
+        for key in ("cpu_time_s", "eval_reward_mean", "eval_reward_std", "eval_prompt_accuracy"):
+            field(record, key, "a number", at, optional=True)
+        if "eval_reward_mean" in record and "eval_reward_std" not in record:
+            raise Malformed(f'{at} has "eval_reward_mean" but no "eval_reward_std"')
+    found = sum("eval_reward_mean" in record for record in metrics)
+    if found < evaluations_needed:
+        raise Malformed(
+            f'{where} has {found} evaluation{"" if found == 1 else "s"} (records with "eval_reward_mean"); a run '
+            f"here has at least {evaluations_needed}"
+        )
+    return metrics
 
 
 def command_line(main: Callable, args_type: type, description: str) -> None:

@@ -18,7 +18,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.runs import Progress, budgeted, command_line, run_to_completion, start_and_end
+from benchmarks.runs import (
+    Progress,
+    budgeted,
+    check_counts,
+    check_names,
+    command_line,
+    run_to_completion,
+    start_and_end,
+)
 from genrl.config import PRESETS, TrainConfig
 from genrl.errors import GenrlError
 from genrl.rundir import atomic_write_text
@@ -114,6 +122,10 @@ def write_table(results: dict, out: Path, args: Args) -> None:
 
 
 def main(args: Args) -> None:
+    # Before any run: a count below 1 otherwise runs nothing and writes an empty table, or fails naming the preset's
+    # --epochs, which this command has no flag for.
+    check_counts(args, "seeds", "queries", "eval_queries")
+    check_names(args.families, "families", "family")
     unknown = set(args.families) - set(GRID)
     if unknown:
         raise GenrlError(f"unknown --families {sorted(unknown)}; choose from {', '.join(GRID)}")

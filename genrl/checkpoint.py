@@ -11,12 +11,18 @@
 
 A checkpoint is staged in a hidden folder and renamed into place, then ``latest`` is switched atomically:
 a crash at any point leaves the previous checkpoint as ``latest``, and a resume never sees a partial one.
+``--resume`` takes the complete checkpoint of the highest epoch number, whatever ``latest`` says (a copy without
+symlinks has none), and pruning orders checkpoints by number too (as text, epoch-10000 sorts before epoch-9999).
+Every tensor saved or loaded, weights, EMA and optimizer moments, is checked to be finite: a NaN would otherwise
+travel silently into the exported LoRA.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +39,37 @@ from safetensors.torch import load_file, save_file
 from genrl.errors import GenrlError
 
 LATEST = "latest"
+CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.pt", "state.json")
+"""What a complete checkpoint holds; the LoRA for diffusers is derived from trainable.safetensors."""
+_NAME = re.compile(r"^epoch-(\d+)$")
+
+
+def first_non_finite(value: Any, name: str) -> str | None:
+    """The name of the first floating tensor with a NaN or inf inside ``value`` (nested dicts, lists, tuples)."""
+    if torch.is_tensor(value):
+        return name if value.is_floating_point() and not torch.isfinite(value).all() else None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else name
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else []
+    for key, item in items:
+        found = first_non_finite(item, f"{name}[{key!r}]" if not isinstance(key, str) else f"{name}.{key}")
+        if found is not None:
+            return found
+    return None
+
+
+def checkpoint_epochs(checkpoints: Path) -> list[tuple[int, Path]]:
+    """The epoch-NNNN folders, as (epoch, path) in order of epoch number."""
+    found = []
+    for path in checkpoints.glob("epoch-*"):
+        match = _NAME.match(path.name)
+        if match and path.is_dir():
+            found.append((int(match[1]), path))
+    return sorted(found)
+
+
+def is_complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in CHECKPOINT_FILES)
 
 
 def save_checkpoint(
@@ -46,26 +83,43 @@ def save_checkpoint(
     ema: EMAModel | None = None,
 ) -> Path:
     name = f"epoch-{epoch:04d}"
-    staging = checkpoints / f".staging-{name}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-
     trainable = {n: p.detach().contiguous().cpu() for n, p in unet.named_parameters() if p.requires_grad}
-    save_file(trainable, staging / "trainable.safetensors")
-    _save_for_diffusers(unet, staging)
-    if ema is not None:
-        with ema_weights(ema, [p for p in unet.parameters() if p.requires_grad]):
-            _save_for_diffusers(unet, staging / "ema")
-        torch.save(ema.state_dict(), staging / "ema.pt")
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": lr_scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-        },
-        staging / "optimizer.pt",
-    )
-    (staging / "state.json").write_text(json.dumps(state))
+    extra = {
+        "optimizer": optimizer.state_dict(),
+        "lr_scheduler": lr_scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    ema_state = ema.state_dict() if ema is not None else None
+    for what, value in (("weights", trainable), ("optimizer state", extra["optimizer"]), ("EMA state", ema_state)):
+        bad = first_non_finite(value, what)
+        if bad is not None:
+            raise GenrlError(
+                f"epoch {epoch}: the {bad} holds NaN or infinite values, so training diverged; nothing of this epoch "
+                "was saved: resume from the previous checkpoint with a lower --learning-rate, or start again"
+            )
+    staging = checkpoints / f".staging-{name}"
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        save_file(trainable, staging / "trainable.safetensors")
+        _save_for_diffusers(unet, staging)
+        if ema is not None:
+            with ema_weights(ema, [p for p in unet.parameters() if p.requires_grad]):
+                _save_for_diffusers(unet, staging / "ema")
+            torch.save(ema_state, staging / "ema.pt")
+        torch.save(extra, staging / "optimizer.pt")
+        (staging / "state.json").write_text(json.dumps(state))
+    except BaseException as exc:  # a full disk, say: no half-written folder is left to mistake for a checkpoint
+        shutil.rmtree(staging, ignore_errors=True)
+        if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: the caller's own stop
+            raise
+        # Only serialisation runs above, so any failure is the disk's: safetensors, torch and the OS each raise
+        # their own type for it (SafetensorError, RuntimeError, OSError).
+        reason = (getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__).splitlines()[0]
+        raise GenrlError(
+            f"cannot write checkpoint {checkpoints / name} ({reason[:200]}); free disk space, then continue with "
+            f"--resume {checkpoints.parent} (the previous checkpoint is kept)"
+        ) from exc
 
     final = checkpoints / name
     shutil.rmtree(final, ignore_errors=True)
@@ -75,8 +129,9 @@ def save_checkpoint(
     link.symlink_to(name)
     os.replace(link, checkpoints / LATEST)
 
-    for old in sorted(checkpoints.glob("epoch-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    for _, old in checkpoint_epochs(checkpoints)[:-keep]:  # by epoch number, never as text
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -108,10 +163,28 @@ def _save_for_diffusers(unet: torch.nn.Module, folder: Path) -> None:
 
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:
-    link = checkpoints / LATEST
-    if not link.exists():
+    """The complete checkpoint of the highest epoch (``latest`` pointed back at it); None where no epoch was saved.
+
+    ``latest`` is not trusted: a copy without symlinks lacks it, and a crash between renaming a checkpoint into place
+    and switching the link leaves it one behind. Folders without every file (damaged by hand) are passed over, and
+    if every one is, that is an error: restarting would overwrite the run's progress."""
+    saved = checkpoint_epochs(checkpoints)
+    complete = [path for _, path in saved if is_complete(path)]
+    if saved and not complete:
+        raise GenrlError(
+            f"{checkpoints} holds {len(saved)} checkpoint folders, none complete (each needs "
+            f"{', '.join(CHECKPOINT_FILES)}); restore one, or start a new run elsewhere"
+        )
+    if not complete:
         return None
-    return link.resolve()
+    newest = complete[-1]
+    link = checkpoints / LATEST
+    if not link.is_symlink() or link.resolve() != newest.resolve():
+        fresh = checkpoints / f".{LATEST}.tmp"
+        fresh.unlink(missing_ok=True)
+        fresh.symlink_to(newest.name)
+        os.replace(fresh, link)
+    return newest
 
 
 def load_checkpoint(
@@ -125,11 +198,6 @@ def load_checkpoint(
         trainable = load_file(path / "trainable.safetensors")
         extra = torch.load(path / "optimizer.pt", weights_only=True)
         state = json.loads((path / "state.json").read_text())
-        counters = state["counters"]
-        if not {"epoch", "reward_queries", "wall_time_s"} <= set(counters):
-            raise ValueError(
-                f"state.json counters lack {sorted({'epoch', 'reward_queries', 'wall_time_s'} - set(counters))}"
-            )
         ema_state = None
         if ema is not None:
             if not (path / "ema.pt").is_file():
@@ -142,6 +210,17 @@ def load_checkpoint(
         raise GenrlError(
             f"checkpoint '{path}' is unreadable ({reason}); start a new run or restore the folder"
         ) from exc
+    problem = state_problem(state)
+    if problem is not None:
+        raise GenrlError(f"checkpoint '{path}': state.json {problem}; restore the folder or start a new run")
+    optimizer_state = extra.get("optimizer") if isinstance(extra, dict) else None
+    for what, value in (("optimizer state", optimizer_state), ("EMA state", ema_state)):
+        bad = first_non_finite(value, what)
+        if bad is not None:
+            raise GenrlError(
+                f"checkpoint '{path}': the {bad} holds NaN or infinite values; resume from an earlier checkpoint "
+                "or start a new run"
+            )
     params = dict(unet.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in trainable]
     if missing:
@@ -157,6 +236,11 @@ def load_checkpoint(
                 f"checkpoint '{path}' holds {name} of shape {tuple(value.shape)}, the model has {found}; "
                 "resume with the run's own configuration"
             )
+        if value.dtype != params[name].dtype:
+            raise GenrlError(
+                f"checkpoint '{path}' holds {name} as {value.dtype}, the model trains it as {params[name].dtype}; "
+                "restore the checkpoint genrl.train wrote"
+            )
         if not torch.isfinite(value).all():
             raise GenrlError(
                 f"checkpoint '{path}' holds non-finite weights ({name}); the run had diverged by then: "
@@ -166,7 +250,7 @@ def load_checkpoint(
         for name, value in trainable.items():
             params[name].copy_(value)
     try:
-        optimizer.load_state_dict(extra["optimizer"])
+        optimizer.load_state_dict(optimizer_state)
         lr_scheduler.load_state_dict(extra["lr_scheduler"])
         torch.set_rng_state(extra["torch_rng"])
         if ema is not None:
@@ -177,3 +261,47 @@ def load_checkpoint(
             "resume with the run's own configuration or start a new run"
         ) from exc
     return state
+
+
+def state_problem(state: Any) -> str | None:
+    """What is wrong with a state.json's structure, in a few words; None where it is what ``genrl.train`` writes.
+
+    Checked before any training: a wall time of "abc" would otherwise fail only after the next epoch."""
+    if not isinstance(state, dict) or not isinstance(state.get("counters"), dict):
+        return "has no 'counters' object"
+    counters = state["counters"]
+    for key, kind in (("epoch", int), ("reward_queries", int), ("wall_time_s", float), ("cpu_time_s", float)):
+        if key not in counters:
+            if key == "cpu_time_s":  # absent from runs saved before it was counted
+                continue
+            return f"counters lack '{key}'"
+        value = counters[key]
+        if not _is_number(value, integer=kind is int) or value < 0:
+            what = "a whole number" if kind is int else "a number of seconds"
+            return f"counters.{key} is {value!r}, not {what} >= 0"
+    processes = state.get("num_processes", 1)
+    if not _is_number(processes, integer=True) or processes < 1:
+        return f"num_processes is {processes!r}, not a whole number >= 1"
+    tracker = state.get("tracker")
+    if tracker is not None and not _is_tracker(tracker):
+        return "has a 'tracker' that is not per-prompt statistics (buffer_size, min_count, history of rewards)"
+    return None
+
+
+def _is_number(value: Any, integer: bool = False) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) if integer else math.isfinite(value)
+
+
+def _is_tracker(tracker: Any) -> bool:
+    return (
+        isinstance(tracker, dict)
+        and _is_number(tracker.get("buffer_size"), integer=True)
+        and tracker["buffer_size"] >= 1
+        and _is_number(tracker.get("min_count"), integer=True)
+        and isinstance(tracker.get("history"), dict)
+        and all(
+            isinstance(rewards, list) and all(_is_number(r) for r in rewards) for rewards in tracker["history"].values()
+        )
+    )

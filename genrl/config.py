@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -156,6 +158,21 @@ class TrainConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise GenrlError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+        for name in ("adam_beta1", "adam_beta2"):  # torch.optim.AdamW's own domain, checked before any work
+            if not 0 <= getattr(self, name) < 1:
+                raise GenrlError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+        if not self.adam_epsilon > 0 or self.adam_weight_decay < 0:
+            raise GenrlError(
+                f"--adam-epsilon must be positive and --adam-weight-decay 0 or more, got {self.adam_epsilon} and "
+                f"{self.adam_weight_decay}"
+            )
+        if not 0 <= self.seed < 2**63:  # numpy's SeedSequence takes non-negative integers
+            raise GenrlError(f"--seed must be a whole number from 0 to 2**63 - 1, got {self.seed}")
+        if not self.lora_target_modules or not all(name.strip() for name in self.lora_target_modules):
+            raise GenrlError(
+                "--lora-target-modules needs at least one layer name, e.g. the default "
+                f"{' '.join(DEFAULT_LORA_TARGETS)}"
+            )
         if self.resolution is not None and self.resolution < 1:
             raise GenrlError(f"--resolution must be a positive number of pixels, got {self.resolution}")
         _check_device(self.device)
@@ -268,10 +285,51 @@ def read_config(path: Path) -> TrainConfig:
     if unknown or missing:
         what = f"unknown fields {sorted(unknown)}" if unknown else f"no fields {sorted(missing)}"
         raise GenrlError(f"{path} has {what}; was it written by another version? Restore it or start a new run")
+    hints = typing.get_type_hints(TrainConfig)
+    for name in sorted(fields):
+        if not _json_fits(data[name], hints[name]):
+            raise GenrlError(
+                f"{path}: {name} is {json.dumps(data[name])[:60]}, not {_describe_type(hints[name])}; restore it (the "
+                "run must repeat its configuration) or start a new run"
+            )
     data["output_dir"] = Path(data["output_dir"])
     data["resume"] = Path(data["resume"]) if data["resume"] else None
     data["lora_target_modules"] = tuple(data["lora_target_modules"])
     return TrainConfig(**data)
+
+
+def _json_fits(value: object, hint: object) -> bool:
+    """Whether a config.json value is what ``config_to_json`` writes for a field of type ``hint``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return value in args and not isinstance(value, bool)
+    if origin in (typing.Union, types.UnionType):
+        return any(_json_fits(value, arg) for arg in args)
+    if origin is tuple:  # tuple[str, ...], written as a JSON list
+        return isinstance(value, list) and all(_json_fits(v, args[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:  # JSON writes 1.0 as 1.0, but a hand edit may write 1
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint in (str, Path):
+        return isinstance(value, str)
+    return False
+
+
+def _describe_type(hint: object) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(json.dumps(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe_type(a) for a in args)
+    if origin is tuple:
+        return "a list of strings"
+    names = {type(None): "null", bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+    return names.get(hint, "a path")
 
 
 def _check_device(device: str) -> None:

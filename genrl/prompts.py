@@ -12,6 +12,10 @@ from pathlib import Path
 
 from genrl.errors import GenrlError
 
+MAX_PROMPT_CHARS = 2000
+"""Longer prompt lines are refused. A text encoder reads 77 tokens (a few hundred characters); a megabyte line is a
+wrong file, and it would travel to every reward call and server request."""
+
 
 def _packaged(name: str) -> list[str]:
     text = resources.files("genrl").joinpath("data", "prompts", name).read_text(encoding="utf-8")
@@ -60,4 +64,10 @@ def load_prompts(spec: str) -> list[str]:
     prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise GenrlError(f"prompt file '{spec}' has no prompts; write one prompt per line")
+    longest = max(range(len(prompts)), key=lambda i: len(prompts[i]))
+    if len(prompts[longest]) > MAX_PROMPT_CHARS:
+        raise GenrlError(
+            f"prompt file '{spec}': prompt {longest + 1} is {len(prompts[longest])} characters, over the limit of "
+            f"{MAX_PROMPT_CHARS}; is it a prompt list, one prompt per line?"
+        )
     return prompts

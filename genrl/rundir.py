@@ -20,20 +20,32 @@ from PIL import Image, ImageDraw
 
 from genrl.errors import GenrlError
 
+MAX_CAPTION_LINES = 8
+"""Sample-grid captions are cut to this many lines: a prompt of any length draws a grid of bounded size."""
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:  # after a failed write (a full disk) nothing half-written is left beside the file
+        tmp.unlink(missing_ok=True)
 
 
 def image_grid(images: torch.Tensor, captions: list[str], columns: int = 4) -> Image.Image:
-    """(B, 3, H, W) in [0, 1] -> one PIL image, each tile with its whole caption underneath, wrapped to its width."""
+    """(B, 3, H, W) in [0, 1] -> one PIL image, each tile with its caption underneath, wrapped to its width and cut
+    to ``MAX_CAPTION_LINES`` lines."""
     arrays = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     n, h, w, _ = arrays.shape
     columns = min(columns, n)
     # PIL's default bitmap font is 6 pixels a character and 11 a line.
-    wrapped = [textwrap.wrap(caption, max(1, w // 6)) or [""] for caption in captions]
+    width = max(1, w // 6)
+    wrapped = [
+        textwrap.wrap(caption[: width * MAX_CAPTION_LINES + 1], width, max_lines=MAX_CAPTION_LINES, placeholder="..")
+        or [""]
+        for caption in captions
+    ]
     rows, caption_h = math.ceil(n / columns), 11 * max(len(lines) for lines in wrapped) + 1
     grid = Image.new("RGB", (columns * w, rows * (h + caption_h)), "white")
     draw = ImageDraw.Draw(grid)
@@ -42,6 +54,21 @@ def image_grid(images: torch.Tensor, captions: list[str], columns: int = 4) -> I
         grid.paste(Image.fromarray(array), (x, y))
         draw.multiline_text((x + 1, y + h), "\n".join(lines), fill="black", spacing=0)
     return grid
+
+
+def _record_problem(record: Any) -> str | None:
+    """Why a parsed metrics.jsonl line is not a record ``log_metrics`` writes: an object with a whole epoch >= 0,
+    whose values are numbers, null, or objects of numbers (a composite reward's parts)."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    epoch = record.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        return f"epoch {epoch!r} is not a whole number >= 0"
+    for key, value in record.items():
+        values = value.values() if isinstance(value, dict) else [value]
+        if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values):
+            return f"'{key}' is {str(value)[:40]}, not a number"
+    return None
 
 
 class RunDir:
@@ -81,7 +108,8 @@ class RunDir:
 
     def holds_progress(self) -> bool:
         """Whether a run logged an epoch or saved a checkpoint here (then only ``--resume`` may continue it)."""
-        return (self.checkpoints / "latest").exists() or bool(self.read_metrics())
+        saved = (self.checkpoints / "latest").is_symlink() or any(self.checkpoints.glob("epoch-*"))
+        return saved or bool(self.read_metrics())
 
     def create(self, config: dict[str, Any]) -> None:
         for folder in (self.path, self.samples, self.checkpoints):
@@ -101,18 +129,31 @@ class RunDir:
         with a warning, as that epoch will be run again; damage anywhere else is an error."""
         if not self.metrics_path.exists():
             return []
-        text = self.metrics_path.read_text(encoding="utf-8", errors="replace")
+        try:
+            text = self.metrics_path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise GenrlError(
+                f"{self.metrics_path} is unreadable ({exc.strerror}); restore it as the run's metrics file"
+            ) from None
         lines = [line for line in text.splitlines() if line.strip()]
         records = []
         for number, line in enumerate(lines, 1):
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except ValueError:
                 if number < len(lines):
                     raise GenrlError(
                         f"{self.metrics_path} line {number} is damaged; repair or delete that line, then --resume"
                     ) from None
                 print(f"warning: {self.metrics_path} ends in a torn line; dropped it", file=sys.stderr)
+                continue
+            problem = _record_problem(record)
+            if problem is not None:
+                raise GenrlError(
+                    f"{self.metrics_path} line {number} is not an epoch's record ({problem}); repair or delete that "
+                    "line, then --resume"
+                )
+            records.append(record)
         return records
 
     def keep_metrics_before(self, epoch: int) -> None:

@@ -14,6 +14,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 import argparse
+import errno
 import math
 import sys
 import time
@@ -29,9 +30,9 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from genrl.advantages import PerPromptStatTracker, compute_advantages
-from genrl.algos.base import Algorithm, EpochBatch, checked_stats, make_algorithm
+from genrl.algos.base import Algorithm, EpochBatch, make_algorithm, run_update
 from genrl.checkpoint import ema_weights, latest_checkpoint, load_checkpoint, save_checkpoint
-from genrl.config import DEFAULT_PRESET, TrainConfig, config_to_json, preset, read_config
+from genrl.config import DEFAULT_LORA_TARGETS, DEFAULT_PRESET, TrainConfig, config_to_json, preset, read_config
 from genrl.distributed import Processes
 from genrl.envs import DenoisingEnv, make_env
 from genrl.errors import GenrlError
@@ -43,6 +44,9 @@ from genrl.rewards.base import CheckedReward
 from genrl.rewards.shapes import is_shapes_prompt, shapes_alignment
 from genrl.rollout import Rollout, SamplingBatch, collect
 from genrl.rundir import RunDir
+
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES)
+"""Why a write fails on a disk that is full, over quota, read-only or not the user's."""
 
 # Fields a resumed run must keep: the checkpoint only fits the model it was trained on.
 _FIXED_ON_RESUME = ("model", "env", "finetune", "lora_rank", "lora_alpha", "lora_target_modules")
@@ -73,6 +77,13 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
                 )
     cfg.validate()
     return cfg
+
+
+def _fixed_configuration(cfg: TrainConfig) -> dict:
+    """The fields a checkpoint only fits, as config.json writes them: saved with it, compared on --resume, so an
+    edited config.json cannot load the weights into another model."""
+    saved = config_to_json(cfg)
+    return {name: saved[name] for name in _FIXED_ON_RESUME}
 
 
 def _seed(*keys: int) -> int:
@@ -132,7 +143,14 @@ def build(cfg: TrainConfig) -> Training:
         raise GenrlError(f"--model {cfg.model}: {exc}") from None
     torch.manual_seed(_seed(cfg.seed, 0, 0, 4))  # the LoRA's random initial A comes from torch's global RNG
     if cfg.finetune == "lora":
-        add_lora(pipe.unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules)
+        try:
+            add_lora(pipe.unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules)
+        except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
+            reason = str(exc).splitlines()[0][:200].rstrip(".")
+            raise GenrlError(
+                f"--lora-target-modules {' '.join(cfg.lora_target_modules)}: {reason}; name layers of the UNet, e.g. "
+                f"the default {' '.join(DEFAULT_LORA_TARGETS)}"
+            ) from None
     else:
         pipe.unet.requires_grad_(True)
     if graph_through_sampling and cfg.gradient_checkpointing:
@@ -177,6 +195,15 @@ def resume(t: Training, checkpoint: Path) -> None:
             f"--resume {t.cfg.resume}: the run was trained on {saved_by} processes, this launch has "
             f"{t.processes.count}; resume with --num-processes {saved_by}"
         )
+    saved_with = state.get("configuration")  # absent from checkpoints saved before it was recorded
+    if isinstance(saved_with, dict):
+        now = _fixed_configuration(t.cfg)
+        for name, value in now.items():
+            if name in saved_with and saved_with[name] != value:
+                raise GenrlError(
+                    f"--resume {t.cfg.resume}: config.json has {name} {value!r}, but the checkpoint was trained with "
+                    f"{saved_with[name]!r}; restore config.json's {name} (the checkpoint only fits that)"
+                )
     t.counters = state["counters"]
     if t.tracker is not None and state.get("tracker"):
         t.tracker.load_state_dict(state["tracker"])
@@ -242,7 +269,7 @@ def run_epoch(t: Training, epoch: int) -> tuple[list[Rollout], dict]:
     start = time.perf_counter()
     batch = epoch_batch(t, epoch)
     lr = t.lr_scheduler.get_last_lr()[0]
-    stats = t.processes.mean(checked_stats(t.cfg.algo, t.algorithm.update(t.policy, t.optimizer, batch)))
+    stats = t.processes.mean(run_update(t.cfg.algo, t.algorithm, t.policy, t.optimizer, batch))
     rewards = batch.global_rewards()
     elapsed = time.perf_counter() - start
     _check_finite(epoch, stats, t.policy, t.cfg)
@@ -389,6 +416,7 @@ def save(t: Training, run: RunDir, epoch: int) -> None:
         "counters": t.counters,
         "tracker": t.tracker.state_dict() if t.tracker is not None else None,
         "num_processes": t.processes.count,
+        "configuration": _fixed_configuration(t.cfg),
     }
     save_checkpoint(
         run.checkpoints, epoch, t.pipe.unet, t.optimizer, t.lr_scheduler, state, t.cfg.keep_checkpoints, t.ema
@@ -491,6 +519,16 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"error: another process of this run stopped or stalled ({reason[:200]}); see its output above, fix it, "
             "and continue with --resume RUN_DIR (the latest complete checkpoint is kept)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRORS:
+            raise
+        # A full or read-only disk: what was written before stays (every file is replaced atomically).
+        print(
+            f"error: cannot write {exc.filename or 'the run directory'} ({exc.strerror}); free disk space or pick "
+            "another --output-dir, then continue with --resume RUN_DIR (the latest complete checkpoint is kept)",
             file=sys.stderr,
         )
         raise SystemExit(1) from None

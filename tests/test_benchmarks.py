@@ -255,3 +255,210 @@ def test_the_sweep_picks_the_best_reward_that_keeps_prompt_accuracy():
     assert pick_winner(rows)["setting"] == "keeps"
     lost = [rows[0], {**rows[0], "setting": "lost less", "accuracy_final": 0.5}]
     assert pick_winner(lost)["setting"] == "lost less"  # none qualifies: the one that keeps the most
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input: one ``error:`` line naming the problem and the fix, before anything is trained or written
+# --------------------------------------------------------------------------------------------------
+def _set(path: tuple, value):
+    """A mutation of a results dict: the value at ``path`` replaced (or, for ``_DELETE``, removed)."""
+
+    def mutate(results: dict):
+        *parents, last = path
+        for key in parents:
+            results = results[key]
+        if value is _DELETE:
+            del results[last]
+        else:
+            results[last] = value
+
+    return mutate
+
+
+_DELETE = object()
+_RUNS = ("tasks", "compression", "runs")
+_EVAL = ("tasks", "compression", "evaluation")
+_MALFORMED = {  # case -> (the file's content: a whole JSON value or a mutation of a good file; what the error says)
+    "a list": ([], "the top level should be an object, not a list"),
+    "a number": (3, "the top level should be an object, not the number 3"),
+    "an empty object": ({}, 'the top level has no "tasks"'),
+    "no tasks": (_set(("tasks",), {}), '["tasks"] names no task'),
+    "runs missing": (_set(_RUNS, _DELETE), '["tasks"]["compression"] has no "runs"'),
+    "a method missing": (_set((*_RUNS, "RLCM (PPO)"), _DELETE), '["runs"] has no "RLCM (PPO)"'),
+    "a string for a method's seeds": (
+        _set((*_RUNS, "DDPO (PPO)"), "seed 0"),
+        '["runs"]["DDPO (PPO)"] should be a list, not the string "seed 0"',
+    ),
+    "no seeds": (_set((*_RUNS, "DDPO (PPO)"), []), '["runs"]["DDPO (PPO)"] holds no run'),
+    "a string for a run's metrics": (
+        _set((*_RUNS, "RLCM (PPO)", 1), "metrics.jsonl"),
+        '["RLCM (PPO)"][1] should be a list, not the string "metrics.jsonl"',
+    ),
+    "metrics records that are not objects": (
+        _set((*_RUNS, "RLCM (PPO)", 0), [1, 2]),
+        '["RLCM (PPO)"][0][0] should be an object, not the number 1',
+    ),
+    "an empty run": (_set((*_RUNS, "DDPO (PPO)", 0), []), '["DDPO (PPO)"][0] has 0 evaluations'),
+    "a missing key in a record": (
+        _set((*_RUNS, "DDPO (PPO)", 0, 2, "wall_time_s"), _DELETE),
+        '["DDPO (PPO)"][0][2] has no "wall_time_s"',
+    ),
+    "a non-numeric value": (
+        _set((*_RUNS, "RLCM (PPO)", 1, 3, "eval_reward_mean"), "0.5"),
+        '["RLCM (PPO)"][1][3]["eval_reward_mean"] should be a number, not the string "0.5"',
+    ),
+    "null for a number": (
+        _set((*_RUNS, "DDPO (PPO)", 1, 0, "eval_reward_std"), None),
+        '["DDPO (PPO)"][1][0]["eval_reward_std"] should be a number, not null',
+    ),
+    "true for a number": (
+        _set((*_RUNS, "DDPO (PPO)", 1, 4, "reward_queries"), True),
+        '["reward_queries"] should be a number, not true',
+    ),
+    "an evaluation without its std": (
+        _set((*_RUNS, "DDPO (PPO)", 0, 0, "eval_reward_std"), _DELETE),
+        '["DDPO (PPO)"][0][0] has "eval_reward_mean" but no "eval_reward_std"',
+    ),
+    "configs missing": (_set(("tasks", "compression", "configs"), _DELETE), '["compression"] has no "configs"'),
+    "a config without eval_size": (
+        _set(("tasks", "compression", "configs", "DDPO (PPO)", "eval_size"), _DELETE),
+        '["configs"]["DDPO (PPO)"] has no "eval_size"',
+    ),
+    "an evaluation without the training horizon": (
+        _set((*_EVAL, "RLCM (PPO)", "steps", "4"), _DELETE),
+        '["evaluation"]["RLCM (PPO)"]["steps"] has no "4"',
+    ),
+    "a step count that is not a number": (
+        _set((*_EVAL, "DDPO (PPO)", "steps", "many"), {"reward": 1.0, "seconds_per_image": 1.0}),
+        '["DDPO (PPO)"]["steps"] has the key "many", not a number of steps',
+    ),
+    "zero seconds per image": (
+        _set((*_EVAL, "RLCM (PPO)", "steps", "4", "seconds_per_image"), 0),
+        '["seconds_per_image"] should be a positive number, not the number 0',
+    ),
+    "meta missing": (_set(("meta",), _DELETE), 'the top level has no "meta"'),
+    "meta without a task's eval_queries": (
+        _set(("meta", "eval_queries"), {}),
+        '["meta"]["eval_queries"] has no "compression"',
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(_MALFORMED))
+def test_report_only_on_a_malformed_results_file_names_where_and_the_fix_and_keeps_it(tmp_path, case):
+    from genrl.errors import GenrlError
+
+    content, says = _MALFORMED[case]
+    if callable(content):
+        results = json.loads(json.dumps(_results(_task())))
+        content(results)
+        content = results
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(GenrlError) as error:
+        main(Args(output_dir=tmp_path, report_only=True))
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{path} does not hold a benchmark's results: ")
+    assert says in message and "restore it, or delete it and rerun the benchmark" in message
+    assert path.read_text() == json.dumps(content)  # kept as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # no report or figure from it
+
+
+def test_the_committed_results_pass_the_check():
+    from pathlib import Path
+
+    from benchmarks.run import check_results
+
+    check_results(json.loads((Path(__file__).parents[1] / "docs" / "benchmark" / "results.json").read_text()))
+
+
+def test_a_malformed_results_file_is_one_line_on_the_command_line(tmp_path):
+    (tmp_path / "results.json").write_text('{"tasks": {"compression": {"runs": []}}}')
+    lines = _cli_errors("--report-only", "--output-dir", str(tmp_path))
+    assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'results.json'} does not hold")
+    assert '["tasks"]["compression"]["runs"] should be an object, not a list' in lines[0]
+
+
+def _no_work(*args, **kwargs):
+    raise AssertionError("the command started work on bad input")
+
+
+def _cli_in_process(cli, argv: list[str], monkeypatch, capsys) -> str:
+    """``cli`` on ``argv``, which must end in exit status 2 before any work: its one line on stderr."""
+    monkeypatch.setattr(sys, "argv", ["benchmarks", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        cli()
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    return lines[0]
+
+
+def _count(flag: str, value: str) -> str:
+    return f"error: {flag} must be at least 1, got {value}: pass a positive number, or leave it out for the default"
+
+
+@pytest.mark.parametrize(
+    ("flags", "line"),
+    [
+        (["--seeds", "0"], _count("--seeds", "0")),
+        (["--seeds", "-1"], _count("--seeds", "-1")),
+        (["--queries", "0"], _count("--queries", "0")),
+        (["--eval-queries", "0"], _count("--eval-queries", "0")),
+        (["--eval-images", "0"], _count("--eval-images", "0")),
+        (["--eval-images", "-8", "--quick"], _count("--eval-images", "-8")),
+        (["--rlcm-queries-factor", "0"], _count("--rlcm-queries-factor", "0")),
+        (["--seeds", "0", "--report-only"], _count("--seeds", "0")),
+        (["--eval-images", "12"], "error: --eval-images must be at most 8 or a multiple of 8, got 12: pass 8 or 16"),
+        (["--tasks"], "error: --tasks names no task: list at least one, or leave it out for the default"),
+        (["--tasks", "compression", "compression"], "error: --tasks names compression twice: list each task once"),
+    ],
+)
+def test_a_bad_flag_of_the_suite_is_a_one_line_error_before_any_work(tmp_path, monkeypatch, capsys, flags, line):
+    for name in ("run_to_completion", "untrained_evaluation", "evaluate_task", "write_outputs"):
+        monkeypatch.setattr(suite, name, _no_work)
+    out = tmp_path / "out"
+    assert _cli_in_process(suite.cli, [*flags, "--output-dir", str(out)], monkeypatch, capsys) == line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "line"),
+    [
+        (["--seeds", "0"], _count("--seeds", "0")),
+        (["--seeds", "-1"], _count("--seeds", "-1")),
+        (["--queries", "0"], _count("--queries", "0")),
+        (["--eval-queries", "-64"], _count("--eval-queries", "-64")),
+        (["--families"], "error: --families names no family: list at least one, or leave it out for the default"),
+        (["--families", "jpeg", "jpeg"], "error: --families names jpeg twice: list each family once"),
+    ],
+)
+def test_a_bad_flag_of_the_sweep_is_a_one_line_error_before_any_work(tmp_path, monkeypatch, capsys, flags, line):
+    import benchmarks.sweep as sweep
+
+    monkeypatch.setattr(sweep, "run_to_completion", _no_work)
+    out = tmp_path / "out"
+    assert _cli_in_process(sweep.cli, [*flags, "--output-dir", str(out)], monkeypatch, capsys) == line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["{", "[]", '{"metrics": [{"reward_queries": 0}]}', "\udcff"],
+    ids=["not JSON", "a list", "a record without wall_time_s", "not UTF-8"],
+)
+def test_a_broken_finished_run_is_a_one_line_error_that_keeps_it(tmp_path, content):
+    from benchmarks.runs import run_to_completion
+    from genrl.errors import GenrlError
+
+    cfg = dataclasses.replace(PRESETS["tiny-compression"], output_dir=tmp_path, run_name="run")
+    finished = tmp_path / "run" / "finished.json"
+    finished.parent.mkdir()
+    raw = content.encode("utf-8", "surrogateescape")  # the last: a byte that is not UTF-8
+    finished.write_bytes(raw)
+    with pytest.raises(GenrlError) as error:
+        run_to_completion(cfg)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{finished} ")
+    assert f"delete {tmp_path / 'run'}" in message
+    assert finished.read_bytes() == raw

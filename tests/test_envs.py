@@ -111,6 +111,22 @@ def test_reset_needs_one_prompt_per_sub_env():
     env = genrl.envs.LCMEnv(2, pipe, jpeg_incompressibility, num_steps=2)
     with pytest.raises(ValueError, match="2 prompts"):
         env.reset(options={"prompts": ["only one"]})
+    with pytest.raises(ValueError, match="as a list of 2 strings"):  # not the prompts "a" and "b"
+        env.reset(options={"prompts": "ab"})
+
+
+def test_step_refuses_actions_it_cannot_mean():
+    env = genrl.envs.LCMEnv(2, tiny("lcm"), jpeg_incompressibility, num_steps=2)
+    obs, _ = env.reset(seed=0, options={"prompts": ["a", "b"]})
+    good = torch.zeros_like(obs["latents"])
+    wrong_shape = {"next_latents": good[:1], "pred_original": good[:1]}
+    non_finite = {"next_latents": good.clone().fill_(float("nan")), "pred_original": good}
+    for action, message in [(wrong_shape, "must be a tensor of shape"), (non_finite, "NaN or infinite")]:
+        with pytest.raises(ValueError, match=message):
+            env.step(action)
+    env.step({"next_latents": good, "pred_original": good})  # refused actions left the episode where it was
+    _, rewards, terminated, _, _ = env.step({"next_latents": good, "pred_original": good})
+    assert terminated.all() and torch.isfinite(rewards).all()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -112,15 +112,17 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, capsys, monk
 
     def dying_save(obj, path, *args, **kwargs):
         real_save(obj, path, *args, **kwargs)
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(checkpoint.torch, "save", dying_save)
-    with pytest.raises(OSError):
-        main(["--resume", str(tmp_path / "r"), "--epochs", "2"])
+    capsys.readouterr()
+    line = expect_error(capsys, ["--resume", str(tmp_path / "r"), "--epochs", "2"], "cannot write checkpoint")
+    assert "No space left on device" in line and "--resume" in line
     monkeypatch.undo()
     checkpoints = tmp_path / "r" / "checkpoints"
     assert (checkpoints / "latest").resolve().name == "epoch-0001"
     assert not (checkpoints / "epoch-0002").exists()
+    assert not list(checkpoints.glob(".staging-*"))  # nothing half-written is left behind
     main(["--resume", str(tmp_path / "r"), "--epochs", "2"])
     assert (checkpoints / "latest").resolve().name == "epoch-0002"
 

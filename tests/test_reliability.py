@@ -193,7 +193,7 @@ def _damage(run, how):
         ("truncated", "is unreadable"),
         ("empty", "is unreadable"),
         ("wrong shape", "of shape (3, 3), the model has"),
-        ("empty state", "is unreadable (no 'counters' entry)"),
+        ("empty state", "state.json has no 'counters' object"),
         ("garbage config", "config.json is unreadable"),
         ("config lacks a field", "config.json has no fields ['learning_rate']"),
     ],

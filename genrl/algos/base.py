@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import torch
 
 from genrl.errors import GenrlError
-from genrl.plugins import import_object
+from genrl.plugins import describe, import_object, load_entry_point
 from genrl.policy import DenoisingPolicy
 from genrl.rollout import Rollout, SamplingBatch
 
@@ -97,7 +97,7 @@ def algorithm_class(spec: str) -> type:
     if spec in builtin:
         cls = builtin[spec]
     elif spec in plugins:
-        cls = plugins[spec].load()
+        cls = load_entry_point(plugins[spec], "algorithm")
     elif ":" in spec:
         cls = import_object(spec, "algorithm")
     else:
@@ -120,11 +120,37 @@ def make_algorithm(spec: str, train_config: Any) -> Algorithm:
     config = getattr(cls, "Config", None)
     try:
         return cls(build_config(config, train_config)) if config is not None else cls()
+    except GenrlError:
+        raise
     except TypeError as exc:
         raise GenrlError(f"algorithm '{spec}' could not be built ({exc}); its __init__ takes its Config") from exc
+    except (Exception, SystemExit) as exc:
+        raise GenrlError(f"algorithm '{spec}' could not be built: it raised {describe(exc)}; fix it") from exc
 
 
-def checked_stats(spec: str, stats: Any) -> dict[str, float]:
+def run_update(
+    spec: str, algorithm: Algorithm, policy: DenoisingPolicy, optimizer: torch.optim.Optimizer, batch: EpochBatch
+) -> dict[str, float]:
+    """``algorithm.update`` on the epoch, and its statistics as floats. A plug-in's failure, a stray ``sys.exit``
+    included (which would end training with exit 0 and nothing saved), is one line that names the plug-in; a
+    built-in's is genrl's bug and keeps its traceback."""
+    try:
+        stats = algorithm.update(policy, optimizer, batch)
+    except GenrlError:
+        raise
+    except (Exception, SystemExit) as exc:
+        if spec in builtin_algorithms():
+            raise
+        raise GenrlError(f"algorithm '{spec}' update raised {describe(exc)}; fix the algorithm") from exc
+    if not batch.rollouts:
+        raise GenrlError(
+            f"algorithm '{spec}' update sampled nothing, so there is no reward to log or learn from; call "
+            "batch.sample(i) for the epoch's batches"
+        )
+    return _checked_stats(spec, stats)
+
+
+def _checked_stats(spec: str, stats: Any) -> dict[str, float]:
     """The statistics an update returned, as floats; anything else is the algorithm's mistake, in one line."""
     if not isinstance(stats, dict):
         raise GenrlError(f"algorithm '{spec}' update returned {type(stats).__name__}; return a dict of floats")

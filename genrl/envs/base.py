@@ -173,7 +173,13 @@ class DenoisingEnv(gym.vector.VectorEnv):
         ``noise_slice`` (offset, total) (optional): these envs are rows of a global batch of ``total``, and their
         noise is those rows of the global batch's noise (multi-process training)."""
         options = options or {}
-        prompts = list(options.get("prompts", []))
+        prompts = options.get("prompts", [])
+        # A string is a sequence too: "ab" must not become the prompts "a" and "b".
+        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(
+                f"reset needs options['prompts'] as a list of {self.num_envs} strings, got {prompts!r:.80}"
+            )
+        prompts = list(prompts)
         if len(prompts) != self.num_envs:
             raise ValueError(f"reset needs options['prompts'] with {self.num_envs} prompts, got {len(prompts)}")
         self.prompts = prompts
@@ -196,11 +202,27 @@ class DenoisingEnv(gym.vector.VectorEnv):
         """Which latent the reward sees after the last step."""
         return action["next_latents"]
 
+    def _check_action(self, action: Any) -> None:
+        """Refuse an action the chain cannot mean: it would be decoded and scored as if it were an image (a NaN
+        chain decodes to a black image, which a compression reward scores best)."""
+        shape = (self.num_envs, *self.latent_shape)
+        if not isinstance(action, dict) or "next_latents" not in action:
+            raise ValueError(
+                f"step needs an action dict with 'next_latents' of shape {shape}, got {type(action).__name__}"
+            )
+        for key, value in action.items():
+            if not torch.is_tensor(value) or tuple(value.shape) != shape:
+                got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+                raise ValueError(f"step: action['{key}'] must be a tensor of shape {shape}, got {got}")
+            if not torch.isfinite(value.detach()).all():
+                raise ValueError(f"step: action['{key}'] holds NaN or infinite values; the policy diverged")
+
     def step(self, action: dict[str, torch.Tensor]):
         """One denoising step to ``action["next_latents"]``; the last one decodes and, with a ``reward_fn``, scores
         (the module docstring has the rewards and ``info`` of each case)."""
         if self._step is None or self._step >= self.num_steps:
             raise RuntimeError("call reset() before step(); an episode ends after num_steps steps")
+        self._check_action(action)
         self._latents = action["next_latents"]
         self._step += 1
         done = self._step == self.num_steps

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from genrl.errors import GenrlError
+from genrl.plugins import describe
 
 MAX_ABS_REWARD = 1e15
 """Larger rewards are refused: float32 means, variances and advantages over a million of them stay finite."""
@@ -27,12 +28,6 @@ class RewardFn(Protocol):
 
 def is_differentiable(reward: RewardFn) -> bool:
     return bool(getattr(reward, "differentiable", False))
-
-
-def _describe(exc: BaseException) -> str:
-    """``Type: first line of the message``, or the bare type where the message is empty (``sys.exit()``)."""
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 class CheckedReward:
@@ -61,7 +56,7 @@ class CheckedReward:
         # The user's code: report it, in one line, as theirs. SystemExit too (a stray sys.exit() or a library that
         # exits), which would otherwise end training with no word; KeyboardInterrupt stays the user's own stop.
         except (Exception, SystemExit) as exc:
-            raise GenrlError(f"reward '{self.name}' raised {_describe(exc)}; fix the reward function") from exc
+            raise GenrlError(f"reward '{self.name}' raised {describe(exc)}; fix the reward function") from exc
         return self.check(out, len(prompts), images.dtype), parts
 
     def check(self, out: Any, n: int, image_dtype: torch.dtype = torch.float32) -> torch.Tensor:

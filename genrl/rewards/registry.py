@@ -14,6 +14,7 @@ that returns a reward (a factory, so that heavy models load only when asked for)
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from collections.abc import Callable
 from importlib.metadata import entry_points
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from genrl.errors import GenrlError
-from genrl.plugins import import_object
+from genrl.plugins import describe, import_object, load_entry_point
 from genrl.rewards.base import CheckedReward, RewardFn
 
 
@@ -125,7 +126,8 @@ def _single(term: str) -> CheckedReward:
             options[key.strip()] = value.strip()
     plugins = _plugin_factories()
     if name in BUILTIN_REWARDS or name in plugins:
-        return CheckedReward(_build(name, BUILTIN_REWARDS.get(name) or plugins[name].load(), options), name)
+        factory = BUILTIN_REWARDS[name] if name in BUILTIN_REWARDS else load_entry_point(plugins[name], "reward")
+        return CheckedReward(_build(name, factory, options), name)
     if ":" not in name:
         raise GenrlError(
             f"unknown reward '{name}'; use one of {', '.join(reward_names())} or 'package.module:function'"
@@ -140,10 +142,14 @@ def _single(term: str) -> CheckedReward:
 def _build(name: str, factory: Callable[..., RewardFn], options: dict[str, str]) -> RewardFn:
     try:
         return factory(**options)
+    except GenrlError:
+        raise
     except TypeError as exc:
         raise GenrlError(
             f"reward '{name}' does not take the options {sorted(options)}; see the README for its options"
         ) from exc
+    except (Exception, SystemExit) as exc:  # the user's factory failed: one line that names it, as a call would
+        raise GenrlError(f"reward '{name}' could not be built: it raised {describe(exc)}; fix its factory") from exc
 
 
 def _weighted(term: str) -> tuple[str, float | None]:
@@ -157,9 +163,12 @@ def _weighted(term: str) -> tuple[str, float | None]:
         return term.strip(), None
     body, weight = term[:split].strip(), term[split + 1 :].strip()
     try:
-        return body, float(weight)
+        value = float(weight)
     except ValueError as exc:
         raise GenrlError(f"reward weight '{weight}' of '{body}' is not a number; write NAME=0.5") from exc
+    if not math.isfinite(value):  # caught here, not as a "NaN reward" after a batch has been sampled
+        raise GenrlError(f"reward weight '{weight}' of '{body}' is not a finite number; write NAME=0.5")
+    return body, value
 
 
 def load_reward(spec: str) -> CheckedReward:
