@@ -1,13 +1,17 @@
 """The reward server and its client: a real HTTP server on 127.0.0.1, trained against, failing and stalling."""
 
 import base64
+import contextlib
 import http.client
 import io
 import json
+import math
+import select
 import socket
 import struct
 import threading
 import time
+import tracemalloc
 import urllib.parse
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,8 +23,8 @@ from PIL import Image
 from genrl.errors import GenrlError
 from genrl.rewards import load_reward
 from genrl.rewards.base import CheckedReward
-from genrl.rewards.remote import RemoteReward
-from genrl.rewards.serve import ServeConfig, make_server
+from genrl.rewards.remote import RemoteReward, images_to_png
+from genrl.rewards.serve import Refused, ServeConfig, default_request_bytes, make_server, parse_request
 from genrl.rewards.serve import main as serve_main
 from genrl.train import main
 from tests.helpers import fast_args
@@ -88,7 +92,7 @@ def test_a_stalled_server_times_out(serve):
     url = serve(slow)
     reward = load_reward(url + "?timeout=0.3&retries=2&backoff=0.01")
     start = time.perf_counter()
-    with pytest.raises(GenrlError, match="failed 2 times \\(timed out\\)"):
+    with pytest.raises(GenrlError, match="failed 2 times \\(timed out: no full answer within 0.3 s\\)"):
         reward(torch.rand(1, 3, 8, 8), ["a"], [{}])
     assert time.perf_counter() - start < 3
 
@@ -130,9 +134,9 @@ def test_training_against_a_failing_server_ends_in_one_line(serve, tmp_path, cap
 # Raw HTTP: the requests a well-behaved client never sends.
 
 
-def png(width: int, height: int) -> bytes:
+def png(width: int, height: int, colour: tuple[int, int, int] = (10, 20, 30)) -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (10, 20, 30)).save(buffer, format="PNG")
+    Image.new("RGB", (width, height), colour).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -152,17 +156,36 @@ def score_body(n: int = 1, image: bytes | None = None, **fields) -> bytes:
     return json.dumps(request).encode()
 
 
-def raw(url: str, data: bytes, timeout: float = 10.0) -> tuple[int, dict]:
-    """Send ``data`` as it is; the status and JSON body of the answer (the server closes after each request)."""
+def connect(url: str, timeout: float = 10.0) -> socket.socket:
     address = urllib.parse.urlsplit(url)
-    with socket.create_connection((address.hostname, address.port), timeout=timeout) as sock:
-        sock.sendall(data)
-        chunks = []
-        while chunk := sock.recv(1 << 16):
-            chunks.append(chunk)
+    return socket.create_connection((address.hostname, address.port), timeout=timeout)
+
+
+def read_answer(sock: socket.socket) -> tuple[int, dict]:
+    """The status and JSON body of the answer on ``sock`` (the server closes after each request)."""
+    chunks = []
+    while chunk := sock.recv(1 << 16):
+        chunks.append(chunk)
     head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
     assert head, "the server closed the connection without an answer"
     return int(head.split()[1]), json.loads(body)
+
+
+def raw(url: str, data: bytes, timeout: float = 10.0) -> tuple[int, dict]:
+    """Send ``data`` as it is; the status and JSON body of the answer."""
+    with connect(url, timeout) as sock:
+        sock.sendall(data)
+        return read_answer(sock)
+
+
+def drip(url: str, head: bytes, every: float = 0.1, give_up_s: float = 3.0) -> tuple[int, dict]:
+    """Send ``head``, then one more byte every ``every`` s until the server answers (or ``give_up_s`` passes)."""
+    with connect(url) as sock:
+        sock.sendall(head)
+        end = time.monotonic() + give_up_s
+        while time.monotonic() < end and not select.select([sock], [], [], every)[0]:
+            sock.send(b"x")
+        return read_answer(sock)
 
 
 def post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
@@ -209,10 +232,12 @@ B64 = base64.b64encode(png(8, 8)).decode()
         (score_body(), {"Content-Length": "abc"}, 400, "Content-Length 'abc' is not a number of bytes"),
         (score_body(), {"Content-Length": "-5"}, 400, "Content-Length '-5' is not a number of bytes"),
         (score_body(), {"Content-Length": None}, 411, "no Content-Length header"),
-        (score_body(), {"Content-Length": str(10**12)}, 413, "over the server's --max-request-mb 256.0"),
+        (score_body(), {"Content-Length": str(10**12)}, 413, "over the server's --max-request-mb 107.877"),
         (b"{not json", {}, 400, "the body is not JSON"),
         (b"[1, 2]", {}, 400, "the body must be a JSON object"),
         (b"[" * 100000, {}, 400, "the body is not JSON"),
+        (b"[" + b"{}," * 200_000 + b"{}]", {}, 413, "JSON values (counted from its commas and brackets)"),
+        (score_body(1025), {}, 413, "1025 images, over the server's --max-items 1024"),
         (score_body(prompts="abc", images=[B64] * 3), {}, 400, "'prompts' must be a list of strings, not a str"),
         (score_body(prompts=[1]), {}, 400, "'prompts' must be a list of strings, not a list holding a int"),
         (score_body(images=B64), {}, 400, "'images' must be a list of base64 PNG strings, not a str"),
@@ -254,28 +279,45 @@ def test_a_body_shorter_than_its_length_times_out_with_408(serve):
     assert post(url, score_body()) == (200, {"rewards": [0.0]})  # the server is still there
 
 
-def test_fifty_clients_at_once_are_all_answered(serve):
-    url = serve(zeros)
-    port = urllib.parse.urlsplit(url).port
-    body, barrier, statuses = score_body(), threading.Barrier(50), []
+def brightness(images, prompts, metadata):
+    return images.mean(dim=(1, 2, 3))
 
-    def client():
+
+def test_fifty_clients_at_once_are_all_answered_beside_hostile_ones(serve):
+    url = serve(brightness, read_timeout_s=1.0)
+    port = urllib.parse.urlsplit(url).port
+    barrier, answers = threading.Barrier(50), {}
+
+    def client(grey: int):
+        body = score_body(1, png(8, 8, (grey,) * 3))
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         try:
             barrier.wait(timeout=30)
             connection.request("POST", "/score", body, {"Content-Type": "application/json"})
-            statuses.append(connection.getresponse().status)
+            response = connection.getresponse()
+            answers[grey] = (response.status, json.loads(response.read()))
         except OSError as exc:
-            statuses.append(type(exc).__name__)
+            answers[grey] = type(exc).__name__
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(50)]
+    hostile = {
+        "drip": lambda: drip(url, b"POST /score HTTP/1.1\r\nContent-Length: 1000\r\n\r\n"),
+        "silent": lambda: raw(url, b""),
+        "json bomb": lambda: post(url, b"[" + b"{}," * 500_000 + b"{}]"),
+        "huge length": lambda: post(url, score_body(), {"Content-Length": str(10**12)}),
+    }
+    hostile_answers = {}
+    threads = [threading.Thread(target=lambda k=k: hostile_answers.update({k: hostile[k]()})) for k in hostile]
+    threads += [threading.Thread(target=client, args=(grey,)) for grey in range(0, 250, 5)]
     for thread in threads:
+        thread.daemon = True
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    assert statuses == [200] * 50
+    assert answers == {grey: (200, {"rewards": [pytest.approx(grey / 255)]}) for grey in range(0, 250, 5)}
+    statuses = {name: answer[0] for name, answer in hostile_answers.items()}
+    assert statuses == {"drip": 408, "silent": 408, "json bomb": 413, "huge length": 413}
 
 
 class _Flaky(BaseHTTPRequestHandler):
@@ -333,8 +375,234 @@ def test_the_client_retries_only_what_may_pass(codes, outcome):
         server.server_close()
 
 
-def test_bad_server_settings_stop_in_one_line(capsys):
+@pytest.mark.parametrize(
+    "args,line",
+    [
+        (["--max-image-pixels", "0"], "--max-image-pixels must be positive, not 0"),
+        (["--port", "99999"], "--port must be 0..65535 (0: any free port), not 99999"),
+        (["--port", "-1"], "--port must be 0..65535 (0: any free port), not -1"),
+        (["--read-timeout-s", "inf"], "--read-timeout-s must be a finite positive number, not inf"),
+    ],
+)
+def test_bad_server_settings_stop_in_one_line(capsys, args, line):
+    # A reward that does not exist: settings are checked before it is loaded (and a server that took the
+    # settings stops there, rather than serving).
     with pytest.raises(SystemExit) as info:
-        serve_main(["--reward", "jpeg_compressibility", "--max-image-pixels", "0"])
+        serve_main(["--reward", "no_such_reward", *args])
     assert info.value.code == 2
-    assert capsys.readouterr().err.strip() == "error: --max-image-pixels must be positive, not 0"
+    assert capsys.readouterr().err.strip() == f"error: {line}"
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        ({"read_timeout_s": math.inf}, "--read-timeout-s must be a finite positive number, not inf"),
+        ({"read_timeout_s": math.nan}, "--read-timeout-s must be a finite positive number, not nan"),
+        ({"read_timeout_s": 0.0}, "--read-timeout-s must be a finite positive number, not 0.0"),
+        ({"read_timeout_s": -1.0}, "--read-timeout-s must be a finite positive number, not -1.0"),
+        ({"max_request_mb": math.inf}, "--max-request-mb must be a finite positive number, not inf"),
+        ({"max_pending_mb": 0.0}, "--max-pending-mb must be a finite positive number, not 0.0"),
+        ({"max_connections": 0}, "--max-connections must be positive, not 0"),
+        ({"max_items": -1}, "--max-items must be positive, not -1"),
+        ({"port": 65536}, "--port must be 0..65535 (0: any free port), not 65536"),
+        ({"max_request_mb": 2.0, "max_pending_mb": 1.0}, "--max-pending-mb 1 is under --max-request-mb 2"),
+    ],
+)
+def test_server_settings_are_checked(settings, message):
+    with pytest.raises(GenrlError) as info:
+        ServeConfig("zeros", **settings)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url,message",
+    [
+        ("http://[::1", "is not a URL (Invalid IPv6 URL)"),
+        ("http://127.0.0.1:99999", "is not a URL (Port out of range 0-65535)"),
+        ("http://", "names no http(s) host"),
+        ("http://127.0.0.1:1?timeout=nan", "timeout=nan must be a finite number of seconds > 0"),
+        ("http://127.0.0.1:1?timeout=inf", "timeout=inf must be a finite number of seconds > 0"),
+        ("http://127.0.0.1:1?timeout=-1", "timeout=-1 must be a finite number of seconds > 0"),
+        ("http://127.0.0.1:1?timeout=0", "timeout=0 must be a finite number of seconds > 0"),
+        ("http://127.0.0.1:1?backoff=-1", "backoff=-1 must be a finite number of seconds >= 0"),
+        ("http://127.0.0.1:1?backoff=nan", "backoff=nan must be a finite number of seconds >= 0"),
+        ("http://127.0.0.1:1?retries=0", "retries=0 must be a whole number of tries >= 1"),
+        ("http://127.0.0.1:1?retries=two", "retries=two must be a whole number of tries >= 1"),
+    ],
+)
+def test_bad_reward_urls_are_one_line(url, message):
+    with pytest.raises(GenrlError) as info:
+        load_reward(url)
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+    assert str(info.value).endswith("http://HOST:PORT?timeout=SECONDS&retries=N&backoff=SECONDS")
+
+
+# Bounds: what one client can take of the server's time, threads and memory, and of the client's time.
+
+
+def test_a_silent_client_gets_408_before_it_is_dropped(serve):
+    url = serve(zeros, read_timeout_s=0.3)
+    start = time.perf_counter()
+    status, answer = raw(url, b"")
+    assert status == 408 and "did not arrive within --read-timeout-s 0.3" in answer["error"]
+    assert time.perf_counter() - start < 2
+
+
+@pytest.mark.parametrize(
+    "head", [b"", b"POST /score HTTP/1.1\r\n", b"POST /score HTTP/1.1\r\nContent-Length: 1000\r\n\r\n"]
+)
+def test_a_client_sending_a_byte_at_a_time_is_cut_at_the_deadline(serve, head):
+    # A byte every 0.1 s would reset a per-read timeout of 0.5 s for ever: the deadline is for the whole request.
+    url = serve(zeros, read_timeout_s=0.5)
+    start = time.perf_counter()
+    status, answer = drip(url, head, every=0.1, give_up_s=3.0)
+    assert status == 408 and "--read-timeout-s 0.5" in answer["error"], answer
+    assert time.perf_counter() - start < 1.5
+
+
+def test_connections_over_the_cap_are_answered_503_without_a_thread(serve):
+    url = serve(zeros, max_connections=4, read_timeout_s=1.0)
+    before = threading.active_count()
+    sockets = [connect(url) for _ in range(20)]  # silent: each would hold a thread until its deadline
+    try:
+        time.sleep(0.3)
+        assert threading.active_count() - before <= 4
+        answers = [read_answer(sock) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert sorted(status for status, _ in answers) == [408] * 4 + [503] * 16
+    assert "--max-connections 4" in next(answer["error"] for status, answer in answers if status == 503)
+    time.sleep(0.2)  # the 408s' threads end once their clients close
+    assert post(url, score_body()) == (200, {"rewards": [0.0]})
+
+
+def test_headers_are_bounded(serve):
+    url = serve(zeros)
+    body, pad = score_body(), "".join(f"X-Pad-{i}: {'a' * 2000}\r\n" for i in range(40))  # 80 KB, 40 lines
+    status, answer = raw(url, f"POST /score HTTP/1.1\r\nContent-Length: {len(body)}\r\n{pad}\r\n".encode() + body)
+    assert status == 431 and "over 65536 bytes" in answer["error"]
+
+
+@pytest.mark.parametrize(
+    "bomb",
+    [
+        b"[" + b"{}," * 1_000_000 + b"{}]",  # 3 MB that parse to 72 MB of dicts
+        b'{"metadata": [' + b"[]," * 1_000_000 + b'[]], "prompts": ["a"], "images": [""]}',
+        b"[" + b'"ab",' * 1_000_000 + b'"ab"]',
+        b"[" + b"1.5," * 1_000_000 + b"1.5]",
+    ],
+)
+def test_json_that_parses_to_many_times_its_size_is_refused_before_parsing(bomb):
+    tracemalloc.start()
+    try:
+        with pytest.raises(Refused) as info:
+            parse_request(bomb, max_items=1024)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info.value.status == 413 and "JSON values" in info.value.message
+    assert peak < len(bomb) / 10, peak  # parsed, it would take 10-24x its size
+
+
+@pytest.mark.parametrize("shape", [(4, 64, 64), (256, 8, 8), (4, 4096, 1), (4, 1, 4096)])
+def test_noise_at_the_pixel_caps_fits_the_default_body_cap(serve, shape):
+    # The default --max-request-mb follows the pixel caps: what the client sends for a full batch of images that
+    # do not compress, of any shape (one pixel wide is the worst: a filter byte per 3 bytes of colour), must fit.
+    n, height, width = shape
+    url = serve(zeros, max_items=n, max_request_pixels=n * height * width, max_image_pixels=height * width)
+    images = torch.rand(n, 3, height, width, generator=torch.Generator().manual_seed(0))
+    metadata = [{"question": "is there a cat?", "answer": "yes"}] * n
+    assert RemoteReward(url)(images, ["a photo of a cat on a sofa"] * n, metadata).tolist() == [0.0] * n
+    body = len(json.dumps({"prompts": ["a"] * n, "metadata": metadata, "images": images_to_png(images)}))
+    assert body <= default_request_bytes(n * height * width, n)
+
+
+def test_the_client_refuses_more_images_than_max_items(serve):
+    url = serve(zeros, max_items=2)
+    with pytest.raises(GenrlError, match="takes at most 2 images per request \\(--max-items\\)"):
+        RemoteReward(url)(torch.rand(3, 3, 8, 8), ["a"] * 3, [{}] * 3)
+
+
+def test_a_body_waits_for_room_under_max_pending_mb(serve):
+    url = serve(zeros, max_request_mb=0.01, max_pending_mb=0.01, read_timeout_s=1.0)
+    stalled = connect(url)  # holds 8 of the 10 KB until its deadline, 1 s from now
+    stalled.sendall(b"POST /score HTTP/1.1\r\nContent-Length: 8000\r\n\r\n" + b"x" * 100)
+    time.sleep(0.5)
+    start = time.perf_counter()
+    assert post(url, score_body(1, prompts=["a" * 5000])) == (200, {"rewards": [0.0]})
+    assert time.perf_counter() - start > 0.3  # it waited for the stalled body's room, then was read and scored
+    assert read_answer(stalled)[0] == 408
+    stalled.close()
+
+
+def test_a_body_that_finds_no_room_by_its_deadline_gets_503(serve):
+    def slow(images, prompts, metadata):
+        time.sleep(1.5)  # holds its body's room until it answers
+        return torch.zeros(len(prompts))
+
+    url = serve(slow, max_request_mb=0.01, max_pending_mb=0.01, read_timeout_s=0.5)
+    body = score_body(1, prompts=["a" * 6000])
+    first = threading.Thread(target=lambda: answers.append(post(url, body)), daemon=True)
+    answers: list = []
+    first.start()
+    time.sleep(0.2)
+    status, answer = post(url, body)
+    assert status == 503 and "--max-pending-mb 0.01" in answer["error"]
+    first.join(timeout=10)
+    assert answers == [(200, {"rewards": [0.0]})]
+
+
+@contextlib.contextmanager
+def dripping_server(drip_info: bool, head_at_once: bool):
+    """A server that sends its answer one byte every 0.2 s (for 4 s at most), after the head at once if
+    ``head_at_once``; /info at once unless ``drip_info``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def answer(connection: socket.socket):
+        with connection:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += connection.recv(1 << 16)
+            info = request.startswith(b"GET")
+            body = json.dumps({"reward": "drip", "differentiable": False} if info else {"rewards": [1.0]}).encode()
+            data = f"HTTP/1.0 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+            at_once = len(data) if info and not drip_info else data.index(b"\r\n\r\n") + 4 if head_at_once else 0
+            connection.sendall(data[:at_once])
+            end = time.monotonic() + 4
+            for byte in data[at_once:]:
+                if time.monotonic() > end or stop.is_set():
+                    return
+                connection.sendall(bytes([byte]))
+                time.sleep(0.2)
+
+    def accept():
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:  # closed at the end of the test
+                return
+            threading.Thread(target=answer, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+
+
+@pytest.mark.parametrize("where", ["info head", "info body", "score head", "score body"])
+def test_a_server_answering_a_byte_at_a_time_fails_the_client_at_its_timeout(where):
+    # Each byte comes well within the 0.5 s timeout: a per-read timeout would wait for all of them.
+    path, part = where.split()
+    with dripping_server(drip_info=path == "info", head_at_once=part == "body") as url:
+        start = time.perf_counter()
+        with pytest.raises(GenrlError) as info:
+            RemoteReward(url + "?timeout=0.5&retries=1")(torch.rand(1, 3, 8, 8), ["a"], [{}])
+    assert time.perf_counter() - start < 1.3
+    assert "failed 1 times (timed out: no full answer within 0.5 s)" in str(info.value)
