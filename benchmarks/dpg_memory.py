@@ -9,7 +9,6 @@ a CPU it is the peak resident set (VmHWM, reset just before the update) above th
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -38,27 +37,25 @@ def _status_kb(field: str) -> int:
 
 def measure(args: Args, checkpointing: bool) -> float:
     """MiB per sample of one DPG forward and backward pass."""
-    from genrl.config import preset
-    from genrl.envs import make_env
-    from genrl.models import load_pipeline
-    from genrl.policy import add_lora, make_policy
+    from genrl.assemble import assemble
+    from genrl.config import preset, replace_config
     from genrl.prompts import load_prompts
-    from genrl.rewards import load_reward
     from genrl.rollout import SamplingBatch, collect
 
-    cfg = dataclasses.replace(preset(args.preset), algo="dpg", sample_batch_size=args.batch_size)
-    pipe = load_pipeline(cfg.model, cfg.env, args.device)
-    add_lora(pipe.unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules)
-    if checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
-        pipe.vae.enable_gradient_checkpointing()
-    env = make_env(cfg.env, args.batch_size, pipe, load_reward(cfg.reward), cfg.num_steps)
-    policy = make_policy(cfg.env, pipe, cfg.guidance_scale, cfg.logprob_reduction, cfg.eta).train()
+    cfg = replace_config(
+        preset(args.preset),
+        algo="dpg",
+        group_size=1,
+        sample_batch_size=args.batch_size,
+        gradient_checkpointing=checkpointing,
+    )
+    parts = assemble(cfg, args.device)
+    env, policy = parts.env, parts.policy.train()
     prompts = load_prompts(cfg.prompts)[: args.batch_size]
     collect(env, policy, SamplingBatch(prompts, 0, 0))  # warm-up: allocator pools, lazy modules
 
     def update() -> None:
-        rollout = collect(env, policy, SamplingBatch(prompts, 1, 1), grad_steps=cfg.dpg_steps)
+        rollout = collect(env, policy, SamplingBatch(prompts, 1, 1), grad_steps=parts.algorithm.grad_steps)
         (-rollout.rewards.mean()).backward()
 
     if args.device.startswith("cuda"):

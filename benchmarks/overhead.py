@@ -21,10 +21,8 @@ from pathlib import Path
 import torch
 import tyro
 
+from genrl.assemble import assemble
 from genrl.config import PRESETS, TrainConfig
-from genrl.envs import make_env
-from genrl.models import load_pipeline
-from genrl.policy import add_lora
 from genrl.train import train
 
 
@@ -57,27 +55,22 @@ def unet_passes(cfg: TrainConfig, num_stochastic_steps: int) -> tuple[list[int],
     cfg_factor = 2 if cfg.env == "ddpm" and cfg.guidance_scale > 1 else 1
     sampling = [cfg.sample_batch_size * cfg_factor] * (cfg.batches_per_epoch * cfg.num_steps)
     training = []
-    minibatches = cfg.samples_per_epoch // cfg.train_batch_size
-    passes = cfg.inner_epochs if cfg.algo == "ppo" else 1
-    for _ in range(passes * minibatches):
-        for start in range(0, num_stochastic_steps, cfg.steps_per_forward):
-            steps = min(cfg.steps_per_forward, num_stochastic_steps - start)
-            training.append(cfg.train_batch_size * steps * cfg_factor)
+    settings = cfg.algo_config  # PPO's or REINFORCE's minibatch loop
+    minibatches = cfg.samples_per_epoch // settings.train_batch_size
+    for _ in range(getattr(settings, "inner_epochs", 1) * minibatches):
+        for start in range(0, num_stochastic_steps, settings.steps_per_forward):
+            steps = min(settings.steps_per_forward, num_stochastic_steps - start)
+            training.append(settings.train_batch_size * steps * cfg_factor)
     return sampling, training
 
 
 def bare_compute_seconds(cfg: TrainConfig) -> tuple[float, float, float]:
     """Time exactly the UNet passes of an epoch (``unet_passes``) on random inputs of the right shapes; also the
     epoch's VAE decodes, which are not part of the bare compute but explain much of what is left."""
-    pipe = load_pipeline(cfg.model, cfg.env, cfg.device)
     # The env the run trained on, for its shapes and for which of its steps are stochastic (and so trained).
-    env = make_env(cfg.env, cfg.sample_batch_size, pipe, None, cfg.num_steps, cfg.resolution, cfg.noise_last_step)
+    parts = assemble(cfg, score_in_env=False)
+    pipe, env, unet = parts.pipeline, parts.env, parts.pipeline.unet
     sampling, training = unet_passes(cfg, sum(env.stochastic))
-    unet = pipe.unet
-    if cfg.finetune == "lora":
-        add_lora(unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules)
-    else:
-        unet.requires_grad_(True)
     latent_shape = env.latent_shape
     text_shape = env.single_observation_space["prompt_embeds"].shape
     cond_dim = unet.config.time_cond_proj_dim

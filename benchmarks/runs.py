@@ -15,13 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from benchmarks.ratios import bootstrap_ci, final_reward
 from genrl.config import TrainConfig, config_to_json, read_config
 from genrl.errors import GenrlError
 from genrl.rundir import atomic_write_text
 from genrl.train import train
+
+
+def run_directory(output_dir: Path, task: str, method_slug: str, seed: int) -> Path:
+    """Where the suite keeps a method's run of a task on one seed."""
+    return output_dir / "runs" / f"{task}-{method_slug}-seed{seed}"
 
 
 def budgeted(cfg: TrainConfig, queries: int, eval_queries: int, seed: int, run_dir: Path, device: str) -> TrainConfig:
@@ -97,35 +99,6 @@ class Progress:
 
     def finish(self) -> None:
         self.done += 1
-
-
-def evaluations(metrics: list[dict], key: str = "eval_reward_mean") -> tuple[list[float], list[float], list[float]]:
-    """A run's evaluation curve: reward queries, training wall-clock and ``key`` at each evaluation."""
-    points = [m for m in metrics if key in m]
-    return [m["reward_queries"] for m in points], [m["wall_time_s"] for m in points], [m[key] for m in points]
-
-
-def start_and_end(runs: list[list[dict]], key: str) -> dict | None:
-    """Mean over seeds of the untrained model's ``key`` and of the final one (last 3 evaluations); the gain from
-    each run's own start, with a bootstrap 95% interval over seeds. None where no run logged ``key``."""
-    ys = [evaluations(m, key)[2] for m in runs]
-    if not all(ys):
-        return None
-    gains = [final_reward(y) - y[0] for y in ys]
-    return {
-        "start": float(np.mean([y[0] for y in ys])),
-        "end": float(np.mean([final_reward(y) for y in ys])),
-        "gain": float(np.mean(gains)),
-        "gain_ci95": list(bootstrap_ci(gains)),
-    }
-
-
-def cpu_per_wall(metrics: list[dict]) -> float:
-    """Process CPU seconds per training wall-clock second: lower than its peers when other work took the cores."""
-    last = metrics[-1]
-    if not last["wall_time_s"]:
-        return float("nan")  # not trained
-    return last.get("cpu_time_s", float("nan")) / last["wall_time_s"]
 
 
 # --------------------------------------------------------------------------------------------------

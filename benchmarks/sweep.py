@@ -12,22 +12,15 @@ reward hacking. Winners go into ``_SHAPES_SWEPT`` in genrl/config.py by hand; th
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.runs import (
-    Progress,
-    budgeted,
-    check_counts,
-    check_names,
-    command_line,
-    run_to_completion,
-    start_and_end,
-)
-from genrl.config import PRESETS, TrainConfig
+from benchmarks.methods import DDPO_PPO, RLCM_DPG, RLCM_PPO, Method
+from benchmarks.runs import Progress, budgeted, check_counts, check_names, command_line, run_to_completion
+from benchmarks.summary import start_and_end
+from genrl.config import PRESETS, TrainConfig, replace_config
 from genrl.errors import GenrlError
 from genrl.rundir import atomic_write_text
 
@@ -40,17 +33,17 @@ _LRS = (1e-4, 3e-4, 1e-3, 3e-3)
 # tries 1e-2, and PPO on alignment stops at 1e-3. DDPO's update batch: 32 or 64 of its 64 images an epoch
 # (accumulating 4 or 8 minibatches of 8). REINFORCE is not swept: with one optimizer step per sampling round its update
 # is PPO's (every ratio is 1, so nothing is clipped), and it takes PPO's winner.
-GRID: dict[str, dict[str, tuple[str, list[dict]]]] = {
+GRID: dict[str, dict[Method, tuple[str, list[dict]]]] = {
     "jpeg": {
-        "RLCM (PPO)": ("shapes-rlcm-compression", [{"learning_rate": lr} for lr in _LRS]),
-        "DDPO (PPO)": (
+        RLCM_PPO: ("shapes-rlcm-compression", [{"learning_rate": lr} for lr in _LRS]),
+        DDPO_PPO: (
             "shapes-ddpo-compression",
             [{"learning_rate": lr, "gradient_accumulation_steps": a} for lr in (*_LRS, 1e-2) for a in (4, 8)],
         ),
     },
     "alignment": {
-        "RLCM (PPO)": ("shapes-rlcm-alignment", [{"learning_rate": lr} for lr in _LRS[:3]]),
-        "RLCM (DPG)": (
+        RLCM_PPO: ("shapes-rlcm-alignment", [{"learning_rate": lr} for lr in _LRS[:3]]),
+        RLCM_DPG: (
             "shapes-rlcm-alignment",
             [{"learning_rate": lr, "algo": "dpg", "group_size": 1} for lr in _LRS],
         ),
@@ -139,12 +132,12 @@ def main(args: Args) -> None:
     progress = Progress(len(jobs))
     runs: dict[tuple, list] = {}
     for family, method, base, settings, seed in jobs:
-        cfg: TrainConfig = dataclasses.replace(PRESETS[base], **settings)
+        cfg: TrainConfig = replace_config(PRESETS[base], **settings)
         slug = "-".join(f"{v}" for v in settings.values())
-        name = f"{family}-{method.split()[0].lower()}-{cfg.algo}-{slug}-seed{seed}"
+        name = f"{family}-{method.family}-{cfg.algo}-{slug}-seed{seed}"
         progress.start(name)
         cfg = budgeted(cfg, args.queries, args.eval_queries, seed, args.output_dir / "runs" / name, args.device)
-        runs.setdefault((family, method, setting_name(settings)), []).append(run_to_completion(cfg))
+        runs.setdefault((family, method.name, setting_name(settings)), []).append(run_to_completion(cfg))
         progress.finish()
     results: dict = {}
     for (family, method, setting), metrics in runs.items():

@@ -6,16 +6,20 @@ A preset fills every field; flags given on the command line override it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import torch
+import tyro
 
+from genrl.algos.ppo import PPOConfig
+from genrl.algos.registry import algorithm_class, make_algorithm, settings_name
 from genrl.errors import GenrlError
 
 # The attention projections of every transformer block, where the reference implementations put LoRA.
@@ -33,7 +37,7 @@ class TrainConfig:
     algo: str = "ppo"
     """ppo: clipped PPO (RLCM, DDPO). reinforce: one unclipped pass. dpg: backpropagate a differentiable reward
     through the sampling chain (AlignProp, DRaFT-K). Or your own: 'package.module:Class', or the name of a
-    'genrl.algorithms' entry point."""
+    'genrl.algorithms' entry point. Its settings are flags of their own: --ppo.clip-range, --dpg.truncation."""
     reward: str = "jpeg_compressibility"
     """A built-in reward (with options), 'package.module:function', 'a=0.7,b=0.3', or a server URL."""
     prompts: str = "shapes_train"
@@ -97,30 +101,9 @@ class TrainConfig:
     adam_beta2: float = 0.999
     adam_weight_decay: float = 0.0
     adam_epsilon: float = 1e-8
-    train_batch_size: int = 8
-    """Trajectories per minibatch."""
-    gradient_accumulation_steps: int = 4
-    """Minibatches per optimizer step."""
-    steps_per_forward: int = 1
-    """Denoising steps of each trajectory stacked into one UNet pass during training (the gradient is the same)."""
-    inner_epochs: int = 1
-    """PPO passes over each epoch's samples."""
-    clip_range: float = 1e-4
-    """PPO ratio clip epsilon."""
-    adv_clip_max: float = 10.0
-    """Advantages are clamped to [-adv_clip_max, adv_clip_max]."""
-    max_grad_norm: float = 5.0
-    kl_coef: float = 0.0
-    """Penalty on the closed-form per-step KL to the frozen model (the LoRA switched off); logged as kl."""
     ema_decay: float = 0.0
     """EMA of the trainable weights after every optimizer step (diffusers' EMAModel, with its warm-up); the
     EMA weights sample the evaluation grids and are saved beside each checkpoint. 0: off."""
-
-    # DPG
-    dpg_truncation: int | None = None
-    """DPG: backpropagate through the last K denoising steps (default: all of them for LCM, 1 for DDPM)."""
-    gradient_checkpointing: bool = True
-    """DPG: recompute UNet and VAE activations in the backward pass instead of keeping them."""
 
     # Advantages
     advantages: Literal["per_prompt", "batch"] = "per_prompt"
@@ -147,6 +130,10 @@ class TrainConfig:
     """Images in the evaluation set (a multiple of --sample-batch-size)."""
     eval_prompts: str | None = None
     """Prompt set the evaluation draws from (default: --prompts)."""
+
+    # The algorithm's own settings: an instance of its Config (``algorithm_config``), parsed as --NAME.FIELD flags
+    # by the type ``config_type`` makes for it. None for an algorithm without settings.
+    algo_config: tyro.conf.Suppress[Any] = field(default_factory=PPOConfig)
 
     @property
     def samples_per_epoch(self) -> int:
@@ -181,10 +168,6 @@ class TrainConfig:
             "num_steps",
             "sample_batch_size",
             "batches_per_epoch",
-            "train_batch_size",
-            "gradient_accumulation_steps",
-            "steps_per_forward",
-            "inner_epochs",
             "lora_rank",
             "save_every",
             "keep_checkpoints",
@@ -201,15 +184,9 @@ class TrainConfig:
             )
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise GenrlError(f"--time-budget-s must be positive, got {self.time_budget_s}")
-        for name in ["learning_rate", "clip_range", "adv_clip_max", "max_grad_norm", "lora_alpha"]:
+        for name in ["learning_rate", "lora_alpha"]:
             if not getattr(self, name) > 0:
                 raise GenrlError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.samples_per_epoch % self.train_batch_size:
-            raise GenrlError(
-                f"--train-batch-size {self.train_batch_size} must divide the {self.samples_per_epoch} samples per "
-                "epoch "
-                "(--sample-batch-size x --batches-per-epoch)"
-            )
         if self.env == "lcm":
             if self.num_steps > 50:
                 raise GenrlError(f"--num-steps {self.num_steps} is too many for the LCM schedule; use 1 to 50")
@@ -224,49 +201,89 @@ class TrainConfig:
             raise GenrlError(f"--eta {self.eta} makes DDIM deterministic, with no policy to train; use --eta > 0")
         self._validate_extensions()
 
-    @property
-    def dpg_steps(self) -> int:
-        """How many of the last denoising steps DPG backpropagates through."""
-        if self.dpg_truncation is not None:
-            return self.dpg_truncation
-        return self.num_steps if self.env == "lcm" else 1
-
     def _validate_extensions(self) -> None:
-        """DPG, groups, KL and EMA."""
+        """Groups and EMA; the algorithm checks its own settings (``validate`` of its class)."""
         if self.group_size < 1 or self.sample_batch_size % self.group_size:
             raise GenrlError(
                 f"--group-size {self.group_size} must be at least 1 and divide --sample-batch-size "
                 f"{self.sample_batch_size}"
             )
-        if self.kl_coef < 0:
-            raise GenrlError(f"--kl-coef must be 0 or more, got {self.kl_coef}")
-        if self.kl_coef > 0 and self.finetune != "lora":
-            raise GenrlError(
-                "--kl-coef needs --finetune lora: the reference is the model with its adapter off, and full "
-                "fine-tuning keeps no frozen copy"
-            )
         if not 0 <= self.ema_decay < 1:
             raise GenrlError(f"--ema-decay must be in [0, 1), got {self.ema_decay} (0 turns EMA off)")
-        if self.algo == "dpg":
-            if self.group_size > 1:
-                raise GenrlError(
-                    f"--group-size {self.group_size} is for ppo and reinforce (DPG uses no advantages; the shapes "
-                    "presets set 4); add --group-size 1 for dpg, or use --preset shapes-dpg-alignment"
-                )
-            if self.async_rewards:
-                raise GenrlError("--async-rewards cannot carry a reward's gradient; drop it for --algo dpg")
-            if not 1 <= self.dpg_steps <= self.num_steps:
-                raise GenrlError(
-                    f"--dpg-truncation must be between 1 and --num-steps {self.num_steps}, got {self.dpg_truncation}"
-                )
+        config = _config_class(self.algo)
+        if config is not None and not isinstance(self.algo_config, config):
+            raise GenrlError(f"--algo {self.algo} takes settings of type {config.__name__}, got {self.algo_config!r}")
+        validate = getattr(make_algorithm(self.algo, self.algo_config), "validate", None)
+        if validate is not None:
+            validate(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# The algorithm's settings: its own Config, under its own name on the command line and in config.json
+# --------------------------------------------------------------------------------------------------
+_RUN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "algo_config")
+
+
+def _config_class(algo: str) -> type | None:
+    return getattr(algorithm_class(algo), "Config", None)
+
+
+@functools.cache
+def config_type(algo: str) -> type:
+    """What tyro parses for ``--algo algo``: ``TrainConfig`` with the algorithm's Config as flags ``--NAME.FIELD``
+    (``settings_name``), so that its fields, a plug-in's included, are listed by ``--help`` with their docstrings."""
+    config = _config_class(algo)
+    if config is None:
+        return TrainConfig
+    settings = Annotated[config, tyro.conf.arg(name=settings_name(algo))]
+    return dataclasses.make_dataclass(
+        "TrainConfig", [("algo_config", settings, dataclasses.field(default_factory=config))], bases=(TrainConfig,)
+    )
+
+
+def as_type(cfg: TrainConfig, cls: type) -> TrainConfig:
+    """The same values as an instance of ``cls`` (``TrainConfig`` or a ``config_type``)."""
+    return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)})
+
+
+def replace_config(cfg: TrainConfig, **changes: Any) -> TrainConfig:
+    """``cfg`` with ``changes``: the run's fields, ``algo``, and the algorithm's own settings by name. A new ``algo``
+    keeps the settings its Config shares with the old one (a preset's batch sizes), its defaults for the rest."""
+    algo = changes.pop("algo", cfg.algo)
+    run = {name: changes.pop(name) for name in list(changes) if name in _RUN_FIELDS}
+    config = _config_class(algo)
+    names = {f.name for f in dataclasses.fields(config)} if config is not None else set()
+    if set(changes) - names:
+        raise GenrlError(f"{sorted(set(changes) - names)} are settings of neither the run nor algorithm '{algo}'")
+    current = cfg.algo_config
+    carried = {n: getattr(current, n) for n in names if current is not None and hasattr(current, n)}
+    settings = config(**{**carried, **changes}) if config is not None else None
+    values = {name: getattr(cfg, name) for name in _RUN_FIELDS}
+    return TrainConfig(**{**values, **run, "algo": algo, "algo_config": settings})
+
+
+def setting(cfg: TrainConfig, name: str) -> Any:
+    """A field of the run or of its algorithm's settings, by name (``learning_rate``, ``clip_range``)."""
+    return getattr(cfg, name) if name in _RUN_FIELDS else getattr(cfg.algo_config, name)
 
 
 def config_to_json(cfg: TrainConfig) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    """config.json: the run's fields, and the algorithm's settings under its name (``"ppo": {...}``)."""
+    data = {name: getattr(cfg, name) for name in _RUN_FIELDS}
+    if cfg.algo_config is not None:
+        data[settings_name(cfg.algo)] = dataclasses.asdict(cfg.algo_config)
+    return json.loads(json.dumps(data, default=str))
 
 
 # Fields added after runs were saved without them, and the value that reproduces those runs.
 _ADDED_SINCE = {"lr_schedule": "constant", "eval_every": 0, "eval_size": 32, "eval_prompts": None}
+# Settings that config.json held among the run's fields before each algorithm owned its own, and their names there.
+_FLAT_ALGORITHM_FIELDS = {
+    **{name: name for name in ("train_batch_size", "gradient_accumulation_steps", "steps_per_forward")},
+    **{name: name for name in ("inner_epochs", "clip_range", "adv_clip_max", "max_grad_norm", "kl_coef")},
+    "dpg_truncation": "truncation",
+    "gradient_checkpointing": "gradient_checkpointing",
+}
 
 
 def read_config(path: Path) -> TrainConfig:
@@ -279,23 +296,55 @@ def read_config(path: Path) -> TrainConfig:
         raise GenrlError(f"{path} is unreadable ({exc}); restore it or start a new run") from None
     if not isinstance(data, dict):
         raise GenrlError(f"{path} holds {type(data).__name__}, not a configuration; restore it or start a new run")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    algo = data.get("algo")
+    if not isinstance(algo, str):
+        raise GenrlError(f"{path}: algo is {json.dumps(algo)[:60]}, not a string; restore it or start a new run")
+    name = settings_name(algo)
+    flat = {key: data.pop(key) for key in list(data) if key in _FLAT_ALGORITHM_FIELDS and key != name}
+    settings = data.pop(name, None)
+    config = _config_class(algo)
+    if settings is None and config is not None and flat:  # written before the algorithm owned its settings
+        known = {f.name for f in dataclasses.fields(config)}
+        settings = {_FLAT_ALGORITHM_FIELDS[k]: v for k, v in flat.items() if _FLAT_ALGORITHM_FIELDS[k] in known}
     data = {**_ADDED_SINCE, **data}  # runs saved before a field existed ran as its value here says
-    unknown, missing = set(data) - fields, fields - set(data)
+    values = _checked_fields(path, data, TrainConfig, _RUN_FIELDS, "")
+    if config is not None:
+        if not isinstance(settings, dict):
+            raise GenrlError(f"{path} has no '{name}' object of algorithm settings; restore it or start a new run")
+        fields = tuple(f.name for f in dataclasses.fields(config))
+        values["algo_config"] = config(**_checked_fields(path, settings, config, fields, f"{name}."))
+    return TrainConfig(**values)
+
+
+def _checked_fields(path: Path, data: dict, cls: type, fields: tuple[str, ...], prefix: str) -> dict:
+    """``data``'s values of ``cls``'s ``fields``, checked against their types and converted from JSON; every field
+    must be there, as a resume has to repeat the run exactly."""
+    unknown, missing = set(data) - set(fields), set(fields) - set(data)
     if unknown or missing:
         what = f"unknown fields {sorted(unknown)}" if unknown else f"no fields {sorted(missing)}"
-        raise GenrlError(f"{path} has {what}; was it written by another version? Restore it or start a new run")
-    hints = typing.get_type_hints(TrainConfig)
-    for name in sorted(fields):
+        where = f" in '{prefix[:-1]}'" if prefix else ""
+        raise GenrlError(f"{path} has {what}{where}; was it written by another version? Restore it or start a new run")
+    hints = typing.get_type_hints(cls, include_extras=False)
+    values = {}
+    for name in fields:
         if not _json_fits(data[name], hints[name]):
             raise GenrlError(
-                f"{path}: {name} is {json.dumps(data[name])[:60]}, not {_describe_type(hints[name])}; restore it (the "
-                "run must repeat its configuration) or start a new run"
+                f"{path}: {prefix}{name} is {json.dumps(data[name])[:60]}, not {_describe_type(hints[name])}; restore "
+                "it (the run must repeat its configuration) or start a new run"
             )
-    data["output_dir"] = Path(data["output_dir"])
-    data["resume"] = Path(data["resume"]) if data["resume"] else None
-    data["lora_target_modules"] = tuple(data["lora_target_modules"])
-    return TrainConfig(**data)
+        values[name] = _from_json(data[name], hints[name])
+    return values
+
+
+def _from_json(value: Any, hint: Any) -> Any:
+    """A JSON value as the field's type holds it: lists as tuples, strings as paths."""
+    if value is None:
+        return None
+    if typing.get_origin(hint) is tuple:
+        return tuple(value)
+    if hint is Path or Path in typing.get_args(hint):
+        return Path(value)
+    return value
 
 
 def _json_fits(value: object, hint: object) -> bool:
@@ -347,8 +396,9 @@ def _check_device(device: str) -> None:
         raise GenrlError(f"--device {device}: this machine has {count} {parsed.type} devices; pick another index")
 
 
-def _preset(**fields) -> TrainConfig:
-    return dataclasses.replace(TrainConfig(), **fields)
+def _preset(**fields: Any) -> TrainConfig:
+    """The field defaults with ``fields``: the run's, ``algo`` and its settings, by name."""
+    return replace_config(TrainConfig(), **fields)
 
 
 # RLCM: the paper's Table 1 (per GPU; it used 4 GPUs, 3 for alignment) as the official code runs it

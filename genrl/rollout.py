@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
-from genrl.envs import DenoisingEnv
+from genrl.envs import DenoisingEnv, score_images
 from genrl.noise import NoiseSlice
 from genrl.policy import DenoisingPolicy
 from genrl.rewards.base import CheckedReward
@@ -21,12 +21,14 @@ from genrl.steps import StepDistribution
 
 
 class SamplingBatch(NamedTuple):
-    """One sampling batch of this process: its prompts, the seeds of the global batch, and its rows of it."""
+    """One sampling batch of this process: its prompts, the seeds of the global batch, and its rows of it; and the
+    prompts' metadata for the reward (one dict per prompt; None: empty)."""
 
     prompts: list[str]
     noise_seed: int
     step_seed: int
     noise_slice: NoiseSlice | None = None
+    metadata: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -66,13 +68,6 @@ class Rollout:
         return self
 
 
-def score(reward: CheckedReward, images: torch.Tensor, prompts: list[str]):
-    """The reward of ``images``: (rewards, parts, seconds)."""
-    start = time.perf_counter()
-    rewards, parts = reward.score(images, prompts, [{} for _ in prompts])
-    return rewards, parts, time.perf_counter() - start
-
-
 def collect(
     env: DenoisingEnv,
     policy: DenoisingPolicy,
@@ -88,7 +83,12 @@ def collect(
     executor while the caller samples on (``Rollout.resolve`` waits for them)."""
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(batch.step_seed)
-    options = {"prompts": batch.prompts, "shared_noise_group": shared_noise_group, "noise_slice": batch.noise_slice}
+    options = {
+        "prompts": batch.prompts,
+        "metadata": batch.metadata,
+        "shared_noise_group": shared_noise_group,
+        "noise_slice": batch.noise_slice,
+    }
     obs, _ = env.reset(seed=batch.noise_seed, options=options)
     embeds, negative = obs["prompt_embeds"], obs["negative_prompt_embeds"]
     steps, graph_steps = [], []
@@ -117,7 +117,8 @@ def collect(
     images, future, parts, reward_time = info["images"], None, info.get("reward_parts", {}), 0.0
     if background_reward is not None:
         reward, executor = background_reward
-        future = executor.submit(score, reward, images.detach(), batch.prompts)
+        # The episode's prompts and metadata, taken now: the next batch's reset replaces the env's own.
+        future = executor.submit(score_images, reward, images.detach(), env.prompts, env.prompt_metadata)
     else:
         reward_time = info["reward_time_s"]
     return Rollout(

@@ -14,10 +14,13 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 import argparse
+import dataclasses
+import difflib
 import errno
 import math
 import sys
 import time
+import typing
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,16 +33,25 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from genrl.advantages import PerPromptStatTracker, compute_advantages
-from genrl.algos.base import Algorithm, EpochBatch, make_algorithm, run_update
+from genrl.algos.base import Algorithm, EpochBatch, run_update
+from genrl.algos.registry import is_builtin, settings_name
+from genrl.assemble import assemble, derived_seed
 from genrl.checkpoint import ema_weights, latest_checkpoint, load_checkpoint, save_checkpoint
-from genrl.config import DEFAULT_LORA_TARGETS, DEFAULT_PRESET, TrainConfig, config_to_json, preset, read_config
+from genrl.config import (
+    DEFAULT_PRESET,
+    TrainConfig,
+    as_type,
+    config_to_json,
+    config_type,
+    preset,
+    read_config,
+    replace_config,
+)
 from genrl.distributed import Processes
-from genrl.envs import DenoisingEnv, make_env
+from genrl.envs import DenoisingEnv
 from genrl.errors import GenrlError
-from genrl.models import load_pipeline
-from genrl.policy import DenoisingPolicy, add_lora, make_policy
+from genrl.policy import DenoisingPolicy
 from genrl.prompts import load_prompts
-from genrl.rewards import load_reward
 from genrl.rewards.base import CheckedReward
 from genrl.rewards.shapes import is_shapes_prompt, shapes_alignment
 from genrl.rollout import Rollout, SamplingBatch, collect
@@ -49,7 +61,7 @@ _WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EAC
 """Why a write fails on a disk that is full, over quota, read-only or not the user's."""
 
 # Fields a resumed run must keep: the checkpoint only fits the model it was trained on.
-_FIXED_ON_RESUME = ("model", "env", "finetune", "lora_rank", "lora_alpha", "lora_target_modules")
+_FIXED_ON_RESUME = ("model", "env", "algo", "finetune", "lora_rank", "lora_alpha", "lora_target_modules")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -60,6 +72,7 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default=None)
     pre.add_argument("--resume", type=Path, default=None)
+    pre.add_argument("--algo", default=None)
     known, _ = pre.parse_known_args(argv)
     if known.resume is not None:
         if known.preset is not None:
@@ -67,7 +80,14 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
         base = read_config(known.resume / "config.json")
     else:
         base = preset(known.preset or DEFAULT_PRESET)
-    cfg = tyro.cli(TrainConfig, default=base, args=argv, description=__doc__)
+    # The algorithm is resolved before parsing, as the preset is: its settings are flags of their own.
+    if known.algo is not None and known.algo != base.algo:
+        if known.resume is not None:
+            raise GenrlError(f"--algo cannot change on --resume (the run trains with {base.algo!r}); drop it")
+        base = replace_config(base, algo=known.algo)
+    parser = config_type(base.algo)
+    _check_flags(argv, base)
+    cfg = as_type(tyro.cli(parser, default=as_type(base, parser), args=argv, description=__doc__), TrainConfig)
     if known.resume is not None:
         for name in _FIXED_ON_RESUME:
             if getattr(cfg, name) != getattr(base, name):
@@ -79,16 +99,36 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     return cfg
 
 
+def _check_flags(argv: list[str], base: TrainConfig) -> None:
+    """An unknown flag (a misspelt ``--ppo.clip-rang``, a setting of another algorithm) is one line that names the
+    nearest known one; tyro's own answer is a box of several lines."""
+    groups = [("", TrainConfig)]
+    if base.algo_config is not None:
+        groups.append((f"{settings_name(base.algo)}.", type(base.algo_config)))
+    known = {"--help", "-h"}
+    for prefix, cls in groups:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name == "algo_config":
+                continue
+            flag = "--" + (prefix + f.name).replace("_", "-")
+            known.add(flag)
+            if hints[f.name] is bool:  # tyro's --no-FLAG
+                head, dot, tail = flag[2:].rpartition(".")
+                known.add(f"--{head}{dot}no-{tail}")
+    for token in argv:
+        flag = token.split("=", 1)[0].replace("_", "-")
+        if flag.startswith("--") and flag not in known:
+            near = difflib.get_close_matches(flag, sorted(known), n=1)
+            hint = f"did you mean {near[0]}?" if near else "see --help"
+            raise GenrlError(f"unknown flag {flag} (with --algo {base.algo}); {hint}")
+
+
 def _fixed_configuration(cfg: TrainConfig) -> dict:
     """The fields a checkpoint only fits, as config.json writes them: saved with it, compared on --resume, so an
     edited config.json cannot load the weights into another model."""
     saved = config_to_json(cfg)
     return {name: saved[name] for name in _FIXED_ON_RESUME}
-
-
-def _seed(*keys: int) -> int:
-    """An independent 63-bit seed per (run seed, epoch, batch, purpose): the run is a pure function of the seed."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,48 +155,13 @@ class Training:
 def build(cfg: TrainConfig) -> Training:
     """Prompts, reward, algorithm, model, env, policy, optimizer: every check that can fail, before any run."""
     prompt_pool = load_prompts(cfg.prompts)
-    reward = load_reward(cfg.reward)
-    algorithm = make_algorithm(cfg.algo, cfg)
-    graph_through_sampling = getattr(algorithm, "differentiable_reward", False)
-    if graph_through_sampling and not reward.differentiable:
-        raise GenrlError(
-            f"--algo {cfg.algo} needs a differentiable reward, and '{cfg.reward}' is not (a reward declares it with "
-            "differentiable = True); use --algo ppo or reinforce, or a reward such as shapes_alignment"
-        )
     processes = Processes(cfg.device, cfg.process_timeout_s)
-    pipe = load_pipeline(cfg.model, cfg.env, processes.device)
+    parts = assemble(cfg, processes.device, score_in_env=not cfg.async_rewards)
+    pipe, env, policy, algorithm = parts.pipeline, parts.env, parts.policy, parts.algorithm
     background = None
     if cfg.async_rewards:  # one intra-op thread for the reward: two OpenMP teams on the same cores stall each other
         executor = ThreadPoolExecutor(1, "reward", initializer=torch.set_num_threads, initargs=(1,))
-        background = (reward, executor)
-    try:  # the env checks the pipeline and the image size against each other
-        env = make_env(
-            cfg.env,
-            cfg.sample_batch_size,
-            pipe,
-            None if background else reward,
-            cfg.num_steps,
-            cfg.resolution,
-            cfg.noise_last_step,
-        )
-    except ValueError as exc:
-        raise GenrlError(f"--model {cfg.model}: {exc}") from None
-    torch.manual_seed(_seed(cfg.seed, 0, 0, 4))  # the LoRA's random initial A comes from torch's global RNG
-    if cfg.finetune == "lora":
-        try:
-            add_lora(pipe.unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules)
-        except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
-            reason = str(exc).splitlines()[0][:200].rstrip(".")
-            raise GenrlError(
-                f"--lora-target-modules {' '.join(cfg.lora_target_modules)}: {reason}; name layers of the UNet, e.g. "
-                f"the default {' '.join(DEFAULT_LORA_TARGETS)}"
-            ) from None
-    else:
-        pipe.unet.requires_grad_(True)
-    if graph_through_sampling and cfg.gradient_checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
-        pipe.vae.enable_gradient_checkpointing()
-    policy = make_policy(cfg.env, pipe, cfg.guidance_scale, cfg.logprob_reduction, cfg.eta).eval()
+        background = (parts.reward, executor)
     optimizer = torch.optim.AdamW(
         policy.trainable_parameters(),
         lr=cfg.learning_rate,
@@ -214,7 +219,7 @@ def resume(t: Training, checkpoint: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 def _global_prompts(cfg: TrainConfig, prompt_pool: list[str], epoch: int, batch: int, processes: int) -> list[str]:
     """The prompts of sampling batch ``batch`` over all processes, in runs of ``group_size``."""
-    rng = np.random.default_rng(_seed(cfg.seed, epoch, batch, 0))
+    rng = np.random.default_rng(derived_seed(cfg.seed, epoch, batch, 0))
     picks = rng.integers(len(prompt_pool), size=cfg.sample_batch_size * processes // cfg.group_size)
     return [prompt_pool[i] for i in picks for _ in range(cfg.group_size)]
 
@@ -227,8 +232,8 @@ def _sampling_batches(cfg: TrainConfig, prompt_pool: list[str], epoch: int, proc
             _global_prompts(cfg, prompt_pool, epoch, b, processes.count)[
                 rows.offset : rows.offset + cfg.sample_batch_size
             ],
-            _seed(cfg.seed, epoch, b, 1),
-            _seed(cfg.seed, epoch, b, 2),
+            derived_seed(cfg.seed, epoch, b, 1),
+            derived_seed(cfg.seed, epoch, b, 2),
             rows,
         )
         for b in range(cfg.batches_per_epoch)
@@ -259,7 +264,7 @@ def epoch_batch(t: Training, epoch: int) -> EpochBatch:
         sampler=_sampler(t),
         advantages_of=advantages_of,
         processes=t.processes,
-        generator=torch.Generator().manual_seed(_seed(cfg.seed, epoch, 0, 3)),
+        generator=torch.Generator().manual_seed(derived_seed(cfg.seed, epoch, 0, 3)),
         group_size=cfg.group_size,
     )
 
@@ -269,7 +274,8 @@ def run_epoch(t: Training, epoch: int) -> tuple[list[Rollout], dict]:
     start = time.perf_counter()
     batch = epoch_batch(t, epoch)
     lr = t.lr_scheduler.get_last_lr()[0]
-    stats = t.processes.mean(run_update(t.cfg.algo, t.algorithm, t.policy, t.optimizer, batch))
+    update = run_update(t.cfg.algo, t.algorithm, t.policy, t.optimizer, batch, plug_in=not is_builtin(t.cfg.algo))
+    stats = t.processes.mean(update)
     rewards = batch.global_rewards()
     elapsed = time.perf_counter() - start
     _check_finite(epoch, stats, t.policy, t.cfg)
@@ -319,11 +325,13 @@ _EVAL_SEED = 20261123  # not --seed: every run, of any method or seed, is judged
 
 
 def _evaluation_set(cfg: TrainConfig, pool: list[str]) -> list[SamplingBatch]:
-    rng = np.random.default_rng(_seed(_EVAL_SEED, 0))
+    rng = np.random.default_rng(derived_seed(_EVAL_SEED, 0))
     prompts = [pool[i] for i in rng.choice(len(pool), size=cfg.eval_size, replace=len(pool) < cfg.eval_size)]
     size = cfg.sample_batch_size
     return [
-        SamplingBatch(prompts[start : start + size], _seed(_EVAL_SEED, start, 1), _seed(_EVAL_SEED, start, 2))
+        SamplingBatch(
+            prompts[start : start + size], derived_seed(_EVAL_SEED, start, 1), derived_seed(_EVAL_SEED, start, 2)
+        )
         for start in range(0, cfg.eval_size, size)
     ]
 

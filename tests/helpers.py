@@ -15,8 +15,6 @@ FAST = [
     "4",
     "--batches-per-epoch",
     "1",
-    "--train-batch-size",
-    "2",
     "--num-steps",
     "3",
     "--stat-min-count",
@@ -29,7 +27,10 @@ FAST = [
 
 
 def fast_args(tmp_path: Path, name: str = "run", *extra: str) -> list[str]:
-    return [*FAST, "--output-dir", str(tmp_path), "--run-name", name, *extra]
+    """FAST, and minibatches of 2 where the algorithm (``--algo`` in ``extra``, else PPO) has them."""
+    algo = extra[extra.index("--algo") + 1] if "--algo" in extra else "ppo"
+    minibatch = [f"--{algo}.train-batch-size", "2"] if algo in ("ppo", "reinforce") else []
+    return [*FAST, *minibatch, "--output-dir", str(tmp_path), "--run-name", name, *extra]
 
 
 def tiny(env: str = "lcm"):

@@ -8,16 +8,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import genrl.algos.base as algos_base
-from genrl.algos.common import policy_gradient_buffer
-from genrl.train import main
+import genrl.algos.registry as algos_registry
+from genrl.algos.common import sample_epoch
+from genrl.train import main, parse_config
 from tests.helpers import expect_error, fast_args, logged_metrics
 
 
 @dataclass
 class SignConfig:
-    max_grad_norm: float = 123.0  # a TrainConfig field: filled from the run's configuration
-    scale: float = 1.0  # not one: keeps its default
+    max_grad_norm: float = 123.0
+    """Gradient clip of the toy algorithm."""
+    beta: float = 0.1
+    """A setting no built-in algorithm has: scales the loss."""
 
 
 class SignOfAdvantage:
@@ -30,18 +32,18 @@ class SignOfAdvantage:
         self.config = config
 
     def update(self, policy, optimizer, batch):
-        buffer, stats = policy_gradient_buffer(batch)
+        buffer, stats = sample_epoch(batch)
         losses = []
         for chunks in buffer.minibatches(len(buffer), 1, batch.generator):
             for chunk in chunks:
                 log_prob = policy.action_log_prob(policy.distribution(chunk.obs), chunk.next_latents)
-                loss = -self.config.scale * (chunk.advantages.sign() * log_prob).mean() / len(chunks)
+                loss = -self.config.beta * (chunk.advantages.sign() * log_prob).mean() / len(chunks)
                 loss.backward()
                 losses.append(loss.item())
         torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), self.config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad()
-        return {**stats, "loss": sum(losses), "max_grad_norm_seen": self.config.max_grad_norm}
+        return {**stats, "loss": sum(losses), "max_grad_norm_seen": self.config.max_grad_norm, "beta": self.config.beta}
 
 
 class WithoutUpdate:
@@ -54,21 +56,54 @@ class ReturnsAList(SignOfAdvantage):
         return [1.0]
 
 
-def test_a_user_algorithm_trains_from_the_command_line(tmp_path):
+def test_a_user_algorithm_owns_its_settings_from_the_command_line_to_the_resume(tmp_path):
     algo = "tests.test_algorithms:SignOfAdvantage"
-    main(fast_args(tmp_path, "r", "--algo", algo, "--max-grad-norm", "0.5", "--save-every", "1"))
+    flags = ["--sign-of-advantage.beta", "0.25", "--sign-of-advantage.max-grad-norm", "0.5"]
+    main(fast_args(tmp_path, "r", "--algo", algo, *flags, "--save-every", "1", "--epochs", "1"))
     run = tmp_path / "r"
+    config = json.loads((run / "config.json").read_text())
+    assert config["algo"] == algo and config["sign_of_advantage"] == {"max_grad_norm": 0.5, "beta": 0.25}
+    main(["--resume", str(run), "--epochs", "2"])  # restored from config.json, not the defaults
     metrics = logged_metrics(run)
     assert [m["epoch"] for m in metrics] == [1, 2]
-    assert all(m["max_grad_norm_seen"] == 0.5 for m in metrics)  # its Config filled from the flags
+    assert all(m["max_grad_norm_seen"] == 0.5 and m["beta"] == 0.25 for m in metrics)
     first, second = (load_file(run / "checkpoints" / f"epoch-000{e}" / "trainable.safetensors") for e in (1, 2))
     assert any(not torch.equal(first[k], second[k]) for k in first)  # its update moved the weights
-    assert json.loads((run / "config.json").read_text())["algo"] == algo
+
+
+def test_help_lists_a_plug_ins_own_settings_with_their_docstrings(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(["--algo", "tests.test_algorithms:SignOfAdvantage", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--sign-of-advantage.beta FLOAT" in text and "A setting no built-in algorithm has" in text
+    assert "--ppo.clip-range FLOAT" not in text
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--ppo.clip-rang", "0.1"], "unknown flag --ppo.clip-rang (with --algo ppo); did you mean --ppo.clip-range?"),
+        (["--algo", "dpg", "--ppo.clip-range", "0.1"], "unknown flag --ppo.clip-range (with --algo dpg)"),
+        (["--clip-range", "0.1"], "unknown flag --clip-range (with --algo ppo); did you mean --ppo.clip-range?"),
+    ],
+)
+def test_a_misspelt_or_foreign_algorithm_flag_is_one_line(tmp_path, capsys, flags, message):
+    expect_error(capsys, fast_args(tmp_path, "r", *flags), message)
+
+
+def test_each_setting_has_one_default_and_presets_set_algorithm_fields():
+    from genrl.algos.ppo import PPOConfig
+    from genrl.config import PRESETS, TrainConfig
+
+    assert TrainConfig().algo_config == PPOConfig()  # the algorithm's class holds its defaults, nowhere else
+    assert not any(hasattr(TrainConfig(), name) for name in ("clip_range", "train_batch_size", "dpg_truncation"))
+    assert PRESETS["ddpo-compression"].algo_config.clip_range == 1e-4
+    assert PRESETS["ddpo-compression"].algo_config.max_grad_norm == 1.0
 
 
 def test_an_entry_point_names_an_algorithm(tmp_path, monkeypatch):
     point = EntryPoint("sign", "tests.test_algorithms:SignOfAdvantage", "genrl.algorithms")
-    monkeypatch.setattr(algos_base, "entry_points", lambda group: [point] if group == "genrl.algorithms" else [])
+    monkeypatch.setattr(algos_registry, "entry_points", lambda group: [point] if group == "genrl.algorithms" else [])
     main(fast_args(tmp_path, "r", "--algo", "sign", "--epochs", "1"))
     assert "max_grad_norm_seen" in logged_metrics(tmp_path / "r")[0]
 

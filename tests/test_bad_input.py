@@ -7,7 +7,7 @@ from importlib.metadata import EntryPoint
 import pytest
 import torch
 
-import genrl.algos.base as algos_base
+import genrl.algos.registry as algos_registry
 import genrl.rewards.registry as reward_registry
 from genrl.algos.ppo import PPO
 from genrl.errors import GenrlError
@@ -48,22 +48,22 @@ def test_a_sample_grid_caption_is_cut_to_a_few_lines():
 
 
 # --- plug-ins: whatever goes wrong in the user's code is one line that names it ----------------------------------
-class ExitsInUpdate(PPO):
+class ExitsInUpdate:
     def update(self, policy, optimizer, batch):
         sys.exit(0)
 
 
-class SamplesNothing(PPO):
+class SamplesNothing:
     def update(self, policy, optimizer, batch):
         return {}
 
 
-class FailsInUpdate(PPO):
+class FailsInUpdate:
     def update(self, policy, optimizer, batch):
         raise ValueError("my bug")
 
 
-class FailsInInit(PPO):
+class FailsInInit(PPO):  # with PPO's settings: built from them
     def __init__(self, config):
         raise RuntimeError("cannot start")
 
@@ -97,7 +97,7 @@ def test_a_failing_algorithm_plug_in_is_one_line_that_names_it(tmp_path, capsys,
 @pytest.mark.parametrize("value", ["no_such_module:Algo", "genrl.algos.ppo:NoSuchClass"])
 def test_an_algorithm_entry_point_that_cannot_load_is_one_line(tmp_path, capsys, monkeypatch, value):
     point = EntryPoint("broken", value, "genrl.algorithms")
-    monkeypatch.setattr(algos_base, "entry_points", lambda group: [point] if group == "genrl.algorithms" else [])
+    monkeypatch.setattr(algos_registry, "entry_points", lambda group: [point] if group == "genrl.algorithms" else [])
     line = expect_error(capsys, fast_args(tmp_path, "r", "--algo", "broken"), "algorithm 'broken' (entry point")
     assert "cannot be loaded" in line and "reinstall the package" in line
 

@@ -8,9 +8,13 @@ import sys
 
 import pytest
 
+import benchmarks.evaluation as evaluation
 import benchmarks.run as suite
-from benchmarks.run import Args, main, plot_curves, plot_evaluations, summarise, write_report
-from genrl.config import PRESETS
+from benchmarks.figures import plot_curves, plot_evaluations
+from benchmarks.report import write_report
+from benchmarks.run import Args, main
+from benchmarks.summary import summarise
+from genrl.config import PRESETS, replace_config
 
 
 def _metrics(rate: float, start: float = 0.0, evaluations: int = 6, seconds_per_query: float = 0.1) -> list[dict]:
@@ -151,8 +155,8 @@ def _tiny_methods(args, task):
         sample_batch_size=4, batches_per_epoch=1, train_batch_size=2, eval_size=4, finetune="lora", lora_rank=2
     )
     return {
-        "RLCM (PPO)": dataclasses.replace(PRESETS["tiny-compression"], num_steps=2, **small),
-        "DDPO (PPO)": dataclasses.replace(PRESETS["tiny-ddpo-compression"], num_steps=3, **small),
+        "RLCM (PPO)": replace_config(PRESETS["tiny-compression"], num_steps=2, **small),
+        "DDPO (PPO)": replace_config(PRESETS["tiny-ddpo-compression"], num_steps=3, **small),
     }
 
 
@@ -161,7 +165,7 @@ def test_an_interrupted_suite_skips_finished_runs_and_resumes_the_interrupted_on
     import genrl.train
 
     monkeypatch.setattr(suite, "method_configs", _tiny_methods)
-    monkeypatch.setattr(suite, "evaluation_steps", lambda cfg, quick=False: [cfg.num_steps])
+    monkeypatch.setattr(evaluation, "evaluation_steps", lambda cfg, quick=False: [cfg.num_steps])
     args = Args(output_dir=tmp_path, tasks=("compression",), seeds=1, queries=12, eval_queries=4, eval_images=4)
     real_epoch = genrl.train.run_epoch
 
@@ -203,7 +207,7 @@ def test_an_interrupted_suite_skips_finished_runs_and_resumes_the_interrupted_on
 
 def test_a_run_directory_with_other_settings_is_not_taken_over(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(suite, "method_configs", _tiny_methods)
-    monkeypatch.setattr(suite, "evaluation_steps", lambda cfg, quick=False: [cfg.num_steps])
+    monkeypatch.setattr(evaluation, "evaluation_steps", lambda cfg, quick=False: [cfg.num_steps])
     args = Args(output_dir=tmp_path, tasks=("compression",), seeds=1, queries=4, eval_queries=4, eval_images=4)
     main(args)
     with pytest.raises(Exception, match="holds a run with other settings"):
@@ -285,6 +289,10 @@ _MALFORMED = {  # case -> (the file's content: a whole JSON value or a mutation 
     "no tasks": (_set(("tasks",), {}), '["tasks"] names no task'),
     "runs missing": (_set(_RUNS, _DELETE), '["tasks"]["compression"] has no "runs"'),
     "a method missing": (_set((*_RUNS, "RLCM (PPO)"), _DELETE), '["runs"] has no "RLCM (PPO)"'),
+    "an unknown method": (
+        _set((*_RUNS, "RLCM (SGD)"), []),
+        '["runs"] names the method "RLCM (SGD)", not one of RLCM (PPO), DDPO (PPO), RLCM (REINFORCE), RLCM (DPG)',
+    ),
     "a string for a method's seeds": (
         _set((*_RUNS, "DDPO (PPO)"), "seed 0"),
         '["runs"]["DDPO (PPO)"] should be a list, not the string "seed 0"',
@@ -367,7 +375,7 @@ def test_report_only_on_a_malformed_results_file_names_where_and_the_fix_and_kee
 def test_the_committed_results_pass_the_check():
     from pathlib import Path
 
-    from benchmarks.run import check_results
+    from benchmarks.results_check import check_results
 
     check_results(json.loads((Path(__file__).parents[1] / "docs" / "benchmark" / "results.json").read_text()))
 

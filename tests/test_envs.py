@@ -1,6 +1,7 @@
 """The environments: Gymnasium registration and factory, declared spaces, the reward contract, the timestep
 schedules, and a rollout equal to diffusers' own pipelines."""
 
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import gymnasium as gym
@@ -13,6 +14,7 @@ import genrl.envs
 from genrl.envs import DDPMEnv, LCMEnv, make_env
 from genrl.policy import make_policy
 from genrl.rewards import CheckedReward, jpeg_incompressibility
+from genrl.rollout import SamplingBatch, collect
 from tests.helpers import tiny
 
 PROMPTS = ["a red cat", "a blue dog", "a green frog"]
@@ -121,7 +123,12 @@ def test_step_refuses_actions_it_cannot_mean():
     good = torch.zeros_like(obs["latents"])
     wrong_shape = {"next_latents": good[:1], "pred_original": good[:1]}
     non_finite = {"next_latents": good.clone().fill_(float("nan")), "pred_original": good}
-    for action, message in [(wrong_shape, "must be a tensor of shape"), (non_finite, "NaN or infinite")]:
+    wrong_keys = {"next_latents": good}
+    for action, message in [
+        (wrong_shape, "must be a tensor or float numpy array of shape"),
+        (non_finite, "NaN or infinite"),
+        (wrong_keys, r"keys \['next_latents', 'pred_original'\], each of shape \(2, 4, 16, 16\); got keys"),
+    ]:
         with pytest.raises(ValueError, match=message):
             env.step(action)
     env.step({"next_latents": good, "pred_original": good})  # refused actions left the episode where it was
@@ -267,6 +274,30 @@ def test_without_a_reward_fn_the_last_step_leaves_the_images_to_the_caller(pipes
     assert torch.equal(infos[-1]["images"], scored_infos[-1]["images"])
     caller_scored = CheckedReward(jpeg_incompressibility, "jpeg").score(infos[-1]["images"], PROMPTS, [{}] * 3)[0]
     assert torch.equal(caller_scored, scored_rewards[-1])
+
+
+class _MetadataReward:
+    """A reward that reads each image's metadata, as a prompt-alignment reward would."""
+
+    def __call__(self, images, prompts, metadata):
+        return images.mean(dim=(1, 2, 3)) + torch.tensor([m["bonus"] for m in metadata])
+
+
+def test_in_step_and_background_scoring_agree_and_both_see_the_prompt_metadata(pipes):
+    policy = make_policy("lcm", pipes["lcm"], guidance_scale=5.0, reduction="mean")
+    reward = CheckedReward(_MetadataReward(), "metadata")
+    batch = SamplingBatch(PROMPTS, noise_seed=1, step_seed=2, metadata=[{"bonus": 10.0 * i} for i in range(3)])
+    in_step = collect(make_env("lcm", 3, pipes["lcm"], reward, 2), policy, batch)
+    with ThreadPoolExecutor(1) as executor:
+        env = make_env("lcm", 3, pipes["lcm"], None, 2)
+        background = collect(env, policy, batch, background_reward=(reward, executor))
+        env.reset(seed=0, options={"prompts": ["other"] * 3})  # the next batch may reset before the reward runs
+        background.resolve()
+    assert torch.equal(in_step.rewards, background.rewards)
+    expected = in_step.images.mean(dim=(1, 2, 3)) + torch.tensor([0.0, 10.0, 20.0])
+    torch.testing.assert_close(in_step.rewards, expected)
+    with pytest.raises(ValueError, match="3 dicts, one per prompt"):
+        env.reset(options={"prompts": PROMPTS, "metadata": [{}]})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -155,7 +155,7 @@ def test_dpg_trains_from_the_command_line(tmp_path):
             "tests.test_extensions:WeightedBrightness()",
             "--batches-per-epoch",
             "2",
-            "--gradient-accumulation-steps",
+            "--dpg.gradient-accumulation-steps",
             "2",
         )
     )
@@ -238,7 +238,7 @@ def test_kl_to_reference_uses_the_model_without_its_adapter():
 
 
 def _kl_after_training(tmp_path, name, kl_coef):
-    args = ["--finetune", "lora", "--learning-rate", "3e-2", "--kl-coef", str(kl_coef), "--epochs", "3"]
+    args = ["--finetune", "lora", "--learning-rate", "3e-2", "--ppo.kl-coef", str(kl_coef), "--epochs", "3"]
     main(fast_args(tmp_path, name, *args))
     pipe = tiny("lcm")
     pipe.load_lora_weights(tmp_path / name / "checkpoints" / "latest")

@@ -59,8 +59,8 @@ def test_two_processes_make_the_first_update_of_one_process_with_the_whole_batch
     # Adam's first step is lr * g / (|g| + eps): with a tiny eps it divides rounding noise by itself wherever g is
     # tiny. A large eps makes the step proportional to the gradient, so the comparison is at float precision.
     common = ["--epochs", "1", "--batches-per-epoch", "1", "--adam-epsilon", "1", "--learning-rate", "1"]
-    one = fast_args(tmp_path, "one", *common, "--sample-batch-size", "4", "--train-batch-size", "4")
-    two = fast_args(tmp_path, "two", *common, "--sample-batch-size", "2", "--train-batch-size", "2")
+    one = fast_args(tmp_path, "one", *common, "--sample-batch-size", "4", "--ppo.train-batch-size", "4")
+    two = fast_args(tmp_path, "two", *common, "--sample-batch-size", "2", "--ppo.train-batch-size", "2")
     for processes, args in ((1, one), (2, two)):
         proc = _launch(processes, args, launcher="accelerate")
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -90,9 +90,9 @@ def test_two_processes_follow_one_process_over_several_minibatches_and_epochs(tm
         common += ["--group-size", "2", "--reward", "smooth_rewards:mean_but_one_for_cats"]
         common += ["--prompts", str(tmp_path / "prompts.txt")]
     else:
-        common += ["--reward", "smooth_rewards:mean", "--gradient-accumulation-steps", layout.split()[-1]]
-    one = fast_args(tmp_path, "one", *common, "--sample-batch-size", "8", "--train-batch-size", "4")
-    two = fast_args(tmp_path, "two", *common, "--sample-batch-size", "4", "--train-batch-size", "2")
+        common += ["--reward", "smooth_rewards:mean", "--ppo.gradient-accumulation-steps", layout.split()[-1]]
+    one = fast_args(tmp_path, "one", *common, "--sample-batch-size", "8", "--ppo.train-batch-size", "4")
+    two = fast_args(tmp_path, "two", *common, "--sample-batch-size", "4", "--ppo.train-batch-size", "2")
     for processes, args in ((1, one), (2, two)):
         proc = _launch(processes, args, pythonpath=str(tmp_path))
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -108,7 +108,7 @@ def test_two_processes_follow_one_process_over_several_minibatches_and_epochs(tm
 
 
 def test_two_process_run_resumed_gives_the_uninterruptedlogged_metrics(tmp_path):
-    args = ["--sample-batch-size", "2", "--train-batch-size", "2"]
+    args = ["--sample-batch-size", "2", "--ppo.train-batch-size", "2"]
     assert _launch(2, fast_args(tmp_path, "straight", *args, "--epochs", "3")).returncode == 0
     assert _launch(2, fast_args(tmp_path, "split", *args, "--epochs", "1")).returncode == 0
     proc = _launch(2, ["--resume", str(tmp_path / "split"), "--epochs", "3"])
@@ -124,7 +124,7 @@ def test_two_process_run_resumed_gives_the_uninterruptedlogged_metrics(tmp_path)
 
 def test_a_process_that_dies_or_stalls_ends_the_run_with_an_error(tmp_path):
     (tmp_path / "failing_rewards.py").write_text(FAILING_REWARDS)
-    args = ["--sample-batch-size", "2", "--train-batch-size", "2", "--process-timeout-s", "5"]
+    args = ["--sample-batch-size", "2", "--ppo.train-batch-size", "2", "--process-timeout-s", "5"]
     runs = [("dies_on_rank_one", "genrl"), ("stalls_on_rank_one", "genrl"), ("dies_on_rank_one", "accelerate")]
     for reward, launcher in runs:
         run_args = fast_args(tmp_path, f"{reward}-{launcher}", *args, "--reward", f"failing_rewards:{reward}")
@@ -141,7 +141,7 @@ def test_a_process_that_dies_or_stalls_ends_the_run_with_an_error(tmp_path):
 
 def test_a_reward_server_that_is_down_stops_every_process(tmp_path):
     url = f"http://127.0.0.1:{free_port()}?retries=2&backoff=0.01"  # nothing listens there
-    args = fast_args(tmp_path, "r", "--sample-batch-size", "2", "--train-batch-size", "2", "--reward", url)
+    args = fast_args(tmp_path, "r", "--sample-batch-size", "2", "--ppo.train-batch-size", "2", "--reward", url)
     proc = _launch(2, args, timeout=90)
     assert proc.returncode != 0
     # In one line, on each process that gets to it before the launcher stops it: one process's failure stops the rest.

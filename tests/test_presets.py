@@ -13,7 +13,7 @@ then one optimizer step) is one genrl epoch: see the comment above ``_RLCM_JPEG`
 
 import pytest
 
-from genrl.config import DEFAULT_LORA_TARGETS, DEFAULT_PRESET, PRESETS, TrainConfig
+from genrl.config import DEFAULT_LORA_TARGETS, DEFAULT_PRESET, PRESETS, TrainConfig, setting
 
 # Every RLCM task (yaml and Table 1, unless a line says otherwise).
 _RLCM_COMMON = {
@@ -144,7 +144,8 @@ RLCM = [name for name in PUBLISHED if name.startswith("rlcm-")]
 def _optimizer_steps_per_epoch(cfg: TrainConfig) -> float:
     """genrl's semantics (genrl/algos/common.py): a step every gradient_accumulation_steps minibatches of
     train_batch_size trajectories, over inner_epochs passes."""
-    return cfg.inner_epochs * cfg.samples_per_epoch / (cfg.train_batch_size * cfg.gradient_accumulation_steps)
+    ppo = cfg.algo_config
+    return ppo.inner_epochs * cfg.samples_per_epoch / (ppo.train_batch_size * ppo.gradient_accumulation_steps)
 
 
 @pytest.mark.parametrize(
@@ -152,7 +153,7 @@ def _optimizer_steps_per_epoch(cfg: TrainConfig) -> float:
     [(name, field, value) for name, fields in PUBLISHED.items() for field, value in fields.items()],
 )
 def test_preset_field_is_the_published_value(name, field, value):
-    assert getattr(PRESETS[name], field) == value
+    assert setting(PRESETS[name], field) == value
 
 
 def test_the_alignment_presets_query_a_reward_server():
@@ -164,8 +165,8 @@ def test_the_alignment_presets_query_a_reward_server():
 def test_rlcm_presets_make_one_optimizer_step_per_epoch(name):
     """The official loop samples, then makes exactly one optimizer step on those samples: every ratio is 1."""
     cfg = PRESETS[name]
-    assert cfg.samples_per_epoch == cfg.train_batch_size * cfg.gradient_accumulation_steps
-    assert cfg.inner_epochs == 1
+    assert cfg.samples_per_epoch == cfg.algo_config.train_batch_size * cfg.algo_config.gradient_accumulation_steps
+    assert cfg.algo_config.inner_epochs == 1
     assert _optimizer_steps_per_epoch(cfg) == 1
 
 
@@ -206,11 +207,12 @@ def test_default_preset_is_the_field_defaults():
 def test_shapes_presets_keep_each_methods_update_structure_on_equal_terms():
     for task in ("compression", "incompression", "alignment"):
         rlcm, ddpo = PRESETS[f"shapes-rlcm-{task}"], PRESETS[f"shapes-ddpo-{task}"]
+        r, d = rlcm.algo_config, ddpo.algo_config
         # RLCM as Table 1: one optimizer step per sampling round. DDPO: update batches of at least 32 trajectories.
-        assert rlcm.train_batch_size * rlcm.gradient_accumulation_steps == rlcm.samples_per_epoch
-        assert ddpo.train_batch_size * ddpo.gradient_accumulation_steps >= 32
-        assert (rlcm.clip_range, rlcm.adv_clip_max, rlcm.max_grad_norm, rlcm.adam_weight_decay) == (1e-4, 10, 5, 0)
-        assert (ddpo.clip_range, ddpo.adv_clip_max, ddpo.max_grad_norm, ddpo.adam_weight_decay) == (1e-4, 5, 1, 1e-4)
+        assert r.train_batch_size * r.gradient_accumulation_steps == rlcm.samples_per_epoch
+        assert d.train_batch_size * d.gradient_accumulation_steps >= 32
+        assert (r.clip_range, r.adv_clip_max, r.max_grad_norm, rlcm.adam_weight_decay) == (1e-4, 10, 5, 0)
+        assert (d.clip_range, d.adv_clip_max, d.max_grad_norm, ddpo.adam_weight_decay) == (1e-4, 5, 1, 1e-4)
         # The same LoRA and the same advantage estimator: per-prompt statistics over groups of one prompt's images.
         for field in ("lora_rank", "lora_alpha", "lora_target_modules", "advantages", "group_size", "group_std"):
             assert getattr(rlcm, field) == getattr(ddpo, field), field
@@ -230,7 +232,7 @@ def test_shapes_presets_are_the_committed_sweeps_winners():
     }
     assert {(family, method) for family in sweep for method in sweep[family]} == set(presets)
     for (family, method), names in presets.items():
-        setting = dict(pair.split("=") for pair in sweep[family][method]["winner"]["setting"].split(", "))
+        winner = dict(pair.split("=") for pair in sweep[family][method]["winner"]["setting"].split(", "))
         for name in names:
-            for field, value in setting.items():
-                assert getattr(PRESETS[name], field) == pytest.approx(float(value)), (name, field)
+            for field, value in winner.items():
+                assert setting(PRESETS[name], field) == pytest.approx(float(value)), (name, field)

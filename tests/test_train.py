@@ -131,7 +131,8 @@ def test_ddpo_preset_runs_on_a_local_sd_folder(tmp_path):
     )
     config = json.loads((tmp_path / "d" / "config.json").read_text())
     assert (config["env"], config["eta"], config["guidance_scale"], config["learning_rate"]) == ("ddpm", 1.0, 5.0, 3e-4)
-    assert (config["clip_range"], config["adv_clip_max"], config["max_grad_norm"]) == (1e-4, 5.0, 1.0)
+    ppo = config["ppo"]  # the algorithm's settings, under its name
+    assert (ppo["clip_range"], ppo["adv_clip_max"], ppo["max_grad_norm"]) == (1e-4, 5.0, 1.0)
     (m,) = logged_metrics(tmp_path / "d")
     assert m["reward_queries"] == 8 and abs(m["ratio_mean_first_minibatch"] - 1) < 1e-6
 

@@ -1,14 +1,12 @@
 """Buffer, advantages, losses: each against an independent computation."""
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
 
 from genrl.advantages import PerPromptStatTracker, batch_advantages
 from genrl.algos import ppo, reinforce
-from genrl.algos.common import optimize
+from genrl.algos.common import PolicyGradientConfig
 from genrl.buffer import TrajectoryBuffer
 from genrl.envs import DDPMEnv, LCMEnv
 from genrl.policy import add_lora, make_policy
@@ -95,6 +93,17 @@ def test_training_recomputes_the_sampling_log_probs(env_kind, num_steps, per_for
     assert len(seen) == len(buffer) * buffer.num_steps  # every (trajectory, step) pair exactly once
 
 
+class _REINFORCEWithAdvantageMean(reinforce.REINFORCE):
+    def loss(self, log_prob, chunk):
+        return super().loss(log_prob, chunk)[0], {"adv": chunk.advantages.mean().item()}
+
+
+def _train(policy, opt, buffer, processes=None, **settings):
+    """One REINFORCE pass over ``buffer`` (its loop is PPO's), without gradient clipping; its statistics."""
+    algorithm = _REINFORCEWithAdvantageMean(PolicyGradientConfig(max_grad_norm=1e9, **settings))
+    return algorithm.train_on(buffer, policy, opt, torch.Generator().manual_seed(0), processes)
+
+
 class _GradCapture(torch.optim.SGD):
     def __init__(self, params):
         super().__init__(params, lr=0.0)
@@ -111,19 +120,13 @@ def test_steps_per_forward_leaves_the_gradient_unchanged(accumulation):
     captured = []
     for per_forward in (1, 3):
         opt = _GradCapture(policy.trainable_parameters())
-        optimize(
+        _train(
             policy,
             opt,
             buffer,
-            lambda logp, ch: (reinforce.reinforce_loss(logp, ch.advantages, 10), {}),
-            SimpleNamespace(
-                train_batch_size=2,
-                gradient_accumulation_steps=accumulation,
-                steps_per_forward=per_forward,
-                max_grad_norm=1e9,
-                kl_coef=0.0,
-            ),
-            torch.Generator().manual_seed(0),
+            train_batch_size=2,
+            gradient_accumulation_steps=accumulation,
+            steps_per_forward=per_forward,
         )
         captured.append(opt.grads)
     assert len(captured[0]) == -(-4 // accumulation)
@@ -157,21 +160,7 @@ def test_accumulated_gradient_is_the_mean_over_its_minibatches_leftovers_include
 
     def grads(accumulation):
         opt = _GradCapture(policy.trainable_parameters())
-        loss = lambda logp, ch: (reinforce.reinforce_loss(logp, ch.advantages, 10), {})
-        optimize(
-            policy,
-            opt,
-            buffer,
-            loss,
-            SimpleNamespace(
-                train_batch_size=2,
-                gradient_accumulation_steps=accumulation,
-                steps_per_forward=1,
-                max_grad_norm=1e9,
-                kl_coef=0.0,
-            ),
-            torch.Generator().manual_seed(0),
-        )
+        _train(policy, opt, buffer, train_batch_size=2, gradient_accumulation_steps=accumulation)
         return opt.grads
 
     single, grouped = grads(1), grads(3)  # 4 minibatches: groups of 3 and 1
@@ -188,18 +177,10 @@ def test_a_subset_buffer_trains_on_a_smaller_last_minibatch_with_the_same_mean_g
     assert kept.prompts == [buffer.prompts[i] for i in (0, 2, 3, 5, 7)]
     torch.testing.assert_close(kept.advantages, buffer.advantages[[0, 2, 3, 5, 7]])
     assert kept.minibatch_sizes(2) == [2, 2, 1]
-    loss = lambda logp, ch: (reinforce.reinforce_loss(logp, ch.advantages, 10), {})
     grads = []
     for batch_size, accumulation in ((2, 3), (5, 1)):  # three minibatches in one step, or one of all five
         opt = _GradCapture(policy.trainable_parameters())
-        knobs = SimpleNamespace(
-            train_batch_size=batch_size,
-            gradient_accumulation_steps=accumulation,
-            steps_per_forward=1,
-            max_grad_norm=1e9,
-            kl_coef=0.0,
-        )
-        optimize(policy, opt, kept, loss, knobs, torch.Generator().manual_seed(0))
+        _train(policy, opt, kept, train_batch_size=batch_size, gradient_accumulation_steps=accumulation)
         assert len(opt.grads) == 1
         grads.append(opt.grads[0])
     for a, b in zip(*grads):
@@ -265,18 +246,12 @@ def test_two_processes_summed_make_the_gradients_and_statistics_of_one(kept, acc
     policy, buffer = _buffer("lcm", 3)  # 2 batches of 4, 2 steps
     subset = kept is not None
     kept = torch.tensor(kept or [])
-    loss = lambda logp, ch: (reinforce.reinforce_loss(logp, ch.advantages, 10), {"adv": ch.advantages.mean().item()})
 
     def run(buffer, processes, batch_size):
         opt = _GradCapture(policy.trainable_parameters())
-        knobs = SimpleNamespace(
-            train_batch_size=batch_size,
-            gradient_accumulation_steps=accumulation,
-            steps_per_forward=1,
-            max_grad_norm=1e9,
-            kl_coef=0.0,
+        stats = _train(
+            policy, opt, buffer, processes, train_batch_size=batch_size, gradient_accumulation_steps=accumulation
         )
-        stats = optimize(policy, opt, buffer, loss, knobs, torch.Generator().manual_seed(0), processes=processes)
         return opt.grads, stats
 
     one_grads, one_stats = run(buffer.subset(kept) if subset else buffer, None, 4)

@@ -1,6 +1,8 @@
-"""The algorithms: PPO (``ppo.py``), REINFORCE (``reinforce.py``) and DPG (``dpg.py``), each a class with a typed
-``Config`` and ``update(policy, optimizer, batch) -> stats`` (the interface: ``base.py``)."""
+"""The algorithms: PPO (``ppo.py``), REINFORCE (``reinforce.py``) and DPG (``dpg.py``), each a class with its own
+typed ``Config`` and ``update(policy, optimizer, batch) -> stats`` (the interface: ``base.py``; lookup by name:
+``registry.py``)."""
 
-from genrl.algos.base import Algorithm, EpochBatch, make_algorithm
+from genrl.algos.base import Algorithm, EpochBatch
+from genrl.algos.registry import make_algorithm
 
 __all__ = ["Algorithm", "EpochBatch", "make_algorithm"]

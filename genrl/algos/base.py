@@ -1,32 +1,28 @@
 """The algorithm interface: what ``genrl.train`` calls once an epoch, and what it hands over.
 
-An algorithm is a class with a typed ``Config`` dataclass (its hyperparameters; each field is filled from the
-``TrainConfig`` field of the same name) and one method:
-
-    update(policy, optimizer, batch: EpochBatch) -> dict[str, float]     # the epoch's training statistics
+An algorithm is a class with a typed ``Config`` dataclass (its hyperparameters, which it owns: flags
+``--NAME.FIELD``, one default each) and ``update(policy, optimizer, batch: EpochBatch) -> dict[str, float]`` (the
+epoch's training statistics); optional hooks ``validate(run_config)`` and ``prepare(pipeline, reward)`` (``Algorithm``
+below).
 
 ``batch.sample(i)`` samples the epoch's i-th batch (``grad_steps=K`` keeps a graph over its last K steps), so an
 algorithm decides how and when it samples: PPO samples everything and then trains, DPG backpropagates each batch
-as it is scored. ``batch.advantages()`` gives the advantages of this process's rows of the global batch. Set
-``differentiable_reward = True`` on the class where the reward's gradient is needed.
+as it is scored. ``batch.advantages()`` gives the advantages of this process's rows of the global batch.
 
-Built-in: ``ppo``, ``reinforce``, ``dpg``. Others plug in as ``--algo package.module:Class`` or through the entry
-point group ``genrl.algorithms``, as rewards do.
+Built-in: ``ppo``, ``reinforce``, ``dpg`` (``registry.py``). Others plug in as ``--algo package.module:Class`` or
+through the entry point group ``genrl.algorithms``, as rewards do.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 import torch
 
 from genrl.errors import GenrlError
-from genrl.plugins import describe, import_object, load_entry_point
+from genrl.plugins import describe
 from genrl.policy import DenoisingPolicy
 from genrl.rollout import Rollout, SamplingBatch
 
@@ -71,65 +67,33 @@ class EpochBatch:
 
 
 class Algorithm(Protocol):
+    """What ``genrl.train`` calls. ``validate`` and ``prepare`` are optional hooks; training code never asks which
+    algorithm it runs."""
+
+    Config: type
+    """A dataclass of the algorithm's hyperparameters, with docstrings: ``--NAME.FIELD`` flags, config.json's
+    ``"NAME": {...}``, restored on ``--resume``. Built with its defaults, or the preset's and the flags' values."""
+
+    def __init__(self, config: Any) -> None: ...
+
+    def validate(self, run: Any) -> None:
+        """Refuse settings that cannot work together with the run's (``TrainConfig``): raise ``GenrlError``."""
+
+    def prepare(self, pipeline: Any, reward: Any) -> None:
+        """Once, before the first epoch: check the reward, set the model up (gradient checkpointing, ...)."""
+
     def update(
         self, policy: DenoisingPolicy, optimizer: torch.optim.Optimizer, batch: EpochBatch
     ) -> dict[str, float]: ...
 
 
-def build_config(config_type: type, train_config: Any) -> Any:
-    """``config_type``'s fields, taken from the ``TrainConfig`` fields of the same name (others: their default)."""
-    names = [f.name for f in dataclasses.fields(config_type)]
-    return config_type(**{name: getattr(train_config, name) for name in names if hasattr(train_config, name)})
-
-
-def builtin_algorithms() -> dict[str, type]:
-    from genrl.algos.dpg import DPG
-    from genrl.algos.ppo import PPO
-    from genrl.algos.reinforce import REINFORCE
-
-    return {"ppo": PPO, "reinforce": REINFORCE, "dpg": DPG}
-
-
-def algorithm_class(spec: str) -> type:
-    """A built-in name, an entry point of ``genrl.algorithms``, or ``package.module:Class``."""
-    builtin = builtin_algorithms()
-    plugins = {ep.name: ep for ep in entry_points(group="genrl.algorithms")}
-    if spec in builtin:
-        cls = builtin[spec]
-    elif spec in plugins:
-        cls = load_entry_point(plugins[spec], "algorithm")
-    elif ":" in spec:
-        cls = import_object(spec, "algorithm")
-    else:
-        names = ", ".join([*builtin, *plugins])
-        raise GenrlError(f"unknown algorithm '{spec}'; use one of {names} or 'package.module:Class'")
-    update = getattr(cls, "update", None)
-    if not inspect.isclass(cls) or not callable(update):
-        raise GenrlError(
-            f"algorithm '{spec}' is not a class with an update(policy, optimizer, batch) method; see the README's "
-            "'Write your own algorithm'"
-        )
-    config = getattr(cls, "Config", None)
-    if config is not None and not dataclasses.is_dataclass(config):
-        raise GenrlError(f"algorithm '{spec}': its Config must be a dataclass of hyperparameters")
-    return cls
-
-
-def make_algorithm(spec: str, train_config: Any) -> Algorithm:
-    cls = algorithm_class(spec)
-    config = getattr(cls, "Config", None)
-    try:
-        return cls(build_config(config, train_config)) if config is not None else cls()
-    except GenrlError:
-        raise
-    except TypeError as exc:
-        raise GenrlError(f"algorithm '{spec}' could not be built ({exc}); its __init__ takes its Config") from exc
-    except (Exception, SystemExit) as exc:
-        raise GenrlError(f"algorithm '{spec}' could not be built: it raised {describe(exc)}; fix it") from exc
-
-
 def run_update(
-    spec: str, algorithm: Algorithm, policy: DenoisingPolicy, optimizer: torch.optim.Optimizer, batch: EpochBatch
+    spec: str,
+    algorithm: Algorithm,
+    policy: DenoisingPolicy,
+    optimizer: torch.optim.Optimizer,
+    batch: EpochBatch,
+    plug_in: bool,
 ) -> dict[str, float]:
     """``algorithm.update`` on the epoch, and its statistics as floats. A plug-in's failure, a stray ``sys.exit``
     included (which would end training with exit 0 and nothing saved), is one line that names the plug-in; a
@@ -139,7 +103,7 @@ def run_update(
     except GenrlError:
         raise
     except (Exception, SystemExit) as exc:
-        if spec in builtin_algorithms():
+        if not plug_in:
             raise
         raise GenrlError(f"algorithm '{spec}' update raised {describe(exc)}; fix the algorithm") from exc
     if not batch.rollouts:

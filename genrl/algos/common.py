@@ -1,43 +1,41 @@
-"""The optimisation loop every policy-gradient algorithm shares: minibatches, accumulation, KL, clipping, stepping.
+"""What the policy-gradient algorithms share: sampling the epoch into a buffer, the global minibatches with their
+weights, the optimizer step, the epoch's statistics, and the checks of the shared settings.
 
 Accumulation semantics: an optimizer step follows every ``gradient_accumulation_steps`` minibatches of
 ``train_batch_size`` trajectories, and its gradient is the mean over all (trajectory, step) pairs they hold,
 however many steps go into one forward pass. Where the minibatches of a pass do not divide evenly, the last
 optimizer step of the pass takes the ones left over (its gradient is still their mean).
 
-On N processes (``processes``) the minibatches are the global batch's (``TrajectoryBuffer.minibatches``): a global
-minibatch holds ``N x train_batch_size`` trajectories, each process computes the loss of its rows of it (none,
-possibly), weights each chunk by its share of the optimizer step's global (trajectory, step) pairs, and the
-gradients are summed over processes before clipping. So an optimizer step's gradient is the mean over its global
-pairs, as on one process, and every process takes the same step. The logged statistics are pair-weighted means
-over the global batch (gradient norm: per optimizer step), summed over processes before dividing.
-
-KL regularisation (``kl_coef`` > 0) adds ``kl_coef * KL(pi_theta || pi_ref)`` per (trajectory, step) pair, in
-closed form for the two Gaussians of a step; the reference is the same UNet with the LoRA switched off.
+On N processes the minibatches are the global batch's (``TrajectoryBuffer.minibatches``): a global minibatch holds
+``N x train_batch_size`` trajectories, each process computes the loss of its rows of it (none, possibly), weights
+each chunk by its share of the optimizer step's global (trajectory, step) pairs, and the gradients are summed over
+processes before clipping. So an optimizer step's gradient is the mean over its global pairs, as on one process,
+and every process takes the same step. The logged statistics are pair-weighted means over the global batch
+(gradient norm: per optimizer step), summed over processes before dividing.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
 
 import torch
 
 from genrl.advantages import informative_groups
 from genrl.algos.base import EpochBatch
+from genrl.algos.registry import settings_name
 from genrl.buffer import Chunk, TrajectoryBuffer
-from genrl.policy import DenoisingPolicy
+from genrl.errors import GenrlError
 
-# (log-probs of the chunk's actions under the current policy, chunk) -> (loss averaged over the chunk, stats)
-LossFn = Callable[[torch.Tensor, Chunk], tuple[torch.Tensor, dict[str, float]]]
 # Reduces (sums or averages) the trainable parameters' gradients over processes in place (genrl.distributed)
 GradientSync = Callable[[list[torch.nn.Parameter]], None]
 
 
 class Collective(Protocol):
-    """What ``optimize`` needs of the run's processes (``genrl.distributed.Processes``); None: one process."""
+    """What the minibatch bookkeeping needs of the run's processes (``genrl.distributed.Processes``)."""
 
     count: int
 
@@ -46,16 +44,65 @@ class Collective(Protocol):
     def sum_totals(self, totals: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]: ...
 
 
+class OneProcess:
+    """A run of one process: nothing to sum over."""
+
+    count = 1
+
+
 @dataclass
 class PolicyGradientConfig:
-    """The hyperparameters of the shared optimisation loop (their help: ``genrl.config.TrainConfig``)."""
+    """The settings of the minibatch loop that PPO and REINFORCE share."""
 
     train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
+    """Trajectories per minibatch (per process)."""
+    gradient_accumulation_steps: int = 4
+    """Minibatches per optimizer step."""
     steps_per_forward: int = 1
-    max_grad_norm: float = 5.0
-    kl_coef: float = 0.0
+    """Denoising steps of each trajectory stacked into one UNet pass (the gradient is the same)."""
     adv_clip_max: float = 10.0
+    """Advantages are clamped to [-adv_clip_max, adv_clip_max]."""
+    max_grad_norm: float = 5.0
+    """The gradient is clipped to this norm before each optimizer step."""
+    kl_coef: float = 0.0
+    """Penalty on the closed-form per-step KL to the frozen model (the LoRA switched off); logged as kl."""
+
+
+def flag(run: Any, name: str) -> str:
+    """The command-line flag of the run's algorithm's setting ``name``, for messages: ``--ppo.clip-range``."""
+    return f"--{settings_name(run.algo)}.{name}".replace("_", "-")
+
+
+def check_settings(config: Any, run: Any, positive: tuple[str, ...] = ()) -> None:
+    """Finite numbers everywhere, ``positive`` ones above 0, a KL coefficient of 0 or more that has a reference."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise GenrlError(f"{flag(run, f.name)} must be a finite number, got {value}")
+    for name in positive:
+        if not getattr(config, name) > 0:
+            raise GenrlError(f"{flag(run, name)} must be positive, got {getattr(config, name)}")
+    kl_coef = getattr(config, "kl_coef", 0.0)
+    if kl_coef < 0:
+        raise GenrlError(f"{flag(run, 'kl_coef')} must be 0 or more, got {kl_coef}")
+    if kl_coef > 0 and run.finetune != "lora":
+        raise GenrlError(
+            f"{flag(run, 'kl_coef')} needs --finetune lora: the reference is the model with its adapter off, and full "
+            "fine-tuning keeps no frozen copy"
+        )
+
+
+def check_policy_gradient(config: PolicyGradientConfig, run: Any) -> None:
+    check_settings(
+        config,
+        run,
+        ("train_batch_size", "gradient_accumulation_steps", "steps_per_forward", "adv_clip_max", "max_grad_norm"),
+    )
+    if run.samples_per_epoch % config.train_batch_size:
+        raise GenrlError(
+            f"{flag(run, 'train_batch_size')} {config.train_batch_size} must divide the {run.samples_per_epoch} "
+            "samples per epoch (--sample-batch-size x --batches-per-epoch)"
+        )
 
 
 class EpochMeans:
@@ -94,53 +141,7 @@ def optimizer_step(
     return norm
 
 
-def optimize(
-    policy: DenoisingPolicy,
-    optimizer: torch.optim.Optimizer,
-    buffer: TrajectoryBuffer,
-    loss_fn: LossFn,
-    cfg: PolicyGradientConfig,
-    generator: torch.Generator,
-    passes: int = 1,
-    processes: Collective | None = None,
-) -> dict[str, float]:
-    """Runs ``passes`` shuffled passes over the buffer; returns the epoch's pair-weighted means of the loss's
-    stats. ``processes`` (multi-process training): the buffer holds this process's rows of the global batch
-    (``TrajectoryBuffer.place``), and every process calls this with the same generator state."""
-    count = 1 if processes is None else processes.count
-    batch_size = cfg.train_batch_size * count  # a global minibatch
-    sizes = buffer.minibatch_sizes(batch_size)
-    accumulation = cfg.gradient_accumulation_steps
-    sum_gradients = processes.sum_gradients if count > 1 else None
-    means = EpochMeans()
-    params = policy.trainable_parameters()
-    policy.train()
-    for p in range(passes):
-        for i, chunks in enumerate(buffer.minibatches(batch_size, cfg.steps_per_forward, generator)):
-            group_start = i - i % accumulation
-            group_end = min(group_start + accumulation, len(sizes))
-            pairs_per_step = sum(sizes[group_start:group_end]) * buffer.num_steps  # over all processes
-            for chunk in chunks:  # none where this process holds no row of the minibatch
-                chunk.minibatch += p * len(sizes)
-                dist = policy.distribution(chunk.obs)
-                loss, stats = loss_fn(policy.action_log_prob(dist, chunk.next_latents), chunk)
-                if cfg.kl_coef > 0:
-                    kl = policy.kl_to_reference(chunk.obs, dist).mean()
-                    loss = loss + cfg.kl_coef * kl
-                    stats["kl"] = kl.item()
-                # Weight by the chunk's share of the optimizer step, so that neither chunking nor the split over
-                # processes changes the gradient (summed over processes: the mean over the step's global pairs).
-                pairs = len(chunk.sample_index)
-                (loss * (pairs / pairs_per_step)).backward()
-                means.add({"loss": loss.item(), **stats}, weight=pairs)
-            if i + 1 == group_end:  # every process, with or without rows in the step's minibatches
-                norm = optimizer_step(params, optimizer, cfg.max_grad_norm, sum_gradients)
-                means.add({"grad_norm": norm})
-    policy.eval()
-    return means.means(processes)
-
-
-def policy_gradient_buffer(batch: EpochBatch) -> tuple[TrajectoryBuffer, dict[str, float]]:
+def sample_epoch(batch: EpochBatch) -> tuple[TrajectoryBuffer, dict[str, float]]:
     """PPO's and REINFORCE's epoch before the update: sample every batch, then keep this process's rows of the
     global batch with their advantages. Returns the buffer and its statistics."""
     rollouts = [batch.sample(i) for i in range(len(batch.batches))]
@@ -160,24 +161,43 @@ def policy_gradient_buffer(batch: EpochBatch) -> tuple[TrajectoryBuffer, dict[st
     return buffer, stats
 
 
-class BufferAlgorithm:
-    """PPO's and REINFORCE's shape: sample the whole epoch, then ``train_on`` the buffer of this process's rows."""
+@dataclass
+class Minibatch:
+    """This process's chunks of one global minibatch, and how each chunk's loss enters the optimizer step."""
 
-    def __init__(self, config: PolicyGradientConfig):
-        self.config = config
+    chunks: list[Chunk]
+    """None where this process holds no row of the minibatch (it still takes the optimizer step)."""
+    pairs_in_step: int
+    """(trajectory, step) pairs of the optimizer step it belongs to, over all processes."""
+    ends_step: bool
+    """The optimizer step follows this minibatch."""
+    sum_gradients: GradientSync | None
+    """Sums the gradients over processes before the step (None: one process)."""
 
-    def update(self, policy: DenoisingPolicy, optimizer: torch.optim.Optimizer, batch: EpochBatch) -> dict[str, float]:
-        buffer, stats = policy_gradient_buffer(batch)
-        if buffer.num_global:
-            stats.update(self.train_on(buffer, policy, optimizer, batch.generator, batch.processes))
-        return stats
+    def backward(self, loss: torch.Tensor, chunk: Chunk) -> None:
+        """Accumulate ``loss``'s gradient weighted by the chunk's share of the optimizer step's global pairs, so
+        that neither chunking nor the split over processes changes the gradient (summed over processes: the mean
+        over the step's global pairs)."""
+        (loss * (len(chunk.sample_index) / self.pairs_in_step)).backward()
 
-    def train_on(
-        self,
-        buffer: TrajectoryBuffer,
-        policy: DenoisingPolicy,
-        optimizer: torch.optim.Optimizer,
-        generator: torch.Generator,
-        processes: Collective | None = None,
-    ) -> dict[str, float]:
-        raise NotImplementedError
+
+def global_minibatches(
+    buffer: TrajectoryBuffer,
+    config: PolicyGradientConfig,
+    generator: torch.Generator,
+    processes: Collective,
+    pass_index: int = 0,
+) -> Iterator[Minibatch]:
+    """One shuffled pass over the buffer in global minibatches (``TrajectoryBuffer.minibatches``), grouped into
+    optimizer steps of ``gradient_accumulation_steps``; every process calls this with the same generator state."""
+    batch_size = config.train_batch_size * processes.count  # a global minibatch
+    sizes = buffer.minibatch_sizes(batch_size)
+    accumulation = config.gradient_accumulation_steps
+    sum_gradients = processes.sum_gradients if processes.count > 1 else None
+    for i, chunks in enumerate(buffer.minibatches(batch_size, config.steps_per_forward, generator)):
+        step_start = i - i % accumulation
+        step_end = min(step_start + accumulation, len(sizes))
+        for chunk in chunks:
+            chunk.minibatch += pass_index * len(sizes)  # counted on across passes
+        pairs = sum(sizes[step_start:step_end]) * buffer.num_steps
+        yield Minibatch(chunks, pairs, i + 1 == step_end, sum_gradients)

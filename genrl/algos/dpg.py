@@ -5,7 +5,7 @@ The sampler is reparameterised: the initial latent x_T and every step's noise z_
     x_t' = mean_theta(x_t, t) + std_t * z_t                   (each step of the LCM or DDIM env)
     loss = -mean_b r(decode(x_0^b)) + kl_coef * mean_t KL(pi_theta || pi_ref)(x_t)
 
-is a differentiable function of the weights theta. Only the last K steps (``--dpg-truncation``) keep a graph:
+is a differentiable function of the weights theta. Only the last K steps (``--dpg.truncation``) keep a graph:
 the earlier ones run without one, so memory grows with K, not with the horizon (DRaFT-K). With the same seeds
 and weights, the chain is exactly the one ``rollout.collect`` samples for PPO.
 
@@ -17,22 +17,29 @@ left over), its gradient the mean over their images.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from genrl.algos.base import EpochBatch
-from genrl.algos.common import EpochMeans, optimizer_step
+from genrl.algos.common import EpochMeans, check_settings, flag, optimizer_step
+from genrl.errors import GenrlError
 from genrl.policy import DenoisingPolicy
 from genrl.rollout import Rollout
 
 
 @dataclass
 class DPGConfig:
-    dpg_steps: int = 4
-    """How many of the last denoising steps keep a graph (``TrainConfig.dpg_steps``: --dpg-truncation resolved)."""
-    gradient_accumulation_steps: int = 1
+    truncation: int | None = None
+    """Backpropagate through the last K denoising steps (default: all of them for LCM, 1 for DDPM)."""
+    gradient_checkpointing: bool = True
+    """Recompute UNet and VAE activations in the backward pass instead of keeping them."""
+    gradient_accumulation_steps: int = 4
+    """Sampling batches per optimizer step."""
     max_grad_norm: float = 5.0
+    """The gradient is clipped to this norm before each optimizer step."""
     kl_coef: float = 0.0
+    """Penalty on the closed-form per-step KL to the frozen model (the LoRA switched off); logged as kl."""
 
 
 def reference_kl(policy: DenoisingPolicy, rollout: Rollout) -> torch.Tensor:
@@ -42,11 +49,39 @@ def reference_kl(policy: DenoisingPolicy, rollout: Rollout) -> torch.Tensor:
 
 
 class DPG:
-    differentiable_reward = True
     Config = DPGConfig
 
     def __init__(self, config: DPGConfig):
         self.config = config
+        self.grad_steps = config.truncation  # resolved against the run's sampler by ``validate``
+
+    def validate(self, run: Any) -> None:
+        cfg = self.config
+        check_settings(cfg, run, ("gradient_accumulation_steps", "max_grad_norm"))
+        if run.group_size > 1:
+            raise GenrlError(
+                f"--group-size {run.group_size} is for ppo and reinforce (DPG uses no advantages; the shapes presets "
+                "set 4); add --group-size 1 for dpg, or use --preset shapes-dpg-alignment"
+            )
+        if run.async_rewards:
+            raise GenrlError("--async-rewards cannot carry a reward's gradient; drop it for --algo dpg")
+        # An LCM step is a short jump that every step shares; DDIM's 20-50 steps would keep too many graphs.
+        default = run.num_steps if run.env == "lcm" else 1
+        self.grad_steps = default if cfg.truncation is None else cfg.truncation
+        if not 1 <= self.grad_steps <= run.num_steps:
+            raise GenrlError(
+                f"{flag(run, 'truncation')} must be between 1 and --num-steps {run.num_steps}, got {cfg.truncation}"
+            )
+
+    def prepare(self, pipeline: Any, reward: Any) -> None:
+        if not getattr(reward, "differentiable", False):
+            raise GenrlError(
+                f"--algo dpg needs a differentiable reward, and '{reward.name}' is not (a reward declares it with "
+                "differentiable = True); use --algo ppo or reinforce, or a reward such as shapes_alignment"
+            )
+        if self.config.gradient_checkpointing:
+            pipeline.unet.enable_gradient_checkpointing()
+            pipeline.vae.enable_gradient_checkpointing()
 
     def update(self, policy: DenoisingPolicy, optimizer: torch.optim.Optimizer, batch: EpochBatch) -> dict[str, float]:
         """Samples and trains on every batch of the epoch, one after the other."""
@@ -58,7 +93,7 @@ class DPG:
         for i in range(count):
             step_start = i - i % accumulation
             batches_in_step = min(step_start + accumulation, count) - step_start
-            rollout = batch.sample(i, grad_steps=cfg.dpg_steps)
+            rollout = batch.sample(i, grad_steps=self.grad_steps)
             kl = reference_kl(policy, rollout) if cfg.kl_coef > 0 else None
             loss = -rollout.rewards.mean() + (cfg.kl_coef * kl if kl is not None else 0)
             (loss / batches_in_step).backward()

@@ -2,18 +2,32 @@
 
     ratio = exp(log pi_theta(a_t | s_t) - log pi_old(a_t | s_t))
     A     = clamp(advantage, -adv_clip_max, adv_clip_max)
-    loss  = mean(max(-A * ratio, -A * clamp(ratio, 1 - clip_range, 1 + clip_range)))
+    loss  = mean(max(-A * ratio, -A * clamp(ratio, 1 - clip_range, 1 + clip_range)))  [+ kl_coef * KL]
 
-Every step of a trajectory shares the trajectory's advantage (the reward is terminal and undiscounted).
+Every step of a trajectory shares the trajectory's advantage (the reward is terminal and undiscounted). An epoch:
+sample every batch, then ``inner_epochs`` shuffled passes over the samples in minibatches, an optimizer step every
+``gradient_accumulation_steps`` of them (``genrl.algos.common`` has the accumulation and multi-process semantics).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from genrl.algos.common import BufferAlgorithm, Collective, PolicyGradientConfig, optimize
+from genrl.algos.base import EpochBatch
+from genrl.algos.common import (
+    Collective,
+    EpochMeans,
+    OneProcess,
+    PolicyGradientConfig,
+    check_policy_gradient,
+    check_settings,
+    global_minibatches,
+    optimizer_step,
+    sample_epoch,
+)
 from genrl.buffer import Chunk, TrajectoryBuffer
 from genrl.policy import DenoisingPolicy
 
@@ -31,14 +45,50 @@ def clipped_surrogate_loss(
 
 @dataclass
 class PPOConfig(PolicyGradientConfig):
-    clip_range: float = 1e-2
+    clip_range: float = 1e-4
+    """Ratio clip epsilon (RLCM and DDPO: 1e-4)."""
     inner_epochs: int = 1
+    """Passes over each epoch's samples."""
 
 
-class PPO(BufferAlgorithm):
+class PPO:
     """RLCM's and DDPO's algorithm: sample the epoch, then ``inner_epochs`` clipped passes over it."""
 
     Config = PPOConfig
+
+    def __init__(self, config: PPOConfig):
+        self.config = config
+
+    def validate(self, run: Any) -> None:
+        check_policy_gradient(self.config, run)
+        check_settings(self.config, run, ("clip_range", "inner_epochs"))
+
+    def update(self, policy: DenoisingPolicy, optimizer: torch.optim.Optimizer, batch: EpochBatch) -> dict[str, float]:
+        buffer, stats = sample_epoch(batch)  # this process's rows of the global batch, with their advantages
+        if buffer.num_global:  # every group may have been dropped for want of signal
+            stats.update(self.train_on(buffer, policy, optimizer, batch.generator, batch.processes))
+        return stats
+
+    def passes(self) -> int:
+        return self.config.inner_epochs
+
+    def loss(self, log_prob: torch.Tensor, chunk: Chunk) -> tuple[torch.Tensor, dict[str, float]]:
+        """The clipped surrogate of a chunk, and its statistics."""
+        cfg = self.config
+        loss, ratio = clipped_surrogate_loss(
+            log_prob, chunk.old_log_probs, chunk.advantages, cfg.clip_range, cfg.adv_clip_max
+        )
+        with torch.no_grad():
+            stats = {
+                "approx_kl": 0.5 * ((log_prob - chunk.old_log_probs) ** 2).mean().item(),
+                "clipfrac": ((ratio - 1).abs() > cfg.clip_range).float().mean().item(),
+                "ratio_mean": ratio.mean().item(),
+            }
+            # The first (global) minibatch runs before any optimizer step: its ratio is 1 when training
+            # reproduces sampling exactly (same weights, same maths), so it is logged as a check.
+            if chunk.minibatch == 0:
+                stats["ratio_mean_first_minibatch"] = stats["ratio_mean"]
+        return loss, stats
 
     def train_on(
         self,
@@ -48,25 +98,27 @@ class PPO(BufferAlgorithm):
         generator: torch.Generator,
         processes: Collective | None = None,
     ) -> dict[str, float]:
-        """``inner_epochs`` passes of the clipped loss over the buffer (with its advantages)."""
-        cfg = self.config
-
-        def loss_fn(log_prob: torch.Tensor, chunk: Chunk) -> tuple[torch.Tensor, dict[str, float]]:
-            loss, ratio = clipped_surrogate_loss(
-                log_prob, chunk.old_log_probs, chunk.advantages, cfg.clip_range, cfg.adv_clip_max
-            )
-            with torch.no_grad():
-                chunk_stats = {
-                    "approx_kl": 0.5 * ((log_prob - chunk.old_log_probs) ** 2).mean().item(),
-                    "clipfrac": ((ratio - 1).abs() > cfg.clip_range).float().mean().item(),
-                    "ratio_mean": ratio.mean().item(),
-                }
-                # The first (global) minibatch runs before any optimizer step: its ratio is 1 when training
-                # reproduces sampling exactly (same weights, same maths), so it is logged as a check.
-                if chunk.minibatch == 0:
-                    chunk_stats["ratio_mean_first_minibatch"] = chunk_stats["ratio_mean"]
-            return loss, chunk_stats
-
-        stats = optimize(policy, optimizer, buffer, loss_fn, cfg, generator, cfg.inner_epochs, processes)
-        stats["ratio_mean_first_minibatch"] = stats.pop("ratio_mean_first_minibatch")  # last, as it always was
+        """The passes over a buffer whose advantages are set; the epoch's pair-weighted means of the statistics."""
+        cfg, processes = self.config, processes or OneProcess()
+        params = policy.trainable_parameters()
+        means = EpochMeans()
+        policy.train()
+        for pass_index in range(self.passes()):
+            for minibatch in global_minibatches(buffer, cfg, generator, processes, pass_index):
+                for chunk in minibatch.chunks:
+                    dist = policy.distribution(chunk.obs)
+                    loss, stats = self.loss(policy.action_log_prob(dist, chunk.next_latents), chunk)
+                    if cfg.kl_coef > 0:  # closed form, per (trajectory, step) pair, to the model without its LoRA
+                        kl = policy.kl_to_reference(chunk.obs, dist).mean()
+                        loss = loss + cfg.kl_coef * kl
+                        stats["kl"] = kl.item()
+                    minibatch.backward(loss, chunk)
+                    means.add({"loss": loss.item(), **stats}, weight=len(chunk.sample_index))
+                if minibatch.ends_step:  # on every process, with or without rows in the step's minibatches
+                    norm = optimizer_step(params, optimizer, cfg.max_grad_norm, minibatch.sum_gradients)
+                    means.add({"grad_norm": norm})
+        policy.eval()
+        stats = means.means(processes)
+        if "ratio_mean_first_minibatch" in stats:  # last, as it always was
+            stats["ratio_mean_first_minibatch"] = stats.pop("ratio_mean_first_minibatch")
         return stats

@@ -1,9 +1,18 @@
 """Gymnasium environments that turn denoising into an MDP: ``genrl/LCM-v0`` (RLCM) and ``genrl/DDPM-v0`` (DDPO).
 
+Each id is registered twice over. Its ``vector_entry_point`` is the batched torch env that training uses:
+
     env = make_env("lcm", num_envs=8, pipeline=pipe, reward_fn=reward, num_steps=8)
 
 which is ``gymnasium.make_vec("genrl/LCM-v0", num_envs=8, pipeline=pipe, reward_fn=reward, num_steps=8)``.
-``genrl.envs.base`` describes the observations, actions, rewards and ``info`` of both.
+``genrl.envs.base`` describes the observations, actions (torch tensors, or numpy arrays), rewards and ``info``.
+
+Its ``entry_point`` is one image in numpy, to step by hand, by default on the embedded shapes model, its prompts,
+the JPEG-compressibility reward and the shapes presets' steps (``genrl.envs.single``):
+
+    env = gymnasium.make("genrl/LCM-v0")  # or pipeline=..., reward_fn=..., num_steps=..., prompts=[...]
+    obs, info = env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
 """
 
 from __future__ import annotations
@@ -15,15 +24,28 @@ import gymnasium as gym
 from genrl.envs.base import DenoisingEnv
 from genrl.envs.ddpm import DDPMEnv
 from genrl.envs.lcm import LCMEnv
+from genrl.envs.scoring import score_images
+from genrl.envs.single import SingleDDPMEnv, SingleImageEnv, SingleLCMEnv
 from genrl.rewards import RewardFn
 
-__all__ = ["ENV_IDS", "DDPMEnv", "DenoisingEnv", "LCMEnv", "make_env"]
+__all__ = [
+    "ENV_IDS",
+    "DDPMEnv",
+    "DenoisingEnv",
+    "LCMEnv",
+    "SingleDDPMEnv",
+    "SingleImageEnv",
+    "SingleLCMEnv",
+    "make_env",
+    "score_images",
+]
 
 ENV_IDS = {"lcm": "genrl/LCM-v0", "ddpm": "genrl/DDPM-v0"}
 
-for _id, _cls in ((ENV_IDS["lcm"], "LCMEnv"), (ENV_IDS["ddpm"], "DDPMEnv")):
-    if _id not in gym.registry:
-        gym.register(id=_id, vector_entry_point=f"genrl.envs:{_cls}")
+# make_vec picks the vector entry point whenever one is registered, so make_env builds what it always built.
+for _kind, _single, _vector in (("lcm", "SingleLCMEnv", "LCMEnv"), ("ddpm", "SingleDDPMEnv", "DDPMEnv")):
+    if ENV_IDS[_kind] not in gym.registry:
+        gym.register(ENV_IDS[_kind], entry_point=f"genrl.envs:{_single}", vector_entry_point=f"genrl.envs:{_vector}")
 
 
 def make_env(

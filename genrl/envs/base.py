@@ -1,9 +1,10 @@
 """What the LCM and DDPM environments share: prompts in, latents through, decoded images scored at the end.
 
-An environment is a Gymnasium vector env of B sub-envs, one per image. Observations and actions are dicts of
-torch tensors on the model's device; ``observation_space`` and ``action_space`` (and their ``single_`` versions,
-one row) declare every key, shape and dtype, and ``{k: v.cpu().numpy()}`` of what ``reset`` and ``step`` return
-lies in them (tests/test_envs.py). The env owns the timestep schedule, the frozen text encoder and VAE, and the
+An environment is a Gymnasium vector env of B sub-envs, one per image. Observations are dicts of torch tensors on
+the model's device; ``observation_space`` and ``action_space`` (and their ``single_`` versions, one row) declare
+every key, shape and dtype, and ``{k: v.cpu().numpy()}`` of what ``reset`` and ``step`` return lies in them
+(tests/test_envs.py). ``genrl.envs.single`` wraps a one-image env into the numpy ``gymnasium.Env`` that
+``gymnasium.make`` returns. The env owns the timestep schedule, the frozen text encoder and VAE, and the
 reward call; the trainable denoiser lives in the policy.
 
 Observation keys, the same on every step and after the last:
@@ -20,27 +21,32 @@ The observation after the last step (``terminated`` all True) has no step left: 
 
 Action keys: ``next_latents`` (the next state) and ``pred_original`` (the model's clean-image estimate, which
 the LCM env decodes at the end; the DDPM env decodes ``next_latents``), both (B, C, h, w): the action of
-``DenoisingPolicy.sample_action``.
+``DenoisingPolicy.sample_action``. Each is a torch tensor, taken as it is (a reparameterised rollout backpropagates
+through it), or a float numpy array such as ``action_space.sample()`` draws, copied onto the env's device and
+dtype. Other keys, shapes or types, and NaN or infinite values, are a one-line ``ValueError``.
 
 Rewards are (B,) float. Before the last step they are zero and ``info`` is empty. At the last step the env decodes
 the final latents, under the caller's grad mode (a reparameterised rollout keeps the graph through the decode and
 the reward), and then:
 
-- with a ``reward_fn``, it scores them: the rewards, and ``info`` = ``images`` (B, 3, H, W) in [0, 1],
-  ``reward_parts`` (a composite reward's parts, each (B,)) and ``reward_time_s``;
+- with a ``reward_fn``, it scores them with the episode's prompts and metadata (``genrl.envs.scoring``): the
+  rewards, and ``info`` = ``images`` (B, 3, H, W) in [0, 1], ``reward_parts`` (a composite reward's parts, each
+  (B,)) and ``reward_time_s``;
 - with ``reward_fn=None``, it does not: the rewards are NaN (not yet known, never to be mistaken for a score) and
-  ``info`` = ``images`` only, for the caller to score (say in a background thread while it samples on).
+  ``info`` = ``images`` only, for the caller to score with the same ``score_images`` (say in a background thread
+  while it samples on, as ``genrl.rollout`` does).
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
+from genrl.envs.actions import as_action_tensors
+from genrl.envs.scoring import score_images
 from genrl.noise import noise_rows
 from genrl.rewards import CheckedReward, RewardFn
 
@@ -182,8 +188,10 @@ class DenoisingEnv(gym.vector.VectorEnv):
         prompts = list(prompts)
         if len(prompts) != self.num_envs:
             raise ValueError(f"reset needs options['prompts'] with {self.num_envs} prompts, got {len(prompts)}")
-        self.prompts = prompts
-        self.prompt_metadata = list(options.get("metadata") or [{} for _ in prompts])
+        metadata = list(options.get("metadata") or [{} for _ in prompts])
+        if len(metadata) != self.num_envs or not all(isinstance(m, dict) for m in metadata):
+            raise ValueError(f"reset's options['metadata'] must be {self.num_envs} dicts, one per prompt")
+        self.prompts, self.prompt_metadata = prompts, metadata
         if seed is not None:
             self._generator.manual_seed(seed)
         if self._negative_embeds is None:
@@ -202,27 +210,18 @@ class DenoisingEnv(gym.vector.VectorEnv):
         """Which latent the reward sees after the last step."""
         return action["next_latents"]
 
-    def _check_action(self, action: Any) -> None:
-        """Refuse an action the chain cannot mean: it would be decoded and scored as if it were an image (a NaN
-        chain decodes to a black image, which a compression reward scores best)."""
-        shape = (self.num_envs, *self.latent_shape)
-        if not isinstance(action, dict) or "next_latents" not in action:
-            raise ValueError(
-                f"step needs an action dict with 'next_latents' of shape {shape}, got {type(action).__name__}"
-            )
-        for key, value in action.items():
-            if not torch.is_tensor(value) or tuple(value.shape) != shape:
-                got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
-                raise ValueError(f"step: action['{key}'] must be a tensor of shape {shape}, got {got}")
-            if not torch.isfinite(value.detach()).all():
-                raise ValueError(f"step: action['{key}'] holds NaN or infinite values; the policy diverged")
+    def _check_action(self, action: Any) -> dict[str, torch.Tensor]:
+        """``action`` as tensors of the batch's shape (``genrl.envs.actions``: numpy arrays converted, tensors kept
+        as they are), or a one-line ``ValueError`` for one the chain cannot mean."""
+        keys = self.single_action_space.spaces
+        return as_action_tensors(action, keys, (self.num_envs, *self.latent_shape), self.device, self.dtype)
 
-    def step(self, action: dict[str, torch.Tensor]):
+    def step(self, action: dict[str, torch.Tensor] | dict[str, np.ndarray]):
         """One denoising step to ``action["next_latents"]``; the last one decodes and, with a ``reward_fn``, scores
         (the module docstring has the rewards and ``info`` of each case)."""
         if self._step is None or self._step >= self.num_steps:
             raise RuntimeError("call reset() before step(); an episode ends after num_steps steps")
-        self._check_action(action)
+        action = self._check_action(action)
         self._latents = action["next_latents"]
         self._step += 1
         done = self._step == self.num_steps
@@ -235,7 +234,6 @@ class DenoisingEnv(gym.vector.VectorEnv):
         if self.reward_fn is None:  # the caller scores the images itself
             unscored = torch.full((self.num_envs,), float("nan"), device=self.device)
             return self._observation(), unscored, terminated, truncated, {"images": images}
-        start = time.perf_counter()
-        rewards, parts = self.reward_fn.score(images, self.prompts, self.prompt_metadata)
-        info = {"images": images, "reward_parts": parts, "reward_time_s": time.perf_counter() - start}
+        rewards, parts, seconds = score_images(self.reward_fn, images, self.prompts, self.prompt_metadata)
+        info = {"images": images, "reward_parts": parts, "reward_time_s": seconds}
         return self._observation(), rewards.to(self.device), terminated, truncated, info

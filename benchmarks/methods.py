@@ -1,0 +1,68 @@
+"""The methods the benchmark suite compares, described as data, and which of them run on a task."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from genrl.config import PRESETS, TrainConfig, replace_config
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    """Its key in results.json and its label in the report and the figures."""
+    family: Literal["rlcm", "ddpo"]
+    """rlcm: a latent consistency model fine-tuned with RLCM; ddpo: a diffusion model fine-tuned with DDPO."""
+    algo: Literal["ppo", "reinforce", "dpg"]
+    """The ``--algo`` it trains with."""
+    preset: str
+    """Its preset on a task, ``{task}`` standing for the task's name; the shapes suite's carry ``shapes-`` before."""
+    role: Literal["fast", "baseline", "variant"]
+    """fast and baseline: the pair the headline ratios compare (how much sooner the fast one reaches the baseline's
+    final reward); the fast one goes on past the baseline's budget (``--rlcm-queries-factor``), and the baseline may
+    be only a reference (``baseline_is_reference``). variant: RLCM with another algorithm, run only where the baseline
+    is a reference (``lineup``)."""
+
+    @property
+    def headline(self) -> bool:
+        """One of the pair the ratios, the base-model evaluations, the sample grids and Figs. 6-7 compare."""
+        return self.role != "variant"
+
+    @property
+    def slug(self) -> str:
+        """Its part of a run directory's name."""
+        return f"{self.family}-{self.algo}"
+
+    def config(self, suite: str, task: str) -> TrainConfig:
+        """Its preset for ``task`` in ``suite``."""
+        preset = PRESETS[("shapes-" if suite == "shapes" else "") + self.preset.format(task=task)]
+        # REINFORCE has no preset of its own: it takes PPO's settings (benchmarks/sweep.py says why).
+        return preset if preset.algo == self.algo else replace_config(preset, algo=self.algo)
+
+
+RLCM_PPO = Method("RLCM (PPO)", "rlcm", "ppo", "rlcm-{task}", "fast")
+DDPO_PPO = Method("DDPO (PPO)", "ddpo", "ppo", "ddpo-{task}", "baseline")
+RLCM_REINFORCE = Method("RLCM (REINFORCE)", "rlcm", "reinforce", "rlcm-{task}", "variant")
+RLCM_DPG = Method("RLCM (DPG)", "rlcm", "dpg", "dpg-{task}", "variant")
+
+METHODS: dict[str, Method] = {m.name: m for m in (RLCM_PPO, DDPO_PPO, RLCM_REINFORCE, RLCM_DPG)}
+"""Every method by its name, in the order the suite runs, reports and plots them."""
+HEADLINE = tuple(m for m in METHODS.values() if m.headline)
+
+PAPER_DDIM_STEPS = 50
+"""DDPO's sampler in the paper: the inference speed-up is also measured against it."""
+
+
+def baseline_is_reference(suite: str, task: str) -> bool:
+    """On shapes alignment the paper's question is whether each RLCM method reaches the teacher's start, so the
+    baseline (DDPO) is only evaluated untrained there."""
+    return suite == "shapes" and task == "alignment"
+
+
+def lineup(suite: str, task: str, quick: bool) -> tuple[Method, ...]:
+    """The methods run on ``task``: the headline pair, and the variants where the baseline is a reference (not in a
+    quick run)."""
+    if baseline_is_reference(suite, task) and not quick:
+        return tuple(METHODS.values())
+    return HEADLINE
