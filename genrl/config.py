@@ -21,6 +21,7 @@ import tyro
 from genrl.algos.ppo import PPOConfig
 from genrl.algos.registry import algorithm_class, make_algorithm, settings_name
 from genrl.errors import GenrlError
+from genrl.families import FamilyName, family
 
 # The attention projections of every transformer block, where the reference implementations put LoRA.
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -32,7 +33,7 @@ class TrainConfig:
     """Named configuration to start from; flags override it. See the README for the list."""
     model: str = "shapes"
     """A diffusers pipeline: hub id, local folder, 'shapes' (the embedded models) or 'tiny' (random weights)."""
-    env: Literal["lcm", "ddpm"] = "lcm"
+    env: FamilyName = "lcm"
     """lcm: consistency sampling (RLCM). ddpm: DDIM with eta > 0 (DDPO)."""
     algo: str = "ppo"
     """ppo: clipped PPO (RLCM, DDPO). reinforce: one unclipped pass. dpg: backpropagate a differentiable reward
@@ -187,18 +188,7 @@ class TrainConfig:
         for name in ["learning_rate", "lora_alpha"]:
             if not getattr(self, name) > 0:
                 raise GenrlError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.env == "lcm":
-            if self.num_steps > 50:
-                raise GenrlError(f"--num-steps {self.num_steps} is too many for the LCM schedule; use 1 to 50")
-            if self.num_steps == 1 and not self.noise_last_step:
-                raise GenrlError(
-                    "--num-steps 1 leaves no stochastic step with diffusers' deterministic last step; "
-                    "use --num-steps 2 or more, or --noise-last-step"
-                )
-        elif self.noise_last_step:
-            raise GenrlError("--noise-last-step is an LCM option (every DDIM step is noised already); drop it for ddpm")
-        elif not self.eta > 0:
-            raise GenrlError(f"--eta {self.eta} makes DDIM deterministic, with no policy to train; use --eta > 0")
+        family(self.env).validate(self)
         self._validate_extensions()
 
     def _validate_extensions(self) -> None:

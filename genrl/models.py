@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline, LCMScheduler
+from diffusers import DiffusionPipeline
 
 from genrl.errors import GenrlError
+from genrl.families import family
 from genrl.shapes import shipped_dir
 from genrl.shapes.tiny import tiny_pipeline_dir
 
 
-def resolve_model(model: str, env: Literal["lcm", "ddpm"]) -> str:
-    """Built-in names map to local folders: 'shapes' (the embedded models; the LCM or its teacher, per env) and
-    'tiny' (random weights). Anything else is passed to diffusers as is."""
+def resolve_model(model: str, env: str) -> str:
+    """Built-in names map to local folders: 'shapes' (the embedded model the env's family samples: the LCM or its
+    teacher) and 'tiny' (random weights). Anything else is passed to diffusers as is."""
     if model == "tiny":
-        return str(tiny_pipeline_dir(lcm=env == "lcm"))
+        return str(tiny_pipeline_dir(lcm=family(env).GUIDANCE_EMBEDDED))
     if model == "shapes":
-        folder = shipped_dir() / ("lcm" if env == "lcm" else "teacher")
+        folder = shipped_dir() / family(env).SHAPES_MODEL
         if not (folder / "model_index.json").exists():
             raise GenrlError(
                 f"the shapes models are missing from {folder.parent}; rebuild them: python -m genrl.shapes.pretrain"
@@ -29,8 +30,9 @@ def resolve_model(model: str, env: Literal["lcm", "ddpm"]) -> str:
     return model
 
 
-def load_pipeline(model: str, env: Literal["lcm", "ddpm"], device: str = "cpu", dtype=torch.float32) -> Any:
-    """The pipeline for ``env``, with its scheduler set to the one the env's step maths mirror, frozen."""
+def load_pipeline(model: str, env: str, device: str = "cpu", dtype=torch.float32) -> Any:
+    """The pipeline for family ``env`` (``genrl.families``), with its scheduler set to the one the family's step
+    maths mirror, frozen."""
     source = resolve_model(model, env)
     local = Path(source).is_dir()
     if not local and (Path(source).is_absolute() or source.startswith((".", "~")) or source.count("/") > 1):
@@ -57,15 +59,9 @@ def load_pipeline(model: str, env: Literal["lcm", "ddpm"], device: str = "cpu", 
         )
     # genrl's steps never clip or threshold x0, as the reference configs (SD 1.5, LCM_Dreamshaper_v7) do not.
     no_clipping = dict(clip_sample=False, thresholding=False)
-    if env == "lcm":
-        if getattr(pipe.unet.config, "time_cond_proj_dim", None) is None:
-            raise GenrlError(
-                f"model '{model}' is not a latent consistency model (its UNet has no guidance embedding); "
-                "use --env ddpm for a diffusion model, or an LCM checkpoint"
-            )
-        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, **no_clipping)
-    else:
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **no_clipping)
+    env_family = family(env)
+    env_family.check_pipeline(pipe, model)
+    pipe.scheduler = env_family.SCHEDULER.from_config(pipe.scheduler.config, **no_clipping)
     for part in ("unet", "vae", "text_encoder"):
         getattr(pipe, part).requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)

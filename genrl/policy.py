@@ -1,26 +1,21 @@
 """The policy: the trainable denoiser and the Gaussian it defines over the next latent.
 
 ``distribution(obs)`` gives mean and std of the next latent; ``action_log_prob(dist, next_latents)`` scores an
-action under it; ``act(obs, generator)`` samples one. The step maths themselves live in ``genrl.steps``.
+action under it; ``act(obs, generator)`` samples one. Each family (``genrl.families``) subclasses it with its UNet
+call and its step maths; ``make_policy`` builds the one ``--env`` names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from peft import LoraConfig
 
+from genrl.families import family
 from genrl.noise import NoiseSlice, noise_rows
-from genrl.steps import (
-    LogProbReduction,
-    StepDistribution,
-    ddim_step,
-    gaussian_kl,
-    gaussian_log_prob,
-    lcm_step,
-)
+from genrl.steps import LogProbReduction, StepDistribution, gaussian_kl, gaussian_log_prob
 
 
 def add_lora(unet: torch.nn.Module, rank: int, alpha: float, target_modules: Sequence[str]) -> None:
@@ -83,64 +78,8 @@ class DenoisingPolicy(torch.nn.Module):
         return gaussian_kl(dist.mean, dist.std, ref.mean, ref.std, self.reduction)
 
 
-class LCMPolicy(DenoisingPolicy):
-    """Guidance enters as the w-embedding (``timestep_cond``), w = guidance_scale - 1: one UNet pass per step.
-    ``w_embedding`` (1, time_cond_proj_dim) is that embedding, as the LCM pipeline computes it (``make_policy``)."""
-
-    def __init__(
-        self,
-        unet: torch.nn.Module,
-        scheduler: Any,
-        guidance_scale: float,
-        reduction: LogProbReduction,
-        w_embedding: torch.Tensor,
-    ):
-        super().__init__(unet, scheduler, guidance_scale, reduction)
-        self.timestep_scaling = float(scheduler.config.get("timestep_scaling", 10.0))
-        self.register_buffer("w_embedding", w_embedding.to(unet.device), persistent=False)
-
-    def distribution(self, obs: dict[str, torch.Tensor]) -> StepDistribution:
-        latents = obs["latents"]
-        cond = self.w_embedding.to(latents).repeat(latents.shape[0], 1)
-        eps = self.unet(latents, obs["timestep"], obs["prompt_embeds"], timestep_cond=cond).sample
-        return lcm_step(
-            eps,
-            latents,
-            obs["timestep"],
-            obs["next_timestep"],
-            self.alphas_cumprod,
-            obs["stochastic"],
-            timestep_scaling=self.timestep_scaling,
-        )
-
-
-class DDPMPolicy(DenoisingPolicy):
-    """Classifier-free guidance by a doubled batch (unconditional, conditional), then the DDIM step."""
-
-    def __init__(
-        self, unet: torch.nn.Module, scheduler: Any, guidance_scale: float, reduction: LogProbReduction, eta: float
-    ):
-        super().__init__(unet, scheduler, guidance_scale, reduction)
-        self.eta = eta
-        self.register_buffer("final_alpha_cumprod", scheduler.final_alpha_cumprod.to(unet.device), persistent=False)
-
-    def distribution(self, obs: dict[str, torch.Tensor]) -> StepDistribution:
-        latents, t = obs["latents"], obs["timestep"]
-        if self.guidance_scale > 1:
-            embeds = torch.cat([obs["negative_prompt_embeds"], obs["prompt_embeds"]])
-            uncond, cond = self.unet(torch.cat([latents] * 2), torch.cat([t] * 2), embeds).sample.chunk(2)
-            eps = uncond + self.guidance_scale * (cond - uncond)
-        else:
-            eps = self.unet(latents, t, obs["prompt_embeds"]).sample
-        return ddim_step(eps, latents, t, obs["next_timestep"], self.alphas_cumprod, self.final_alpha_cumprod, self.eta)
-
-
 def make_policy(
-    kind: Literal["lcm", "ddpm"], pipeline: Any, guidance_scale: float, reduction: LogProbReduction, eta: float = 1.0
+    kind: str, pipeline: Any, guidance_scale: float, reduction: LogProbReduction, eta: float = 1.0
 ) -> DenoisingPolicy:
-    if kind == "lcm":
-        # The pipeline's own embedding of w = guidance_scale - 1 (computed as its __call__ does, on the CPU).
-        w = torch.tensor([guidance_scale - 1.0])
-        w_embedding = pipeline.get_guidance_scale_embedding(w, embedding_dim=pipeline.unet.config.time_cond_proj_dim)
-        return LCMPolicy(pipeline.unet, pipeline.scheduler, guidance_scale, reduction, w_embedding)
-    return DDPMPolicy(pipeline.unet, pipeline.scheduler, guidance_scale, reduction, eta)
+    """The policy of family ``kind`` (``genrl.families``) on ``pipeline``'s UNet; ``eta`` is DDIM's."""
+    return family(kind).make_policy(pipeline, guidance_scale, reduction, eta)

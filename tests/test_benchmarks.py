@@ -214,16 +214,34 @@ def test_a_run_directory_with_other_settings_is_not_taken_over(tmp_path, monkeyp
         main(dataclasses.replace(args, queries=8, eval_queries=4))
 
 
-def _cli_errors(*args: str, env: dict | None = None) -> list[str]:
-    """Runs ``python -m benchmarks.run ARGS``, which must fail with exit code 2; its stderr lines."""
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", *args], capture_output=True, text=True, env=env)
-    assert proc.returncode == 2, proc.stderr
-    return proc.stderr.strip().splitlines()
+def _cli_errors(*args: str, real_process: bool = False) -> list[str]:
+    """``python -m benchmarks.run ARGS``, which must fail with exit code 2: its stderr lines. ``real_process``: run
+    as a command (once, for the exit status and the lines a real process prints), else ``cli()`` in this process."""
+    if real_process:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.run", *args], capture_output=True, text=True, env=env)
+        assert proc.returncode == 2, proc.stderr
+        return proc.stderr.strip().splitlines()
+    with pytest.MonkeyPatch.context() as patch, _capture_stderr() as err:
+        patch.setattr(sys, "argv", ["benchmarks.run", *args])
+        with pytest.raises(SystemExit) as exit_:
+            suite.cli()
+    assert exit_.value.code == 2, err.getvalue()
+    return err.getvalue().strip().splitlines()
 
 
-def test_the_paper_suite_says_what_it_needs(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-cache")}
-    lines = _cli_errors("--suite", "paper", "--output-dir", str(tmp_path / "out"), env=env)
+def _capture_stderr():
+    import contextlib
+    import io
+
+    return contextlib.redirect_stderr(io.StringIO())
+
+
+def test_the_paper_suite_says_what_it_needs(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    lines = _cli_errors("--suite", "paper", "--output-dir", str(tmp_path / "out"))
     assert len(lines) == 1 and lines[0].startswith("error: the paper suite cannot run here")
     assert "SimianLuo/LCM_Dreamshaper_v7" in lines[0] and "GPU" in lines[0]
     assert not (tmp_path / "out" / "results.json").exists()
@@ -243,7 +261,7 @@ def test_report_only_without_results_is_a_one_line_error(tmp_path):
 
 def test_report_only_on_a_broken_results_file_is_a_one_line_error_that_keeps_it(tmp_path):
     (tmp_path / "results.json").write_text('{"tasks": ')
-    lines = _cli_errors("--report-only", "--output-dir", str(tmp_path))
+    lines = _cli_errors("--report-only", "--output-dir", str(tmp_path), real_process=True)
     assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'results.json'} is not valid JSON")
     assert (tmp_path / "results.json").read_text() == '{"tasks": '
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, LatentConsistencyModelPipeline, LCMScheduler, StableDiffusionPipeline
 
-import genrl.envs
-from genrl.envs import DDPMEnv, LCMEnv, make_env
+from genrl.envs import make_env
+from genrl.families.ddpm import DDPMEnv
+from genrl.families.lcm import LCMEnv
 from genrl.policy import make_policy
 from genrl.rewards import CheckedReward, jpeg_incompressibility
 from genrl.rollout import SamplingBatch, collect
@@ -110,7 +111,7 @@ def test_ddpm_env_rollout_equals_the_diffusers_sd_pipeline_with_ddim_eta_1():
 
 def test_reset_needs_one_prompt_per_sub_env():
     pipe = tiny("lcm")
-    env = genrl.envs.LCMEnv(2, pipe, jpeg_incompressibility, num_steps=2)
+    env = LCMEnv(2, pipe, jpeg_incompressibility, num_steps=2)
     with pytest.raises(ValueError, match="2 prompts"):
         env.reset(options={"prompts": ["only one"]})
     with pytest.raises(ValueError, match="as a list of 2 strings"):  # not the prompts "a" and "b"
@@ -118,7 +119,7 @@ def test_reset_needs_one_prompt_per_sub_env():
 
 
 def test_step_refuses_actions_it_cannot_mean():
-    env = genrl.envs.LCMEnv(2, tiny("lcm"), jpeg_incompressibility, num_steps=2)
+    env = LCMEnv(2, tiny("lcm"), jpeg_incompressibility, num_steps=2)
     obs, _ = env.reset(seed=0, options={"prompts": ["a", "b"]})
     good = torch.zeros_like(obs["latents"])
     wrong_shape = {"next_latents": good[:1], "pred_original": good[:1]}

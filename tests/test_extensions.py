@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from genrl.advantages import compute_advantages, group_advantages, informative_groups
-from genrl.envs import DDPMEnv, LCMEnv
+from genrl.families.ddpm import DDPMEnv
+from genrl.families.lcm import LCMEnv
 from genrl.policy import add_lora, make_policy
 from genrl.rollout import SamplingBatch, collect
 from genrl.steps import gaussian_kl

@@ -7,6 +7,8 @@ import torch
 from diffusers import DDIMScheduler, LCMScheduler
 
 from genrl import steps
+from genrl.families.ddpm import ddim_step
+from genrl.families.lcm import lcm_step
 
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
@@ -25,7 +27,7 @@ def test_lcm_step_matches_diffusers_given_the_same_noise(num_steps):
         ref = sched.step(eps, t, sample, generator=noise_gen)
         last = i == num_steps - 1
         nxt = t if last else schedule[i + 1]
-        dist = steps.lcm_step(
+        dist = lcm_step(
             eps,
             sample,
             torch.full((3,), t),
@@ -45,9 +47,9 @@ def test_lcm_step_per_sample_timesteps_match_one_at_a_time():
     x, eps = torch.randn(2, 3, 4, 8, 8)
     t, nxt = torch.tensor([999, 499, 259]), torch.tensor([759, 259, 259])
     stoch = torch.tensor([True, True, False])
-    joint = steps.lcm_step(eps, x, t, nxt, ac, stoch)
+    joint = lcm_step(eps, x, t, nxt, ac, stoch)
     for i in range(3):
-        one = steps.lcm_step(eps[i : i + 1], x[i : i + 1], t[i : i + 1], nxt[i : i + 1], ac, stoch[i : i + 1])
+        one = lcm_step(eps[i : i + 1], x[i : i + 1], t[i : i + 1], nxt[i : i + 1], ac, stoch[i : i + 1])
         assert torch.equal(joint.mean[i], one.mean[0]) and torch.equal(joint.std[i], one.std[0])
 
 
@@ -62,7 +64,7 @@ def test_ddim_step_matches_diffusers_given_the_same_noise(set_alpha_to_one):
         noise = torch.randn(sample.shape, generator=gen)
         ref = sched.step(eps, t, sample, eta=1.0, variance_noise=noise)
         prev = torch.full((2,), t - 1000 // 10)
-        dist = steps.ddim_step(
+        dist = ddim_step(
             eps, sample, torch.full((2,), t), prev, sched.alphas_cumprod, sched.final_alpha_cumprod, eta=1.0
         )
         assert torch.equal(dist.pred_original, ref.pred_original_sample)
@@ -132,7 +134,7 @@ DDPM_PROMPTS = ["a red cat", "a blue dog", "a green frog"]
 
 def _ddpm_setup(num_steps: int, **scheduler_overrides):
     """The tiny SD pipeline with a DDIM scheduler, its env and policy (guidance 5, eta 1, mean log-probs)."""
-    from genrl.envs import DDPMEnv
+    from genrl.families.ddpm import DDPMEnv
     from genrl.policy import make_policy
     from genrl.rewards import jpeg_incompressibility
     from tests.helpers import tiny

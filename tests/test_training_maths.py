@@ -8,7 +8,8 @@ from genrl.advantages import PerPromptStatTracker, batch_advantages
 from genrl.algos import ppo, reinforce
 from genrl.algos.common import PolicyGradientConfig
 from genrl.buffer import TrajectoryBuffer
-from genrl.envs import DDPMEnv, LCMEnv
+from genrl.families.ddpm import DDPMEnv
+from genrl.families.lcm import LCMEnv
 from genrl.policy import add_lora, make_policy
 from genrl.rewards import jpeg_incompressibility
 from genrl.rollout import SamplingBatch, collect

@@ -24,6 +24,7 @@ import torch
 from genrl.algos.base import EpochBatch
 from genrl.algos.common import EpochMeans, check_settings, flag, optimizer_step
 from genrl.errors import GenrlError
+from genrl.families import family
 from genrl.policy import DenoisingPolicy
 from genrl.rollout import Rollout
 
@@ -65,8 +66,7 @@ class DPG:
             )
         if run.async_rewards:
             raise GenrlError("--async-rewards cannot carry a reward's gradient; drop it for --algo dpg")
-        # An LCM step is a short jump that every step shares; DDIM's 20-50 steps would keep too many graphs.
-        default = run.num_steps if run.env == "lcm" else 1
+        default = family(run.env).default_grad_steps(run.num_steps)
         self.grad_steps = default if cfg.truncation is None else cfg.truncation
         if not 1 <= self.grad_steps <= run.num_steps:
             raise GenrlError(

@@ -20,7 +20,7 @@ batches of one (``genrl.policy``), so that a policy can step this env by hand.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -28,6 +28,7 @@ import torch
 
 from genrl.envs.actions import as_action_tensors
 from genrl.envs.base import DenoisingEnv
+from genrl.envs.make import make_env
 from genrl.models import load_pipeline
 from genrl.prompts import load_prompts
 from genrl.rewards import RewardFn, load_reward
@@ -57,11 +58,12 @@ class SingleImageEnv(gym.Env):
     model, loaded on ``device``). ``reward_fn``: a reward, a ``--reward`` string (default JPEG compressibility), or
     None to leave the scoring to the caller (NaN rewards, the images in ``info``). ``num_steps``: default the shapes
     preset's. ``prompts``: a list to draw from, or a prompt set name. ``env_options`` go to the batched env
-    (``resolution``; LCM: ``noise_last_step``).
+    (``resolution``; LCM: ``noise_last_step``). Each family subclasses it with its ``kind`` and its
+    ``default_num_steps`` (``genrl.families``).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
-    kind: ClassVar[Literal["lcm", "ddpm"]]
+    kind: ClassVar[str]  # the family's --env name (genrl.families)
     default_num_steps: ClassVar[int]
 
     def __init__(
@@ -73,8 +75,6 @@ class SingleImageEnv(gym.Env):
         device: str = "cpu",
         **env_options: Any,
     ):
-        from genrl.envs import make_env  # here: genrl.envs imports this module
-
         if isinstance(pipeline, str):
             pipeline = load_pipeline(pipeline, self.kind, device=device)
         if isinstance(reward_fn, str):
@@ -148,17 +148,3 @@ class SingleImageEnv(gym.Env):
     def from_policy(self, action: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         """A policy's action for a batch of one (``to_policy``'s observation) as an action of ``action_space``."""
         return _numpy_row(action, self.action_space)
-
-
-class SingleLCMEnv(SingleImageEnv):
-    """``gymnasium.make("genrl/LCM-v0")``: one image of ``genrl.envs.LCMEnv``."""
-
-    kind = "lcm"
-    default_num_steps = 4  # the shapes-rlcm presets' horizon
-
-
-class SingleDDPMEnv(SingleImageEnv):
-    """``gymnasium.make("genrl/DDPM-v0")``: one image of ``genrl.envs.DDPMEnv``."""
-
-    kind = "ddpm"
-    default_num_steps = 20  # the shapes-ddpo presets' horizon

@@ -40,9 +40,10 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from genrl.errors import GenrlError
+from genrl.families.ddpm import ddim_step
+from genrl.families.lcm import lcm_step
 from genrl.shapes import components, shipped_dir
 from genrl.shapes.world import ATTRIBUTES, sample_dataset
-from genrl.steps import ddim_step, lcm_step
 
 SHIPPED = shipped_dir()
 Stage = Literal["all", "vae", "classifier", "teacher", "lcm", "export", "evaluate"]
