@@ -124,10 +124,7 @@ def save_checkpoint(
     final = checkpoints / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
-    link = checkpoints / f".{LATEST}.tmp"
-    link.unlink(missing_ok=True)
-    link.symlink_to(name)
-    os.replace(link, checkpoints / LATEST)
+    _point_latest_at(final)
 
     for _, old in checkpoint_epochs(checkpoints)[:-keep]:  # by epoch number, never as text
         if old != final:
@@ -180,11 +177,16 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
     newest = complete[-1]
     link = checkpoints / LATEST
     if not link.is_symlink() or link.resolve() != newest.resolve():
-        fresh = checkpoints / f".{LATEST}.tmp"
-        fresh.unlink(missing_ok=True)
-        fresh.symlink_to(newest.name)
-        os.replace(fresh, link)
+        _point_latest_at(newest)
     return newest
+
+
+def _point_latest_at(folder: Path) -> None:
+    """Switch ``latest`` to ``folder`` atomically: a new link beside it, renamed over it."""
+    link = folder.parent / f".{LATEST}.tmp"
+    link.unlink(missing_ok=True)
+    link.symlink_to(folder.name)
+    os.replace(link, folder.parent / LATEST)
 
 
 def load_checkpoint(

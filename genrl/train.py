@@ -529,7 +529,7 @@ def main(argv: list[str] | None = None) -> None:
             "and continue with --resume RUN_DIR (the latest complete checkpoint is kept)",
             file=sys.stderr,
         )
-        raise SystemExit(2) from None
+        raise SystemExit(1) from None
     except OSError as exc:
         if exc.errno not in _WRITE_ERRORS:
             raise
@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> None:
             "another --output-dir, then continue with --resume RUN_DIR (the latest complete checkpoint is kept)",
             file=sys.stderr,
         )
-        raise SystemExit(1) from None
+        raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("interrupted; the latest complete checkpoint is kept: continue with --resume RUN_DIR", file=sys.stderr)
         raise SystemExit(130) from None

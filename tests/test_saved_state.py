@@ -1,6 +1,7 @@
 """Nothing lost: --resume finds the newest checkpoint by epoch number whatever ``latest`` says, pruning orders by
 number, every saved tensor is finite at save and at load, and every damaged saved file is one line (issue 25)."""
 
+import errno
 import json
 import resource
 import shutil
@@ -16,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from genrl.checkpoint import checkpoint_epochs, save_checkpoint
 from genrl.errors import GenrlError
+from genrl.rundir import RunDir
 from genrl.train import main
 from tests.helpers import expect_error, fast_args, logged_metrics, tiny
 
@@ -230,6 +232,15 @@ def test_a_metrics_file_that_is_a_folder_is_one_line(_run, tmp_path, capsys):
     (run / "metrics.jsonl").mkdir()
     capsys.readouterr()
     expect_error(capsys, ["--resume", str(run), "--epochs", "3"], "metrics.jsonl is unreadable")
+
+
+def test_a_write_that_fails_for_want_of_space_is_one_line(tmp_path, capsys, monkeypatch):
+    def full_disk(self, metrics):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.metrics_path))
+
+    monkeypatch.setattr(RunDir, "log_metrics", full_disk)
+    line = expect_error(capsys, fast_args(tmp_path, "r", "--epochs", "1"), "metrics.jsonl (No space left on device)")
+    assert "free disk space" in line and "--resume" in line
 
 
 _WITH_FILE_SIZE_LIMIT = (  # a disk that takes nothing over 1 MB: the 3 MB checkpoint cannot be written
