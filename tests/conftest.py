@@ -16,3 +16,25 @@ def _isolated_cache(tmp_path_factory):
     """Tiny pipelines are built once per test session into a private cache."""
     os.environ["GENRL_CACHE"] = str(tmp_path_factory.mktemp("genrl-cache"))
     yield
+
+
+# The slowest files first (measured with --durations): with two workers taking whole files (--dist loadfile), a
+# slow file started last leaves one worker running it alone at the end.
+_SLOW_FILES = (
+    "test_multiprocess_layouts.py",
+    "test_multiprocess_failures.py",
+    "test_multiprocess.py",
+    "test_train.py",
+    "test_reliability.py",
+    "test_benchmarks.py",
+    "test_pretrain.py",
+    "test_training_maths.py",
+    "test_saved_state.py",
+    "test_extensions.py",
+    "test_errors.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(_SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order

@@ -29,6 +29,9 @@ from genrl.rewards.serve import main as serve_main
 from genrl.train import main
 from tests.helpers import fast_args
 
+# serve_forever's poll interval, which shutdown() waits out: 0.5 s by default, for each of some 70 servers.
+POLL_S = 0.02
+
 
 @pytest.fixture
 def serve():
@@ -37,7 +40,7 @@ def serve():
     def start(reward, **settings):
         checked = reward if isinstance(reward, CheckedReward) else CheckedReward(reward, "test")
         server = make_server(checked, ServeConfig("test", host="127.0.0.1", port=0, **settings))
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(POLL_S,), daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}"
 
@@ -359,7 +362,7 @@ class _Flaky(BaseHTTPRequestHandler):
 def test_the_client_retries_only_what_may_pass(codes, outcome):
     handler = type("Handler", (_Flaky,), {"codes": codes, "seen": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(POLL_S,), daemon=True).start()
     try:
         reward = RemoteReward(f"http://127.0.0.1:{server.server_address[1]}?retries=3&backoff=0.01&timeout=10")
         if isinstance(outcome, int):

@@ -117,7 +117,7 @@ class PretrainConfig:
             teacher_batch=8,
             lcm_steps=3,
             lcm_batch=4,
-            eval_images=8,
+            eval_images=4,
         )
 
 

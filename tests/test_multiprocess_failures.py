@@ -1,0 +1,47 @@
+"""One process of a launched run fails, stalls, or finds its reward server down: the whole run stops with one line."""
+
+import pytest
+
+from genrl.distributed import free_port
+from genrl.shapes.tiny import tiny_pipeline_dir
+from tests.helpers import fast_args
+from tests.launching import launch, reward_plugins
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tiny_pipeline_built():
+    """Built once here: two processes that find no tiny pipeline in the cache would both build it."""
+    tiny_pipeline_dir(lcm=True)
+
+
+@pytest.fixture(scope="module")
+def plugins(tmp_path_factory):
+    yield from reward_plugins(tmp_path_factory.mktemp("plugins"))
+
+
+@pytest.mark.parametrize(
+    "reward, launcher",
+    [("dies_on_rank_one", "genrl"), ("stalls_on_rank_one", "genrl"), ("dies_on_rank_one", "accelerate")],
+)
+def test_a_process_that_dies_or_stalls_ends_the_run_with_an_error(tmp_path, plugins, reward, launcher):
+    args = ["--sample-batch-size", "2", "--ppo.train-batch-size", "2", "--process-timeout-s", "5"]
+    run_args = fast_args(tmp_path, "run", *args, "--reward", f"failing_rewards:{reward}")
+    proc = launch(2, run_args, timeout=90, pythonpath=str(plugins), launcher=launcher)  # not a hang
+    assert proc.returncode != 0
+    assert "error: another process of this run stopped or stalled" in proc.stderr, proc.stderr[-3000:]
+    if reward == "dies_on_rank_one":
+        assert "error: reward 'failing_rewards:dies_on_rank_one' raised RuntimeError" in proc.stderr
+    if launcher == "genrl":  # accelerate's launcher ends with ChildFailedError's traceback instead
+        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert proc.stderr.strip().splitlines()[-1].startswith("error: the run stopped (process 0: ")
+
+
+def test_a_reward_server_that_is_down_stops_every_process(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}?retries=2&backoff=0.01"  # nothing listens there
+    args = fast_args(tmp_path, "r", "--sample-batch-size", "2", "--ppo.train-batch-size", "2", "--reward", url)
+    proc = launch(2, args, timeout=90)
+    assert proc.returncode != 0
+    # In one line, on each process that gets to it before the launcher stops it: one process's failure stops the rest.
+    assert proc.stderr.count("error: reward server") in (1, 2), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith("error: the run stopped")
+    assert not (tmp_path / "r" / "checkpoints" / "latest").exists()

@@ -1,0 +1,67 @@
+"""Two processes follow one over several minibatches and epochs, with and without gradient accumulation, and a
+two-process run resumed is the uninterrupted run."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from genrl.shapes.tiny import tiny_pipeline_dir
+from tests.helpers import expect_error, logged_metrics
+from tests.launching import assert_two_follow_one, launch, reward_plugins, train_layout
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tiny_pipeline_built():
+    """Built once here: two processes that find no tiny pipeline in the cache would both build it."""
+    tiny_pipeline_dir(lcm=True)
+
+
+@pytest.fixture(scope="module")
+def plugins(tmp_path_factory):
+    yield from reward_plugins(tmp_path_factory.mktemp("plugins"))
+
+
+@pytest.fixture(scope="module")
+def layout_runs(tmp_path_factory, plugins):
+    """``layout_runs(layout)``: the folder of its runs on one and two processes, trained once for the module. The
+    two-process runs keep every checkpoint: the resume test below continues one from its first."""
+    runs = {}
+
+    def get(layout: str):
+        if layout not in runs:
+            home = tmp_path_factory.mktemp("layout")
+            runs[layout] = train_layout(home, layout, plugins, "--save-every", "1", "--keep-checkpoints", "3")
+        return runs[layout]
+
+    return get
+
+
+@pytest.mark.parametrize("layout", ["accumulation 1", "accumulation 2"])
+def test_two_processes_follow_one_process_over_several_minibatches_and_epochs(layout_runs, layout):
+    assert_two_follow_one(layout_runs(layout), layout)
+
+
+def _stopped_after_epoch_one(run: Path, copy: Path) -> Path:
+    """``copy``: ``run`` as it was when its first epoch had ended (its later checkpoints and records gone)."""
+    shutil.copytree(run, copy, symlinks=True)
+    for later in ("epoch-0002", "epoch-0003"):
+        shutil.rmtree(copy / "checkpoints" / later)  # the run saved one checkpoint an epoch
+    (copy / "checkpoints" / "latest").unlink()
+    first = [line for line in (copy / "metrics.jsonl").read_text().splitlines(True) if json.loads(line)["epoch"] == 1]
+    (copy / "metrics.jsonl").write_text("".join(first))
+    return copy
+
+
+def test_two_process_run_resumed_gives_the_uninterruptedlogged_metrics(layout_runs, plugins, tmp_path, capsys):
+    straight = layout_runs("accumulation 1") / "two"  # 3 epochs on two processes, uninterrupted
+    _stopped_after_epoch_one(straight, tmp_path / "split")
+    proc = launch(2, ["--resume", str(tmp_path / "split"), "--epochs", "3"], pythonpath=str(plugins))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    straight, split = logged_metrics(straight), logged_metrics(tmp_path / "split")
+    assert [m["epoch"] for m in split] == [1, 2, 3]
+    for a, b in zip(straight, split):
+        assert (a["reward_mean"], a["loss"], a["reward_queries"]) == (b["reward_mean"], b["loss"], b["reward_queries"])
+    # The same run on another number of processes would not be the same run.
+    expect_error(capsys, ["--resume", str(tmp_path / "split"), "--epochs", "4"], "trained on 2 processes")
