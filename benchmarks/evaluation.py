@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.methods import METHODS, PAPER_DDIM_STEPS
+from benchmarks.methods import METHODS
 from benchmarks.runs import run_directory
 from genrl.assemble import assemble
 from genrl.config import TrainConfig, replace_config
 from genrl.envs import make_env
+from genrl.families import family
 from genrl.prompts import load_prompts
 from genrl.rollout import SamplingBatch, collect
 from genrl.rundir import atomic_write_text, image_grid
@@ -56,13 +57,8 @@ class Evaluator:
 
 
 def evaluation_steps(cfg: TrainConfig, quick: bool = False) -> list[int]:
-    """Inference steps swept for the budget figure: the LCM's H, or DDIM steps up to the paper's 50. Quick: the
-    training horizon (and DDIM's 50), enough for the inference speed-ups."""
-    if cfg.env == "lcm":
-        return [cfg.num_steps] if quick else sorted({2, 4, 8, cfg.num_steps})
-    if quick:
-        return sorted({cfg.num_steps, PAPER_DDIM_STEPS})
-    return sorted({max(2, cfg.num_steps // 4), max(2, cfg.num_steps // 2), cfg.num_steps, PAPER_DDIM_STEPS})
+    """Inference steps swept for the budget figure, as the run's family chooses them."""
+    return family(cfg.env).evaluation_steps(cfg.num_steps, quick)
 
 
 def evaluate_method(cfg: TrainConfig, lora: Path | None, settings: EvaluationSettings, cache: Path) -> dict:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from genrl.config import PRESETS, TrainConfig, replace_config
+from genrl.families.ddpm import PAPER_STEPS
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (RLCM_PPO, DDPO_PPO, RLCM_REINF
 """Every method by its name, in the order the suite runs, reports and plots them."""
 HEADLINE = tuple(m for m in METHODS.values() if m.headline)
 
-PAPER_DDIM_STEPS = 50
+PAPER_DDIM_STEPS = PAPER_STEPS
 """DDPO's sampler in the paper: the inference speed-up is also measured against it."""
 
 

@@ -23,6 +23,7 @@ import tyro
 
 from genrl.assemble import assemble
 from genrl.config import PRESETS, TrainConfig
+from genrl.families import family
 from genrl.train import train
 
 
@@ -52,7 +53,8 @@ class Args:
 
 def unet_passes(cfg: TrainConfig, num_stochastic_steps: int) -> tuple[list[int], list[int]]:
     """Batch sizes of every UNet pass an epoch makes: forward-only (sampling), forward+backward (training)."""
-    cfg_factor = 2 if cfg.env == "ddpm" and cfg.guidance_scale > 1 else 1
+    # Classifier-free guidance doubles the batch unless the UNet takes guidance as an embedding (an LCM).
+    cfg_factor = 2 if not family(cfg.env).GUIDANCE_EMBEDDED and cfg.guidance_scale > 1 else 1
     sampling = [cfg.sample_batch_size * cfg_factor] * (cfg.batches_per_epoch * cfg.num_steps)
     training = []
     settings = cfg.algo_config  # PPO's or REINFORCE's minibatch loop

@@ -21,7 +21,7 @@ def test_a_family_module_holds_every_part_the_registry_names(name):
     assert issubclass(policy_class, DenoisingPolicy)
     for part in ("SCHEDULER", "SHAPES_MODEL", "GUIDANCE_EMBEDDED"):
         assert hasattr(module, part), part
-    for hook in ("check_pipeline", "env_options", "validate", "default_grad_steps"):
+    for hook in ("check_pipeline", "env_options", "validate", "default_grad_steps", "evaluation_steps"):
         assert callable(getattr(module, hook)), hook
 
 

@@ -12,6 +12,7 @@ samplers, under these names:
     env_options(noise_last_step)      the batched env's family-specific keyword arguments
     validate(cfg)                     the TrainConfig checks that only this family makes
     default_grad_steps(num_steps)     how many last steps DPG backpropagates through unless told
+    evaluation_steps(num_steps, quick)  the step counts a benchmark evaluates a trained model at
     SHAPES_MODEL, GUIDANCE_EMBEDDED   which embedded shapes model, and which tiny pipeline, 'shapes'/'tiny' load
 
 Adding a family is its module plus one line of ``FAMILIES``. Modules are imported by name when first asked for, so

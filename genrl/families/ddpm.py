@@ -165,3 +165,15 @@ def validate(cfg: Any) -> None:
 def default_grad_steps(num_steps: int) -> int:
     # DDIM's 20-50 steps would keep too many graphs: DPG backpropagates through the last one unless told.
     return 1
+
+
+PAPER_STEPS = 50
+"""DDPO samples with 50 DDIM steps."""
+
+
+def evaluation_steps(num_steps: int, quick: bool) -> list[int]:
+    """The step counts a benchmark evaluates a trained model at: fractions of the training horizon, and the paper's
+    50 (quick: the horizon and 50, enough for the inference speed-ups)."""
+    if quick:
+        return sorted({num_steps, PAPER_STEPS})
+    return sorted({max(2, num_steps // 4), max(2, num_steps // 2), num_steps, PAPER_STEPS})

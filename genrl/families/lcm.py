@@ -189,3 +189,8 @@ def validate(cfg: Any) -> None:
 def default_grad_steps(num_steps: int) -> int:
     # An LCM step is a short jump that every step shares: DPG can keep the graphs of all of them.
     return num_steps
+
+
+def evaluation_steps(num_steps: int, quick: bool) -> list[int]:
+    """The step counts a benchmark evaluates a trained model at: the LCM's few (quick: its training horizon)."""
+    return [num_steps] if quick else sorted({2, 4, 8, num_steps})
