@@ -16,6 +16,7 @@ from genrl.envs import DenoisingEnv, make_env
 from genrl.errors import GenrlError
 from genrl.models import load_pipeline
 from genrl.policy import DenoisingPolicy, add_lora, make_policy
+from genrl.precision import cast_frozen, half_dtype
 from genrl.rewards import load_reward
 from genrl.rewards.base import CheckedReward
 
@@ -83,5 +84,8 @@ def assemble(
         pipeline.unet.requires_grad_(True)
     if hasattr(algorithm, "prepare"):
         algorithm.prepare(pipeline, reward)
+    half = half_dtype(cfg.mixed_precision)
+    cast_frozen(pipeline, half)  # once the trainable weights are known: they stay fp32
     policy = make_policy(cfg.env, pipeline, cfg.guidance_scale, cfg.logprob_reduction, cfg.eta).eval()
+    policy.autocast_dtype = half
     return Assembly(pipeline, env, policy, reward, algorithm)

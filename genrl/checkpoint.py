@@ -287,6 +287,9 @@ def state_problem(state: Any) -> str | None:
     tracker = state.get("tracker")
     if tracker is not None and not _is_tracker(tracker):
         return "has a 'tracker' that is not per-prompt statistics (buffer_size, min_count, history of rewards)"
+    scaling = state.get("loss_scaling", {})
+    if not isinstance(scaling, dict) or not all(_is_number(v) for v in scaling.values()):
+        return "has a 'loss_scaling' that is not fp16's scaler state (numbers by name)"
     return None
 
 

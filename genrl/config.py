@@ -22,6 +22,7 @@ from genrl.algos.ppo import PPOConfig
 from genrl.algos.registry import algorithm_class, make_algorithm, settings_name
 from genrl.errors import GenrlError
 from genrl.families import FamilyName, family
+from genrl.precision import MixedPrecision
 
 # The attention projections of every transformer block, where the reference implementations put LoRA.
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -59,6 +60,12 @@ class TrainConfig:
     """torch device, e.g. cpu, cuda, cuda:1."""
     process_timeout_s: float = 600.0
     """Several processes: how long one waits for another that hangs before the run stops with an error."""
+    mixed_precision: MixedPrecision = "no"
+    """fp16 or bf16: the frozen weights (VAE, text encoder, the UNet under LoRA) in that dtype and the UNet run under
+    autocast; the trainable weights, the step's mean, std and log-prob, the ratio and the advantages stay fp32
+    (genrl/precision.py). fp16 scales the loss. The paper presets use fp16, as the reference codes do on GPUs."""
+    allow_tf32: bool = True
+    """CUDA: TF32 matrix multiplies and convolutions, as ddpo-pytorch allows (no effect on a CPU)."""
 
     # Sampling
     num_steps: int = 4
@@ -403,8 +410,8 @@ def _preset(**fields: Any) -> TrainConfig:
 # the per-prompt statistics, which it updates once a round.
 # Also as the official code: torch.optim.Adam, no weight decay; every one of the H steps noised and trained (its
 # LCMScheduler.step noises the last step too); a checkpoint every 10 of its epochs (save_interval).
-# Not representable here: its LinearLR schedule (lr to 0 over 3 x num_epochs, stepped once an official epoch, so
-# the lr ends at 2/3 of its start) and fp16 mixed precision.
+# fp16 mixed precision (accelerate's, with the LoRA weights in fp32), as here. Not representable here: its LinearLR
+# schedule (lr to 0 over 3 x num_epochs, stepped once an official epoch, so the lr ends at 2/3 of its start).
 _RLCM_ROUNDS = 10  # the yaml's batches_per_epoch (Table 1's "Batches Per Epoch"): rounds per official epoch
 _RLCM_JPEG = dict(
     model="SimianLuo/LCM_Dreamshaper_v7",
@@ -432,6 +439,7 @@ _RLCM_JPEG = dict(
     lora_alpha=32.0,
     epochs=100 * _RLCM_ROUNDS,
     save_every=10 * _RLCM_ROUNDS,
+    mixed_precision="fp16",
 )
 # DDPO: ddpo-pytorch's config/dgx.py (per GPU, 8 GPUs; 6 for alignment), whose hyperparameters the RLCM paper
 # ran DDPO with (section 5), on Dreamshaper v7 rather than dgx.py's CompVis/stable-diffusion-v1-4. The rest is
@@ -464,6 +472,7 @@ _DDPO_JPEG = dict(
     lora_alpha=4.0,
     epochs=100,
     save_every=1,
+    mixed_precision="fp16",  # base.py; allow_tf32 True, the default here too
 )
 
 # CPU scale on the embedded shapes models (RLCM compression is the field defaults). Each method keeps its published

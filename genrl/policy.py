@@ -15,6 +15,7 @@ from peft import LoraConfig
 
 from genrl.families import family
 from genrl.noise import NoiseSlice, noise_rows
+from genrl.precision import autocast
 from genrl.steps import LogProbReduction, StepDistribution, gaussian_kl, gaussian_log_prob
 
 
@@ -27,12 +28,22 @@ def add_lora(unet: torch.nn.Module, rank: int, alpha: float, target_modules: Seq
 
 
 class DenoisingPolicy(torch.nn.Module):
+    autocast_dtype: torch.dtype | None = None
+    """``--mixed-precision``'s half dtype, which ``denoise`` runs the UNet in (None: the weights' own)."""
+
     def __init__(self, unet: torch.nn.Module, scheduler: Any, guidance_scale: float, reduction: LogProbReduction):
         super().__init__()
         self.unet = unet
         self.guidance_scale = guidance_scale
         self.reduction: LogProbReduction = reduction
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.to(unet.device), persistent=False)
+
+    def denoise(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The UNet's prediction, at least fp32: under autocast where mixed precision is on, cast up after it, so
+        that every family's step maths (mean, std, log-prob) run in fp32 (``genrl.precision``)."""
+        with autocast(self.alphas_cumprod.device.type, self.autocast_dtype):
+            prediction = self.unet(*args, **kwargs).sample
+        return prediction.to(torch.promote_types(prediction.dtype, torch.float32))
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.unet.parameters() if p.requires_grad]

@@ -49,8 +49,10 @@ from genrl.config import (
 )
 from genrl.distributed import Processes
 from genrl.envs import DenoisingEnv
+from genrl.envs.actions import NonFiniteAction
 from genrl.errors import GenrlError
 from genrl.policy import DenoisingPolicy
+from genrl.precision import NO_SCALING, LossScaling
 from genrl.prompts import load_prompts
 from genrl.rewards.base import CheckedReward
 from genrl.rewards.shapes import is_shapes_prompt, shapes_alignment
@@ -145,6 +147,7 @@ class Training:
     algorithm: Algorithm
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_scaling: LossScaling = NO_SCALING
     tracker: PerPromptStatTracker | None = None
     ema: EMAModel | None = None
     background_reward: tuple[CheckedReward, ThreadPoolExecutor] | None = None
@@ -156,6 +159,7 @@ def build(cfg: TrainConfig) -> Training:
     """Prompts, reward, algorithm, model, env, policy, optimizer: every check that can fail, before any run."""
     prompt_pool = load_prompts(cfg.prompts)
     processes = Processes(cfg.device, cfg.process_timeout_s)
+    _set_up_precision(cfg, processes.device)
     parts = assemble(cfg, processes.device, score_in_env=not cfg.async_rewards)
     pipe, env, policy, algorithm = parts.pipeline, parts.env, parts.policy, parts.algorithm
     background = None
@@ -180,6 +184,7 @@ def build(cfg: TrainConfig) -> Training:
         algorithm,
         optimizer,
         get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=0, num_training_steps=cfg.epochs),
+        loss_scaling=LossScaling(cfg.mixed_precision, processes.device),
         background_reward=background,
     )
     if cfg.eval_every > 0:
@@ -190,6 +195,15 @@ def build(cfg: TrainConfig) -> Training:
         training.ema = EMAModel(policy.trainable_parameters(), decay=cfg.ema_decay)
         optimizer.register_step_post_hook(lambda *_: training.ema.step(policy.trainable_parameters()))
     return training
+
+
+def _set_up_precision(cfg: TrainConfig, device: str) -> None:
+    """TF32 on CUDA as asked; a half dtype the device cannot compute in is refused before anything loads."""
+    if torch.device(device).type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
+    if cfg.mixed_precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise GenrlError("--mixed-precision bf16 needs a GPU with bfloat16 (Ampere or newer); use fp16 on this one")
 
 
 def resume(t: Training, checkpoint: Path) -> None:
@@ -210,6 +224,7 @@ def resume(t: Training, checkpoint: Path) -> None:
                     f"{saved_with[name]!r}; restore config.json's {name} (the checkpoint only fits that)"
                 )
     t.counters = state["counters"]
+    t.loss_scaling.load_state_dict(state.get("loss_scaling") or {})  # fp16's scale; another precision has none
     if t.tracker is not None and state.get("tracker"):
         t.tracker.load_state_dict(state["tracker"])
 
@@ -240,11 +255,14 @@ def _sampling_batches(cfg: TrainConfig, prompt_pool: list[str], epoch: int, proc
     ]
 
 
-def _sampler(t: Training):
+def _sampler(t: Training, epoch: int):
     shared_noise = t.cfg.group_size if t.cfg.group_shared_noise else 1
 
     def sample(batch: SamplingBatch, grad_steps: int = 0) -> Rollout:
-        return collect(t.env, t.policy, batch, shared_noise, grad_steps, t.background_reward)
+        try:
+            return collect(t.env, t.policy, batch, shared_noise, grad_steps, t.background_reward)
+        except NonFiniteAction:  # weights still finite, but too large for the UNet's range (fp16's, say)
+            raise _diverged(epoch, "samples", t.cfg) from None
 
     return sample
 
@@ -261,11 +279,12 @@ def epoch_batch(t: Training, epoch: int) -> EpochBatch:
 
     return EpochBatch(
         batches=_sampling_batches(cfg, t.prompt_pool, epoch, t.processes),
-        sampler=_sampler(t),
+        sampler=_sampler(t, epoch),
         advantages_of=advantages_of,
         processes=t.processes,
         generator=torch.Generator().manual_seed(derived_seed(cfg.seed, epoch, 0, 3)),
         group_size=cfg.group_size,
+        loss_scaling=t.loss_scaling,
     )
 
 
@@ -278,7 +297,7 @@ def run_epoch(t: Training, epoch: int) -> tuple[list[Rollout], dict]:
     stats = t.processes.mean(update)
     rewards = batch.global_rewards()
     elapsed = time.perf_counter() - start
-    _check_finite(epoch, stats, t.policy, t.cfg)
+    _check_finite(epoch, stats, t.policy, t.cfg, t.loss_scaling)
     t.lr_scheduler.step()
     rollouts = batch.rollouts
     t.counters["reward_queries"] += len(rewards)
@@ -304,18 +323,32 @@ def run_epoch(t: Training, epoch: int) -> tuple[list[Rollout], dict]:
     return rollouts, metrics
 
 
-def _check_finite(epoch: int, stats: dict[str, float], policy: DenoisingPolicy, cfg: TrainConfig) -> None:
+def _check_finite(
+    epoch: int, stats: dict[str, float], policy: DenoisingPolicy, cfg: TrainConfig, scaling: LossScaling
+) -> None:
     """Stop a diverged run before its epoch is logged or saved. NaN weights decode to black images, which a
-    JPEG-size reward scores best: left alone, the reward would seem to improve."""
-    bad = next((key for key in ("loss", "grad_norm") if key in stats and not math.isfinite(stats[key])), None)
+    JPEG-size reward scores best: left alone, the reward would seem to improve. With fp16, an overflow that the
+    loss scaler caught (its step skipped, ``steps_skipped``) makes the loss non-finite without harm: the weights
+    tell then, and a scale that every step has driven below 1 (the model overflows whatever the scale)."""
+    judged = () if stats.get("steps_skipped", 0) > 0 else ("loss", "grad_norm")
+    bad = next((key for key in judged if key in stats and not math.isfinite(stats[key])), None)
     if bad is None and not all(torch.isfinite(p).all() for p in policy.trainable_parameters()):
         bad = "weights"
-    if bad is not None:
+    if bad is None and stats.get("steps_skipped") == 1 and scaling.scale() < 1:
         raise GenrlError(
-            f"epoch {epoch}: the {bad.replace('_', ' ')} became NaN or infinite, so training diverged, most likely "
-            f"because --learning-rate {cfg.learning_rate:g} is too high; lower it and start again (nothing of "
-            "this epoch was saved)"
+            f"epoch {epoch}: every optimizer step overflowed in fp16 (the loss scale fell to {scaling.scale():.3g}), "
+            f"so training diverged or fp16's range is too small for this model; lower --learning-rate "
+            f"{cfg.learning_rate:g} or use --mixed-precision bf16 (nothing of this epoch was saved)"
         )
+    if bad is not None:
+        raise _diverged(epoch, bad.replace("_", " "), cfg)
+
+
+def _diverged(epoch: int, what: str, cfg: TrainConfig) -> GenrlError:
+    return GenrlError(
+        f"epoch {epoch}: the {what} became NaN or infinite, so training diverged, most likely because "
+        f"--learning-rate {cfg.learning_rate:g} is too high; lower it and start again (nothing of this epoch was saved)"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -403,7 +436,7 @@ def _claim_run_dir(cfg: TrainConfig, processes: Processes) -> tuple[RunDir, Path
 def log_epoch(t: Training, run: RunDir, rollouts: list[Rollout], metrics: dict, images: bool) -> None:
     epoch = metrics["epoch"]
     if images and t.ema is not None:
-        evaluation = _sample_with_ema(t)
+        evaluation = _sample_with_ema(t, epoch)
         metrics["ema_reward_mean"] = evaluation.rewards.mean().item()
         run.save_samples(epoch, evaluation.images, evaluation.prompts, evaluation.rewards, suffix="-ema")
     run.log_metrics(metrics)
@@ -412,11 +445,11 @@ def log_epoch(t: Training, run: RunDir, rollouts: list[Rollout], metrics: dict, 
         run.save_samples(epoch, first.images, first.prompts, first.rewards)
 
 
-def _sample_with_ema(t: Training) -> Rollout:
+def _sample_with_ema(t: Training, epoch: int) -> Rollout:
     """The evaluation batch (the same prompts and noise at every epoch) sampled with the EMA weights."""
     batch = _sampling_batches(t.cfg, t.prompt_pool, epoch=0, processes=t.processes)[0]  # training starts at epoch 1
     with ema_weights(t.ema, t.policy.trainable_parameters()):
-        return _sampler(t)(batch).resolve()
+        return _sampler(t, epoch)(batch).resolve()
 
 
 def save(t: Training, run: RunDir, epoch: int) -> None:
@@ -425,6 +458,7 @@ def save(t: Training, run: RunDir, epoch: int) -> None:
         "tracker": t.tracker.state_dict() if t.tracker is not None else None,
         "num_processes": t.processes.count,
         "configuration": _fixed_configuration(t.cfg),
+        "loss_scaling": t.loss_scaling.state_dict(),  # empty but with fp16
     }
     save_checkpoint(
         run.checkpoints, epoch, t.pipe.unet, t.optimizer, t.lr_scheduler, state, t.cfg.keep_checkpoints, t.ema

@@ -24,6 +24,7 @@ import torch
 from genrl.errors import GenrlError
 from genrl.plugins import describe
 from genrl.policy import DenoisingPolicy
+from genrl.precision import NO_SCALING, LossScaling
 from genrl.rollout import Rollout, SamplingBatch
 
 
@@ -42,6 +43,9 @@ class EpochBatch:
     generator: torch.Generator
     """Seeded for the epoch: shuffles minibatches the same way on every process."""
     group_size: int = 1
+    loss_scaling: LossScaling = NO_SCALING
+    """fp16's gradient scaler (``genrl.precision``): ``loss_scaling.backward(loss)`` where an algorithm calls
+    ``loss.backward()``, and ``genrl.algos.common.optimizer_step`` takes it."""
     rollouts: list[Rollout] = field(default_factory=list)
     """What ``sample`` returned, in order; ``genrl.train`` logs the rewards and sample grids from it."""
     _gathered: list[torch.Tensor] = field(default_factory=list, repr=False)

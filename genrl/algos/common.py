@@ -29,6 +29,7 @@ from genrl.algos.base import EpochBatch
 from genrl.algos.registry import settings_name
 from genrl.buffer import Chunk, TrajectoryBuffer
 from genrl.errors import GenrlError
+from genrl.precision import NO_SCALING, LossScaling
 
 # Reduces (sums or averages) the trainable parameters' gradients over processes in place (genrl.distributed)
 GradientSync = Callable[[list[torch.nn.Parameter]], None]
@@ -131,14 +132,20 @@ def optimizer_step(
     optimizer: torch.optim.Optimizer,
     max_grad_norm: float,
     reduce_gradients: GradientSync | None = None,
-) -> float:
-    """Reduce over processes, clip, step, clear. Returns the gradient norm before clipping."""
-    if reduce_gradients is not None:
+    scaling: LossScaling = NO_SCALING,
+) -> dict[str, float]:
+    """Reduce over processes, unscale (fp16), clip, step, clear. Returns the step's statistics: ``grad_norm`` before
+    clipping; with fp16's scaler also ``steps_skipped``, 1 where it skipped the step for an overflow (whose norm is
+    not finite, and is left out)."""
+    if reduce_gradients is not None:  # the scaled gradients: every process then finds the same overflow, or none
         reduce_gradients(params)
+    scaling.unscale(optimizer)
     norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
-    optimizer.step()
+    taken = scaling.step(optimizer)
     optimizer.zero_grad(set_to_none=True)
-    return norm
+    if scaling.scaler is None:
+        return {"grad_norm": norm}
+    return {"grad_norm": norm, "steps_skipped": 0.0} if taken else {"steps_skipped": 1.0}
 
 
 def sample_epoch(batch: EpochBatch) -> tuple[TrajectoryBuffer, dict[str, float]]:
@@ -173,12 +180,14 @@ class Minibatch:
     """The optimizer step follows this minibatch."""
     sum_gradients: GradientSync | None
     """Sums the gradients over processes before the step (None: one process)."""
+    scaling: LossScaling = NO_SCALING
+    """fp16's loss scaling (``genrl.precision``)."""
 
     def backward(self, loss: torch.Tensor, chunk: Chunk) -> None:
         """Accumulate ``loss``'s gradient weighted by the chunk's share of the optimizer step's global pairs, so
         that neither chunking nor the split over processes changes the gradient (summed over processes: the mean
         over the step's global pairs)."""
-        (loss * (len(chunk.sample_index) / self.pairs_in_step)).backward()
+        self.scaling.backward(loss * (len(chunk.sample_index) / self.pairs_in_step))
 
 
 def global_minibatches(
@@ -187,6 +196,7 @@ def global_minibatches(
     generator: torch.Generator,
     processes: Collective,
     pass_index: int = 0,
+    scaling: LossScaling = NO_SCALING,
 ) -> Iterator[Minibatch]:
     """One shuffled pass over the buffer in global minibatches (``TrajectoryBuffer.minibatches``), grouped into
     optimizer steps of ``gradient_accumulation_steps``; every process calls this with the same generator state."""
@@ -200,4 +210,4 @@ def global_minibatches(
         for chunk in chunks:
             chunk.minibatch += pass_index * len(sizes)  # counted on across passes
         pairs = sum(sizes[step_start:step_end]) * buffer.num_steps
-        yield Minibatch(chunks, pairs, i + 1 == step_end, sum_gradients)
+        yield Minibatch(chunks, pairs, i + 1 == step_end, sum_gradients, scaling)

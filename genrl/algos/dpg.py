@@ -96,12 +96,12 @@ class DPG:
             rollout = batch.sample(i, grad_steps=self.grad_steps)
             kl = reference_kl(policy, rollout) if cfg.kl_coef > 0 else None
             loss = -rollout.rewards.mean() + (cfg.kl_coef * kl if kl is not None else 0)
-            (loss / batches_in_step).backward()
+            batch.loss_scaling.backward(loss / batches_in_step)
             rollout.detach()
             means.add({"loss": loss.item(), **({"kl": kl.item()} if kl is not None else {})})
             if i + 1 == step_start + batches_in_step:
                 # Equal batches on every process: the mean of their gradients is the global batch's.
-                norm = optimizer_step(params, optimizer, cfg.max_grad_norm, batch.processes.average_gradients)
-                means.add({"grad_norm": norm})
+                average = batch.processes.average_gradients
+                means.add(optimizer_step(params, optimizer, cfg.max_grad_norm, average, batch.loss_scaling))
         policy.eval()
         return means.means()

@@ -30,6 +30,7 @@ from genrl.algos.common import (
 )
 from genrl.buffer import Chunk, TrajectoryBuffer
 from genrl.policy import DenoisingPolicy
+from genrl.precision import NO_SCALING, LossScaling
 
 
 def clipped_surrogate_loss(
@@ -66,7 +67,7 @@ class PPO:
     def update(self, policy: DenoisingPolicy, optimizer: torch.optim.Optimizer, batch: EpochBatch) -> dict[str, float]:
         buffer, stats = sample_epoch(batch)  # this process's rows of the global batch, with their advantages
         if buffer.num_global:  # every group may have been dropped for want of signal
-            stats.update(self.train_on(buffer, policy, optimizer, batch.generator, batch.processes))
+            stats.update(self.train_on(buffer, policy, optimizer, batch.generator, batch.processes, batch.loss_scaling))
         return stats
 
     def passes(self) -> int:
@@ -97,6 +98,7 @@ class PPO:
         optimizer: torch.optim.Optimizer,
         generator: torch.Generator,
         processes: Collective | None = None,
+        scaling: LossScaling = NO_SCALING,
     ) -> dict[str, float]:
         """The passes over a buffer whose advantages are set; the epoch's pair-weighted means of the statistics."""
         cfg, processes = self.config, processes or OneProcess()
@@ -104,7 +106,7 @@ class PPO:
         means = EpochMeans()
         policy.train()
         for pass_index in range(self.passes()):
-            for minibatch in global_minibatches(buffer, cfg, generator, processes, pass_index):
+            for minibatch in global_minibatches(buffer, cfg, generator, processes, pass_index, scaling):
                 for chunk in minibatch.chunks:
                     dist = policy.distribution(chunk.obs)
                     loss, stats = self.loss(policy.action_log_prob(dist, chunk.next_latents), chunk)
@@ -115,8 +117,7 @@ class PPO:
                     minibatch.backward(loss, chunk)
                     means.add({"loss": loss.item(), **stats}, weight=len(chunk.sample_index))
                 if minibatch.ends_step:  # on every process, with or without rows in the step's minibatches
-                    norm = optimizer_step(params, optimizer, cfg.max_grad_norm, minibatch.sum_gradients)
-                    means.add({"grad_norm": norm})
+                    means.add(optimizer_step(params, optimizer, cfg.max_grad_norm, minibatch.sum_gradients, scaling))
         policy.eval()
         stats = means.means(processes)
         if "ratio_mean_first_minibatch" in stats:  # last, as it always was

@@ -9,6 +9,10 @@ import numpy as np
 import torch
 
 
+class NonFiniteAction(ValueError):
+    """An action with NaN or infinite values: the policy that chose it has diverged."""
+
+
 def _describe(value: Any) -> str:
     """What a refused action value is, in a few words for the one-line error."""
     if torch.is_tensor(value):
@@ -43,6 +47,6 @@ def as_action_tensors(
         if is_floats:
             value = torch.tensor(value, device=device, dtype=dtype)
         if not torch.isfinite(value.detach()).all():
-            raise ValueError(f"step: action['{key}'] holds NaN or infinite values; the policy diverged")
+            raise NonFiniteAction(f"step: action['{key}'] holds NaN or infinite values; the policy diverged")
         tensors[key] = value
     return tensors

@@ -9,11 +9,11 @@ reward call; the trainable denoiser lives in the policy.
 
 Observation keys, the same on every step and after the last:
 
-- ``latents`` (B, C, h, w), the pipeline's dtype: the current state.
+- ``latents`` (B, C, h, w), the UNet's dtype, at least fp32: the current state.
 - ``timestep``, ``next_timestep`` (B,) int64: where this step goes from and to. -1 stands for "past timestep 0",
   where DDIM's last step lands on ``final_alpha_cumprod`` (a schedule that ends on t = 0).
 - ``stochastic`` (B,) bool: False where the step is deterministic and carries no log-prob.
-- ``prompt_embeds``, ``negative_prompt_embeds`` (B, L, D), the pipeline's dtype: the prompts' and the empty
+- ``prompt_embeds``, ``negative_prompt_embeds`` (B, L, D), the latents' dtype: the prompts' and the empty
   prompt's text embeddings.
 
 The observation after the last step (``terminated`` all True) has no step left: ``timestep`` and
@@ -63,11 +63,6 @@ def scheduler_timesteps(scheduler_cls: type, scheduler: Any, num_steps: int, **k
     return [int(t) for t in fresh.timesteps]
 
 
-def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
-    """The dtype a space declares for tensors of ``dtype``; numpy has no bfloat16, so those convert as float32."""
-    return np.dtype(np.float32) if dtype == torch.bfloat16 else torch.empty((), dtype=dtype).numpy().dtype
-
-
 class DenoisingEnv(gym.vector.VectorEnv):
     metadata = {"autoreset_mode": gym.vector.AutoresetMode.DISABLED}
 
@@ -95,7 +90,9 @@ class DenoisingEnv(gym.vector.VectorEnv):
         self.timesteps, self.next_timesteps, self.stochastic = timesteps, next_timesteps, stochastic
         self.num_steps = len(timesteps)
         self.device = pipeline.unet.device
-        self.dtype = pipeline.unet.dtype
+        # The state is at least fp32 whatever the weights' dtype: the step maths and log-probs read it
+        # (genrl.precision); the UNet and the VAE take it under autocast or cast to their own dtype.
+        self.dtype = torch.promote_types(pipeline.unet.dtype, torch.float32)
         vae_scale = 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
         self.resolution = resolution or pipeline.unet.config.sample_size * vae_scale
         # The VAE halves the image and the UNet the latent once per down block but the last.
@@ -119,7 +116,7 @@ class DenoisingEnv(gym.vector.VectorEnv):
 
     def _declare_spaces(self) -> None:
         """The spaces of one sub-env's observation and action (the module docstring), and of the batch."""
-        dtype = _numpy_dtype(self.dtype)
+        dtype = torch.empty((), dtype=self.dtype).numpy().dtype
         latents = gym.spaces.Box(-np.inf, np.inf, self.latent_shape, dtype)
         text = (self.pipeline.tokenizer.model_max_length, self.pipeline.text_encoder.config.hidden_size)
         embeds = gym.spaces.Box(-np.inf, np.inf, text, dtype)

@@ -46,8 +46,8 @@ def _numpy_row(tensors: dict[str, torch.Tensor], space: gym.spaces.Dict) -> dict
         row = tensors[key][0].detach().cpu()
         if isinstance(subspace, gym.spaces.Discrete):
             out[key] = np.int64(row.item())
-        else:  # numpy has no bfloat16: the spaces declare those as float32
-            out[key] = np.array((row.float() if row.dtype == torch.bfloat16 else row).numpy(), dtype=subspace.dtype)
+        else:
+            out[key] = np.array(row.numpy(), dtype=subspace.dtype)
     return out
 
 

@@ -136,10 +136,10 @@ class DDPMPolicy(DenoisingPolicy):
         latents, t = obs["latents"], obs["timestep"]
         if self.guidance_scale > 1:
             embeds = torch.cat([obs["negative_prompt_embeds"], obs["prompt_embeds"]])
-            uncond, cond = self.unet(torch.cat([latents] * 2), torch.cat([t] * 2), embeds).sample.chunk(2)
+            uncond, cond = self.denoise(torch.cat([latents] * 2), torch.cat([t] * 2), embeds).chunk(2)
             eps = uncond + self.guidance_scale * (cond - uncond)
         else:
-            eps = self.unet(latents, t, obs["prompt_embeds"]).sample
+            eps = self.denoise(latents, t, obs["prompt_embeds"])
         return ddim_step(eps, latents, t, obs["next_timestep"], self.alphas_cumprod, self.final_alpha_cumprod, self.eta)
 
 

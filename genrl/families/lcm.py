@@ -144,7 +144,7 @@ class LCMPolicy(DenoisingPolicy):
     def distribution(self, obs: dict[str, torch.Tensor]) -> StepDistribution:
         latents = obs["latents"]
         cond = self.w_embedding.to(latents).repeat(latents.shape[0], 1)
-        eps = self.unet(latents, obs["timestep"], obs["prompt_embeds"], timestep_cond=cond).sample
+        eps = self.denoise(latents, obs["timestep"], obs["prompt_embeds"], timestep_cond=cond)
         return lcm_step(
             eps,
             latents,
