@@ -66,6 +66,9 @@ class TrainConfig:
     (genrl/precision.py). fp16 scales the loss. The paper presets use fp16, as the reference codes do on GPUs."""
     allow_tf32: bool = True
     """CUDA: TF32 matrix multiplies and convolutions, as ddpo-pytorch allows (no effect on a CPU)."""
+    threads: int | None = None
+    """CPU: torch's threads. Default: the usable cores less those that other processes keep busy as the run starts
+    (OMP_NUM_THREADS sets it too), recorded in config.json. Pin it to compare runs bit for bit across machines."""
 
     # Sampling
     num_steps: int = 4
@@ -192,6 +195,8 @@ class TrainConfig:
             )
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise GenrlError(f"--time-budget-s must be positive, got {self.time_budget_s}")
+        if self.threads is not None and self.threads < 1:
+            raise GenrlError(f"--threads must be at least 1 (or left out: one per idle core), got {self.threads}")
         for name in ["learning_rate", "lora_alpha"]:
             if not getattr(self, name) > 0:
                 raise GenrlError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")

@@ -47,6 +47,7 @@ from genrl.config import (
     read_config,
     replace_config,
 )
+from genrl.cpu import OtherLoad, default_threads
 from genrl.distributed import Processes
 from genrl.envs import DenoisingEnv
 from genrl.envs.actions import NonFiniteAction
@@ -469,7 +470,23 @@ def save(t: Training, run: RunDir, epoch: int) -> None:
 # The training loop
 # --------------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig) -> RunDir:
+    """The run ``cfg`` describes; torch's thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    try:
+        return _train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TrainConfig) -> RunDir:
+    load = OtherLoad()
     t = build(cfg)
+    if torch.device(t.processes.device).type == "cpu":
+        # Chosen after the model has loaded (genrl/cpu.py), by the main process for all, and recorded in
+        # config.json: a resumed run computes as it started, whatever the machine's load then.
+        if cfg.threads is None:
+            cfg = t.cfg = replace_config(cfg, threads=t.processes.broadcast(default_threads(load)))
+        torch.set_num_threads(cfg.threads)
     run, checkpoint = _claim_run_dir(cfg, t.processes)
     main_process = t.processes.is_main
     with run:  # released however the run ends

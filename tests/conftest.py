@@ -5,7 +5,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 
-if os.environ.get("PYTEST_XDIST_WORKER"):  # several workers share the cores: one thread each
+if os.environ.get("PYTEST_XDIST_WORKER"):  # several workers share the cores: one thread each (runs too)
+    os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 
     torch.set_num_threads(1)

@@ -24,6 +24,7 @@ from tests.helpers import expect_error, fast_args
         (["--adam-epsilon", "-1"], "--adam-epsilon must be positive"),
         (["--adam-weight-decay", "-1"], "--adam-weight-decay 0 or more"),
         (["--seed", "-1"], "--seed must be a whole number from 0"),
+        (["--threads", "0"], "--threads must be at least 1"),
         (["--finetune", "lora", "--lora-target-modules", "nope"], "--lora-target-modules nope: Target modules"),
         (["--lora-target-modules"], "--lora-target-modules needs at least one layer name"),
     ],

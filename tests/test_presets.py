@@ -38,6 +38,7 @@ _RLCM_COMMON = {
     "logprob_reduction": "mean",  # lcm_scheduler.py step(): log_prob.mean over all but the batch dim
     "lora_target_modules": DEFAULT_LORA_TARGETS,  # scripts/main.py LoraConfig target_modules
     "kl_coef": 0.0,
+    "mixed_precision": "fp16",  # scripts/main.py Accelerator(mixed_precision="fp16"), pipeline fp16, LoRA cast fp32
     "group_size": 1,
 }
 _RLCM_JPEG = {
@@ -60,6 +61,8 @@ _DDPO_JPEG = {
     "env": "ddpm",
     "algo": "ppo",
     "finetune": "lora",  # base.py use_lora
+    "mixed_precision": "fp16",  # base.py mixed_precision; scripts/train.py keeps the LoRA weights fp32
+    "allow_tf32": True,  # base.py allow_tf32
     "prompts": "imagenet_animals",  # dgx.py prompt_fn "imagenet_animals"
     "num_steps": 50,  # base.py sample.num_steps
     "eta": 1.0,  # base.py sample.eta
