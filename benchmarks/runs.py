@@ -56,12 +56,14 @@ def run_to_completion(cfg: TrainConfig) -> list[dict]:
     run_dir = cfg.output_dir / cfg.run_name
     if (run_dir / "config.json").is_file():
         saved = dataclasses.replace(read_config(run_dir / "config.json"), resume=None)
-        if config_to_json(saved) != config_to_json(cfg):
+        # A thread count the run chose as it started is not a setting of this command's; the resume keeps it.
+        compared = dataclasses.replace(saved, threads=None) if cfg.threads is None else saved
+        if config_to_json(compared) != config_to_json(cfg):
             raise GenrlError(
                 f"{run_dir} holds a run with other settings than this command's; delete it, or pass another "
                 "--output-dir"
             )
-        cfg = dataclasses.replace(cfg, resume=run_dir)
+        cfg = dataclasses.replace(cfg, resume=run_dir, threads=saved.threads)
     return _once(run_dir, lambda: train(cfg).read_metrics())
 
 
