@@ -19,6 +19,22 @@ def _isolated_cache(tmp_path_factory):
     yield
 
 
+@pytest.fixture(scope="session")
+def tiny_lcm_built(_isolated_cache):
+    """The tiny LCM pipeline, built before processes are launched: two that found none would both build it."""
+    from genrl.shapes.tiny import tiny_pipeline_dir
+
+    tiny_pipeline_dir(lcm=True)
+
+
+@pytest.fixture(scope="session")
+def reward_plugin_folder(tmp_path_factory):
+    """A folder of test rewards (tests/launching.py), importable here and by launched processes."""
+    from tests.launching import reward_plugins
+
+    yield from reward_plugins(tmp_path_factory.mktemp("reward-plugins"))
+
+
 # The slowest files first (measured with --durations): with two workers taking whole files (--dist loadfile), a
 # slow file started last leaves one worker running it alone at the end.
 _SLOW_FILES = (

@@ -6,20 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from genrl.shapes.tiny import tiny_pipeline_dir
 from tests.helpers import fast_args, logged_metrics
-from tests.launching import assert_two_follow_one, one_and_two, reward_plugins, train_layout
+from tests.launching import assert_two_follow_one, one_and_two, train_layout
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _tiny_pipeline_built():
-    """Built once here: two processes that find no tiny pipeline in the cache would both build it."""
-    tiny_pipeline_dir(lcm=True)
-
-
-@pytest.fixture(scope="module")
-def plugins(tmp_path_factory):
-    yield from reward_plugins(tmp_path_factory.mktemp("plugins"))
+pytestmark = pytest.mark.usefixtures("tiny_lcm_built")  # tests/conftest.py
 
 
 def test_two_processes_make_the_first_update_of_one_process_with_the_whole_batch(tmp_path):
@@ -39,5 +29,5 @@ def test_two_processes_make_the_first_update_of_one_process_with_the_whole_batch
     assert not (tmp_path / "two" / "checkpoints" / ".staging-epoch-0001").exists()
 
 
-def test_two_processes_follow_one_process_with_groups_of_images_per_prompt(tmp_path, plugins):
-    assert_two_follow_one(train_layout(tmp_path, "groups", plugins), "groups")
+def test_two_processes_follow_one_process_with_groups_of_images_per_prompt(tmp_path, reward_plugin_folder):
+    assert_two_follow_one(train_layout(tmp_path, "groups", reward_plugin_folder), "groups")

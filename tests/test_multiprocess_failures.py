@@ -3,30 +3,20 @@
 import pytest
 
 from genrl.distributed import free_port
-from genrl.shapes.tiny import tiny_pipeline_dir
 from tests.helpers import fast_args
-from tests.launching import launch, reward_plugins
+from tests.launching import launch
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _tiny_pipeline_built():
-    """Built once here: two processes that find no tiny pipeline in the cache would both build it."""
-    tiny_pipeline_dir(lcm=True)
-
-
-@pytest.fixture(scope="module")
-def plugins(tmp_path_factory):
-    yield from reward_plugins(tmp_path_factory.mktemp("plugins"))
+pytestmark = pytest.mark.usefixtures("tiny_lcm_built")  # tests/conftest.py
 
 
 @pytest.mark.parametrize(
     "reward, launcher",
     [("dies_on_rank_one", "genrl"), ("stalls_on_rank_one", "genrl"), ("dies_on_rank_one", "accelerate")],
 )
-def test_a_process_that_dies_or_stalls_ends_the_run_with_an_error(tmp_path, plugins, reward, launcher):
+def test_a_process_that_dies_or_stalls_ends_the_run_with_an_error(tmp_path, reward_plugin_folder, reward, launcher):
     args = ["--sample-batch-size", "2", "--ppo.train-batch-size", "2", "--process-timeout-s", "5"]
     run_args = fast_args(tmp_path, "run", *args, "--reward", f"failing_rewards:{reward}")
-    proc = launch(2, run_args, timeout=90, pythonpath=str(plugins), launcher=launcher)  # not a hang
+    proc = launch(2, run_args, timeout=90, pythonpath=str(reward_plugin_folder), launcher=launcher)  # not a hang
     assert proc.returncode != 0
     assert "error: another process of this run stopped or stalled" in proc.stderr, proc.stderr[-3000:]
     if reward == "dies_on_rank_one":

@@ -7,24 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from genrl.shapes.tiny import tiny_pipeline_dir
 from tests.helpers import expect_error, logged_metrics
-from tests.launching import assert_two_follow_one, launch, reward_plugins, train_layout
+from tests.launching import assert_two_follow_one, launch, train_layout
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _tiny_pipeline_built():
-    """Built once here: two processes that find no tiny pipeline in the cache would both build it."""
-    tiny_pipeline_dir(lcm=True)
+pytestmark = pytest.mark.usefixtures("tiny_lcm_built")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def plugins(tmp_path_factory):
-    yield from reward_plugins(tmp_path_factory.mktemp("plugins"))
-
-
-@pytest.fixture(scope="module")
-def layout_runs(tmp_path_factory, plugins):
+def layout_runs(tmp_path_factory, reward_plugin_folder):
     """``layout_runs(layout)``: the folder of its runs on one and two processes, trained once for the module. The
     two-process runs keep every checkpoint: the resume test below continues one from its first."""
     runs = {}
@@ -32,7 +22,9 @@ def layout_runs(tmp_path_factory, plugins):
     def get(layout: str):
         if layout not in runs:
             home = tmp_path_factory.mktemp("layout")
-            runs[layout] = train_layout(home, layout, plugins, "--save-every", "1", "--keep-checkpoints", "3")
+            runs[layout] = train_layout(
+                home, layout, reward_plugin_folder, "--save-every", "1", "--keep-checkpoints", "3"
+            )
         return runs[layout]
 
     return get
@@ -54,10 +46,12 @@ def _stopped_after_epoch_one(run: Path, copy: Path) -> Path:
     return copy
 
 
-def test_two_process_run_resumed_gives_the_uninterruptedlogged_metrics(layout_runs, plugins, tmp_path, capsys):
+def test_two_process_run_resumed_gives_the_uninterruptedlogged_metrics(
+    layout_runs, reward_plugin_folder, tmp_path, capsys
+):
     straight = layout_runs("accumulation 1") / "two"  # 3 epochs on two processes, uninterrupted
     _stopped_after_epoch_one(straight, tmp_path / "split")
-    proc = launch(2, ["--resume", str(tmp_path / "split"), "--epochs", "3"], pythonpath=str(plugins))
+    proc = launch(2, ["--resume", str(tmp_path / "split"), "--epochs", "3"], pythonpath=str(reward_plugin_folder))
     assert proc.returncode == 0, proc.stderr[-3000:]
     straight, split = logged_metrics(straight), logged_metrics(tmp_path / "split")
     assert [m["epoch"] for m in split] == [1, 2, 3]
