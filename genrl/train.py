@@ -256,14 +256,19 @@ def _sampling_batches(cfg: TrainConfig, prompt_pool: list[str], epoch: int, proc
     ]
 
 
+def _collect(t: Training, batch: SamplingBatch, epoch: int, shared_noise: int = 1, grad_steps: int = 0) -> Rollout:
+    """``collect`` with the run's env, policy and reward; samples gone NaN are the run's divergence, in one line."""
+    try:
+        return collect(t.env, t.policy, batch, shared_noise, grad_steps, t.background_reward)
+    except NonFiniteAction:  # weights still finite, but too large for the UNet's range (fp16's, say)
+        raise _diverged(epoch, "samples", t.cfg) from None
+
+
 def _sampler(t: Training, epoch: int):
     shared_noise = t.cfg.group_size if t.cfg.group_shared_noise else 1
 
     def sample(batch: SamplingBatch, grad_steps: int = 0) -> Rollout:
-        try:
-            return collect(t.env, t.policy, batch, shared_noise, grad_steps, t.background_reward)
-        except NonFiniteAction:  # weights still finite, but too large for the UNet's range (fp16's, say)
-            raise _diverged(epoch, "samples", t.cfg) from None
+        return _collect(t, batch, epoch, shared_noise, grad_steps)
 
     return sample
 
@@ -377,7 +382,7 @@ def _evaluation_due(cfg: TrainConfig, epoch: int, last: bool) -> bool:
 def evaluate(t: Training) -> tuple[dict[str, float], Rollout]:
     """The current policy on the evaluation set: its metrics, and its first batch (for the sample grid)."""
     start, cpu_start = time.perf_counter(), time.process_time()
-    rollouts = [collect(t.env, t.policy, batch, background_reward=t.background_reward) for batch in t.eval_batches]
+    rollouts = [_collect(t, batch, t.counters["epoch"]) for batch in t.eval_batches]
     rewards = torch.cat([r.resolve().rewards for r in rollouts])
     metrics = {"eval_reward_mean": rewards.mean().item(), "eval_reward_std": rewards.std(unbiased=False).item()}
     prompts = [p for r in rollouts for p in r.prompts]
@@ -485,7 +490,8 @@ def _train(cfg: TrainConfig) -> RunDir:
         # Chosen after the model has loaded (genrl/cpu.py), by the main process for all, and recorded in
         # config.json: a resumed run computes as it started, whatever the machine's load then.
         if cfg.threads is None:
-            cfg = t.cfg = replace_config(cfg, threads=t.processes.broadcast(default_threads(load)))
+            chosen = default_threads(load) if t.processes.is_main else None
+            cfg = t.cfg = replace_config(cfg, threads=t.processes.broadcast(chosen))
         torch.set_num_threads(cfg.threads)
     run, checkpoint = _claim_run_dir(cfg, t.processes)
     main_process = t.processes.is_main
