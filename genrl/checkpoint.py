@@ -8,6 +8,7 @@
     checkpoints/epoch-0003/ema/pytorch_lora_weights.safetensors  with --ema-decay: the EMA weights, as above
     checkpoints/epoch-0003/ema.pt                              with --ema-decay: the EMA state, for --resume
     checkpoints/latest -> epoch-0003
+    checkpoints/best -> epoch-0002                             with --keep-best: the best evaluation's (genrl/best.py)
 
 A checkpoint is staged in a hidden folder and renamed into place, then ``latest`` is switched atomically:
 a crash at any point leaves the previous checkpoint as ``latest``, and a resume never sees a partial one.
@@ -39,6 +40,7 @@ from safetensors.torch import load_file, save_file
 from genrl.errors import GenrlError
 
 LATEST = "latest"
+BEST = "best"
 CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.pt", "state.json")
 """What a complete checkpoint holds; the LoRA for diffusers is derived from trainable.safetensors."""
 _NAME = re.compile(r"^epoch-(\d+)$")
@@ -81,8 +83,11 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int,
     ema: EMAModel | None = None,
+    protect: Path | None = None,
 ) -> Path:
-    name = f"epoch-{epoch:04d}"
+    """The checkpoint of ``epoch``, pointed at by ``latest``; of the older ones the ``keep`` - 1 newest stay, and
+    ``protect`` (the best one) whatever its age."""
+    name = checkpoint_name(epoch)
     trainable = {n: p.detach().contiguous().cpu() for n, p in unet.named_parameters() if p.requires_grad}
     extra = {
         "optimizer": optimizer.state_dict(),
@@ -124,12 +129,16 @@ def save_checkpoint(
     final = checkpoints / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
-    _point_latest_at(final)
+    point_link(final, LATEST)
 
     for _, old in checkpoint_epochs(checkpoints)[:-keep]:  # by epoch number, never as text
-        if old != final:
+        if old not in (final, protect):
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"epoch-{epoch:04d}"
 
 
 @contextmanager
@@ -177,16 +186,16 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
     newest = complete[-1]
     link = checkpoints / LATEST
     if not link.is_symlink() or link.resolve() != newest.resolve():
-        _point_latest_at(newest)
+        point_link(newest, LATEST)
     return newest
 
 
-def _point_latest_at(folder: Path) -> None:
-    """Switch ``latest`` to ``folder`` atomically: a new link beside it, renamed over it."""
-    link = folder.parent / f".{LATEST}.tmp"
+def point_link(folder: Path, name: str) -> None:
+    """Switch the link ``name`` beside ``folder`` (``latest``, ``best``) to it atomically: a new link, renamed over."""
+    link = folder.parent / f".{name}.tmp"
     link.unlink(missing_ok=True)
     link.symlink_to(folder.name)
-    os.replace(link, folder.parent / LATEST)
+    os.replace(link, folder.parent / name)
 
 
 def load_checkpoint(

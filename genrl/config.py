@@ -141,6 +141,14 @@ class TrainConfig:
     """Images in the evaluation set (a multiple of --sample-batch-size)."""
     eval_prompts: str | None = None
     """Prompt set the evaluation draws from (default: --prompts)."""
+    keep_best: bool = False
+    """Keep checkpoints/best: the checkpoint of the evaluation with the best eval reward among those that keep
+    --accuracy-floor of the starting prompt accuracy (the untrained model at epoch 0 included). Needs --eval-every."""
+    accuracy_floor: float = 0.8
+    """The share of the starting eval prompt accuracy that an evaluation must keep to count as the best (for
+    --keep-best and --early-stop-patience); without prompt accuracy (prompts outside the shapes world) all count."""
+    early_stop_patience: int = 0
+    """Stop (and save) after this many evaluations in a row without a new best (see --accuracy-floor); 0: never."""
 
     # The algorithm's own settings: an instance of its Config (``algorithm_config``), parsed as --NAME.FIELD flags
     # by the type ``config_type`` makes for it. None for an algorithm without settings.
@@ -193,6 +201,14 @@ class TrainConfig:
                 f"--eval-every must be 0 or more and --eval-size a positive multiple of --sample-batch-size "
                 f"{self.sample_batch_size}, got {self.eval_every} and {self.eval_size}"
             )
+        if not 0 <= self.accuracy_floor <= 1 or self.early_stop_patience < 0:
+            raise GenrlError(
+                f"--accuracy-floor must be in [0, 1] and --early-stop-patience 0 or more, got {self.accuracy_floor} "
+                f"and {self.early_stop_patience}"
+            )
+        if (self.keep_best or self.early_stop_patience) and not self.eval_every:
+            what = "--keep-best" if self.keep_best else "--early-stop-patience"
+            raise GenrlError(f"{what} picks among evaluations: add --eval-every N (N epochs between evaluations)")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise GenrlError(f"--time-budget-s must be positive, got {self.time_budget_s}")
         if self.threads is not None and self.threads < 1:
@@ -278,7 +294,11 @@ def config_to_json(cfg: TrainConfig) -> dict:
 
 
 # Fields added after runs were saved without them, and the value that reproduces those runs.
-_ADDED_SINCE = {"lr_schedule": "constant", "eval_every": 0, "eval_size": 32, "eval_prompts": None}
+_ADDED_SINCE = {
+    **{"lr_schedule": "constant", "eval_every": 0, "eval_size": 32, "eval_prompts": None},
+    **{"mixed_precision": "no", "allow_tf32": True, "threads": None},  # threads: chosen again for the resume
+    **{"keep_best": False, "accuracy_floor": 0.8, "early_stop_patience": 0},
+}
 # Settings that config.json held among the run's fields before each algorithm owned its own, and their names there.
 _FLAT_ALGORITHM_FIELDS = {
     **{name: name for name in ("train_batch_size", "gradient_accumulation_steps", "steps_per_forward")},

@@ -36,7 +36,17 @@ from genrl.advantages import PerPromptStatTracker, compute_advantages
 from genrl.algos.base import Algorithm, EpochBatch, run_update
 from genrl.algos.registry import is_builtin, settings_name
 from genrl.assemble import assemble, derived_seed
-from genrl.checkpoint import ema_weights, latest_checkpoint, load_checkpoint, save_checkpoint
+from genrl.best import BestEvaluation
+from genrl.checkpoint import (
+    BEST,
+    checkpoint_name,
+    ema_weights,
+    is_complete,
+    latest_checkpoint,
+    load_checkpoint,
+    point_link,
+    save_checkpoint,
+)
 from genrl.config import (
     DEFAULT_PRESET,
     TrainConfig,
@@ -401,10 +411,11 @@ def starting_evaluation(t: Training) -> tuple[dict[str, float], Rollout]:
     return {"epoch": 0, "reward_queries": 0, "wall_time_s": 0.0, "cpu_time_s": 0.0, **evaluation}, shown
 
 
-def _log_starting_evaluation(t: Training, run: RunDir) -> None:
+def _log_starting_evaluation(t: Training, run: RunDir) -> dict:
     record, shown = starting_evaluation(t)
     run.log_metrics(record)
     run.save_samples(0, shown.images, shown.prompts, shown.rewards, suffix="-eval")
+    return record
 
 
 # --------------------------------------------------------------------------------------------------
@@ -458,7 +469,8 @@ def _sample_with_ema(t: Training, epoch: int) -> Rollout:
         return _sampler(t, epoch)(batch).resolve()
 
 
-def save(t: Training, run: RunDir, epoch: int) -> None:
+def save(t: Training, run: RunDir, epoch: int, best: BestEvaluation) -> None:
+    """The checkpoint of ``epoch``; with --keep-best, ``checkpoints/best`` is kept and pointed at the best one."""
     state = {
         "counters": t.counters,
         "tracker": t.tracker.state_dict() if t.tracker is not None else None,
@@ -466,9 +478,18 @@ def save(t: Training, run: RunDir, epoch: int) -> None:
         "configuration": _fixed_configuration(t.cfg),
         "loss_scaling": t.loss_scaling.state_dict(),  # empty but with fp16
     }
+    kept = run.checkpoints / checkpoint_name(best.epoch) if t.cfg.keep_best and best.epoch is not None else None
     save_checkpoint(
-        run.checkpoints, epoch, t.pipe.unet, t.optimizer, t.lr_scheduler, state, t.cfg.keep_checkpoints, t.ema
+        run.checkpoints, epoch, t.pipe.unet, t.optimizer, t.lr_scheduler, state, t.cfg.keep_checkpoints, t.ema, kept
     )
+    if kept is not None and best.epoch == epoch:
+        _point_best_at(run, epoch)
+
+
+def _point_best_at(run: RunDir, epoch: int) -> None:
+    folder = run.checkpoints / checkpoint_name(epoch)
+    if is_complete(folder):  # absent where --keep-best was added on a --resume after that epoch
+        point_link(folder, BEST)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -495,6 +516,7 @@ def _train(cfg: TrainConfig) -> RunDir:
         torch.set_num_threads(cfg.threads)
     run, checkpoint = _claim_run_dir(cfg, t.processes)
     main_process = t.processes.is_main
+    best = BestEvaluation(cfg.accuracy_floor)  # the main process's, which evaluates
     with run:  # released however the run ends
         if checkpoint is not None:
             resume(t, checkpoint)
@@ -503,8 +525,12 @@ def _train(cfg: TrainConfig) -> RunDir:
             run.keep_metrics_before(first)  # the epochs after the checkpoint will run again
             run.create(config_to_json(cfg))
             print(f"run directory: {run.path}", flush=True)
+            best = BestEvaluation.replay(cfg.accuracy_floor, run.read_metrics())
             if first == 1 and cfg.eval_every > 0 and not run.read_metrics():
-                _log_starting_evaluation(t, run)
+                if best.observe(_log_starting_evaluation(t, run)) and cfg.keep_best:
+                    save(t, run, 0, best)  # the untrained model is a candidate too
+            elif cfg.keep_best and best.epoch is not None:
+                _point_best_at(run, best.epoch)  # a stop may have come between saving it and linking it
         bar = tqdm(
             range(first, cfg.epochs + 1),
             "epochs",
@@ -525,19 +551,29 @@ def _train(cfg: TrainConfig) -> RunDir:
             out_of_time = t.processes.broadcast(
                 cfg.time_budget_s is not None and t.counters["wall_time_s"] >= cfg.time_budget_s
             )
+            stopping = False
             if main_process:
+                new_best = False
                 if _evaluation_due(cfg, epoch, epoch == cfg.epochs or out_of_time):
                     evaluation, shown = evaluate(t)
                     metrics.update(evaluation)
                     segment_start += evaluation["eval_time_s"]  # not training time
                     cpu_start += evaluation["eval_cpu_time_s"]
                     run.save_samples(epoch, shown.images, shown.prompts, shown.rewards, suffix="-eval")
-                images = epoch in (1, cfg.epochs) or epoch % cfg.log_images_every == 0 or out_of_time
+                    new_best = best.observe(metrics)
+                    stopping = 0 < cfg.early_stop_patience <= best.since_best
+                images = epoch in (1, cfg.epochs) or epoch % cfg.log_images_every == 0 or out_of_time or stopping
                 log_epoch(t, run, rollouts, metrics, images)
-                if epoch % cfg.save_every == 0 or epoch == cfg.epochs or out_of_time:
-                    save(t, run, epoch)
+                due = epoch % cfg.save_every == 0 or epoch == cfg.epochs or out_of_time or stopping
+                if due or (cfg.keep_best and new_best):
+                    save(t, run, epoch, best)
+                if stopping:
+                    bar.write(
+                        f"early stop after epoch {epoch}: no better evaluation in {best.since_best} (best: "
+                        f"{best.describe()})"
+                    )
             bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics.get('loss', float('nan')):.2e}")
-            if out_of_time:
+            if out_of_time or t.processes.broadcast(stopping):
                 break
         bar.close()
     if t.background_reward is not None:
@@ -550,6 +586,8 @@ def _train(cfg: TrainConfig) -> RunDir:
             if logged:
                 first, last = logged[0], logged[-1]
                 print(f"{key}: epoch {first['epoch']}: {first[key]:.4f} -> epoch {last['epoch']}: {last[key]:.4f}")
+        if cfg.keep_best and (run.checkpoints / BEST).exists():
+            print(f"best: {best.describe()}  (LoRA: {run.checkpoints / BEST})")
         print(f"run directory: {run.path}  (LoRA: {run.checkpoints / 'latest'})")
     return run
 

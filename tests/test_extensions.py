@@ -238,20 +238,21 @@ def test_kl_to_reference_uses_the_model_without_its_adapter():
     torch.testing.assert_close(policy.distribution(obs).mean, dist.mean)  # the adapter is back on
 
 
-def _kl_after_training(tmp_path, name, kl_coef):
+def _kl_after_training(tmp_path, env, name, kl_coef):
     args = ["--finetune", "lora", "--learning-rate", "3e-2", "--ppo.kl-coef", str(kl_coef), "--epochs", "3"]
-    main(fast_args(tmp_path, name, *args))
-    pipe = tiny("lcm")
+    main(fast_args(tmp_path, name, "--env", env, "--guidance-scale", "5", *args))
+    pipe = tiny(env)
     pipe.load_lora_weights(tmp_path / name / "checkpoints" / "latest")
-    env = LCMEnv(4, pipe, WeightedBrightness(), num_steps=3)
-    policy = make_policy("lcm", pipe, guidance_scale=8.0, reduction="mean")
-    obs, _ = env.reset(seed=0, options={"prompts": ["a cat"] * 4})
+    sampler = (LCMEnv if env == "lcm" else DDPMEnv)(4, pipe, WeightedBrightness(), num_steps=3)
+    policy = make_policy(env, pipe, guidance_scale=5.0, reduction="mean")
+    obs, _ = sampler.reset(seed=0, options={"prompts": ["a cat"] * 4})
     with torch.no_grad():
         return policy.kl_to_reference(obs, policy.distribution(obs)).mean().item()
 
 
-def test_a_large_kl_coefficient_keeps_the_policy_near_the_reference(tmp_path):
-    free, held = _kl_after_training(tmp_path, "free", 0.0), _kl_after_training(tmp_path, "held", 1e4)
+@pytest.mark.parametrize("env", ["lcm", "ddpm"])
+def test_a_large_kl_coefficient_keeps_the_policy_near_the_reference(tmp_path, env):
+    free, held = _kl_after_training(tmp_path, env, "free", 0.0), _kl_after_training(tmp_path, env, "held", 1e4)
     assert held < 0.5 * free, (held, free)
     metrics = [json.loads(line) for line in (tmp_path / "held" / "metrics.jsonl").read_text().splitlines()]
     assert all("kl" in m for m in metrics)

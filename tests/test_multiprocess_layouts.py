@@ -1,5 +1,5 @@
-"""Two processes follow one over several minibatches and epochs, with and without gradient accumulation, and a
-two-process run resumed is the uninterrupted run."""
+"""Two processes follow one over several minibatches and epochs with gradient accumulation, and a two-process run
+resumed is the uninterrupted run."""
 
 import json
 import shutil
@@ -14,25 +14,16 @@ pytestmark = pytest.mark.usefixtures("tiny_lcm_built")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def layout_runs(tmp_path_factory, reward_plugin_folder):
-    """``layout_runs(layout)``: the folder of its runs on one and two processes, trained once for the module. The
-    two-process runs keep every checkpoint: the resume test below continues one from its first."""
-    runs = {}
-
-    def get(layout: str):
-        if layout not in runs:
-            home = tmp_path_factory.mktemp("layout")
-            runs[layout] = train_layout(
-                home, layout, reward_plugin_folder, "--save-every", "1", "--keep-checkpoints", "3"
-            )
-        return runs[layout]
-
-    return get
+def accumulation_runs(tmp_path_factory, reward_plugin_folder) -> Path:
+    """The folder of the accumulation-2 layout's runs on one and two processes, trained once for the module. The
+    two-process run keeps every checkpoint: the resume test below continues it from its first."""
+    home = tmp_path_factory.mktemp("layout")
+    return train_layout(home, "accumulation 2", reward_plugin_folder, "--save-every", "1", "--keep-checkpoints", "3")
 
 
-@pytest.mark.parametrize("layout", ["accumulation 1", "accumulation 2"])
-def test_two_processes_follow_one_process_over_several_minibatches_and_epochs(layout_runs, layout):
-    assert_two_follow_one(layout_runs(layout), layout)
+# Accumulation 1 over several minibatches and epochs is the groups layout's (tests/test_multiprocess.py).
+def test_two_processes_follow_one_process_over_several_minibatches_and_epochs_with_accumulation(accumulation_runs):
+    assert_two_follow_one(accumulation_runs, "accumulation 2")
 
 
 def _stopped_after_epoch_one(run: Path, copy: Path) -> Path:
@@ -47,9 +38,9 @@ def _stopped_after_epoch_one(run: Path, copy: Path) -> Path:
 
 
 def test_two_process_run_resumed_gives_the_uninterruptedlogged_metrics(
-    layout_runs, reward_plugin_folder, tmp_path, capsys
+    accumulation_runs, reward_plugin_folder, tmp_path, capsys
 ):
-    straight = layout_runs("accumulation 1") / "two"  # 3 epochs on two processes, uninterrupted
+    straight = accumulation_runs / "two"  # 3 epochs on two processes, uninterrupted
     _stopped_after_epoch_one(straight, tmp_path / "split")
     proc = launch(2, ["--resume", str(tmp_path / "split"), "--epochs", "3"], pythonpath=str(reward_plugin_folder))
     assert proc.returncode == 0, proc.stderr[-3000:]
