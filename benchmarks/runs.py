@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.fidelity import ACCURACY_KEPT
 from genrl.config import TrainConfig, config_to_json, read_config
 from genrl.errors import GenrlError
 from genrl.rundir import atomic_write_text
@@ -41,6 +42,8 @@ def budgeted(cfg: TrainConfig, queries: int, eval_queries: int, seed: int, run_d
         eval_every=eval_queries // per_epoch,
         save_every=eval_queries // per_epoch,
         keep_checkpoints=1,
+        keep_best=True,  # the best checkpoint that keeps the picture, for the sample grids
+        accuracy_floor=ACCURACY_KEPT,
         log_images_every=10**9,  # the evaluation grids are the pictures to look at
         time_budget_s=None,
         output_dir=run_dir.parent,

@@ -1,13 +1,14 @@
 """``python -m benchmarks.sweep``: each method's own best settings on the shapes suite, found the same way.
 
-    python -m benchmarks.sweep --output-dir docs/benchmark/sweep      # ~1 h on a 2-core CPU; resumable
+    python -m benchmarks.sweep --output-dir docs/benchmark/sweep      # ~75 min on a 2-core CPU; resumable
 
-Per task family (JPEG, tuned on compression; alignment) and method, a grid of learning rates (and DDPO's update
-batch) trains for a short budget of reward queries on 2 seeds, judged on the fixed evaluation set. The winner is
-the best final eval reward (mean of the last 3 evaluations, over seeds) among settings whose final prompt
-accuracy stays at least ``KEEP_ACCURACY`` of the starting model's: a reward that rises while the shapes vanish is
-reward hacking. Winners go into ``_SHAPES_SWEPT`` in genrl/config.py by hand; the table into
-``OUT/sweep.md`` and ``OUT/sweep.json``.
+The protocol's sweep (docs/benchmark/PROTOCOL.md): per task family (JPEG, tuned on compression; alignment) and
+method, a grid of settings (learning rates, a KL penalty to the frozen model, a composite reward with the shapes
+alignment term, DDPO's published update structure) trains at the benchmark's budget on the sweep seeds, judged on
+the fixed evaluation set by the benchmark's own target: the first evaluation that gains ``DELTA`` in the task's
+reward while keeping 80% of the starting prompt accuracy (benchmarks/fidelity.py). The winner reaches it on the
+most seeds, then with the fewest reward queries (censored runs count the budget), then with the largest final gain.
+Winners go into ``_SHAPES_SWEPT`` in genrl/config.py by hand; the table into ``OUT/sweep.md`` and ``OUT/sweep.json``.
 """
 
 from __future__ import annotations
@@ -17,37 +18,57 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from benchmarks.fidelity import ACCURACY_KEPT, DELTA, evaluations, reach, task_reward
 from benchmarks.methods import DDPO_PPO, RLCM_DPG, RLCM_PPO, Method
-from benchmarks.runs import Progress, budgeted, check_counts, check_names, command_line, run_to_completion
-from benchmarks.summary import start_and_end
-from genrl.config import PRESETS, TrainConfig, replace_config
+from benchmarks.runs import Progress, budgeted, check_names, command_line, run_to_completion
+from genrl.config import PRESETS, TrainConfig, replace_config, with_alignment_term
 from genrl.errors import GenrlError
 from genrl.rundir import atomic_write_text
 
-KEEP_ACCURACY = 0.8
-"""A setting qualifies if its final eval_prompt_accuracy is at least this fraction of the untrained model's."""
+SWEEP_SEEDS = (0, 1)
+"""The protocol's sweep seeds; the benchmark's are others (benchmarks/run.py ``BENCHMARK_SEEDS``)."""
+BUDGET = 1024
+EVAL_QUERIES = 64
+"""The benchmark's budget and evaluation interval (a setting whose epoch is longer is evaluated once an epoch)."""
 
-_LRS = (1e-4, 3e-4, 1e-3, 3e-3)
-# Family -> method -> (base preset, settings tried). Every method's learning rates go up in steps of about 3 until
-# the winner is not the largest one tried (the next one up loses its prompt accuracy or gains less): so DDPO also
-# tries 1e-2, and PPO on alignment stops at 1e-3. DDPO's update batch: 32 or 64 of its 64 images an epoch
-# (accumulating 4 or 8 minibatches of 8). REINFORCE is not swept: with one optimizer step per sampling round its update
-# is PPO's (every ratio is 1, so nothing is clipped), and it takes PPO's winner.
-GRID: dict[str, dict[Method, tuple[str, list[dict]]]] = {
-    "jpeg": {
-        RLCM_PPO: ("shapes-rlcm-compression", [{"learning_rate": lr} for lr in _LRS]),
-        DDPO_PPO: (
-            "shapes-ddpo-compression",
-            [{"learning_rate": lr, "gradient_accumulation_steps": a} for lr in (*_LRS, 1e-2) for a in (4, 8)],
-        ),
-    },
-    "alignment": {
-        RLCM_PPO: ("shapes-rlcm-alignment", [{"learning_rate": lr} for lr in _LRS[:3]]),
-        RLCM_DPG: (
-            "shapes-rlcm-alignment",
-            [{"learning_rate": lr, "algo": "dpg", "group_size": 1} for lr in _LRS],
-        ),
-    },
+_LRS = (3e-4, 1e-3, 3e-3)
+# ddpo-pytorch's published structure on 8 GPUs: 256 images an epoch, 4 optimizer steps of 64 (train batch 4 x
+# accumulation 2 x 8 processes); here 16 batches of 16 images and steps of 8 x 8.
+DDPO_PUBLISHED = {"batches_per_epoch": 16, "train_batch_size": 8, "gradient_accumulation_steps": 8}
+# Family -> (the task it is tuned on, method -> (base preset, settings tried)). The fidelity settings (KL 0.1 and the
+# alignment term at weight 1) are tried at each method's middle learning rate.
+GRID: dict[str, tuple[str, dict[Method, tuple[str, list[dict]]]]] = {
+    "jpeg": (
+        "compression",
+        {
+            RLCM_PPO: (
+                "shapes-rlcm-compression",
+                [
+                    *({"learning_rate": lr} for lr in _LRS),
+                    {"learning_rate": 1e-3, "kl_coef": 0.1},
+                    {"learning_rate": 1e-3, "alignment_term": 1.0},
+                ],
+            ),
+            DDPO_PPO: (
+                "shapes-ddpo-compression",
+                [
+                    *({"learning_rate": lr} for lr in (1e-3, 3e-3, 1e-2)),
+                    {"learning_rate": 3e-3, "kl_coef": 0.1},
+                    {"learning_rate": 3e-3, "alignment_term": 1.0},
+                    {"learning_rate": 3e-3, **DDPO_PUBLISHED},
+                ],
+            ),
+        },
+    ),
+    "alignment": (
+        "alignment",
+        {
+            RLCM_PPO: ("shapes-rlcm-alignment", [{"learning_rate": lr} for lr in _LRS]),
+            RLCM_DPG: ("shapes-dpg-alignment", [{"learning_rate": lr} for lr in _LRS]),
+        },
+    ),
 }
 
 
@@ -55,102 +76,119 @@ GRID: dict[str, dict[Method, tuple[str, list[dict]]]] = {
 class Args:
     output_dir: Path = Path("sweep-results")
     families: tuple[str, ...] = ("jpeg", "alignment")
-    seeds: int = 2
-    queries: int = 320
-    """Reward queries per run (the same for every method)."""
-    eval_queries: int = 64
-    """Reward queries between evaluations."""
     device: str = "cpu"
 
 
 def setting_name(settings: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("algo", "group_size"))
+    if settings.keys() >= DDPO_PUBLISHED.keys():
+        rest = {k: v for k, v in settings.items() if k not in DDPO_PUBLISHED}
+        return ", ".join([*(f"{k}={v}" for k, v in rest.items()), "published structure (256 images, 4 steps)"])
+    return ", ".join(f"{k}={v}" for k, v in settings.items())
 
 
-def score(runs: list[list[dict]]) -> dict:
-    """Mean over seeds of the start and final eval reward and prompt accuracy."""
-    reward, accuracy = start_and_end(runs, "eval_reward_mean"), start_and_end(runs, "eval_prompt_accuracy")
+def setting_config(base: str, settings: dict) -> TrainConfig:
+    """The base preset with ``settings``; ``alignment_term`` adds the shapes alignment term to its reward."""
+    settings = dict(settings)
+    cfg = PRESETS[base]
+    weight = settings.pop("alignment_term", 0.0)
+    if weight:
+        settings["reward"] = with_alignment_term(cfg.reward, weight)
+    return replace_config(cfg, **settings)
+
+
+def score(runs: list[list[dict]], task: str) -> dict:
+    """Over the seeds' runs: how many reach the target, the mean reward queries to it (the budget where censored),
+    the mean final gain in the task reward (mean of the last 3 evaluations minus the start), the mean start and
+    final prompt accuracy, and the training seconds per reward query."""
+    reached = [reach(m, task) for m in runs]
+    finals = [evaluations(m) for m in runs]
+    gain = [np.mean([task_reward(p, task) for p in e[-3:]]) - task_reward(e[0], task) for e in finals]
+    accuracy = [[p.get("eval_prompt_accuracy", np.nan) for p in e] for e in finals]
     return {
-        "reward_start": reward["start"],
-        "reward_final": reward["end"],
-        "accuracy_start": accuracy["start"],
-        "accuracy_final": accuracy["end"],
+        "reached": sum(not r.censored for r in reached),
+        "seeds": len(runs),
+        "queries_to_target": float(np.mean([r.reward_queries for r in reached])),
+        "gain_final": float(np.mean(gain)),
+        "accuracy_start": float(np.mean([a[0] for a in accuracy])),
+        "accuracy_final": float(np.mean([np.mean(a[-3:]) for a in accuracy])),
+        "seconds_per_query": float(np.mean([m[-1]["wall_time_s"] / m[-1]["reward_queries"] for m in runs])),
     }
 
 
 def pick_winner(rows: list[dict]) -> dict:
-    """The best final reward among rows that keep their accuracy; if none does, the one that keeps the most."""
-    kept = [r for r in rows if r["accuracy_final"] >= KEEP_ACCURACY * r["accuracy_start"]]
-    if kept:
-        return max(kept, key=lambda r: r["reward_final"])
-    return max(rows, key=lambda r: r["accuracy_final"] / max(r["accuracy_start"], 1e-9))
+    """Most seeds reaching the target, then fewest queries to it, then the largest final gain."""
+    return min(rows, key=lambda r: (-r["reached"], r["queries_to_target"], -r["gain_final"]))
 
 
-def write_table(results: dict, out: Path, args: Args) -> None:
+def write_table(results: dict, out: Path) -> None:
+    seeds = ", ".join(map(str, SWEEP_SEEDS))
     lines = [
         "# Sweep: each method's own settings",
         "",
         f"Command: `python -m benchmarks.sweep {' '.join(sys.argv[1:])}`  ",
-        f"{args.seeds} seeds, {args.queries} reward queries per run, evaluated every {args.eval_queries} on the fixed "
-        "evaluation set (32 images). Final = mean of the last 3 evaluations, averaged over seeds. A setting qualifies "
-        f"if its final prompt accuracy is at least {KEEP_ACCURACY:.0%} of its start; the winner (**bold**) is the "
-        "best final reward among those.",
+        f"Seeds {seeds} (the benchmark's are others), {BUDGET} reward queries per run, evaluated every {EVAL_QUERIES} "
+        "(or once an epoch, if longer) on the fixed evaluation set (32 images). Target (docs/benchmark/PROTOCOL.md): "
+        f"the first evaluation that gains {DELTA} in the task reward over the run's start with prompt accuracy at "
+        f"least {ACCURACY_KEPT:.0%} of the start. The winner (**bold**) reaches it on the most seeds, then with the "
+        "fewest queries (the budget where censored), then with the largest final gain (mean of the last 3 "
+        "evaluations minus the start, in the task reward).",
         "",
-        "| family | method | setting | eval reward start -> final | prompt accuracy start -> final | qualifies |",
-        "|---|---|---|---|---|---|",
+        "| family (tuned on) | method | setting | seeds reaching | queries to target | final gain | "
+        "prompt accuracy start -> final | s / query |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for family, methods in results.items():
         for method, data in methods.items():
             for row in data["rows"]:
-                name = row["setting"]
-                if row == data["winner"]:
-                    name = f"**{name}**"
-                ok = row["accuracy_final"] >= KEEP_ACCURACY * row["accuracy_start"]
+                name = f"**{row['setting']}**" if row == data["winner"] else row["setting"]
                 lines.append(
-                    f"| {family} | {method} | {name} | {row['reward_start']:.3f} -> {row['reward_final']:.3f} | "
-                    f"{row['accuracy_start']:.3f} -> {row['accuracy_final']:.3f} | {'yes' if ok else 'no'} |"
+                    f"| {family} ({data['task']}) | {method} | {name} | {row['reached']}/{row['seeds']} | "
+                    f"{row['queries_to_target']:.0f} | {row['gain_final']:+.3f} | {row['accuracy_start']:.3f} -> "
+                    f"{row['accuracy_final']:.3f} | {row['seconds_per_query']:.3f} |"
                 )
     atomic_write_text(out / "sweep.md", "\n".join(lines) + "\n")
     atomic_write_text(out / "sweep.json", json.dumps(results, indent=1))
 
 
 def main(args: Args) -> None:
-    # Before any run: a count below 1 otherwise runs nothing and writes an empty table, or fails naming the preset's
-    # --epochs, which this command has no flag for.
-    check_counts(args, "seeds", "queries", "eval_queries")
     check_names(args.families, "families", "family")
     unknown = set(args.families) - set(GRID)
     if unknown:
         raise GenrlError(f"unknown --families {sorted(unknown)}; choose from {', '.join(GRID)}")
-    jobs = [
-        (family, method, base, settings, seed)
+    jobs = [  # every configuration is checked before the first run starts
+        (family, method, settings, _budgeted(base, settings, seed, args, family, method))
         for family in args.families
-        for method, (base, grid) in GRID[family].items()
+        for method, (base, grid) in GRID[family][1].items()
         for settings in grid
-        for seed in range(args.seeds)
+        for seed in SWEEP_SEEDS
     ]
     progress = Progress(len(jobs))
     runs: dict[tuple, list] = {}
-    for family, method, base, settings, seed in jobs:
-        cfg: TrainConfig = replace_config(PRESETS[base], **settings)
-        slug = "-".join(f"{v}" for v in settings.values())
-        name = f"{family}-{method.family}-{cfg.algo}-{slug}-seed{seed}"
-        progress.start(name)
-        cfg = budgeted(cfg, args.queries, args.eval_queries, seed, args.output_dir / "runs" / name, args.device)
+    for family, method, settings, cfg in jobs:
+        progress.start(cfg.run_name)
         runs.setdefault((family, method.name, setting_name(settings)), []).append(run_to_completion(cfg))
         progress.finish()
     results: dict = {}
     for (family, method, setting), metrics in runs.items():
-        data = results.setdefault(family, {}).setdefault(method, {"rows": []})
-        data["rows"].append({"setting": setting, **score(metrics)})
+        task = GRID[family][0]
+        data = results.setdefault(family, {}).setdefault(method, {"task": task, "rows": []})
+        data["rows"].append({"setting": setting, **score(metrics, task)})
     for methods in results.values():
         for data in methods.values():
             data["winner"] = pick_winner(data["rows"])
-    write_table(results, args.output_dir, args)
+    write_table(results, args.output_dir)
     for family, methods in results.items():
         for method, data in methods.items():
             print(f"{family} / {method}: {data['winner']['setting']}")
     print(f"table: {args.output_dir / 'sweep.md'}")
+
+
+def _budgeted(base: str, settings: dict, seed: int, args: Args, family: str, method: Method) -> TrainConfig:
+    cfg = setting_config(base, settings)
+    slug = "_".join(f"{k}{v}" for k, v in settings.items())
+    name = f"{family}-{method.slug}-{slug}-seed{seed}"
+    every = max(EVAL_QUERIES, cfg.samples_per_epoch)
+    return budgeted(cfg, BUDGET, every, seed, args.output_dir / "runs" / name, args.device)
 
 
 def cli() -> None:

@@ -418,6 +418,12 @@ def _check_device(device: str) -> None:
         raise GenrlError(f"--device {device}: this machine has {count} {parsed.type} devices; pick another index")
 
 
+def with_alignment_term(reward: str, weight: float) -> str:
+    """``reward`` plus ``weight`` times the shapes alignment reward: a composite that pays for keeping the shapes
+    (each part is logged on its own, the task's reward among them)."""
+    return f"{reward}=1,shapes_alignment={weight}"
+
+
 def _preset(**fields: Any) -> TrainConfig:
     """The field defaults with ``fields``: the run's, ``algo`` and its settings, by name."""
     return replace_config(TrainConfig(), **fields)

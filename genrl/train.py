@@ -395,6 +395,9 @@ def evaluate(t: Training) -> tuple[dict[str, float], Rollout]:
     rollouts = [_collect(t, batch, t.counters["epoch"]) for batch in t.eval_batches]
     rewards = torch.cat([r.resolve().rewards for r in rollouts])
     metrics = {"eval_reward_mean": rewards.mean().item(), "eval_reward_std": rewards.std(unbiased=False).item()}
+    if rollouts[0].reward_parts:  # a composite reward's parts: the task's own reward among them
+        parts = {name: torch.cat([r.reward_parts[name] for r in rollouts]) for name in rollouts[0].reward_parts}
+        metrics["eval_reward_parts"] = {name: values.mean().item() for name, values in parts.items()}
     prompts = [p for r in rollouts for p in r.prompts]
     if all(is_shapes_prompt(p) for p in prompts):
         images = torch.cat([r.images for r in rollouts])

@@ -249,3 +249,12 @@ def test_sample_grid_captions_show_the_whole_prompt():
     caption = np.asarray(long.convert("L"))[64:, :64]
     lines_with_ink = [row for row in range(0, caption.shape[0], 11) if (caption[row : row + 11] < 128).any()]
     assert len(lines_with_ink) == 5  # "-1.75 two" "large red" "circles on" "a blue" "background"
+
+
+def test_a_composite_rewards_evaluation_logs_each_part(tmp_path):
+    reward = "jpeg_compressibility=1,jpeg_incompressibility=0.25"
+    main(fast_args(tmp_path, "r", "--epochs", "1", "--eval-every", "1", "--eval-size", "4", "--reward", reward))
+    for m in (m for m in logged_metrics(tmp_path / "r") if "eval_reward_mean" in m):
+        parts = m["eval_reward_parts"]  # the task's own reward stays readable beside the weighted sum
+        assert parts["jpeg_compressibility"] == -parts["jpeg_incompressibility"]
+        assert m["eval_reward_mean"] == pytest.approx(0.75 * parts["jpeg_compressibility"], rel=1e-6)
