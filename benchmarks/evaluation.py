@@ -87,28 +87,37 @@ def evaluate_method(cfg: TrainConfig, lora: Path | None, settings: EvaluationSet
 
 
 def evaluate_task(
-    task: str, data: dict, methods: dict[str, TrainConfig], queries: int, settings: EvaluationSettings, out: Path
+    task: str, data: dict, methods: dict[str, TrainConfig], seed: int, settings: EvaluationSettings, out: Path
 ) -> None:
-    """Into ``data["evaluation"]`` and ``out/samples_<task>.png``: seed 0's LoRA of each method at ``queries``
-    reward queries (the equal budget), and the headline methods' base models."""
+    """Into ``data["evaluation"]`` and ``out/samples_<task>.png``: each method's final LoRA of run ``seed`` and the
+    headline methods' base models; the grid shows, per method, the base model, the best checkpoint that kept the
+    picture (``--keep-best``) and the final one, each row labelled with what it shows."""
     rows, captions = [], []
     for name, cfg in methods.items():
         method = METHODS[name]
         if settings.quick and not method.headline:
             continue
-        at_equal_budget = f"epoch-{queries // cfg.samples_per_epoch:04d}"
-        lora = run_directory(out, task, method.slug, 0) / "checkpoints" / at_equal_budget
-        if not lora.exists():  # a reference method, not trained: its base model
-            lora = None
+        checkpoints = run_directory(out, task, method.slug, seed) / "checkpoints"
+        final = checkpoints / "latest" if (checkpoints / "latest").exists() else None  # None: a reference, untrained
         cache = out / "evaluations" / f"{task}-{method.slug}"
-        evaluation = evaluate_method(cfg, lora, settings, cache)
-        if method.headline and not settings.quick:
+        evaluation = evaluate_method(cfg, final, settings, cache)
+        data["evaluation"][name] = {k: v for k, v in evaluation.items() if not k.startswith("_")}
+        if not method.headline:
+            continue
+        prompts = evaluation["_prompts"]
+        if final is None:
+            rows.append(evaluation["_images"])
+            captions += [f"{name} untrained (the reference): {p}" for p in prompts]
+            continue
+        if not settings.quick:
             base = evaluate_method(cfg, None, settings, cache.with_name(f"{cache.name}-base"))
             rows.append(base.pop("_images"))
-            captions += [f"{name} base: {p}" for p in base.pop("_prompts")]
-            evaluation["base"] = {k: v for k, v in base.items() if not k.startswith("_")}
-        if method.headline:
-            rows.append(evaluation["_images"])
-            captions += [f"{name} tuned: {p}" for p in evaluation["_prompts"]]
-        data["evaluation"][name] = {k: v for k, v in evaluation.items() if not k.startswith("_")}
+            captions += [f"{name} untrained: {p}" for p in base.pop("_prompts")]
+            data["evaluation"][name]["base"] = {k: v for k, v in base.items() if not k.startswith("_")}
+        best = (checkpoints / "best").resolve()
+        if best.is_dir() and best != final.resolve():
+            rows.append(Evaluator(cfg, best, settings.device, len(prompts)).sample(cfg.num_steps, prompts, 7, False)[2])
+            captions += [f"{name} best kept ({best.name}): {p}" for p in prompts]
+        rows.append(evaluation["_images"])
+        captions += [f"{name} final ({final.resolve().name}): {p}" for p in prompts]
     image_grid(torch.cat(rows), captions, columns=8).save(out / f"samples_{task}.png")

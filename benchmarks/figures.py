@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.methods import HEADLINE, RLCM_PPO
-from benchmarks.summary import curve
+from benchmarks.summary import TASK_REWARD, curve, evaluations, with_task_reward
 
 
 @contextmanager
@@ -36,14 +36,14 @@ def mean_curve(runs: list[list[dict]], x: str, key: str, points: int = 60) -> tu
 
 
 def plot_curves(results: dict, x: str, xlabel: str, path: Path) -> None:
-    """Eval reward and prompt accuracy against ``x`` per task: each method's mean and std band over seeds."""
+    """Eval task reward and prompt accuracy against ``x`` per task: each method's mean and std band over seeds."""
     tasks = list(results["tasks"])
-    rows = [("eval_reward_mean", "eval reward"), ("eval_prompt_accuracy", "eval prompt accuracy")]
+    rows = [(TASK_REWARD, "eval task reward"), ("eval_prompt_accuracy", "eval prompt accuracy")]
     with _figure(path, 2, len(tasks), 6.4) as axes:
         for column, task in enumerate(tasks):
             for row, (key, label) in enumerate(rows):
                 ax = axes[row][column]
-                for name, runs in results["tasks"][task]["runs"].items():
+                for name, runs in with_task_reward(results["tasks"][task]["runs"], task).items():
                     if not all(curve(m, x, key)[1] for m in runs):
                         continue
                     if all(len(m) == 1 for m in runs):  # a reference, not trained: its start
@@ -58,6 +58,32 @@ def plot_curves(results: dict, x: str, xlabel: str, path: Path) -> None:
                 ax.set_ylabel(label)
                 ax.grid(alpha=0.3)
             axes[0][column].legend(fontsize=8)  # the methods differ between tasks
+
+
+def plot_frontier(results: dict, path: Path) -> None:
+    """Per task and method, the mean over seeds of the task-reward gain against the prompt accuracy as a share of
+    the start, one point per evaluation (the start at (1, 0)); the protocol's 80% floor as a line."""
+    tasks = list(results["tasks"])
+    with _figure(path, 1, len(tasks), 3.8) as axes:
+        for column, task in enumerate(tasks):
+            ax = axes[0][column]
+            for name, runs in with_task_reward(results["tasks"][task]["runs"], task).items():
+                if all(len(m) == 1 for m in runs):  # a reference, not trained
+                    continue
+                curves = [(evaluations(m)[2], evaluations(m, "eval_prompt_accuracy")[2]) for m in runs]
+                if not all(accuracy for _, accuracy in curves):
+                    continue
+                length = min(len(reward) for reward, _ in curves)
+                gain = np.mean([np.subtract(r[:length], r[0]) for r, _ in curves], axis=0)
+                kept = np.mean([np.divide(a[:length], a[0]) for _, a in curves], axis=0)
+                ax.plot(kept, gain, marker=".", label=name)
+            ax.axvline(0.8, ls="--", c="gray", lw=0.8, label="80% of the start")
+            ax.invert_xaxis()
+            ax.set_title(task)
+            ax.set_xlabel("eval prompt accuracy / start")
+            ax.set_ylabel("eval task reward gain")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
 
 
 def plot_evaluations(results: dict, out: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from genrl.config import PRESETS, TrainConfig, replace_config
+from genrl.config import PRESETS, TrainConfig
 from genrl.families.ddpm import PAPER_STEPS
 
 
@@ -20,10 +20,9 @@ class Method:
     preset: str
     """Its preset on a task, ``{task}`` standing for the task's name; the shapes suite's carry ``shapes-`` before."""
     role: Literal["fast", "baseline", "variant"]
-    """fast and baseline: the pair the headline ratios compare (how much sooner the fast one reaches the baseline's
-    final reward); the fast one goes on past the baseline's budget (``--rlcm-queries-factor``), and the baseline may
-    be only a reference (``baseline_is_reference``). variant: RLCM with another algorithm, run only where the baseline
-    is a reference (``lineup``)."""
+    """fast and baseline: the pair the headline ratios compare (how much sooner the fast one reaches the fidelity
+    target, docs/benchmark/PROTOCOL.md); the baseline may be only a reference (``baseline_is_reference``). variant:
+    RLCM with another algorithm, run only where the baseline is a reference (``lineup``)."""
 
     @property
     def headline(self) -> bool:
@@ -37,17 +36,16 @@ class Method:
 
     def config(self, suite: str, task: str) -> TrainConfig:
         """Its preset for ``task`` in ``suite``."""
-        preset = PRESETS[("shapes-" if suite == "shapes" else "") + self.preset.format(task=task)]
-        # REINFORCE has no preset of its own: it takes PPO's settings (benchmarks/sweep.py says why).
-        return preset if preset.algo == self.algo else replace_config(preset, algo=self.algo)
+        return PRESETS[("shapes-" if suite == "shapes" else "") + self.preset.format(task=task)]
 
 
 RLCM_PPO = Method("RLCM (PPO)", "rlcm", "ppo", "rlcm-{task}", "fast")
 DDPO_PPO = Method("DDPO (PPO)", "ddpo", "ppo", "ddpo-{task}", "baseline")
-RLCM_REINFORCE = Method("RLCM (REINFORCE)", "rlcm", "reinforce", "rlcm-{task}", "variant")
 RLCM_DPG = Method("RLCM (DPG)", "rlcm", "dpg", "dpg-{task}", "variant")
+# No RLCM (REINFORCE): with one optimizer step per sampling round its gradient is PPO's (every ratio is 1), so its
+# runs repeated RLCM (PPO)'s to the last digit.
 
-METHODS: dict[str, Method] = {m.name: m for m in (RLCM_PPO, DDPO_PPO, RLCM_REINFORCE, RLCM_DPG)}
+METHODS: dict[str, Method] = {m.name: m for m in (RLCM_PPO, DDPO_PPO, RLCM_DPG)}
 """Every method by its name, in the order the suite runs, reports and plots them."""
 HEADLINE = tuple(m for m in METHODS.values() if m.headline)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.figures import plot_curves, plot_evaluations
+from benchmarks.figures import plot_curves, plot_evaluations, plot_frontier
 from benchmarks.methods import DDPO_PPO, RLCM_PPO
 from benchmarks.summary import CONTENDED, RATIO_PARTS, cpu_per_wall
 from genrl.rundir import atomic_write_text
@@ -19,37 +19,60 @@ def write_outputs(results: dict, out: Path) -> None:
     atomic_write_text(out / "results.json", json.dumps(results, indent=1))  # a failed rewrite keeps the old one
     plot_curves(results, "reward_queries", "reward queries", out / "fig4_reward_vs_queries.png")
     plot_curves(results, "wall_time_s", "training wall-clock (s)", out / "fig5_reward_vs_wallclock.png")
+    plot_frontier(results, out / "fig_frontier.png")
     plot_evaluations(results, out)
     write_report(results, out)
 
 
+def _interval(ci: list[float] | None, signed: bool = False) -> str:
+    if ci is None:
+        return ""
+    low, high = ci
+    return f" [{low:+.3f}, {high:+.3f}]" if signed else f" [{low:.2f}, {high:.2f}]"
+
+
+def format_fidelity(summary: dict, key: str) -> str:
+    """A geometric-mean ratio of the headline with its interval, or n/a."""
+    value = summary.get(key)
+    return "n/a" if value is None else f"{value:.2f}{_interval(summary[f'{key}_ci95'])}"
+
+
+def format_headline(summary: dict) -> str:
+    """One line: the fidelity speed-up, its interval and censored pairs, and whether it is a headline."""
+    if "fidelity_speedup" not in summary:
+        return f"no fidelity speed-up ({summary['headline_why_none']})"
+    censored = summary["fidelity_speedup_censored"]
+    line = (
+        f"fidelity_speedup {format_fidelity(summary, 'fidelity_speedup')} over "
+        f"{len(summary['fidelity_speedup_pairs'])} seed pairs (censored: DDPO {censored[DDPO_PPO.name]}, RLCM "
+        f"{censored[RLCM_PPO.name]}, both {censored['both']})"
+    )
+    return line if summary["headline"] else f"{line}; not a headline: {summary['headline_why_none']}"
+
+
 def format_ratio(summary: dict, key: str) -> str:
-    """A summary's ratio ``key`` with its interval, or why there is none; the seed pairs left out, if any."""
-    value = summary[key]
-    if value is None:
-        return f"n/a ({summary[f'{key}_why_none']})"
-    low, high = summary[f"{key}_ci95"]
-    bound = ">= " if summary[f"{key}_lower_bound"] else ""
-    pairs = summary[f"{key}_pairs"]
-    left_out = [p["why_none"] for p in pairs if p["left_out"]]
-    why = "; ".join(sorted(set(left_out)))
-    measured = f" ({len(pairs) - len(left_out)} of {len(pairs)} seed pairs; left out: {why})"
-    return f"{bound}{value:.2f} [{low:.2f}, {high:.2f}]" + (measured if left_out else "")
+    """The paper's ratio ``key`` with its interval and its censored pairs."""
+    value, censored = summary[key], summary[f"{key}_censored"]
+    bounds = f", {censored} censored (upper bounds)" if censored else ""
+    return f"{value:.2f}{_interval(summary[f'{key}_ci95'])}{bounds}"
 
 
 def format_start_end(values: dict | None) -> str:
     if values is None:
         return "-"
-    low, high = values["gain_ci95"]
-    return f"{values['start']:.3f} -> {values['end']:.3f} ({values['gain']:+.3f} [{low:+.3f}, {high:+.3f}])"
+    return (
+        f"{values['start']:.3f} -> {values['end']:.3f} ({values['gain']:+.3f}{_interval(values['gain_ci95'], True)}, "
+        f"{values['gain_standard_errors']:.1f} SE)"
+    )
 
 
 def write_report(results: dict, out: Path) -> None:
-    """report.md: the headline table, each method's start and end, the alignment question, the contended runs and
-    the figures."""
+    """report.md: the headline table, each method's start and end, the paper's ratio, the alignment question, the
+    contended runs and the figures."""
     lines = [
         *_headline(results),
         *_starts_and_ends(results),
+        *_paper_ratio(results),
         *_reaching_ddpo_start(results),
         *_contended(results),
         *_definitions_and_figures(results),
@@ -59,21 +82,61 @@ def write_report(results: dict, out: Path) -> None:
 
 def _headline(results: dict) -> list[str]:
     meta = results["meta"]
+    seeds = meta["seeds"]
     lines = [
         f"# genrl benchmark: {meta['suite']} suite",
         "",
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']}  ",
-        f"Seeds: {meta['seeds']}; reward queries per run (between evaluations on a fixed set of 32 images): "
+        f"Protocol: [{meta['protocol']}](PROTOCOL.md), fixed before these runs. Seeds {seeds[0]}-{seeds[-1]} "
+        f"({len(seeds)}; the sweep's were {', '.join(map(str, meta['sweep_seeds']))}); reward queries per run "
+        "(between evaluations on a fixed set of 32 images): "
         + ", ".join(f"{t} {q} ({meta['eval_queries'][t]})" for t, q in meta["queries"].items())
         + f"; finished {meta['date']}, the last invocation taking {meta['total_s'] / 60:.0f} min.",
         "",
-        "| task | train_speedup [95% CI] | query_efficiency [95% CI] | prompt accuracy at the target (DDPO / RLCM) | "
-        "DDPO's gain in standard errors | inference_speedup (training horizon / 50 DDIM steps) |",
-        "|---|---|---|---|---|---|",
+        "**fidelity_speedup**: per seed pair, DDPO's training wall-clock to its first evaluation that gains Δ in the "
+        "task reward over its own start with at least 80% of its starting prompt accuracy, over RLCM's to the same; "
+        "the geometric mean over pairs with a 95% t-interval on the log ratios. A run that never gets there is "
+        "censored at its budget and its pair kept: DDPO censored makes the pair's ratio a lower bound, RLCM censored "
+        "an upper bound. It is a headline only if both methods learned (mean final gain at least 3 standard errors "
+        "over the seeds).",
+        "",
+        "| task | Δ | fidelity_speedup [95% CI] | reached target (DDPO / RLCM) | censored (DDPO / RLCM / both) | "
+        "= cost per query ratio [95% CI] | x query ratio [95% CI] | CPU-time ratio [95% CI] | headline |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for task, data in results["tasks"].items():
         s = data["summary"]
+        if "fidelity_speedup" not in s:
+            lines.append(f"| {task} | - | n/a | - | - | - | - | - | no: {s['headline_why_none']} |")
+            continue
+        reached, censored, n = s["fidelity_speedup_reached"], s["fidelity_speedup_censored"], len(seeds)
+        lines.append(
+            f"| {task} | {s['fidelity_delta']} | {format_fidelity(s, 'fidelity_speedup')} | "
+            f"{reached[DDPO_PPO.name]}/{n} / {reached[RLCM_PPO.name]}/{n} | {censored[DDPO_PPO.name]} / "
+            f"{censored[RLCM_PPO.name]} / {censored['both']} | {format_fidelity(s, 'cost_per_query_ratio')} | "
+            f"{format_fidelity(s, 'fidelity_query_ratio')} | {format_fidelity(s, 'fidelity_cpu_ratio')} | "
+            f"{'yes' if s['headline'] else 'no: ' + s['headline_why_none']} |"
+        )
+    return lines
+
+
+def _paper_ratio(results: dict) -> list[str]:
+    lines = [
+        "",
+        "Secondary, the paper's ratio: per seed pair, DDPO's time to its final task reward (mean of its last 3 "
+        "evaluations, interpolated) over RLCM's to the same, whatever the pictures look like there; a DDPO that ends "
+        "at or below its start gives 0, an RLCM that never gets there is censored at its budget (an upper bound). "
+        "Arithmetic mean with a 95% t-interval, every pair kept.",
+        "",
+        "| task | train_speedup [95% CI] | query_efficiency [95% CI] | prompt accuracy there (DDPO / RLCM) | "
+        "inference_speedup (training horizon / 50 DDIM steps) |",
+        "|---|---|---|---|---|",
+    ]
+    for task, data in results["tasks"].items():
+        s = data["summary"]
+        if "train_speedup" not in s:
+            continue
         inference = "-"
         if "inference_speedup" in s:
             inference = f"{s['inference_speedup']:.2f} / {s.get('inference_speedup_50_ddim', float('nan')):.2f}"
@@ -81,7 +144,7 @@ def _headline(results: dict) -> list[str]:
         accuracy = f"{accuracy[DDPO_PPO.name]:.2f} / {accuracy[RLCM_PPO.name]:.2f}" if accuracy else "-"
         lines.append(
             f"| {task} | {format_ratio(s, 'train_speedup')} | {format_ratio(s, 'query_efficiency')} | {accuracy} | "
-            f"{s['ddpo_gain_in_standard_errors']:.1f} | {inference} |"
+            f"{inference} |"
         )
     return lines
 
@@ -90,9 +153,10 @@ def _starts_and_ends(results: dict) -> list[str]:
     lines = [
         "",
         "Each method from its own start (the untrained model) to its end (mean of its last 3 evaluations), means over "
-        "seeds, the gain with a bootstrap 95% interval over seeds:",
+        "seeds; the gain with a 95% t-interval over seeds and its size in standard errors of that mean (the task "
+        "reward: a composite reward's own part):",
         "",
-        "| task | method | eval reward start -> end (gain) | prompt accuracy start -> end (gain) | CPU/wall |",
+        "| task | method | task reward start -> end (gain) | prompt accuracy start -> end (gain) | CPU/wall |",
         "|---|---|---|---|---|",
     ]
     for task, data in results["tasks"].items():
@@ -142,15 +206,17 @@ def _contended(results: dict) -> list[str]:
 
 
 def _definitions_and_figures(results: dict) -> list[str]:
-    # Names run.py, where `summarise` was when docs/benchmark/report.md was written: another path changes that report.
     lines = [
         "",
-        "Definitions: `summarise` in `benchmarks/run.py` and `benchmarks/ratios.py`. A ratio's target is DDPO's final "
-        "eval reward in each seed pair; `>=` marks a lower bound (RLCM started past the target). Figures 6-8 evaluate "
-        "the final LoRA of seed 0, loaded into a plain diffusers pipeline, on "
+        "Definitions: docs/benchmark/PROTOCOL.md; the code is `summarise` in `benchmarks/summary.py`, the target in "
+        "`benchmarks/fidelity.py`, the paper's ratio in `benchmarks/ratios.py`. Figures 6-8 evaluate the final LoRA "
+        f"of seed {results['meta']['seeds'][0]}, loaded into a plain diffusers pipeline, on "
         f"{results['meta']['eval_images']} images per point; Fig. 7 samples the RLCM model trained at its preset's H "
-        "at H = 2, 4, 8 (the paper trained one model per H).",
+        "at H = 2, 4, 8 (the paper trained one model per H). The frontier plots each method's mean task-reward gain "
+        "against its prompt accuracy as a share of its start, one point per evaluation: a method that buys reward "
+        "with the picture moves left.",
         "",
+        "![fidelity frontier](fig_frontier.png)",
         "![reward vs queries](fig4_reward_vs_queries.png)",
         "![reward vs wall-clock](fig5_reward_vs_wallclock.png)",
     ]
@@ -159,6 +225,9 @@ def _definitions_and_figures(results: dict) -> list[str]:
             "![inference budget](fig6_inference_budget.png)",
             "![LCM steps](fig7_lcm_steps.png)",
             "![held-out prompts](fig8_heldout.png)",
+            "",
+            "Samples of each method on the same prompts and noise: untrained, the best checkpoint that kept the "
+            "picture (`--keep-best`, where it is not the final one) and the final one; each caption names the row.",
             "",
             *[f"![samples {task}](samples_{task}.png)" for task in results["tasks"]],
         ]

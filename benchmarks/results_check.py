@@ -36,10 +36,19 @@ def check_results(results: object) -> None:
         if field(data, "evaluation", "an object", at, optional=True):
             _check_evaluation(data, at)
     meta = field(results, "meta", "an object", "")
-    for key in ("suite", "command", "machine", "date"):
+    for key in ("suite", "command", "machine", "date", "protocol"):
         field(meta, key, "a string", '["meta"]')
-    for key in ("seeds", "eval_images"):
-        field(meta, key, "a positive whole number", '["meta"]')
+    field(meta, "eval_images", "a positive whole number", '["meta"]')
+    for key in ("seeds", "sweep_seeds"):
+        for i, seed in enumerate(field(meta, key, "a list", '["meta"]')):
+            expect(seed, "a whole number", subscript('["meta"]', key, i))
+    if not meta["seeds"]:
+        raise Malformed('["meta"]["seeds"] names no seed')
+    for task, data in tasks.items():
+        for name, seeds in data["runs"].items():
+            if len(seeds) != len(meta["seeds"]):
+                where = subscript("", "tasks", task, "runs", name)
+                raise Malformed(f'{where} holds {len(seeds)} runs, but ["meta"]["seeds"] names {len(meta["seeds"])}')
     field(meta, "total_s", "a number", '["meta"]')
     queries = field(meta, "queries", "an object", '["meta"]')
     eval_queries = field(meta, "eval_queries", "an object", '["meta"]')

@@ -1,14 +1,16 @@
 """The benchmark suite: RLCM against DDPO on equal terms, the RLCM paper's figures 4-8 on your machine.
 
-    python -m benchmarks.run --suite shapes --output-dir bench      # embedded shapes models, 5 seeds, ~80 min, 2 CPUs
+    python -m benchmarks.run --suite shapes --output-dir bench     # embedded shapes models, 10 seeds, ~2 h, 2 CPUs
     python -m benchmarks.run --suite shapes --output-dir bench --quick                  # <= 15 min: JPEG tasks, 1 seed
     python -m benchmarks.run --suite paper --output-dir bench --device cuda   # Table 1 models and presets, GPUs
 
-Per task, every method trains from its preset (each method's own best settings: benchmarks/sweep.py) for the same
-number of reward queries, on several seeds, and is scored every ``--eval-queries`` queries on a fixed evaluation
-set (the same prompts and noise for every method and seed). Runs are resumable: the same command again skips the
-finished ones and continues an interrupted one from its checkpoint. Then the final LoRAs of seed 0 are loaded
-into plain diffusers pipelines and evaluated at several step counts. Written to the output dir:
+The protocol is docs/benchmark/PROTOCOL.md. Per task, every method trains from its preset (each method's own best
+settings: benchmarks/sweep.py) for the same number of reward queries, on the benchmark seeds (never the sweep's),
+and is scored every ``--eval-queries`` queries on a fixed evaluation set (the same prompts and noise for every
+method and seed). Runs are resumable: the same command again skips the finished ones and continues an interrupted
+one from its checkpoint, and a method added later joins the same results without the others running again. Then
+the final LoRAs of the first seed are loaded into plain diffusers pipelines and evaluated at several step counts.
+Written to the output dir:
 
     results.json       every run's metrics, every evaluation, and a ``summary`` per task (see ``summarise``)
     report.md          the headline table with 95% intervals, and the figures
@@ -35,7 +37,7 @@ import torch
 
 from benchmarks.evaluation import EvaluationSettings, evaluate_task
 from benchmarks.methods import DDPO_PPO, HEADLINE, METHODS, baseline_is_reference, lineup
-from benchmarks.report import format_ratio, write_outputs
+from benchmarks.report import format_headline, write_outputs
 from benchmarks.results_check import check_results
 from benchmarks.runs import (
     Malformed,
@@ -50,8 +52,12 @@ from benchmarks.runs import (
     untrained_evaluation,
 )
 from benchmarks.summary import summarise
+from benchmarks.sweep import BUDGET, EVAL_QUERIES, SWEEP_SEEDS
 from genrl.config import PRESETS, TrainConfig, config_to_json
 from genrl.errors import GenrlError
+
+BENCHMARK_SEEDS = range(10, 20)
+"""The protocol's benchmark seeds (docs/benchmark/PROTOCOL.md); the sweep's are ``SWEEP_SEEDS``."""
 
 
 @dataclass
@@ -60,19 +66,15 @@ class Args:
     """shapes: the embedded models on a CPU. paper: the paper's models and Table 1 hyperparameters (GPUs)."""
     output_dir: Path = Path("benchmark-results")
     quick: bool = False
-    """compression and incompression, RLCM and DDPO, one seed, fewer evaluations, the final models at their
+    """compression and incompression, RLCM and DDPO, one seed (the first benchmark seed), the final models at their
     training horizons only: at most 15 min on a 2-core CPU."""
     seeds: int | None = None
-    """Seeds per method (default 5: with 3, one seed on which DDPO barely learns decides the interval; quick 1)."""
+    """Seeds per method, from the first benchmark seed (10) on (default 10, quick 1): never the sweep's (0, 1)."""
     queries: int | None = None
     """Reward queries per run, the same for every method (default shapes: 1024; paper: DDPO's preset)."""
     eval_queries: int | None = None
-    """Reward queries between evaluations (default shapes: 128, quick 256; paper: 1/20 of the budget)."""
-    rlcm_queries_factor: int = 2
-    """RLCM (PPO) goes on to this many times --queries where DDPO trains: an RLCM query costs about 1/7 of DDPO's
-    wall-clock, and stopping it at DDPO's query budget would cut off when it reaches DDPO's final reward (the
-    ratios' target). Everything compared at equal queries (start and end rewards, the final models, samples) reads
-    RLCM at --queries."""
+    """Reward queries between evaluations (default shapes: 64, or once an epoch where an epoch is longer; paper:
+    1/20 of the budget)."""
     tasks: tuple[str, ...] | None = None
     """Default shapes: compression, incompression, alignment (quick: the first two); paper: also aesthetic."""
     eval_images: int | None = None
@@ -97,27 +99,24 @@ def reference_only(args: Args, task: str, name: str) -> bool:
 
 
 def run_config(args: Args, task: str, name: str, cfg: TrainConfig, seed: int) -> TrainConfig:
-    """One run's config: the task's budget, the fast method's extended where the baseline trains; checkpoints at
-    every evaluation, all of them kept in an extended run, so that its model at the equal budget is there to
-    evaluate."""
+    """One run's config: the task's budget, evaluated (and checkpointed) every ``eval_queries`` or once an epoch
+    where an epoch is longer."""
     queries, every = budget(args, task)
     run_dir = run_directory(args.output_dir, task, METHODS[name].slug, seed)
-    extended = METHODS[name].role == "fast" and not baseline_is_reference(args.suite, task)
-    if not extended or args.rlcm_queries_factor == 1:
-        return budgeted(cfg, queries, every, seed, run_dir, args.device)
-    longer = budgeted(cfg, queries * args.rlcm_queries_factor, every, seed, run_dir, args.device)
-    return dataclasses.replace(longer, keep_checkpoints=longer.epochs // longer.save_every)
+    return budgeted(cfg, queries, max(every, cfg.samples_per_epoch), seed, run_dir, args.device)
+
+
+def benchmark_seeds(args: Args) -> list[int]:
+    """The runs' seeds: from ``BENCHMARK_SEEDS[0]`` on, disjoint from the sweep's."""
+    count = _given(args.seeds, 1 if args.quick else len(BENCHMARK_SEEDS))
+    return list(range(BENCHMARK_SEEDS[0], BENCHMARK_SEEDS[0] + count))
 
 
 def budget(args: Args, task: str) -> tuple[int, int]:
-    """Reward queries per run and between evaluations. The paper suite's default: DDPO's preset budget for both
-    methods, evaluated 20 times."""
+    """Reward queries per run and between evaluations. The shapes suite's: the protocol's (the sweep's own). The
+    paper suite's default: DDPO's preset budget for both methods, evaluated 20 times."""
     if args.suite == "shapes":
-        # 1024: DDPO's swept settings gained about one standard error of an evaluation per 320 queries in the sweep
-        # (docs/benchmark/sweep), so about 3 here; the committed full run measured 1.9 and 1.4, one seed of three
-        # not learning. Quick: the same budget on one seed, evaluated half as often (fewer evaluations save more
-        # time than fewer queries would).
-        return _given(args.queries, 1024), _given(args.eval_queries, 256 if args.quick else 128)
+        return _given(args.queries, BUDGET), _given(args.eval_queries, EVAL_QUERIES)
     ddpo = DDPO_PPO.config(args.suite, task)
     queries = _given(args.queries, ddpo.epochs * ddpo.samples_per_epoch)
     return queries, _given(args.eval_queries, max(ddpo.samples_per_epoch, queries // 20))
@@ -149,7 +148,7 @@ def suite_tasks(args: Args) -> tuple[str, ...]:
 # --------------------------------------------------------------------------------------------------
 def check_flags(args: Args) -> None:
     """Bad flags end the command before anything is read, trained or written."""
-    check_counts(args, "seeds", "queries", "eval_queries", "eval_images", "rlcm_queries_factor")
+    check_counts(args, "seeds", "queries", "eval_queries", "eval_images")
     check_names(args.tasks, "tasks", "task")
     images = args.eval_images
     if images is not None and images > 8 and images % 8:
@@ -202,8 +201,8 @@ def report_only(args: Args) -> None:
         check_results(results)
     except Malformed as exc:
         raise GenrlError(f"{path} does not hold a benchmark's results: {exc}; {fix}") from None
-    for data in results["tasks"].values():
-        data["summary"] = summarise(data)
+    for task, data in results["tasks"].items():
+        data["summary"] = summarise(task, data, results["meta"]["seeds"])
     write_outputs(results, args.output_dir)
     print(f"report: {args.output_dir / 'report.md'}")
 
@@ -213,7 +212,7 @@ def main(args: Args) -> None:
     if args.report_only:
         return report_only(args)
     args = dataclasses.replace(args, eval_images=_given(args.eval_images, 16 if args.quick else 32))
-    seeds = _given(args.seeds, 1 if args.quick else 5)
+    seeds = benchmark_seeds(args)
     if args.suite == "paper":
         check_paper_requirements(args)
     tasks = suite_tasks(args)
@@ -223,42 +222,39 @@ def main(args: Args) -> None:
     jobs = [  # every configuration is checked before the first run starts
         (task, name, run_config(args, task, name, cfg, seed))
         for task in tasks
+        for seed in seeds  # seed by seed: an interrupted suite has whole pairs
         for name, cfg in methods[task].items()
-        for seed in range(seeds)
     ]
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress(len(jobs))
-    results: dict = {"tasks": {t: {"runs": {}, "configs": {}, "evaluation": {}} for t in tasks}}
-    for task, name, cfg in jobs:
-        progress.start(f"{cfg.run_name}: {cfg.epochs * cfg.samples_per_epoch} reward queries")
-        run = untrained_evaluation if reference_only(args, task, name) else run_to_completion
-        results["tasks"][task]["runs"].setdefault(name, []).append(run(cfg))
-        results["tasks"][task]["configs"][name] = config_to_json(methods[task][name])
-        progress.finish()
     settings = EvaluationSettings(args.device, args.eval_images, args.quick)
-    for task in tasks:
+    results: dict = {"tasks": {}}
+    for task in tasks:  # a task's results are written as soon as its runs are done: a long suite reports as it goes
+        data = results["tasks"][task] = {"runs": {}, "configs": {}, "evaluation": {}}
+        for _, name, cfg in (job for job in jobs if job[0] == task):
+            progress.start(f"{cfg.run_name}: {cfg.epochs * cfg.samples_per_epoch} reward queries")
+            run = untrained_evaluation if reference_only(args, task, name) else run_to_completion
+            data["runs"].setdefault(name, []).append(run(cfg))
+            data["configs"][name] = config_to_json(methods[task][name])
+            progress.finish()
         print(f"\n== evaluating the final models of {task}", flush=True)
-        evaluate_task(task, results["tasks"][task], methods[task], budgets[task][0], settings, out)
-        results["tasks"][task]["summary"] = summarise(results["tasks"][task])
-    results["meta"] = {
-        "suite": args.suite,
-        "command": "python -m benchmarks.run " + " ".join(sys.argv[1:]),
-        "machine": machine(),
-        "seeds": seeds,
-        "queries": {task: budgets[task][0] for task in tasks},
-        "rlcm_queries_factor": args.rlcm_queries_factor,
-        "eval_queries": {task: budgets[task][1] for task in tasks},
-        "eval_images": args.eval_images,
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "total_s": time.perf_counter() - progress.began,
-    }
-    write_outputs(results, out)
-    for task, data in results["tasks"].items():
-        s = data["summary"]
-        print(
-            f"{task}: train_speedup {format_ratio(s, 'train_speedup')}, query_efficiency "
-            f"{format_ratio(s, 'query_efficiency')}"
-        )
+        evaluate_task(task, data, methods[task], seeds[0], settings, out)
+        data["summary"] = summarise(task, data, seeds)
+        results["meta"] = {
+            "suite": args.suite,
+            "command": "python -m benchmarks.run " + " ".join(sys.argv[1:]),
+            "machine": machine(),
+            "protocol": "docs/benchmark/PROTOCOL.md",
+            "seeds": seeds,
+            "sweep_seeds": list(SWEEP_SEEDS),
+            "queries": {t: budgets[t][0] for t in results["tasks"]},
+            "eval_queries": {t: budgets[t][1] for t in results["tasks"]},
+            "eval_images": args.eval_images,
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "total_s": time.perf_counter() - progress.began,
+        }
+        write_outputs(results, out)
+        print(f"{task}: {format_headline(data['summary'])}", flush=True)
     print(f"\nreport: {out / 'report.md'}  ({(time.perf_counter() - progress.began) / 60:.1f} min)")
 
 

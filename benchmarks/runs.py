@@ -163,6 +163,7 @@ _KINDS: dict[str, Callable[[object], bool]] = {
     "a number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
     "a positive number": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v > 0,
     "a positive whole number": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+    "a whole number": lambda v: isinstance(v, int) and not isinstance(v, bool),
 }
 
 

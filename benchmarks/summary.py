@@ -1,25 +1,44 @@
-"""The headline numbers of a benchmark task, from its runs' evaluation curves (the ratios' maths: ``ratios``)."""
+"""The numbers of a benchmark task, from its runs' evaluation curves, as docs/benchmark/PROTOCOL.md defines them.
+
+Headline: ``fidelity_speedup``, per seed pair DDPO's training wall-clock to the fidelity target over RLCM's
+(benchmarks/fidelity.py), the geometric mean over pairs with a t-interval on the log ratios, censored pairs kept
+and counted. Secondary: the paper's ratio (how much sooner RLCM reaches DDPO's final reward, ``benchmarks.ratios``).
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import asdict
+
 import numpy as np
 
+from benchmarks.fidelity import DELTA, geometric_mean_ratio, reach, standard_errors, t_interval, task_reward
 from benchmarks.methods import DDPO_PPO, METHODS, PAPER_DDIM_STEPS, RLCM_DPG, RLCM_PPO
-from benchmarks.ratios import bootstrap_ci, final_reward, first_reach, pair_ratio, summarise_pairs
+from benchmarks.ratios import final_reward, first_reach, pair_ratio, summarise_pairs
 
 CONTENDED = 0.8
 """A run is flagged when its CPU/wall ratio is below this fraction of the best of its method on the same task."""
-RATIO_PARTS = ("ci95", "lower_bound", "why_none", "pairs", "left_out")
+LEARNED_STANDARD_ERRORS = 3.0
+"""A method learned on the benchmark seeds if its mean final gain is at least this many standard errors."""
+RATIO_PARTS = ("ci95", "pairs", "censored")
 """What ``summarise_pairs`` gives beside the value; a summary stores each as ``<key>_<part>``."""
+TASK_REWARD = "eval_task_reward"
+"""The key under which ``with_task_reward`` puts each evaluation's task reward."""
 
 
-def evaluations(metrics: list[dict], key: str = "eval_reward_mean") -> tuple[list[float], list[float], list[float]]:
+def with_task_reward(runs: dict[str, list[list[dict]]], task: str) -> dict[str, list[list[dict]]]:
+    """The runs with each evaluation's task reward under ``TASK_REWARD`` (a composite's part, or the reward)."""
+    add = lambda m: {**m, TASK_REWARD: task_reward(m, task)} if "eval_reward_mean" in m else m
+    return {name: [[add(m) for m in run] for run in seeds] for name, seeds in runs.items()}
+
+
+def evaluations(metrics: list[dict], key: str = TASK_REWARD) -> tuple[list[float], list[float], list[float]]:
     """A run's evaluation curve: reward queries, training wall-clock and ``key`` at each evaluation."""
     points = [m for m in metrics if key in m]
     return [m["reward_queries"] for m in points], [m["wall_time_s"] for m in points], [m[key] for m in points]
 
 
-def curve(metrics: list[dict], x: str, key: str = "eval_reward_mean") -> tuple[list[float], list[float]]:
+def curve(metrics: list[dict], x: str, key: str = TASK_REWARD) -> tuple[list[float], list[float]]:
     """``key`` against ``x``: "reward_queries", or else training wall-clock."""
     queries, wall, y = evaluations(metrics, key)
     return (queries if x == "reward_queries" else wall), y
@@ -27,7 +46,8 @@ def curve(metrics: list[dict], x: str, key: str = "eval_reward_mean") -> tuple[l
 
 def start_and_end(runs: list[list[dict]], key: str) -> dict | None:
     """Mean over seeds of the untrained model's ``key`` and of the final one (last 3 evaluations); the gain from
-    each run's own start, with a bootstrap 95% interval over seeds. None where no run logged ``key``."""
+    each run's own start, with a 95% t-interval over seeds and its size in standard errors. None where no run
+    logged ``key``."""
     ys = [evaluations(m, key)[2] for m in runs]
     if not all(ys):
         return None
@@ -36,7 +56,9 @@ def start_and_end(runs: list[list[dict]], key: str) -> dict | None:
         "start": float(np.mean([y[0] for y in ys])),
         "end": float(np.mean([final_reward(y) for y in ys])),
         "gain": float(np.mean(gains)),
-        "gain_ci95": list(bootstrap_ci(gains)),
+        "gain_ci95": t_interval(gains),
+        "gain_standard_errors": standard_errors(gains),
+        "gains": gains,
     }
 
 
@@ -48,16 +70,70 @@ def cpu_per_wall(metrics: list[dict]) -> float:
     return last.get("cpu_time_s", float("nan")) / last["wall_time_s"]
 
 
-def ratio(slow: list[list[dict]], fast: list[list[dict]], x: str, slow_name: str, fast_name: str) -> dict:
-    """Per seed pair, ``slow``'s x to its final eval reward over ``fast``'s x to the same; mean and 95% interval."""
-    pairs = [pair_ratio(curve(s, x), curve(f, x), slow_name, fast_name) for s, f in zip(slow, fast)]
-    return summarise_pairs(pairs)
+def seconds_per_query(metrics: list[dict]) -> float:
+    last = metrics[-1]
+    return last["wall_time_s"] / last["reward_queries"]
+
+
+def fidelity(slow: list[list[dict]], fast: list[list[dict]], task: str) -> dict:
+    """The headline (see the module's docstring): per seed pair, where each run reached the target or was censored,
+    and the ratios of wall-clock, CPU time and reward queries to it and of seconds per query; each ratio's
+    geometric mean over pairs with its 95% t-interval on the logs; the censored runs counted."""
+    pairs = []
+    for s, f in zip(slow, fast):
+        a, b = reach(s, task), reach(f, task)
+        pairs.append(
+            {
+                DDPO_PPO.name: asdict(a),
+                RLCM_PPO.name: asdict(b),
+                # DDPO censored: its time is at least its budget's, so the ratio at least this; RLCM censored: at most.
+                "bound": {(True, False): "lower", (False, True): "upper", (True, True): "none"}.get(
+                    (a.censored, b.censored)
+                ),
+                "wall": a.wall_time_s / b.wall_time_s,
+                "cpu": a.cpu_time_s / b.cpu_time_s,
+                "queries": a.reward_queries / b.reward_queries,
+                "cost_per_query": seconds_per_query(s) / seconds_per_query(f),
+            }
+        )
+    out: dict = {"delta": DELTA, "pairs": pairs}
+    for key, name in (
+        ("fidelity_speedup", "wall"),
+        ("fidelity_cpu_ratio", "cpu"),
+        ("fidelity_query_ratio", "queries"),
+        ("cost_per_query_ratio", "cost_per_query"),
+    ):
+        values = [p[name] for p in pairs]
+        if not values or not all(v > 0 and math.isfinite(v) for v in values):
+            out[key], out[f"{key}_ci95"] = None, None
+            continue
+        out[key], out[f"{key}_ci95"] = geometric_mean_ratio(values)
+    out["censored"] = {
+        DDPO_PPO.name: sum(p["bound"] == "lower" for p in pairs),
+        RLCM_PPO.name: sum(p["bound"] == "upper" for p in pairs),
+        "both": sum(p["bound"] == "none" for p in pairs),
+    }
+    out["reached"] = {m: sum(not p[m]["censored"] for p in pairs) for m in (DDPO_PPO.name, RLCM_PPO.name)}
+    return out
+
+
+def learned(gains: dict[str, dict | None]) -> tuple[bool, str | None]:
+    """Whether every method's mean final gain is at least ``LEARNED_STANDARD_ERRORS`` standard errors over the
+    seeds; if not, which did not learn."""
+    missing = [
+        f"{m} (its mean final gain {g['gain']:+.3f} is {g['gain_standard_errors']:.1f} standard errors)"
+        for m, g in gains.items()
+        if g is not None and not g["gain_standard_errors"] >= LEARNED_STANDARD_ERRORS
+    ]
+    if not missing:
+        return True, None
+    return False, "did not learn on the benchmark seeds: " + "; ".join(missing)
 
 
 def accuracy_at_target(pairs: list[dict], slow: list[list[dict]], fast: list[list[dict]]) -> dict | None:
-    """Each method's prompt accuracy where it first reached its pair's target (interpolated in wall-clock), mean
-    over the pairs measured: a reward reached by erasing the subject shows here. None without prompt accuracy."""
-    measured = [(p, s, f) for p, s, f in zip(pairs, slow, fast) if p["value"] is not None]
+    """Each method's prompt accuracy where it first reached its pair's target in the paper's ratio (interpolated in
+    wall-clock), mean over the pairs reached: a reward reached by erasing the subject shows here."""
+    measured = [(p, s, f) for p, s, f in zip(pairs, slow, fast) if not p["censored"] and p["fast_x"] is not None]
     if not measured or not all(evaluations(run, "eval_prompt_accuracy")[2] for _, *runs in measured for run in runs):
         return None
     at = lambda run, x: float(np.interp(x, *curve(run, "wall_time_s", "eval_prompt_accuracy")))
@@ -65,6 +141,11 @@ def accuracy_at_target(pairs: list[dict], slow: list[list[dict]], fast: list[lis
         DDPO_PPO.name: float(np.mean([at(s, p["slow_x"]) for p, s, _ in measured])),
         RLCM_PPO.name: float(np.mean([at(f, p["fast_x"]) for p, _, f in measured])),
     }
+
+
+def ratio(slow: list[list[dict]], fast: list[list[dict]], x: str) -> dict:
+    """The paper's ratio per seed pair: ``slow``'s x to its final task reward over ``fast``'s x to the same."""
+    return summarise_pairs([pair_ratio(curve(s, x), curve(f, x)) for s, f in zip(slow, fast)])
 
 
 def reaching(runs: list[list[dict]], target: float) -> dict:
@@ -81,65 +162,61 @@ def reaching(runs: list[list[dict]], target: float) -> dict:
     }
 
 
-def gain_in_standard_errors(gain: float, runs: list[list[dict]], eval_size: int) -> float:
-    """A mean eval-reward gain over the standard error of one evaluation's mean (its image std over the root of
-    the set's size, at the start). For DDPO the ratios mean something from about 3 (the issue's criterion)."""
-    starts = [next(m for m in r if "eval_reward_std" in m) for r in runs]
-    standard_error = np.mean([m["eval_reward_std"] for m in starts]) / np.sqrt(eval_size)
-    return float(gain / standard_error)
-
-
-def contended_runs(runs: dict[str, list[list[dict]]]) -> list[dict]:
+def contended_runs(runs: dict[str, list[list[dict]]], seeds: list[int]) -> list[dict]:
     """Runs whose CPU/wall ratio fell below ``CONTENDED`` of the best of their method: other work took cores."""
     flagged = []
-    for method, seeds in runs.items():
-        shares = [cpu_per_wall(m) for m in seeds]
+    for method, per_seed in runs.items():
+        shares = [cpu_per_wall(m) for m in per_seed]
         if any(np.isnan(shares)):
             continue  # not trained
         best = max(shares)
-        for seed, share in enumerate(shares):
+        for seed, share in zip(seeds, shares):
             if share < CONTENDED * best:
                 flagged.append({"method": method, "seed": seed, "cpu_per_wall": share, "best_of_method": best})
     return flagged
 
 
-def summarise(task: dict) -> dict:
-    """The headline numbers of one task.
+def summarise(task_name: str, task: dict, seeds: list[int]) -> dict:
+    """The numbers of one task (``seeds``: the runs' seeds, in order).
 
-    ``train_speedup``: per seed pair, DDPO's training wall-clock to first reach its final eval reward (mean of its
-    last 3 evaluations) over RLCM's to reach the same reward, interpolated between evaluations; the mean over
-    pairs, ``_ci95`` a bootstrap 95% interval, ``_lower_bound`` where RLCM started past the target (then its first
-    evaluation after updates is the divisor), ``_why_none`` where undefined, ``_left_out`` the pairs in which DDPO
-    gained nothing but RLCM reached its reward (left out of the mean, see ``benchmarks.ratios``).
-    ``query_efficiency``: the same in reward queries. ``prompt_accuracy_at_target``: each method's prompt accuracy
-    where it reached the train_speedup target. ``eval_reward`` and ``eval_prompt_accuracy``: each method's start
-    (the untrained model) and end at DDPO's query budget (RLCM's curve read up to there where it went on past it),
-    and its gain from its own start. ``inference_speedup``: DDPO's seconds per image at its training horizon over
-    RLCM's, ``inference_speedup_50_ddim`` at the paper's 50 DDIM steps. With DPG (alignment):
-    ``reaches_ddpo_start`` per RLCM method, and ``dpg_query_efficiency``: PPO's queries to its final eval reward
-    over DPG's.
+    ``fidelity_speedup`` (and ``_ci95``, ``_pairs``, ``_censored``, ``_reached``), ``fidelity_cpu_ratio``,
+    ``fidelity_query_ratio``, ``cost_per_query_ratio``: see ``fidelity``. ``headline``: whether both methods learned
+    (``learned``), ``headline_why_none`` otherwise. ``eval_reward`` (the task reward) and ``eval_prompt_accuracy``:
+    each method's start and end and its gain with a t-interval. ``train_speedup`` and ``query_efficiency``: the
+    paper's ratio in wall-clock and in queries (``benchmarks.ratios``), ``prompt_accuracy_at_target`` there.
+    ``inference_speedup``: DDPO's seconds per image at its training horizon over RLCM's, ``_50_ddim`` at the paper's
+    50 DDIM steps. With DPG (alignment): ``reaches_ddpo_start`` per RLCM method and ``dpg_query_efficiency``.
     """
-    runs = task["runs"]
+    runs = with_task_reward(task["runs"], task_name)
     ddpo, rlcm = runs[DDPO_PPO.name], runs[RLCM_PPO.name]
     ddpo_trained = not all(len(m) == 1 for m in ddpo)
-    summary: dict = {}
-    for key, x in (("train_speedup", "wall_time_s"), ("query_efficiency", "reward_queries")):
-        measured = ratio(ddpo, rlcm, x, "DDPO", "RLCM")
-        if not ddpo_trained:
-            measured.update(value=None, ci95=None, why_none="DDPO not trained here: its start is the reference")
-        summary[key] = measured["value"]
-        for part in RATIO_PARTS:
-            summary[f"{key}_{part}"] = measured[part]
-    summary["prompt_accuracy_at_target"] = accuracy_at_target(summary["train_speedup_pairs"], ddpo, rlcm)
-    # RLCM may have gone on past DDPO's budget (--rlcm-queries-factor): start and end compare equal queries.
-    horizon = max(m[-1]["reward_queries"] for m in ddpo) if ddpo_trained else float("inf")
-    equal = {m: [[r for r in run if r["reward_queries"] <= horizon] for run in seeds] for m, seeds in runs.items()}
-    summary["eval_reward"] = {m: start_and_end(r, "eval_reward_mean") for m, r in equal.items()}
-    summary["eval_prompt_accuracy"] = {m: start_and_end(r, "eval_prompt_accuracy") for m, r in equal.items()}
+    summary: dict = {
+        "eval_reward": {m: start_and_end(r, TASK_REWARD) for m, r in runs.items()},
+        "eval_prompt_accuracy": {m: start_and_end(r, "eval_prompt_accuracy") for m, r in runs.items()},
+    }
+    if ddpo_trained:
+        measured = fidelity(ddpo, rlcm, task_name)
+        for key in ("fidelity_speedup", "fidelity_cpu_ratio", "fidelity_query_ratio", "cost_per_query_ratio"):
+            summary[key], summary[f"{key}_ci95"] = measured[key], measured[f"{key}_ci95"]
+        summary.update(
+            fidelity_delta=measured["delta"],
+            fidelity_speedup_pairs=measured["pairs"],
+            fidelity_speedup_censored=measured["censored"],
+            fidelity_speedup_reached=measured["reached"],
+        )
+        headline = {m: summary["eval_reward"][m] for m in (DDPO_PPO.name, RLCM_PPO.name)}
+        summary["headline"], summary["headline_why_none"] = learned(headline)
+        if len(seeds) < 2:
+            summary["headline"], summary["headline_why_none"] = False, "one seed: no interval (quick mode)"
+        for key, x in (("train_speedup", "wall_time_s"), ("query_efficiency", "reward_queries")):
+            paper = ratio(ddpo, rlcm, x)
+            summary[key] = paper["value"]
+            for part in RATIO_PARTS:
+                summary[f"{key}_{part}"] = paper[part]
+        summary["prompt_accuracy_at_target"] = accuracy_at_target(summary["train_speedup_pairs"], ddpo, rlcm)
+    else:
+        summary["headline"], summary["headline_why_none"] = False, "DDPO not trained here: its start is the reference"
     evaluation, configs = task.get("evaluation", {}), task["configs"]
-    summary["ddpo_gain_in_standard_errors"] = gain_in_standard_errors(
-        summary["eval_reward"][DDPO_PPO.name]["gain"], ddpo, configs[DDPO_PPO.name]["eval_size"]
-    )
     if RLCM_PPO.name in evaluation and DDPO_PPO.name in evaluation:
         seconds = lambda m, steps: evaluation[m.name]["steps"][str(steps)]["seconds_per_image"]
         rlcm_time = seconds(RLCM_PPO, configs[RLCM_PPO.name]["num_steps"])
@@ -151,6 +228,6 @@ def summarise(task: dict) -> dict:
         summary["reaches_ddpo_start"] = {
             m: reaching(r, ddpo_start) for m, r in runs.items() if METHODS[m].family == "rlcm"
         }
-        summary["dpg_query_efficiency"] = ratio(rlcm, runs[RLCM_DPG.name], "reward_queries", "PPO", "DPG")
-    summary["contended_runs"] = contended_runs(runs)
+        summary["dpg_query_efficiency"] = ratio(rlcm, runs[RLCM_DPG.name], "reward_queries")
+    summary["contended_runs"] = contended_runs(runs, seeds)
     return summary

@@ -534,6 +534,16 @@ _SHAPES_SWEPT = {  # benchmarks/sweep.py, 2 seeds x 320 reward queries (docs/ben
     # Not swept: on alignment the suite only evaluates DDPO's untrained model; its JPEG settings.
     ("ddpo", "alignment"): dict(learning_rate=3e-3, gradient_accumulation_steps=8),
 }
+
+
+def _shapes_preset(name: str, reward: str, method: dict, swept: dict) -> TrainConfig:
+    """A shapes preset: the method's structure and its sweep winner, whose ``alignment_term`` (a weight) adds the
+    shapes alignment reward to the task's."""
+    swept = dict(swept)
+    weight = swept.pop("alignment_term", 0.0)
+    return _preset(preset=name, reward=with_alignment_term(reward, weight) if weight else reward, **method, **swept)
+
+
 # The random-weight tiny pipelines barely respond to a LoRA: these train every weight, with a large step.
 _TINY = dict(
     model="tiny",
@@ -608,11 +618,11 @@ PRESETS: dict[str, TrainConfig] = {
     "ddpo-compression": _preset(preset="ddpo-compression", reward="jpeg_compressibility", **_DDPO_JPEG),
     "ddpo-incompression": _preset(preset="ddpo-incompression", reward="jpeg_incompressibility", **_DDPO_JPEG),
     **{
-        f"shapes-{method}-{task}": _preset(
-            preset=f"shapes-{method}-{task}",
-            reward=reward,
-            **_SHAPES[method],
-            **_SHAPES_SWEPT[method, "alignment" if task == "alignment" else "jpeg"],
+        f"shapes-{method}-{task}": _shapes_preset(
+            f"shapes-{method}-{task}",
+            reward,
+            _SHAPES[method],
+            _SHAPES_SWEPT[method, "alignment" if task == "alignment" else "jpeg"],
         )
         for method in ("rlcm", "ddpo")
         for task, reward in (
@@ -622,13 +632,11 @@ PRESETS: dict[str, TrainConfig] = {
         )
     },
     # RLCM by reward backpropagation through its 4 steps (DPG needs no advantages, so no groups).
-    "shapes-dpg-alignment": _preset(
-        preset="shapes-dpg-alignment",
-        reward="shapes_alignment",
-        algo="dpg",
-        group_size=1,
-        **_SHAPES["rlcm"],
-        **_SHAPES_SWEPT["dpg", "alignment"],
+    "shapes-dpg-alignment": _shapes_preset(
+        "shapes-dpg-alignment",
+        "shapes_alignment",
+        {**_SHAPES["rlcm"], "algo": "dpg", "group_size": 1},
+        _SHAPES_SWEPT["dpg", "alignment"],
     ),
     "tiny-compression": _preset(preset="tiny-compression", **_TINY),
     "tiny-ddpo-compression": _preset(

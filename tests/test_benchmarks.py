@@ -6,19 +6,24 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from scipy import stats
 
 import benchmarks.evaluation as evaluation
 import benchmarks.run as suite
-from benchmarks.figures import plot_curves, plot_evaluations
+from benchmarks.figures import plot_curves, plot_evaluations, plot_frontier
 from benchmarks.report import write_report
 from benchmarks.run import Args, main
 from benchmarks.summary import summarise
 from genrl.config import PRESETS, replace_config
 
 
-def _metrics(rate: float, start: float = 0.0, evaluations: int = 6, seconds_per_query: float = 0.1) -> list[dict]:
-    """A run evaluated every 32 queries, its eval reward rising at ``rate`` per query; accuracy falling slowly."""
+def _metrics(
+    rate: float, start: float = 0.0, evaluations: int = 6, seconds_per_query: float = 0.1, accuracy_drop: float = 0.01
+) -> list[dict]:
+    """A run evaluated every 32 queries, its eval reward rising at ``rate`` per query, its prompt accuracy falling
+    ``accuracy_drop`` an evaluation from 0.8."""
     return [
         {
             "epoch": i,
@@ -27,22 +32,19 @@ def _metrics(rate: float, start: float = 0.0, evaluations: int = 6, seconds_per_
             "cpu_time_s": 32 * i * seconds_per_query * 1.9,
             "eval_reward_mean": start + rate * 32 * i,
             "eval_reward_std": 0.16,
-            "eval_prompt_accuracy": 0.8 - 0.01 * i,
+            "eval_prompt_accuracy": 0.8 - accuracy_drop * i,
         }
         for i in range(evaluations)
     ]
 
 
-def _task(ddpo_rate: float = 0.001) -> dict:
+def _task(ddpo_rate: float = 0.001, rlcm_rates: tuple[float, ...] = (0.004, 0.002)) -> dict:
     steps = lambda t, hs: {str(h): {"reward": 0.1 * h, "seconds_per_image": t * h} for h in hs}
     return {
-        # RLCM: 4x DDPO's reward per query, 5x faster per query; two seed pairs.
+        # RLCM: faster per query than DDPO (0.02 s against 0.1 s); one seed pair per RLCM rate.
         "runs": {
-            "RLCM (PPO)": [
-                _metrics(4 * ddpo_rate, seconds_per_query=0.02),
-                _metrics(2 * ddpo_rate, seconds_per_query=0.02),
-            ],
-            "DDPO (PPO)": [_metrics(ddpo_rate, start=0.05), _metrics(ddpo_rate, start=0.05)],
+            "RLCM (PPO)": [_metrics(rate, seconds_per_query=0.02) for rate in rlcm_rates],
+            "DDPO (PPO)": [_metrics(ddpo_rate, start=0.05) for _ in rlcm_rates],
         },
         "configs": {"RLCM (PPO)": {"num_steps": 4}, "DDPO (PPO)": {"num_steps": 20, "eval_size": 16}},
         "evaluation": {
@@ -52,91 +54,132 @@ def _task(ddpo_rate: float = 0.001) -> dict:
     }
 
 
+def _summarise(task: dict) -> dict:
+    return summarise("compression", task, list(range(10, 10 + len(task["runs"]["RLCM (PPO)"]))))
+
+
 def _results(task: dict) -> dict:
-    meta = dict(suite="shapes", command="x", machine="m", seeds=2, eval_images=8)
-    meta.update(queries={"compression": 160}, eval_queries={"compression": 32})
-    return {"tasks": {"compression": {**task, "summary": summarise(task)}}, "meta": {**meta, "date": "d", "total_s": 1}}
+    seeds = list(range(10, 10 + len(task["runs"]["RLCM (PPO)"])))
+    meta = dict(suite="shapes", command="x", machine="m", seeds=seeds, sweep_seeds=[0, 1], eval_images=8)
+    meta.update(queries={"compression": 160}, eval_queries={"compression": 32}, protocol="docs/benchmark/PROTOCOL.md")
+    summary = summarise("compression", task, seeds)
+    return {"tasks": {"compression": {**task, "summary": summary}}, "meta": {**meta, "date": "d", "total_s": 1}}
 
 
-def test_summary_ratios_come_from_the_evaluation_curves_per_seed_pair():
-    summary = summarise(_task())
+def test_the_fidelity_speedup_times_each_run_to_a_fixed_gain_with_the_picture_kept():
+    summary = _summarise(_task(rlcm_rates=(0.004, 0.001)))
+    # Delta 0.05: DDPO (0.001 a query) first gains it at its evaluation at 64 queries (6.4 s); RLCM seed 10 (0.004)
+    # at 32 queries (0.64 s), seed 11 (0.001) at 64 (1.28 s). Accuracy there is far above 80% of 0.8.
+    assert [p["wall"] for p in summary["fidelity_speedup_pairs"]] == [pytest.approx(10), pytest.approx(5)]
+    assert summary["fidelity_speedup"] == pytest.approx(50**0.5)  # the geometric mean
+    logs = np.log([10, 5])
+    expected = stats.ttest_1samp(logs, 0).confidence_interval(0.95)  # scipy's t-interval, on the log ratios
+    assert summary["fidelity_speedup_ci95"] == pytest.approx(list(np.exp([expected.low, expected.high])))
+    assert summary["fidelity_query_ratio"] == pytest.approx((2 * 1) ** 0.5)
+    assert summary["cost_per_query_ratio"] == pytest.approx(5)  # x the query ratio = the speed-up, here exactly
+    assert summary["fidelity_cpu_ratio"] == pytest.approx(summary["fidelity_speedup"])
+    assert summary["fidelity_speedup_censored"] == {"DDPO (PPO)": 0, "RLCM (PPO)": 0, "both": 0}
+    assert summary["fidelity_speedup_reached"] == {"DDPO (PPO)": 2, "RLCM (PPO)": 2}
+    # RLCM's two seeds end 0.512 and 0.128 up: 1.7 standard errors of their mean, short of the 3 a headline needs.
+    assert (
+        not summary["headline"]
+        and "RLCM (PPO) (its mean final gain +0.320 is 1.7 standard errors)" in (summary["headline_why_none"])
+    )
+    # A third seed at 0.003 a query: 0.512, 0.128, 0.384, 3.02 standard errors; DDPO's gains are all the same.
+    assert _summarise(_task(rlcm_rates=(0.004, 0.001, 0.003)))["headline"]
+
+
+def test_a_run_that_misses_the_target_is_censored_at_its_budget_and_its_pair_kept():
+    task = _task()
+    task["runs"]["DDPO (PPO)"][1] = _metrics(0.0, start=0.05)  # never gains: censored at its 160 queries, 16 s
+    task["runs"]["RLCM (PPO)"][0] = _metrics(0.004, seconds_per_query=0.02, accuracy_drop=0.2)  # wrecks the picture
+    summary = _summarise(task)
+    pairs = summary["fidelity_speedup_pairs"]
+    # RLCM seed 10 gains 0.128 by 32 queries but keeps 0.6 of 0.8 there (< 80%), and less later: censored, 3.2 s.
+    assert pairs[0]["bound"] == "upper" and pairs[0]["RLCM (PPO)"]["censored"]
+    assert pairs[0]["wall"] == pytest.approx(6.4 / 3.2)
+    assert pairs[1]["bound"] == "lower" and pairs[1]["wall"] == pytest.approx(16 / 0.64)
+    assert summary["fidelity_speedup"] == pytest.approx((2 * 25) ** 0.5)  # both pairs kept
+    assert summary["fidelity_speedup_censored"] == {"DDPO (PPO)": 1, "RLCM (PPO)": 1, "both": 0}
+
+
+def test_no_headline_when_a_method_does_not_learn_over_the_seeds():
+    task = _task(rlcm_rates=(0.004, 0.002, 0.003))
+    task["runs"]["DDPO (PPO)"] = [_metrics(r, start=0.05) for r in (0.0005, -0.0004, 0.0)]
+    summary = _summarise(task)
+    gains = summary["eval_reward"]["DDPO (PPO)"]["gains"]
+    assert gains == pytest.approx([0.064, -0.0512, 0.0])  # end: the mean of the evaluations at 96, 128, 160
+    expected = stats.ttest_1samp(gains, 0)
+    assert summary["eval_reward"]["DDPO (PPO)"]["gain_standard_errors"] == pytest.approx(expected.statistic)
+    assert not summary["headline"]
+    assert summary["headline_why_none"].startswith("did not learn on the benchmark seeds: DDPO (PPO) (its mean")
+    assert summary["fidelity_speedup"] is not None  # still measured, and shown as secondary
+
+
+def test_a_composite_reward_is_judged_by_the_tasks_own_part():
+    task = _task()
+    for run in task["runs"]["RLCM (PPO)"]:  # the composite rises, the JPEG part does not
+        for m in run:
+            m["eval_reward_parts"] = {"jpeg_compressibility": 0.0, "shapes_alignment": m["eval_reward_mean"]}
+    summary = _summarise(task)
+    assert summary["fidelity_speedup_censored"]["RLCM (PPO)"] == 2
+    assert summary["eval_reward"]["RLCM (PPO)"]["gain"] == 0
+
+
+def test_the_papers_ratio_keeps_every_pair():
+    summary = _summarise(_task())
     # DDPO: 0.05 + 0.001 q, final = mean of q = 96, 128, 160 -> 0.178, reached at q = 128, 12.8 s.
-    # RLCM seed 0: 0.004 q reaches 0.178 at q = 44.5 (0.89 s); seed 1: 0.002 q at q = 89 (1.78 s).
+    # RLCM seed 10: 0.004 q reaches 0.178 at q = 44.5 (0.89 s); seed 11: 0.002 q at q = 89 (1.78 s).
     assert summary["query_efficiency"] == pytest.approx((128 / 44.5 + 128 / 89) / 2)
     assert summary["train_speedup"] == pytest.approx((12.8 / 0.89 + 12.8 / 1.78) / 2)
-    low, high = summary["train_speedup_ci95"]
-    assert low < summary["train_speedup"] < high  # bootstrap means of 2 pairs: each one alone, or their mean
-    assert (low, high) == (pytest.approx(12.8 / 1.78), pytest.approx(12.8 / 0.89))
-    assert not summary["train_speedup_lower_bound"] and summary["train_speedup_why_none"] is None
+    expected = stats.ttest_1samp([12.8 / 0.89, 12.8 / 1.78], 0).confidence_interval(0.95)
+    assert summary["train_speedup_ci95"] == pytest.approx([expected.low, expected.high])
+    assert summary["train_speedup_censored"] == 0
     reward = summary["eval_reward"]["DDPO (PPO)"]
     assert (reward["start"], reward["end"], reward["gain"]) == pytest.approx((0.05, 0.178, 0.128))
-    assert summary["eval_prompt_accuracy"]["RLCM (PPO)"]["start"] == pytest.approx(0.8)
     assert summary["inference_speedup"] == pytest.approx((0.1 * 20) / (0.01 * 4))
     assert summary["inference_speedup_50_ddim"] == pytest.approx((0.1 * 50) / (0.01 * 4))
     assert summary["contended_runs"] == []
-    assert summary["ddpo_gain_in_standard_errors"] == pytest.approx(0.128 / (0.16 / 4))
     # Accuracy falls 0.01 an evaluation (32 queries): DDPO reaches at q = 128, RLCM at 44.5 and 89.
     assert summary["prompt_accuracy_at_target"] == {
         "DDPO (PPO)": pytest.approx(0.76),
         "RLCM (PPO)": pytest.approx(0.8 - 0.01 * (44.5 + 89) / 2 / 32),
     }
-
-
-def test_rlcm_past_ddpos_budget_counts_for_the_ratio_but_start_and_end_compare_equal_queries():
-    task = _task()
-    # RLCM seed 1 gains as fast per query as DDPO: it reaches DDPO's 0.178 at q = 178, past DDPO's 160 queries,
-    # on a run that went on to 320.
-    task["runs"]["RLCM (PPO)"][1] = _metrics(0.001, evaluations=11, seconds_per_query=0.02)
-    summary = summarise(task)
-    assert [p["value"] for p in summary["query_efficiency_pairs"]] == [
-        pytest.approx(128 / 44.5),
-        pytest.approx(128 / 178),
-    ]
-    assert summary["train_speedup_pairs"][1]["value"] == pytest.approx(12.8 / (178 * 0.02))
-    # Ends at DDPO's 160 queries: seed 0 0.004 * 128, seed 1 0.001 * 128 (mean of the evaluations at 96, 128, 160).
-    assert summary["eval_reward"]["RLCM (PPO)"]["end"] == pytest.approx((0.512 + 0.128) / 2)
-    assert summary["eval_prompt_accuracy"]["RLCM (PPO)"]["end"] == pytest.approx(0.8 - 0.04)
-
-
-def test_missing_ratios_say_why_and_a_contended_run_is_flagged(tmp_path):
     flat = _task()
-    flat["runs"]["DDPO (PPO)"] = [_metrics(0.0, start=0.05)] * 2
-    summary = summarise(flat)
-    assert summary["train_speedup"] is None and summary["train_speedup_why_none"] == "DDPO gains nothing over its start"
-    assert summarise(_task(ddpo_rate=0.0))["train_speedup_why_none"] == "RLCM never reaches DDPO's reward"
-    one_flat = _task()
-    one_flat["runs"]["DDPO (PPO)"][1] = _metrics(0.0, start=0.05)
-    summary = summarise(one_flat)  # seed 1's DDPO gains nothing: seed 0's pair alone is measured
-    assert summary["train_speedup"] == pytest.approx(12.8 / 0.89) and summary["train_speedup_left_out"] == 1
-    write_report(_results(one_flat), tmp_path)
-    assert "(1 of 2 seed pairs; left out: DDPO gains nothing over its start)" in (tmp_path / "report.md").read_text()
-    slow_rlcm = _task()
-    slow_rlcm["runs"]["RLCM (PPO)"][1] = _metrics(0.0001, seconds_per_query=0.02)
-    assert summarise(slow_rlcm)["train_speedup_why_none"] == "RLCM never reaches DDPO's reward"
+    flat["runs"]["DDPO (PPO)"][1] = _metrics(0.0, start=0.05)  # at its final reward from the start: ratio 0
+    slow = _task()
+    slow["runs"]["RLCM (PPO)"][1] = _metrics(0.0001, seconds_per_query=0.02)  # never reaches 0.178: censored
+    assert [p["value"] for p in _summarise(flat)["train_speedup_pairs"]] == [pytest.approx(12.8 / 0.89), 0.0]
+    censored = _summarise(slow)
+    assert censored["train_speedup_censored"] == 1
+    assert censored["train_speedup_pairs"][1]["value"] == pytest.approx(12.8 / (160 * 0.02))
+
+
+def test_a_contended_run_is_flagged(tmp_path):
     contended = _task()
     for m in contended["runs"]["DDPO (PPO)"][1]:
         m["cpu_time_s"] /= 2  # half the CPU per wall-clock second of its twin: something else held a core
-    assert summarise(contended)["contended_runs"] == [
-        {"method": "DDPO (PPO)", "seed": 1, "cpu_per_wall": pytest.approx(0.95), "best_of_method": pytest.approx(1.9)}
+    assert _summarise(contended)["contended_runs"] == [
+        {"method": "DDPO (PPO)", "seed": 11, "cpu_per_wall": pytest.approx(0.95), "best_of_method": pytest.approx(1.9)}
     ]
     write_report(_results(contended), tmp_path)
-    assert "compression DDPO (PPO) seed 1 (0.95 of 1.90)" in (tmp_path / "report.md").read_text()
-    write_report(_results(flat), tmp_path)
-    assert "| compression | n/a (DDPO gains nothing over its start) |" in (tmp_path / "report.md").read_text()
+    assert "compression DDPO (PPO) seed 11 (0.95 of 1.90)" in (tmp_path / "report.md").read_text()
 
 
 def test_report_and_figures(tmp_path):
-    results = _results(_task())
+    results = _results(_task(rlcm_rates=(0.004, 0.001)))
     summary = results["tasks"]["compression"]["summary"]
     plot_curves(results, "reward_queries", "reward queries", tmp_path / "fig4.png")
+    plot_frontier(results, tmp_path / "frontier.png")
     plot_evaluations(results, tmp_path)
     write_report(results, tmp_path)
     assert (tmp_path / "fig4.png").stat().st_size > 0 and (tmp_path / "fig8_heldout.png").exists()
+    assert (tmp_path / "frontier.png").stat().st_size > 0
     report = (tmp_path / "report.md").read_text()
-    low, high = summary["train_speedup_ci95"]
-    assert f"| compression | {summary['train_speedup']:.2f} [{low:.2f}, {high:.2f}] |" in report
-    assert "| 0.76 / 0.78 | 3.2 |" in report  # accuracy at the target, DDPO's gain in standard errors
-    assert "| compression | DDPO (PPO) | 0.050 -> 0.178 (+0.128 [+0.128, +0.128]) |" in report
+    low, high = summary["fidelity_speedup_ci95"]
+    assert f"| compression | 0.05 | {summary['fidelity_speedup']:.2f} [{low:.2f}, {high:.2f}] | 2/2 / 2/2 |" in report
+    assert "| 0 / 0 / 0 | 5.00 [5.00, 5.00] |" in report  # censored, then the cost per query ratio
+    assert "| compression | DDPO (PPO) | 0.050 -> 0.178 (+0.128 [+0.128, +0.128], inf SE) |" in report
 
 
 def test_report_only_rebuilds_summary_figures_and_report_from_results_json(tmp_path):
@@ -145,7 +188,7 @@ def test_report_only_rebuilds_summary_figures_and_report_from_results_json(tmp_p
     (tmp_path / "results.json").write_text(json.dumps(results))
     main(Args(output_dir=tmp_path, report_only=True))
     rebuilt = json.loads((tmp_path / "results.json").read_text())
-    assert rebuilt["summary"]["compression"] == json.loads(json.dumps(summarise(_task())))
+    assert rebuilt["summary"]["compression"] == json.loads(json.dumps(_summarise(_task())))
     assert (tmp_path / "report.md").exists() and (tmp_path / "fig5_reward_vs_wallclock.png").exists()
     assert not (tmp_path / "runs").exists()  # nothing trained
 
@@ -170,7 +213,7 @@ def test_an_interrupted_suite_skips_finished_runs_and_resumes_the_interrupted_on
     real_epoch = genrl.train.run_epoch
 
     def interrupted(t, epoch):  # DDPO is stopped in its third epoch, after the checkpoint of its second
-        if t.cfg.run_name == "compression-ddpo-ppo-seed0" and epoch == 3:
+        if t.cfg.run_name == "compression-ddpo-ppo-seed10" and epoch == 3:
             raise KeyboardInterrupt
         return real_epoch(t, epoch)
 
@@ -178,9 +221,9 @@ def test_an_interrupted_suite_skips_finished_runs_and_resumes_the_interrupted_on
     with pytest.raises(KeyboardInterrupt):
         main(args)
     runs = tmp_path / "runs"
-    assert (runs / "compression-rlcm-ppo-seed0" / "finished.json").is_file()
-    assert not (runs / "compression-ddpo-ppo-seed0" / "finished.json").exists()
-    before = [json.loads(line) for line in (runs / "compression-ddpo-ppo-seed0" / "metrics.jsonl").open()]
+    assert (runs / "compression-rlcm-ppo-seed10" / "finished.json").is_file()  # seed 10: the first benchmark seed
+    assert not (runs / "compression-ddpo-ppo-seed10" / "finished.json").exists()
+    before = [json.loads(line) for line in (runs / "compression-ddpo-ppo-seed10" / "metrics.jsonl").open()]
     assert [m["epoch"] for m in before] == [0, 1, 2]
 
     monkeypatch.setattr(genrl.train, "run_epoch", real_epoch)
@@ -189,16 +232,16 @@ def test_an_interrupted_suite_skips_finished_runs_and_resumes_the_interrupted_on
     monkeypatch.setattr(benchmarks.runs, "train", lambda cfg: trained.append(cfg) or real_train(cfg))
     main(args)
     assert [(c.run_name, c.resume) for c in trained] == [
-        ("compression-ddpo-ppo-seed0", runs / "compression-ddpo-ppo-seed0")
+        ("compression-ddpo-ppo-seed10", runs / "compression-ddpo-ppo-seed10")
     ]  # the finished RLCM run is read, not trained again
-    after = json.loads((runs / "compression-ddpo-ppo-seed0" / "finished.json").read_text())["metrics"]
+    after = json.loads((runs / "compression-ddpo-ppo-seed10" / "finished.json").read_text())["metrics"]
     assert [m["epoch"] for m in after] == [0, 1, 2, 3] and after[:3] == before
-    # RLCM went on to twice DDPO's 12 queries and kept its model at 12 for the final-model evaluation.
-    rlcm = json.loads((runs / "compression-rlcm-ppo-seed0" / "finished.json").read_text())["metrics"]
-    assert rlcm[-1]["reward_queries"] == 24
-    assert (runs / "compression-rlcm-ppo-seed0" / "checkpoints" / "epoch-0003").is_dir()
+    rlcm = json.loads((runs / "compression-rlcm-ppo-seed10" / "finished.json").read_text())["metrics"]
+    assert rlcm[-1]["reward_queries"] == 12  # the same budget as DDPO's
+    assert (runs / "compression-rlcm-ppo-seed10" / "checkpoints" / "best").is_symlink()  # for the sample grids
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results["summary"]["compression"]) >= {"train_speedup", "train_speedup_ci95", "eval_reward"}
+    assert set(results["summary"]["compression"]) >= {"fidelity_speedup", "fidelity_speedup_ci95", "eval_reward"}
+    assert results["meta"]["seeds"] == [10] and results["meta"]["sweep_seeds"] == [0, 1]
     assert (tmp_path / "report.md").exists() and (tmp_path / "samples_compression.png").exists()
 
     main(args)  # everything finished: nothing trains
@@ -266,17 +309,21 @@ def test_report_only_on_a_broken_results_file_is_a_one_line_error_that_keeps_it(
     assert (tmp_path / "results.json").read_text() == '{"tasks": '
 
 
-def test_the_sweep_picks_the_best_reward_that_keeps_prompt_accuracy():
-    from benchmarks.sweep import pick_winner
+def test_the_sweep_picks_by_the_benchmarks_target():
+    from benchmarks.sweep import pick_winner, score
 
-    rows = [
-        {"setting": "hacks", "reward_final": 1.0, "accuracy_start": 0.7, "accuracy_final": 0.3},
-        {"setting": "keeps", "reward_final": 0.5, "accuracy_start": 0.7, "accuracy_final": 0.56},  # exactly 80%
-        {"setting": "timid", "reward_final": 0.2, "accuracy_start": 0.7, "accuracy_final": 0.7},
-    ]
-    assert pick_winner(rows)["setting"] == "keeps"
-    lost = [rows[0], {**rows[0], "setting": "lost less", "accuracy_final": 0.5}]
-    assert pick_winner(lost)["setting"] == "lost less"  # none qualifies: the one that keeps the most
+    # Each setting's two seeds: the rate its reward rises a query and how fast its prompt accuracy falls.
+    hacks = score([_metrics(0.01, accuracy_drop=0.2)] * 2, "compression")  # gains 0.32 by 32 queries, wrecked
+    fast = score([_metrics(0.004), _metrics(0.001)], "compression")  # the target at 32 and 64 queries
+    slow = score([_metrics(0.001), _metrics(0.001)], "compression")  # at 64 and 64
+    once = score([_metrics(0.01), _metrics(0.0)], "compression")  # at 32 on one seed, censored (160) on the other
+    assert (hacks["reached"], fast["reached"], once["reached"]) == (0, 2, 1)
+    assert (fast["queries_to_target"], once["queries_to_target"]) == (48, 96)
+    assert hacks["gain_final"] == pytest.approx(0.01 * 128) and hacks["accuracy_final"] == pytest.approx(0.8 - 0.8)
+    named = [("hacks", hacks), ("slow", slow), ("fast", fast), ("once", once)]
+    rows = [{"setting": name, **row} for name, row in named]
+    assert pick_winner(rows)["setting"] == "fast"
+    assert pick_winner([rows[0], rows[3]])["setting"] == "once"  # more seeds reach it, whatever the gain
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,7 +356,7 @@ _MALFORMED = {  # case -> (the file's content: a whole JSON value or a mutation 
     "a method missing": (_set((*_RUNS, "RLCM (PPO)"), _DELETE), '["runs"] has no "RLCM (PPO)"'),
     "an unknown method": (
         _set((*_RUNS, "RLCM (SGD)"), []),
-        '["runs"] names the method "RLCM (SGD)", not one of RLCM (PPO), DDPO (PPO), RLCM (REINFORCE), RLCM (DPG)',
+        '["runs"] names the method "RLCM (SGD)", not one of RLCM (PPO), DDPO (PPO), RLCM (DPG)',
     ),
     "a string for a method's seeds": (
         _set((*_RUNS, "DDPO (PPO)"), "seed 0"),
@@ -367,6 +414,15 @@ _MALFORMED = {  # case -> (the file's content: a whole JSON value or a mutation 
         _set(("meta", "eval_queries"), {}),
         '["meta"]["eval_queries"] has no "compression"',
     ),
+    "a count of seeds rather than the seeds": (
+        _set(("meta", "seeds"), 2),
+        '["meta"]["seeds"] should be a list, not the number 2',
+    ),
+    "fewer seeds than runs": (
+        _set(("meta", "seeds"), [10]),
+        '["tasks"]["compression"]["runs"]["RLCM (PPO)"] holds 2 runs, but ["meta"]["seeds"] names 1',
+    ),
+    "meta without the sweep's seeds": (_set(("meta", "sweep_seeds"), _DELETE), '["meta"] has no "sweep_seeds"'),
 }
 
 
@@ -395,7 +451,10 @@ def test_the_committed_results_pass_the_check():
 
     from benchmarks.results_check import check_results
 
-    check_results(json.loads((Path(__file__).parents[1] / "docs" / "benchmark" / "results.json").read_text()))
+    path = Path(__file__).parents[1] / "docs" / "benchmark" / "results.json"
+    if not path.exists():
+        pytest.skip("no results committed yet: the protocol's full run writes them task by task")
+    check_results(json.loads(path.read_text()))
 
 
 def test_a_malformed_results_file_is_one_line_on_the_command_line(tmp_path):
@@ -433,7 +492,6 @@ def _count(flag: str, value: str) -> str:
         (["--eval-queries", "0"], _count("--eval-queries", "0")),
         (["--eval-images", "0"], _count("--eval-images", "0")),
         (["--eval-images", "-8", "--quick"], _count("--eval-images", "-8")),
-        (["--rlcm-queries-factor", "0"], _count("--rlcm-queries-factor", "0")),
         (["--seeds", "0", "--report-only"], _count("--seeds", "0")),
         (["--eval-images", "12"], "error: --eval-images must be at most 8 or a multiple of 8, got 12: pass 8 or 16"),
         (["--tasks"], "error: --tasks names no task: list at least one, or leave it out for the default"),
@@ -451,10 +509,6 @@ def test_a_bad_flag_of_the_suite_is_a_one_line_error_before_any_work(tmp_path, m
 @pytest.mark.parametrize(
     ("flags", "line"),
     [
-        (["--seeds", "0"], _count("--seeds", "0")),
-        (["--seeds", "-1"], _count("--seeds", "-1")),
-        (["--queries", "0"], _count("--queries", "0")),
-        (["--eval-queries", "-64"], _count("--eval-queries", "-64")),
         (["--families"], "error: --families names no family: list at least one, or leave it out for the default"),
         (["--families", "jpeg", "jpeg"], "error: --families names jpeg twice: list each family once"),
     ],
