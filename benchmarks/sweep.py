@@ -25,7 +25,7 @@ from benchmarks.methods import DDPO_PPO, RLCM_DPG, RLCM_PPO, Method
 from benchmarks.runs import Progress, budgeted, check_names, command_line, run_to_completion
 from genrl.config import PRESETS, TrainConfig, replace_config, with_alignment_term
 from genrl.errors import GenrlError
-from genrl.rundir import atomic_write_text
+from genrl.rundir import RunDirInUse, atomic_write_text
 
 SWEEP_SEEDS = (0, 1)
 """The protocol's sweep seeds; the benchmark's are others (benchmarks/run.py ``BENCHMARK_SEEDS``)."""
@@ -77,6 +77,9 @@ class Args:
     output_dir: Path = Path("sweep-results")
     families: tuple[str, ...] = ("jpeg", "alignment")
     device: str = "cpu"
+    from_end: bool = False
+    """Take the runs last to first: a second process on the same --output-dir works from the other end (each run
+    then takes one thread of a 2-core CPU), skipping the run the first one holds."""
 
 
 def setting_name(settings: dict) -> str:
@@ -164,15 +167,27 @@ def main(args: Args) -> None:
     ]
     progress = Progress(len(jobs))
     runs: dict[tuple, list] = {}
-    for family, method, settings, cfg in jobs:
+    elsewhere = []
+    for family, method, settings, cfg in reversed(jobs) if args.from_end else jobs:
         progress.start(cfg.run_name)
-        runs.setdefault((family, method.name, setting_name(settings)), []).append(run_to_completion(cfg))
+        try:
+            runs.setdefault((family, method.name, json.dumps(settings)), []).append(run_to_completion(cfg))
+        except RunDirInUse:
+            elsewhere.append(cfg.run_name)
         progress.finish()
+    if elsewhere:
+        print(
+            f"\n{len(elsewhere)} runs are being trained by another process ({', '.join(elsewhere)}); run this "
+            "command again once they are done to write the table"
+        )
+        return
+    if args.from_end:
+        runs = {key: seeds[::-1] for key, seeds in reversed(runs.items())}  # the table's order, and the seeds'
     results: dict = {}
-    for (family, method, setting), metrics in runs.items():
-        task = GRID[family][0]
+    for (family, method, settings), metrics in runs.items():
+        task, settings = GRID[family][0], json.loads(settings)
         data = results.setdefault(family, {}).setdefault(method, {"task": task, "rows": []})
-        data["rows"].append({"setting": setting, **score(metrics, task)})
+        data["rows"].append({"setting": setting_name(settings), "settings": settings, **score(metrics, task)})
     for methods in results.values():
         for data in methods.values():
             data["winner"] = pick_winner(data["rows"])

@@ -30,7 +30,7 @@ DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 @dataclass
 class TrainConfig:
-    preset: str = "shapes-rlcm-compression"
+    preset: str = "shapes-quickstart"
     """Named configuration to start from; flags override it. See the README for the list."""
     model: str = "shapes"
     """A diffusers pipeline: hub id, local folder, 'shapes' (the embedded models) or 'tiny' (random weights)."""
@@ -638,12 +638,18 @@ PRESETS: dict[str, TrainConfig] = {
         {**_SHAPES["rlcm"], "algo": "dpg", "group_size": 1},
         _SHAPES_SWEPT["dpg", "alignment"],
     ),
+    # The default run: RLCM on JPEG compressibility, 10 epochs at a learning rate that keeps the shapes throughout
+    # (seeds 0-2 end at 95%, 82% and 105% of their starting prompt accuracy). The benchmark's shapes-rlcm-compression
+    # reaches the protocol's target sooner, then wrecks the pictures: use it with --keep-best.
+    "shapes-quickstart": _preset(
+        preset="shapes-quickstart", reward="jpeg_compressibility", **_SHAPES["rlcm"], learning_rate=1e-3
+    ),
     "tiny-compression": _preset(preset="tiny-compression", **_TINY),
     "tiny-ddpo-compression": _preset(
         preset="tiny-ddpo-compression", env="ddpm", num_steps=10, guidance_scale=5.0, **_TINY
     ),
 }
-DEFAULT_PRESET = "shapes-rlcm-compression"
+DEFAULT_PRESET = "shapes-quickstart"
 assert PRESETS[DEFAULT_PRESET] == TrainConfig(), "the field defaults are the default preset"
 
 

@@ -71,6 +71,10 @@ def _record_problem(record: Any) -> str | None:
     return None
 
 
+class RunDirInUse(GenrlError):
+    """Another process holds the run directory's lock."""
+
+
 class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -96,7 +100,7 @@ class RunDir:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             handle.close()
-            raise GenrlError(
+            raise RunDirInUse(
                 f"run directory {self.path} is in use by another run (process {holder}); wait for it to end or "
                 "pick another --run-name"
             ) from None

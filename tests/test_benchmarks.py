@@ -542,3 +542,28 @@ def test_a_broken_finished_run_is_a_one_line_error_that_keeps_it(tmp_path, conte
     assert "\n" not in message and message.startswith(f"{finished} ")
     assert f"delete {tmp_path / 'run'}" in message
     assert finished.read_bytes() == raw
+
+
+def test_two_sweep_processes_share_the_runs_and_the_table_waits_for_both(tmp_path, monkeypatch, capsys):
+    import benchmarks.sweep as sweep
+    from genrl.rundir import RunDirInUse
+
+    order = []
+
+    def fake_run(cfg):
+        order.append(cfg.run_name)
+        if cfg.run_name.startswith("alignment-rlcm-ppo-learning_rate0.0003"):
+            raise RunDirInUse("held by the other process")
+        return _metrics(0.004)
+
+    monkeypatch.setattr(sweep, "run_to_completion", fake_run)
+    sweep.main(sweep.Args(output_dir=tmp_path, families=("alignment",), from_end=True))
+    assert order[0].startswith("alignment-rlcm-dpg-learning_rate0.003") and order[-1].endswith("0.0003-seed0")
+    assert "2 runs are being trained by another process" in capsys.readouterr().out
+    assert not (tmp_path / "sweep.md").exists()  # the table waits for every run
+    monkeypatch.setattr(sweep, "run_to_completion", lambda cfg: _metrics(0.004))
+    sweep.main(sweep.Args(output_dir=tmp_path, families=("alignment",)))
+    table = json.loads((tmp_path / "sweep.json").read_text())
+    assert [r["settings"] for r in table["alignment"]["RLCM (PPO)"]["rows"]] == [
+        {"learning_rate": lr} for lr in (3e-4, 1e-3, 3e-3)
+    ]

@@ -235,7 +235,13 @@ def test_shapes_presets_are_the_committed_sweeps_winners():
     }
     assert {(family, method) for family in sweep for method in sweep[family]} == set(presets)
     for (family, method), names in presets.items():
-        winner = dict(pair.split("=") for pair in sweep[family][method]["winner"]["setting"].split(", "))
+        winner = dict(sweep[family][method]["winner"]["settings"])
+        weight = winner.pop("alignment_term", 0)
         for name in names:
+            cfg = PRESETS[name]
+            if weight:  # the composite: the task's reward plus the shapes alignment term at the winner's weight
+                assert cfg.reward.endswith(f",shapes_alignment={weight}"), (name, cfg.reward)
+            else:
+                assert "," not in cfg.reward, (name, cfg.reward)
             for field, value in winner.items():
-                assert setting(PRESETS[name], field) == pytest.approx(float(value)), (name, field)
+                assert setting(cfg, field) == pytest.approx(value), (name, field)
