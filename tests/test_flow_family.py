@@ -3,23 +3,25 @@ log-probs against torch.distributions, ``gymnasium.make("genrl/FLOW-v0")``, and 
 diffusers loads."""
 
 import math
+import warnings
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
+from gymnasium.utils.env_checker import check_env
 from safetensors.torch import load_file
 
-from genrl.config import DEFAULT_LORA_TARGETS, TrainConfig
+from genrl.config import TrainConfig
 from genrl.envs import make_env
 from genrl.errors import GenrlError
-from genrl.families.flow import FlowEnv, FlowPolicy, pack_text, unpack_text
+from genrl.families.flow import FLOW_GRPO_LORA_TARGETS, FlowEnv, FlowPolicy, pack_text, unpack_text
 from genrl.models import load_pipeline
 from genrl.policy import add_lora, make_policy
 from genrl.shapes.tiny import tiny_model_dir
 from genrl.train import main
-from tests.helpers import fast_args
+from tests.helpers import fast_args, logged_metrics
 
 PROMPTS = ["a red circle", "two blue squares"]
 
@@ -112,6 +114,11 @@ def test_make_gives_a_flow_env_stepped_by_hand_with_sampled_actions(pipe):
         rewards.append(reward)
     assert rewards[0] == 0.0 and math.isfinite(rewards[-1]) and rewards[-1] != 0
     assert info["images"].shape == (3, 64, 64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env.unwrapped)
+    # As on the UNet envs: latents and text embeddings are unbounded, and that is the only complaint.
+    assert all("infinity" in str(w.message) for w in caught), [str(w.message) for w in caught]
 
 
 def test_flow_configuration_and_model_checks():
@@ -128,13 +135,16 @@ def test_flow_configuration_and_model_checks():
 def test_flow_training_exports_a_lora_that_plain_sd3_loads(tmp_path):
     rank, alpha = 4, 8.0  # alpha != rank: diffusers must get the scale too
     lora = ["--finetune", "lora", "--lora-rank", str(rank), "--lora-alpha", str(alpha), "--learning-rate", "0.05"]
+    lora += ["--lora-target-modules", *FLOW_GRPO_LORA_TARGETS]  # both streams: the text's add_* layers export too
     main(fast_args(tmp_path, "flow", "--env", "flow", "--num-steps", "2", *lora))
+    for m in logged_metrics(tmp_path / "flow"):  # training recomputes the sampling log-probs exactly
+        assert abs(m["ratio_mean_first_minibatch"] - 1) < 1e-6
     ckpt = tmp_path / "flow" / "checkpoints" / "latest"
 
     loaded = _plain_pipeline()
     loaded.load_lora_weights(ckpt)
     ours = _plain_pipeline().transformer.requires_grad_(False)
-    add_lora(ours, rank, alpha, DEFAULT_LORA_TARGETS)
+    add_lora(ours, rank, alpha, FLOW_GRPO_LORA_TARGETS)
     _, unexpected = ours.load_state_dict(load_file(ckpt / "trainable.safetensors"), strict=False)
     assert not unexpected
     base = _plain_pipeline().transformer

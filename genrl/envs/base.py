@@ -11,10 +11,11 @@ Observation keys, the same on every step and after the last:
 
 - ``latents`` (B, C, h, w), the UNet's dtype, at least fp32: the current state.
 - ``timestep``, ``next_timestep`` (B,) int64: where this step goes from and to. -1 stands for "past timestep 0",
-  where DDIM's last step lands on ``final_alpha_cumprod`` (a schedule that ends on t = 0).
+  where DDIM's last step lands on ``final_alpha_cumprod`` (a schedule that ends on t = 0). The flow family's are
+  float32 sigmas instead (``genrl.families.flow``).
 - ``stochastic`` (B,) bool: False where the step is deterministic and carries no log-prob.
 - ``prompt_embeds``, ``negative_prompt_embeds`` (B, L, D), the latents' dtype: the prompts' and the empty
-  prompt's text embeddings.
+  prompt's text embeddings (the flow family's carry SD3's pooled embedding as a last row).
 
 The observation after the last step (``terminated`` all True) has no step left: ``timestep`` and
 ``next_timestep`` both hold the schedule's end (the last step's ``next_timestep``) and ``stochastic`` is False.

@@ -52,6 +52,19 @@ GUIDANCE_EMBEDDED = False
 """Guidance is classifier-free, by a doubled batch."""
 TINY_MODEL = "tiny-sd3"
 """``--model tiny``: a tiny random-weight Stable Diffusion 3 (``genrl.shapes.tiny``)."""
+FLOW_GRPO_LORA_TARGETS = (
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+)
+"""Flow-GRPO's LoRA layers on SD3: both streams of every joint attention, the image's (to_*) and the text's (add_*,
+to_add_out). genrl's default (to_q, to_k, to_v, to_out.0) is the image stream's alone; --lora-target-modules takes
+these."""
 MAX_SEQUENCE_LENGTH = 256
 """T5 tokens of a prompt: ``StableDiffusion3Pipeline``'s default ``max_sequence_length``."""
 
