@@ -12,8 +12,10 @@ import torch
 
 from genrl.algos.registry import make_algorithm
 from genrl.config import DEFAULT_LORA_TARGETS, TrainConfig
+from genrl.denoiser import denoiser
 from genrl.envs import DenoisingEnv, make_env
 from genrl.errors import GenrlError
+from genrl.families import family
 from genrl.models import load_pipeline
 from genrl.policy import DenoisingPolicy, add_lora, make_policy
 from genrl.precision import cast_frozen, half_dtype
@@ -46,7 +48,7 @@ def assemble(
     score_in_env: bool = True,
 ) -> Assembly:
     """What ``cfg`` trains: its reward, algorithm, pipeline on ``device`` (default ``cfg.device``), env and policy,
-    with a fresh LoRA (seeded from ``cfg.seed``) or every UNet weight trainable, as ``cfg.finetune`` says.
+    with a fresh LoRA (seeded from ``cfg.seed``) or every denoiser weight trainable, as ``cfg.finetune`` says.
 
     ``trained_lora``: load a saved LoRA folder instead (frozen; for evaluation). ``num_envs`` and ``num_steps``
     override the configuration's batch and horizon (evaluation at other step counts). ``score_in_env=False``: the
@@ -73,19 +75,20 @@ def assemble(
     elif cfg.finetune == "lora":
         torch.manual_seed(derived_seed(cfg.seed, 0, 0, 4))  # the LoRA's random initial A comes from torch's RNG
         try:
-            add_lora(pipeline.unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules)
+            add_lora(denoiser(pipeline), cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules)
         except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
             reason = str(exc).splitlines()[0][:200].rstrip(".")
             raise GenrlError(
-                f"--lora-target-modules {' '.join(cfg.lora_target_modules)}: {reason}; name layers of the UNet, e.g. "
-                f"the default {' '.join(DEFAULT_LORA_TARGETS)}"
+                f"--lora-target-modules {' '.join(cfg.lora_target_modules)}: {reason}; name layers of the denoiser, "
+                f"e.g. the default {' '.join(DEFAULT_LORA_TARGETS)}"
             ) from None
     else:
-        pipeline.unet.requires_grad_(True)
+        denoiser(pipeline).requires_grad_(True)
     if hasattr(algorithm, "prepare"):
         algorithm.prepare(pipeline, reward)
     half = half_dtype(cfg.mixed_precision)
     cast_frozen(pipeline, half)  # once the trainable weights are known: they stay fp32
-    policy = make_policy(cfg.env, pipeline, cfg.guidance_scale, cfg.logprob_reduction, cfg.eta).eval()
+    options = family(cfg.env).policy_options(cfg)  # the family's own settings (flow: its noise level and mode)
+    policy = make_policy(cfg.env, pipeline, cfg.guidance_scale, cfg.logprob_reduction, cfg.eta, **options).eval()
     policy.autocast_dtype = half
     return Assembly(pipeline, env, policy, reward, algorithm)

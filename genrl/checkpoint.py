@@ -1,7 +1,8 @@
 """Checkpoints: a LoRA that plain diffusers loads, and the full training state for an exact ``--resume``.
 
     checkpoints/epoch-0003/pytorch_lora_weights.safetensors   pipe.load_lora_weights("checkpoints/latest")
-    checkpoints/epoch-0003/unet/                               (full fine-tuning instead of LoRA)
+    checkpoints/epoch-0003/unet/                               (full fine-tuning instead of LoRA; transformer/ for
+                                                               a flow model)
     checkpoints/epoch-0003/trainable.safetensors               every trainable tensor, exactly
     checkpoints/epoch-0003/optimizer.pt                        optimizer, LR scheduler, torch RNG
     checkpoints/epoch-0003/state.json                          counters, per-prompt reward statistics
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline, StableDiffusionPipeline
 from diffusers.training_utils import EMAModel
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft.utils import get_peft_model_state_dict
@@ -153,7 +154,11 @@ def ema_weights(ema: EMAModel, params: list[torch.nn.Parameter]) -> Iterator[Non
 
 
 def _save_for_diffusers(unet: torch.nn.Module, folder: Path) -> None:
-    """The LoRA as ``pipe.load_lora_weights(folder)`` reads it, or the whole UNet under full fine-tuning."""
+    """The LoRA as ``pipe.load_lora_weights(folder)`` reads it, or the whole UNet under full fine-tuning. A flow
+    model's transformer (``genrl.denoiser``) is saved as its own pipeline reads it (``_save_transformer``)."""
+    if isinstance(unet, SD3Transformer2DModel):
+        _save_transformer(unet, folder)
+        return
     if getattr(unet, "peft_config", None):
         lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
         # The adapter's config travels in the file's metadata: without it diffusers rebuilds the LoRA at
@@ -166,6 +171,22 @@ def _save_for_diffusers(unet: torch.nn.Module, folder: Path) -> None:
         )
     else:
         unet.save_pretrained(folder / "unet", safe_serialization=True)
+
+
+def _save_transformer(transformer: torch.nn.Module, folder: Path) -> None:
+    """Stable Diffusion 3's transformer: its LoRA as ``StableDiffusion3Pipeline.load_lora_weights(folder)`` reads
+    it (keys under ``transformer.``), or the whole transformer under full fine-tuning."""
+    if getattr(transformer, "peft_config", None):
+        lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(transformer))
+        # The adapter's config travels in the metadata, as for the UNet: it keeps lora_alpha.
+        StableDiffusion3Pipeline.save_lora_weights(
+            folder,
+            transformer_lora_layers=lora,
+            transformer_lora_adapter_metadata=transformer.peft_config["default"].to_dict(),
+            safe_serialization=True,
+        )
+    else:
+        transformer.save_pretrained(folder / "transformer", safe_serialization=True)
 
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:

@@ -35,7 +35,8 @@ class TrainConfig:
     model: str = "shapes"
     """A diffusers pipeline: hub id, local folder, 'shapes' (the embedded models) or 'tiny' (random weights)."""
     env: FamilyName = "lcm"
-    """lcm: consistency sampling (RLCM). ddpm: DDIM with eta > 0 (DDPO)."""
+    """lcm: consistency sampling (RLCM). ddpm: DDIM with eta > 0 (DDPO). flow: flow matching as an SDE (Flow-GRPO;
+    an SD3-style model)."""
     algo: str = "ppo"
     """ppo: clipped PPO (RLCM, DDPO). reinforce: one unclipped pass. dpg: backpropagate a differentiable reward
     through the sampling chain (AlignProp, DRaFT-K). Or your own: 'package.module:Class', or the name of a
@@ -72,13 +73,17 @@ class TrainConfig:
 
     # Sampling
     num_steps: int = 4
-    """Inference steps H (LCM: 1-50 on the skipping-step schedule; DDPM: DDIM steps)."""
+    """Inference steps H (LCM: 1-50 on the skipping-step schedule; DDPM: DDIM steps; flow: SDE steps)."""
     guidance_scale: float = 8.0
-    """LCM: fed as the w-embedding (w = scale - 1). DDPM: classifier-free guidance by a doubled batch."""
+    """LCM: fed as the w-embedding (w = scale - 1). DDPM, flow: classifier-free guidance by a doubled batch."""
     eta: float = 1.0
     """DDPM only: DDIM eta (> 0 makes every step stochastic)."""
     noise_last_step: bool = False
     """LCM only: noise the last step too, as the reference RLCM code does (default: diffusers' noiseless last step)."""
+    noise_level: float = 0.7
+    """Flow only: the SDE's noise level a (> 0; Flow-GRPO's 0.7; 0 would be the deterministic Euler step)."""
+    noise_mode: Literal["flow_grpo", "constant"] = "flow_grpo"
+    """Flow only: the noise scale g = a sqrt(sigma / (1 - sigma)) (Flow-GRPO), or a constant a (DanceGRPO)."""
     resolution: int | None = None
     """Image size in pixels (default: the model's)."""
     sample_batch_size: int = 16

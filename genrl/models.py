@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -11,21 +12,24 @@ from diffusers import DiffusionPipeline
 
 from genrl.errors import GenrlError
 from genrl.families import family
+from genrl.precision import frozen_parts
 from genrl.shapes import shipped_dir
-from genrl.shapes.tiny import tiny_pipeline_dir
+from genrl.shapes.tiny import tiny_model_dir
 
 
 def resolve_model(model: str, env: str) -> str:
     """Built-in names map to local folders: 'shapes' (the embedded model the env's family samples: the LCM or its
-    teacher) and 'tiny' (random weights). Anything else is passed to diffusers as is."""
+    teacher) and 'tiny' (random weights, of the kind the family samples). Anything else is passed to diffusers as
+    is."""
     if model == "tiny":
-        return str(tiny_pipeline_dir(lcm=family(env).GUIDANCE_EMBEDDED))
+        return str(tiny_model_dir(family(env).TINY_MODEL))
     if model == "shapes":
         folder = shipped_dir() / family(env).SHAPES_MODEL
         if not (folder / "model_index.json").exists():
-            raise GenrlError(
-                f"the shapes models are missing from {folder.parent}; rebuild them: python -m genrl.shapes.pretrain"
-            )
+            # A family whose shapes model genrl.shapes.pretrain does not build (yet) says so itself.
+            missing = getattr(family(env), "SHAPES_MISSING", None)
+            rebuild = "rebuild them: python -m genrl.shapes.pretrain"
+            raise GenrlError(missing or f"the shapes models are missing from {folder.parent}; {rebuild}")
         return str(folder)
     return model
 
@@ -61,8 +65,11 @@ def load_pipeline(model: str, env: str, device: str = "cpu", dtype=torch.float32
     no_clipping = dict(clip_sample=False, thresholding=False)
     env_family = family(env)
     env_family.check_pipeline(pipe, model)
-    pipe.scheduler = env_family.SCHEDULER.from_config(pipe.scheduler.config, **no_clipping)
-    for part in ("unet", "vae", "text_encoder"):
-        getattr(pipe, part).requires_grad_(False)
+    # (A flow scheduler neither clips nor thresholds, and takes no such options.)
+    accepted = inspect.signature(env_family.SCHEDULER.__init__).parameters
+    options = {key: value for key, value in no_clipping.items() if key in accepted}
+    pipe.scheduler = env_family.SCHEDULER.from_config(pipe.scheduler.config, **options)
+    for part in frozen_parts(pipe):
+        part.requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

@@ -1,8 +1,9 @@
 """The policy: the trainable denoiser and the Gaussian it defines over the next latent.
 
 ``distribution(obs)`` gives mean and std of the next latent; ``action_log_prob(dist, next_latents)`` scores an
-action under it; ``act(obs, generator)`` samples one. Each family (``genrl.families``) subclasses it with its UNet
-call and its step maths; ``make_policy`` builds the one ``--env`` names.
+action under it; ``act(obs, generator)`` samples one. Each family (``genrl.families``) subclasses it with its
+denoiser's call (a UNet, or a flow model's transformer: ``genrl.denoiser``) and its step maths; ``make_policy``
+builds the one ``--env`` names.
 """
 
 from __future__ import annotations
@@ -19,34 +20,38 @@ from genrl.precision import autocast
 from genrl.steps import LogProbReduction, StepDistribution, gaussian_kl, gaussian_log_prob
 
 
-def add_lora(unet: torch.nn.Module, rank: int, alpha: float, target_modules: Sequence[str]) -> None:
-    """Freeze the UNet and attach a trainable LoRA adapter (zero-initialised B, so the policy starts unchanged)."""
-    unet.requires_grad_(False)
-    unet.add_adapter(
+def add_lora(net: torch.nn.Module, rank: int, alpha: float, target_modules: Sequence[str]) -> None:
+    """Freeze the denoiser ``net`` (a UNet or a transformer) and attach a trainable LoRA adapter (zero-initialised B,
+    so the policy starts unchanged)."""
+    net.requires_grad_(False)
+    net.add_adapter(
         LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(target_modules))
     )
 
 
 class DenoisingPolicy(torch.nn.Module):
     autocast_dtype: torch.dtype | None = None
-    """``--mixed-precision``'s half dtype, which ``denoise`` runs the UNet in (None: the weights' own)."""
+    """``--mixed-precision``'s half dtype, which ``denoise`` runs the denoiser in (None: the weights' own)."""
 
-    def __init__(self, unet: torch.nn.Module, scheduler: Any, guidance_scale: float, reduction: LogProbReduction):
+    def __init__(self, denoiser: torch.nn.Module, scheduler: Any, guidance_scale: float, reduction: LogProbReduction):
         super().__init__()
-        self.unet = unet
+        self.denoiser = denoiser
         self.guidance_scale = guidance_scale
         self.reduction: LogProbReduction = reduction
-        self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.to(unet.device), persistent=False)
+        # A diffusion scheduler's noise schedule, which the LCM and DDIM steps index; a flow scheduler has none.
+        alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)
+        if alphas_cumprod is not None:
+            self.register_buffer("alphas_cumprod", alphas_cumprod.to(denoiser.device), persistent=False)
 
     def denoise(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """The UNet's prediction, at least fp32: under autocast where mixed precision is on, cast up after it, so
+        """The denoiser's prediction, at least fp32: under autocast where mixed precision is on, cast up after it, so
         that every family's step maths (mean, std, log-prob) run in fp32 (``genrl.precision``)."""
-        with autocast(self.alphas_cumprod.device.type, self.autocast_dtype):
-            prediction = self.unet(*args, **kwargs).sample
+        with autocast(self.denoiser.device.type, self.autocast_dtype):
+            prediction = self.denoiser(*args, **kwargs).sample
         return prediction.to(torch.promote_types(prediction.dtype, torch.float32))
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.unet.parameters() if p.requires_grad]
+        return [p for p in self.denoiser.parameters() if p.requires_grad]
 
     def distribution(self, obs: dict[str, torch.Tensor]) -> StepDistribution:
         raise NotImplementedError
@@ -74,14 +79,14 @@ class DenoisingPolicy(torch.nn.Module):
 
     @torch.no_grad()
     def reference_distribution(self, obs: dict[str, torch.Tensor]) -> StepDistribution:
-        """The frozen model's step: the same UNet with the LoRA adapter switched off, no second copy."""
-        if not getattr(self.unet, "peft_config", None):
+        """The frozen model's step: the same denoiser with the LoRA adapter switched off, no second copy."""
+        if not getattr(self.denoiser, "peft_config", None):
             raise RuntimeError("the reference policy needs a LoRA adapter to switch off")
-        self.unet.disable_adapters()
+        self.denoiser.disable_adapters()
         try:
             return self.distribution(obs)
         finally:
-            self.unet.enable_adapters()
+            self.denoiser.enable_adapters()
 
     def kl_to_reference(self, obs: dict[str, torch.Tensor], dist: StepDistribution) -> torch.Tensor:
         """Closed-form KL(pi_theta || pi_ref) of each step (B,), reduced over latent dims like the log-prob."""
@@ -90,7 +95,13 @@ class DenoisingPolicy(torch.nn.Module):
 
 
 def make_policy(
-    kind: str, pipeline: Any, guidance_scale: float, reduction: LogProbReduction, eta: float = 1.0
+    kind: str,
+    pipeline: Any,
+    guidance_scale: float,
+    reduction: LogProbReduction,
+    eta: float = 1.0,
+    **options: Any,
 ) -> DenoisingPolicy:
-    """The policy of family ``kind`` (``genrl.families``) on ``pipeline``'s UNet; ``eta`` is DDIM's."""
-    return family(kind).make_policy(pipeline, guidance_scale, reduction, eta)
+    """The policy of family ``kind`` (``genrl.families``) on ``pipeline``'s denoiser; ``eta`` is DDIM's, ``options``
+    the family's own (``policy_options``: the flow family's noise level and mode)."""
+    return family(kind).make_policy(pipeline, guidance_scale, reduction, eta, **options)

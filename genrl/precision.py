@@ -28,6 +28,8 @@ from typing import Any, Literal
 
 import torch
 
+from genrl.denoiser import denoiser
+
 MixedPrecision = Literal["no", "fp16", "bf16"]
 
 HALF_DTYPES: dict[str, torch.dtype | None] = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -39,13 +41,21 @@ def half_dtype(setting: str) -> torch.dtype | None:
 
 
 def cast_frozen(pipeline: Any, dtype: torch.dtype | None) -> None:
-    """The frozen weights of the VAE, the text encoder and the UNet to ``dtype``, in place; trainable ones stay."""
+    """The frozen weights of the VAE, the text encoders and the denoiser (UNet or transformer) to ``dtype``, in
+    place; trainable ones stay."""
     if dtype is None:
         return
-    for part in ("vae", "text_encoder", "unet"):
-        for param in getattr(pipeline, part).parameters():
+    for module in frozen_parts(pipeline):
+        for param in module.parameters():
             if not param.requires_grad:
                 param.data = param.data.to(dtype)
+
+
+def frozen_parts(pipeline: Any) -> list[torch.nn.Module]:
+    """The networks of ``pipeline`` that genrl loads frozen: the VAE, every text encoder it has (one for Stable
+    Diffusion 1.x, three for SD3) and the denoiser (``genrl.denoiser``), in that order."""
+    text = [getattr(pipeline, name, None) for name in ("text_encoder", "text_encoder_2", "text_encoder_3")]
+    return [pipeline.vae, *[encoder for encoder in text if encoder is not None], denoiser(pipeline)]
 
 
 @contextlib.contextmanager

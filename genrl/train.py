@@ -58,6 +58,7 @@ from genrl.config import (
     replace_config,
 )
 from genrl.cpu import OtherLoad, default_threads
+from genrl.denoiser import denoiser
 from genrl.distributed import Processes
 from genrl.envs import DenoisingEnv
 from genrl.envs.actions import NonFiniteAction
@@ -218,7 +219,7 @@ def _set_up_precision(cfg: TrainConfig, device: str) -> None:
 
 
 def resume(t: Training, checkpoint: Path) -> None:
-    state = load_checkpoint(checkpoint, t.pipe.unet, t.optimizer, t.lr_scheduler, t.ema)
+    state = load_checkpoint(checkpoint, denoiser(t.pipe), t.optimizer, t.lr_scheduler, t.ema)
     saved_by = state.get("num_processes", 1)
     if saved_by != t.processes.count:
         raise GenrlError(
@@ -483,7 +484,15 @@ def save(t: Training, run: RunDir, epoch: int, best: BestEvaluation) -> None:
     }
     kept = run.checkpoints / checkpoint_name(best.epoch) if t.cfg.keep_best and best.epoch is not None else None
     save_checkpoint(
-        run.checkpoints, epoch, t.pipe.unet, t.optimizer, t.lr_scheduler, state, t.cfg.keep_checkpoints, t.ema, kept
+        run.checkpoints,
+        epoch,
+        denoiser(t.pipe),
+        t.optimizer,
+        t.lr_scheduler,
+        state,
+        t.cfg.keep_checkpoints,
+        t.ema,
+        kept,
     )
     if kept is not None and best.epoch == epoch:
         _point_best_at(run, epoch)

@@ -19,9 +19,10 @@ def test_a_family_module_holds_every_part_the_registry_names(name):
     assert module.SingleEnv.kind == name and module.SingleEnv.default_num_steps >= 1
     policy_class = typing.get_type_hints(module.make_policy)["return"]
     assert issubclass(policy_class, DenoisingPolicy)
-    for part in ("SCHEDULER", "SHAPES_MODEL", "GUIDANCE_EMBEDDED"):
+    for part in ("SCHEDULER", "SHAPES_MODEL", "TINY_MODEL", "GUIDANCE_EMBEDDED"):
         assert hasattr(module, part), part
-    for hook in ("check_pipeline", "env_options", "validate", "default_grad_steps", "evaluation_steps"):
+    hooks = ("check_pipeline", "env_options", "policy_options", "validate", "default_grad_steps", "evaluation_steps")
+    for hook in hooks:
         assert callable(getattr(module, hook)), hook
 
 
@@ -34,7 +35,7 @@ def test_each_family_is_registered_with_gymnasium_from_its_module(name):
 
 def test_env_takes_exactly_the_registered_names():
     assert typing.get_args(FamilyName) == tuple(FAMILIES)
-    assert ENV_IDS == {"lcm": "genrl/LCM-v0", "ddpm": "genrl/DDPM-v0"}
+    assert ENV_IDS == {"lcm": "genrl/LCM-v0", "ddpm": "genrl/DDPM-v0", "flow": "genrl/FLOW-v0"}
     with pytest.raises(ValueError, match="env kind must be one of"):
         family("ddim")
 
@@ -50,6 +51,8 @@ def test_every_preset_names_a_registered_family():
         (dict(env="lcm", num_steps=1), "no stochastic step"),
         (dict(env="ddpm", noise_last_step=True), "is an LCM option"),
         (dict(env="ddpm", eta=0.0), "makes DDIM deterministic"),
+        (dict(env="flow", noise_level=0.0), "deterministic Euler step"),
+        (dict(env="flow", noise_last_step=True), "is an LCM option"),
     ],
 )
 def test_the_configuration_checks_of_each_family_are_its_own(overrides, message):
@@ -57,6 +60,7 @@ def test_the_configuration_checks_of_each_family_are_its_own(overrides, message)
         TrainConfig(**overrides).validate()
 
 
-def test_dpg_keeps_every_lcm_step_and_the_last_ddim_step_by_default():
+def test_dpg_keeps_every_lcm_step_and_the_last_ddim_and_flow_step_by_default():
     assert family("lcm").default_grad_steps(4) == 4
     assert family("ddpm").default_grad_steps(20) == 1
+    assert family("flow").default_grad_steps(10) == 1

@@ -23,6 +23,7 @@ import torch
 
 from genrl.algos.base import EpochBatch
 from genrl.algos.common import EpochMeans, check_settings, flag, optimizer_step
+from genrl.denoiser import denoiser
 from genrl.errors import GenrlError
 from genrl.families import family
 from genrl.policy import DenoisingPolicy
@@ -80,7 +81,7 @@ class DPG:
                 "differentiable = True); use --algo ppo or reinforce, or a reward such as shapes_alignment"
             )
         if self.config.gradient_checkpointing:
-            pipeline.unet.enable_gradient_checkpointing()
+            denoiser(pipeline).enable_gradient_checkpointing()
             pipeline.vae.enable_gradient_checkpointing()
 
     def update(self, policy: DenoisingPolicy, optimizer: torch.optim.Optimizer, batch: EpochBatch) -> dict[str, float]:

@@ -1,8 +1,9 @@
-"""Gymnasium environments that turn denoising into an MDP: ``genrl/LCM-v0`` (RLCM) and ``genrl/DDPM-v0`` (DDPO).
+"""Gymnasium environments that turn denoising into an MDP: ``genrl/LCM-v0`` (RLCM), ``genrl/DDPM-v0`` (DDPO) and
+``genrl/FLOW-v0`` (Flow-GRPO).
 
 What every family shares lives here; each family's own env is in its module (``genrl.families.lcm.LCMEnv``,
-``genrl.families.ddpm.DDPMEnv``), and ``genrl.families`` registers its id twice over. Its ``vector_entry_point`` is
-the batched torch env that training uses:
+``genrl.families.ddpm.DDPMEnv``, ``genrl.families.flow.FlowEnv``), and ``genrl.families`` registers its id twice
+over. Its ``vector_entry_point`` is the batched torch env that training uses:
 
     env = make_env("lcm", num_envs=8, pipeline=pipe, reward_fn=reward, num_steps=8)
 

@@ -11,10 +11,11 @@ Observation keys, the same on every step and after the last:
 
 - ``latents`` (B, C, h, w), the UNet's dtype, at least fp32: the current state.
 - ``timestep``, ``next_timestep`` (B,) int64: where this step goes from and to. -1 stands for "past timestep 0",
-  where DDIM's last step lands on ``final_alpha_cumprod`` (a schedule that ends on t = 0).
+  where DDIM's last step lands on ``final_alpha_cumprod`` (a schedule that ends on t = 0). The flow family's are
+  float32 sigmas instead (``genrl.families.flow``).
 - ``stochastic`` (B,) bool: False where the step is deterministic and carries no log-prob.
 - ``prompt_embeds``, ``negative_prompt_embeds`` (B, L, D), the latents' dtype: the prompts' and the empty
-  prompt's text embeddings.
+  prompt's text embeddings (the flow family's carry SD3's pooled embedding as a last row).
 
 The observation after the last step (``terminated`` all True) has no step left: ``timestep`` and
 ``next_timestep`` both hold the schedule's end (the last step's ``next_timestep``) and ``stochastic`` is False.
@@ -45,6 +46,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from genrl.denoiser import denoiser
 from genrl.envs.actions import as_action_tensors
 from genrl.envs.scoring import score_images
 from genrl.noise import noise_rows
@@ -89,21 +91,21 @@ class DenoisingEnv(gym.vector.VectorEnv):
             )
         self.timesteps, self.next_timesteps, self.stochastic = timesteps, next_timesteps, stochastic
         self.num_steps = len(timesteps)
-        self.device = pipeline.unet.device
+        net = denoiser(pipeline)  # the UNet, or a flow model's transformer
+        self.device = net.device
         # The state is at least fp32 whatever the weights' dtype: the step maths and log-probs read it
         # (genrl.precision); the UNet and the VAE take it under autocast or cast to their own dtype.
-        self.dtype = torch.promote_types(pipeline.unet.dtype, torch.float32)
+        self.dtype = torch.promote_types(net.dtype, torch.float32)
         vae_scale = 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
-        self.resolution = resolution or pipeline.unet.config.sample_size * vae_scale
-        # The VAE halves the image and the UNet the latent once per down block but the last.
-        multiple = vae_scale * 2 ** (len(pipeline.unet.config.block_out_channels) - 1)
+        self.resolution = resolution or net.config.sample_size * vae_scale
+        multiple = vae_scale * self.latent_multiple(net)
         if self.resolution < 1 or self.resolution % multiple:
             raise ValueError(
                 f"resolution {self.resolution} must be a positive multiple of {multiple} for this model "
-                f"(its VAE and UNet downsample by that much); e.g. {pipeline.unet.config.sample_size * vae_scale}"
+                f"(its VAE and {self.denoiser_kind} downsample by that much); e.g. {net.config.sample_size * vae_scale}"
             )
         self.latent_shape = (
-            pipeline.unet.config.in_channels,
+            net.config.in_channels,
             self.resolution // vae_scale,
             self.resolution // vae_scale,
         )
@@ -114,14 +116,35 @@ class DenoisingEnv(gym.vector.VectorEnv):
         self._step = None
         self._latents = None
 
+    denoiser_kind = "UNet"
+    """What the denoiser is, for messages."""
+    timestep_dtype = torch.long
+    """The dtype of ``timestep`` and ``next_timestep``: the schedule's integer timesteps."""
+
+    def init_noise_sigma(self) -> float:
+        """The scale of the initial noise: the scheduler's."""
+        return self.pipeline.scheduler.init_noise_sigma
+
+    def latent_multiple(self, net: torch.nn.Module) -> int:
+        """How many times the denoiser ``net`` shrinks the latent: the UNet halves it once per down block but the
+        last. (The VAE's factor comes on top.)"""
+        return 2 ** (len(net.config.block_out_channels) - 1)
+
+    def text_shape(self) -> tuple[int, int]:
+        """One prompt's text embedding: (tokens, width)."""
+        return (self.pipeline.tokenizer.model_max_length, self.pipeline.text_encoder.config.hidden_size)
+
+    def timestep_space(self) -> gym.Space:
+        """The space of ``timestep`` and ``next_timestep``: -1 to the last training timestep, -1 being "past
+        timestep 0" (a DDIM schedule that ends on t = 0)."""
+        return gym.spaces.Discrete(self.pipeline.scheduler.config.num_train_timesteps + 1, start=-1)
+
     def _declare_spaces(self) -> None:
         """The spaces of one sub-env's observation and action (the module docstring), and of the batch."""
         dtype = torch.empty((), dtype=self.dtype).numpy().dtype
         latents = gym.spaces.Box(-np.inf, np.inf, self.latent_shape, dtype)
-        text = (self.pipeline.tokenizer.model_max_length, self.pipeline.text_encoder.config.hidden_size)
-        embeds = gym.spaces.Box(-np.inf, np.inf, text, dtype)
-        # -1 to the last training timestep: -1 is "past timestep 0" (a DDIM schedule that ends on t = 0).
-        timestep = gym.spaces.Discrete(self.pipeline.scheduler.config.num_train_timesteps + 1, start=-1)
+        embeds = gym.spaces.Box(-np.inf, np.inf, self.text_shape(), dtype)
+        timestep = self.timestep_space()
         self.single_observation_space = gym.spaces.Dict(
             latents=latents,
             timestep=timestep,
@@ -163,8 +186,8 @@ class DenoisingEnv(gym.vector.VectorEnv):
         full = lambda v, dtype: torch.full((self.num_envs,), v, dtype=dtype, device=self.device)
         return {
             "latents": self._latents,
-            "timestep": full(t, torch.long),
-            "next_timestep": full(t_next, torch.long),
+            "timestep": full(t, self.timestep_dtype),
+            "next_timestep": full(t_next, self.timestep_dtype),
             "stochastic": full(stochastic, torch.bool),
             "prompt_embeds": self._prompt_embeds,
             "negative_prompt_embeds": self._negative_embeds.expand(self.num_envs, -1, -1),
@@ -199,7 +222,7 @@ class DenoisingEnv(gym.vector.VectorEnv):
         if self.num_envs % shared or (noise_slice is not None and noise_slice[0] % shared):
             raise ValueError(f"shared_noise_group {shared} must divide the {self.num_envs} envs")
         noise = noise_rows(self.num_envs, self.latent_shape, self._generator, noise_slice, repeat=shared)
-        self._latents = (noise * self.pipeline.scheduler.init_noise_sigma).to(self.device, self.dtype)
+        self._latents = (noise * self.init_noise_sigma()).to(self.device, self.dtype)
         self._step = 0
         return self._observation(), {"prompts": self.prompts}
 

@@ -25,7 +25,9 @@ SCHEDULER = DDIMScheduler
 SHAPES_MODEL = "teacher"
 """The embedded shapes model this family samples (``--model shapes``): the diffusion model the LCM came from."""
 GUIDANCE_EMBEDDED = False
-"""Guidance is classifier-free, by a doubled batch: ``--model tiny`` is the tiny Stable Diffusion."""
+"""Guidance is classifier-free, by a doubled batch."""
+TINY_MODEL = "tiny-sd"
+"""``--model tiny``: the tiny Stable Diffusion (``genrl.shapes.tiny``)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -111,6 +113,11 @@ class SingleDDPMEnv(SingleImageEnv):
 
 Env = DDPMEnv
 SingleEnv = SingleDDPMEnv
+
+
+def policy_options(cfg: Any) -> dict[str, Any]:
+    """The policy's family-specific keyword arguments from a ``TrainConfig``: none."""
+    return {}
 
 
 def env_options(noise_last_step: bool) -> dict[str, Any]:

@@ -27,7 +27,9 @@ SCHEDULER = LCMScheduler
 SHAPES_MODEL = "lcm"
 """The embedded shapes model this family samples (``--model shapes``)."""
 GUIDANCE_EMBEDDED = True
-"""The UNet takes guidance as an embedding (``time_cond_proj_dim``): ``--model tiny`` is the tiny LCM."""
+"""The UNet takes guidance as an embedding (``time_cond_proj_dim``)."""
+TINY_MODEL = "tiny-lcm"
+"""``--model tiny``: the tiny LCM (``genrl.shapes.tiny``)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -116,6 +118,11 @@ class SingleLCMEnv(SingleImageEnv):
 
 Env = LCMEnv
 SingleEnv = SingleLCMEnv
+
+
+def policy_options(cfg: Any) -> dict[str, Any]:
+    """The policy's family-specific keyword arguments from a ``TrainConfig``: none."""
+    return {}
 
 
 def env_options(noise_last_step: bool) -> dict[str, Any]:

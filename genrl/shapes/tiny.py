@@ -1,8 +1,10 @@
-"""Tiny random-weight Stable Diffusion and LCM pipelines, built from configs and saved as diffusers folders.
+"""Tiny random-weight Stable Diffusion, LCM and Stable Diffusion 3 pipelines, built from configs and saved as
+diffusers folders.
 
 ``--model tiny``: plumbing checks in seconds. The tests and the ``tiny-*`` presets load them through the same
 ``from_pretrained`` path a real checkpoint takes. Same seed, same weights. They borrow the shapes models' text
-encoder, noise schedule and LCM scheduler (``genrl.shapes.components``), nothing trained.
+encoder, noise schedule and LCM scheduler (``genrl.shapes.components``), nothing trained. Each family names the one
+it samples (``TINY_MODEL``: ``tiny-lcm``, ``tiny-sd``, ``tiny-sd3``).
 """
 
 from __future__ import annotations
@@ -15,12 +17,22 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
     LatentConsistencyModelPipeline,
     PNDMScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
 from genrl.shapes.components import SD_BETAS, build_text_encoder, lcm_scheduler
 
@@ -76,14 +88,116 @@ def _components(lcm: bool) -> dict:
     return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
 
 
-def save_tiny_pipeline(folder: str | Path, lcm: bool) -> Path:
-    """Build a tiny pipeline (LCM if ``lcm`` else Stable Diffusion) and save it to ``folder`` atomically."""
+def _t5_tokenizer() -> T5TokenizerFast:
+    """A unigram T5 tokenizer over the printable ASCII characters (each also with the word-start mark), no merges."""
+    chars = [chr(c) for c in range(ord("!"), ord("~") + 1)]
+    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]  # T5's ids 0-2, then the space
+    vocab = specials + [(c, -1.0) for c in chars] + [("\u2581" + c, -1.5) for c in chars]
+    return T5TokenizerFast(vocab=vocab, extra_ids=0)
+
+
+def _sd3_components() -> dict:
+    """Stable Diffusion 3's parts at toy size: two CLIP text encoders with projections (their pooled outputs,
+    concatenated, are the transformer's ``pooled_projections``), a T5 encoder, a 16-channel VAE with SD3's scaling
+    and shift factors, an MMDiT of two joint blocks, and SD3's shifted flow-matching scheduler. Every part is there,
+    so that ``StableDiffusion3Pipeline.from_pretrained(folder)`` loads it with no arguments."""
+    torch.manual_seed(0)
+    width = 32
+    tokenizer = _tokenizer()
+
+    def clip() -> CLIPTextModelWithProjection:
+        return CLIPTextModelWithProjection(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=width,
+                intermediate_size=2 * width,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=tokenizer.model_max_length,
+                projection_dim=width,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+
+    text_encoder, text_encoder_2 = clip(), clip()
+    tokenizer_3 = _t5_tokenizer()
+    # T5's width is the transformer's joint_attention_dim; the CLIP states (2 x 32 wide) are zero-padded to it.
+    text_encoder_3 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer_3),
+            d_model=2 * width,
+            d_kv=8,
+            d_ff=2 * width,
+            num_layers=1,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=tokenizer_3.pad_token_id,
+            eos_token_id=tokenizer_3.eos_token_id,
+        )
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 32),
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=16,
+        sample_size=RESOLUTION,
+        scaling_factor=1.5305,  # SD3's
+        shift_factor=0.0609,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    transformer = SD3Transformer2DModel(
+        sample_size=RESOLUTION // 4,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=2 * width,  # T5's width
+        caption_projection_dim=16,  # the blocks' width, heads x head dim
+        pooled_projection_dim=2 * width,
+        pos_embed_max_size=RESOLUTION // 4 // 2,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)  # SD3's
+    return dict(
+        transformer=transformer,
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=_tokenizer(),
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3,
+    )
+
+
+def _build(name: str):
+    """The pipeline ``name`` of ``TINY_MODELS``, built."""
+    if name == "tiny-sd3":
+        return StableDiffusion3Pipeline(**_sd3_components())
+    lcm = name == "tiny-lcm"
+    cls = LatentConsistencyModelPipeline if lcm else StableDiffusionPipeline
+    return cls(**_components(lcm), safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+TINY_MODELS = ("tiny-lcm", "tiny-sd", "tiny-sd3")
+"""The tiny pipelines by folder name: the LCM, the Stable Diffusion it would come from, and a Stable Diffusion 3."""
+
+
+def save_tiny_model(folder: str | Path, name: str) -> Path:
+    """Build the tiny pipeline ``name`` (one of ``TINY_MODELS``) and save it to ``folder`` atomically."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-        parts = _components(lcm)
-        cls = LatentConsistencyModelPipeline if lcm else StableDiffusionPipeline
-        pipe = cls(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe = _build(name)
         staged = Path(tmp) / "pipeline"
         pipe.save_pretrained(staged, safe_serialization=True)
         try:
@@ -96,10 +210,22 @@ def save_tiny_pipeline(folder: str | Path, lcm: bool) -> Path:
     return folder
 
 
-def tiny_pipeline_dir(lcm: bool) -> Path:
-    """The cached tiny pipeline folder, built on first use."""
+def save_tiny_pipeline(folder: str | Path, lcm: bool) -> Path:
+    """Build a tiny pipeline (LCM if ``lcm`` else Stable Diffusion) and save it to ``folder`` atomically."""
+    return save_tiny_model(folder, "tiny-lcm" if lcm else "tiny-sd")
+
+
+def tiny_model_dir(name: str) -> Path:
+    """The cached folder of the tiny pipeline ``name`` (one of ``TINY_MODELS``), built on first use."""
+    if name not in TINY_MODELS:
+        raise ValueError(f"no tiny pipeline {name!r}; the tiny pipelines are {', '.join(TINY_MODELS)}")
     root = Path(os.environ.get("GENRL_CACHE", Path.home() / ".cache" / "genrl"))
-    folder = root / ("tiny-lcm" if lcm else "tiny-sd")
+    folder = root / name
     if not (folder / "model_index.json").exists():  # never delete here: another process may be loading it
-        save_tiny_pipeline(folder, lcm)
+        save_tiny_model(folder, name)
     return folder
+
+
+def tiny_pipeline_dir(lcm: bool) -> Path:
+    """The cached tiny LCM (``lcm``) or Stable Diffusion folder, built on first use."""
+    return tiny_model_dir("tiny-lcm" if lcm else "tiny-sd")

@@ -1,0 +1,165 @@
+"""The flow family on the tiny Stable Diffusion 3: its env and policy against diffusers' own SD3 pipeline, its
+log-probs against torch.distributions, ``gymnasium.make("genrl/FLOW-v0")``, and a training run whose LoRA plain
+diffusers loads."""
+
+import math
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusion3Pipeline
+from gymnasium.utils.env_checker import check_env
+from safetensors.torch import load_file
+
+from genrl.config import TrainConfig
+from genrl.envs import make_env
+from genrl.errors import GenrlError
+from genrl.families.flow import FLOW_GRPO_LORA_TARGETS, FlowEnv, FlowPolicy, pack_text, unpack_text
+from genrl.models import load_pipeline
+from genrl.policy import add_lora, make_policy
+from genrl.shapes.tiny import tiny_model_dir
+from genrl.train import main
+from tests.helpers import fast_args, logged_metrics
+
+PROMPTS = ["a red circle", "two blue squares"]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    """The tiny SD3 as ``--model tiny --env flow`` loads it; the tests below never change it."""
+    return load_pipeline("tiny", "flow")
+
+
+def _plain_pipeline() -> StableDiffusion3Pipeline:
+    pipe = StableDiffusion3Pipeline.from_pretrained(tiny_model_dir("tiny-sd3"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _rollout(env: FlowEnv, policy: FlowPolicy, seed: int = 0):
+    """One episode of ``env`` under ``policy``: the first observation, each step's (observation, action, log-prob),
+    and the last step's info."""
+    obs, _ = env.reset(seed=seed, options={"prompts": PROMPTS})
+    first, steps, generator = obs, [], torch.Generator().manual_seed(seed)
+    for _ in range(env.num_steps):
+        action, log_prob = policy.act(obs, generator)
+        steps.append((obs, action, log_prob))
+        obs, rewards, terminated, _, info = env.step(action)
+    assert bool(terminated.all())
+    return first, steps, info
+
+
+def test_the_tiny_sd3_is_a_plain_diffusers_folder_that_samples():
+    pipe = _plain_pipeline()  # no arguments: every part, T5 included, is in the folder
+    assert pipe.text_encoder_3 is not None and pipe.vae.config.latent_channels == 16
+    images = pipe(PROMPTS, num_inference_steps=2, guidance_scale=5.0, output_type="pt").images
+    assert images.shape == (2, 3, 64, 64) and torch.isfinite(images).all()
+
+
+def test_the_mean_rollout_is_the_sd3_pipelines_own_sampling(pipe):
+    """With noise level 0 the policy's step is the scheduler's Euler step: the env, the policy and its guidance
+    sample what ``StableDiffusion3Pipeline`` samples from the same initial latents."""
+    env = make_env("flow", 2, pipe, None, num_steps=4)
+    policy = make_policy("flow", pipe, guidance_scale=5.0, reduction="mean", noise_level=0.0)
+    first, steps, info = _rollout(env, policy)
+    sigmas = [float(obs["timestep"][0]) for obs, _, _ in steps]
+    plain = _plain_pipeline()
+    plain.scheduler.set_timesteps(4)
+    assert sigmas == plain.scheduler.sigmas[:-1].tolist()
+    latents = plain(
+        PROMPTS, num_inference_steps=4, guidance_scale=5.0, latents=first["latents"].clone(), output_type="latent"
+    ).images
+    torch.testing.assert_close(steps[-1][1]["next_latents"], latents, rtol=0, atol=1e-5)
+    with torch.no_grad():  # the pipeline's own decode, as its __call__ runs it after the loop
+        decoded = plain.vae.decode(latents / plain.vae.config.scaling_factor + plain.vae.config.shift_factor).sample
+    torch.testing.assert_close(info["images"], plain.image_processor.postprocess(decoded, "pt"), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("noise_mode", ["flow_grpo", "constant"])
+def test_the_log_prob_of_the_envs_own_steps_is_torch_distributions(pipe, noise_mode):
+    env = make_env("flow", 2, pipe, None, num_steps=3)
+    policy = make_policy("flow", pipe, guidance_scale=5.0, reduction="mean", noise_level=0.7, noise_mode=noise_mode)
+    _, steps, _ = _rollout(env, policy, seed=1)
+    with torch.no_grad():
+        for obs, action, sampled_log_prob in steps:
+            dist = policy.distribution(obs)
+            assert (dist.std > 0).all()  # every step, the last to sigma = 0 too, is stochastic
+            ours = policy.action_log_prob(dist, action["next_latents"])
+            normal = torch.distributions.Normal(dist.mean, dist.std.expand_as(dist.mean))
+            expected = normal.log_prob(action["next_latents"]).flatten(1).mean(1)
+            torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(sampled_log_prob, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_text_conditioning_packs_and_unpacks_exactly():
+    embeds, pooled = torch.randn(3, 5, 8), torch.randn(3, 6)
+    packed = pack_text(embeds, pooled)
+    assert packed.shape == (3, 6, 8) and (packed[:, -1, 6:] == 0).all()
+    back_embeds, back_pooled = unpack_text(packed, 6)
+    assert torch.equal(back_embeds, embeds) and torch.equal(back_pooled, pooled)
+
+
+def test_make_gives_a_flow_env_stepped_by_hand_with_sampled_actions(pipe):
+    env = gym.make("genrl/FLOW-v0", pipeline=pipe, num_steps=2)
+    obs, info = env.reset(seed=0)
+    assert obs in env.observation_space and isinstance(info["prompt"], str)
+    assert obs["timestep"].dtype == np.float32 and obs["timestep"] == 1.0
+    env.action_space.seed(0)
+    rewards, terminated = [], False
+    while not terminated:
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        assert obs in env.observation_space and truncated is False
+        rewards.append(reward)
+    assert rewards[0] == 0.0 and math.isfinite(rewards[-1]) and rewards[-1] != 0
+    assert info["images"].shape == (3, 64, 64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env.unwrapped)
+    # As on the UNet envs: latents and text embeddings are unbounded, and that is the only complaint.
+    assert all("infinity" in str(w.message) for w in caught), [str(w.message) for w in caught]
+
+
+def test_flow_configuration_and_model_checks():
+    with pytest.raises(GenrlError, match="deterministic Euler step"):
+        TrainConfig(env="flow", noise_level=0.0).validate()
+    with pytest.raises(GenrlError, match="is an LCM option"):
+        TrainConfig(env="flow", noise_last_step=True).validate()
+    with pytest.raises(GenrlError, match="no embedded shapes flow model"):
+        load_pipeline("shapes", "flow")
+    with pytest.raises(GenrlError, match="not a Stable Diffusion 3 style"):
+        load_pipeline(str(tiny_model_dir("tiny-sd")), "flow")  # a UNet model
+
+
+def test_flow_training_exports_a_lora_that_plain_sd3_loads(tmp_path):
+    rank, alpha = 4, 8.0  # alpha != rank: diffusers must get the scale too
+    lora = ["--finetune", "lora", "--lora-rank", str(rank), "--lora-alpha", str(alpha), "--learning-rate", "0.05"]
+    lora += ["--lora-target-modules", *FLOW_GRPO_LORA_TARGETS]  # both streams: the text's add_* layers export too
+    main(fast_args(tmp_path, "flow", "--env", "flow", "--num-steps", "2", *lora))
+    # Training recomputes the sampling log-probs: ratio 1, up to the rounding of other batch sizes, which the last
+    # step's small std (about 0.002 on 2 steps) magnifies more than the UNet families' (tests/test_train.py: 1e-6).
+    for m in logged_metrics(tmp_path / "flow"):
+        assert abs(m["ratio_mean_first_minibatch"] - 1) < 1e-4
+    ckpt = tmp_path / "flow" / "checkpoints" / "latest"
+
+    loaded = _plain_pipeline()
+    loaded.load_lora_weights(ckpt)
+    ours = _plain_pipeline().transformer.requires_grad_(False)
+    add_lora(ours, rank, alpha, FLOW_GRPO_LORA_TARGETS)
+    _, unexpected = ours.load_state_dict(load_file(ckpt / "trainable.safetensors"), strict=False)
+    assert not unexpected
+    base = _plain_pipeline().transformer
+
+    inputs = dict(
+        hidden_states=torch.randn(2, 16, 16, 16),
+        timestep=torch.tensor([1000.0, 500.0]),
+        encoder_hidden_states=torch.randn(2, 7, 64),
+        pooled_projections=torch.randn(2, 64),
+    )
+    with torch.no_grad():
+        from_diffusers = loaded.transformer(**inputs).sample
+        expected = ours(**inputs).sample
+        untouched = base(**inputs).sample
+    torch.testing.assert_close(from_diffusers, expected, rtol=1e-5, atol=1e-6)
+    assert (from_diffusers - untouched).abs().max() > 1e-5
