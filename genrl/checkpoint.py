@@ -177,7 +177,9 @@ def _save_transformer(transformer: torch.nn.Module, folder: Path) -> None:
     """Stable Diffusion 3's transformer: its LoRA as ``StableDiffusion3Pipeline.load_lora_weights(folder)`` reads
     it (keys under ``transformer.``), or the whole transformer under full fine-tuning."""
     if getattr(transformer, "peft_config", None):
-        lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(transformer))
+        # PEFT's own keys, which the SD3 loader reads: convert_state_dict_to_diffusers would rename the attention
+        # projections (to_q -> to_q_lora) to a UNet attention processor's keys, which it then drops.
+        lora = get_peft_model_state_dict(transformer)
         # The adapter's config travels in the metadata, as for the UNet: it keeps lora_alpha.
         StableDiffusion3Pipeline.save_lora_weights(
             folder,
