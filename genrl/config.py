@@ -303,6 +303,7 @@ _ADDED_SINCE = {
     **{"lr_schedule": "constant", "eval_every": 0, "eval_size": 32, "eval_prompts": None},
     **{"mixed_precision": "no", "allow_tf32": True, "threads": None},  # threads: chosen again for the resume
     **{"keep_best": False, "accuracy_floor": 0.8, "early_stop_patience": 0},
+    **{"noise_level": 0.7, "noise_mode": "flow_grpo"},
 }
 # Settings that config.json held among the run's fields before each algorithm owned its own, and their names there.
 _FLAT_ALGORITHM_FIELDS = {
