@@ -153,42 +153,24 @@ def ema_weights(ema: EMAModel, params: list[torch.nn.Parameter]) -> Iterator[Non
         ema.restore(params)
 
 
-def _save_for_diffusers(unet: torch.nn.Module, folder: Path) -> None:
-    """The LoRA as ``pipe.load_lora_weights(folder)`` reads it, or the whole UNet under full fine-tuning. A flow
-    model's transformer (``genrl.denoiser``) is saved as its own pipeline reads it (``_save_transformer``)."""
-    if isinstance(unet, SD3Transformer2DModel):
-        _save_transformer(unet, folder)
+def _save_for_diffusers(net: torch.nn.Module, folder: Path) -> None:
+    """The LoRA as ``pipe.load_lora_weights(folder)`` reads it, or the whole denoiser under full fine-tuning: a UNet
+    (Stable Diffusion 1.x, its LCMs) or a flow model's transformer (Stable Diffusion 3, ``genrl.denoiser``)."""
+    sd3 = isinstance(net, SD3Transformer2DModel)
+    name = "transformer" if sd3 else "unet"
+    if not getattr(net, "peft_config", None):
+        net.save_pretrained(folder / name, safe_serialization=True)
         return
-    if getattr(unet, "peft_config", None):
-        lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-        # The adapter's config travels in the file's metadata: without it diffusers rebuilds the LoRA at
-        # lora_alpha = rank, which scales a rank-16, alpha-32 adapter to half its trained strength.
-        StableDiffusionPipeline.save_lora_weights(
-            folder,
-            unet_lora_layers=lora,
-            unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
-            safe_serialization=True,
-        )
-    else:
-        unet.save_pretrained(folder / "unet", safe_serialization=True)
-
-
-def _save_transformer(transformer: torch.nn.Module, folder: Path) -> None:
-    """Stable Diffusion 3's transformer: its LoRA as ``StableDiffusion3Pipeline.load_lora_weights(folder)`` reads
-    it (keys under ``transformer.``), or the whole transformer under full fine-tuning."""
-    if getattr(transformer, "peft_config", None):
-        # PEFT's own keys, which the SD3 loader reads: convert_state_dict_to_diffusers would rename the attention
-        # projections (to_q -> to_q_lora) to a UNet attention processor's keys, which it then drops.
-        lora = get_peft_model_state_dict(transformer)
-        # The adapter's config travels in the metadata, as for the UNet: it keeps lora_alpha.
-        StableDiffusion3Pipeline.save_lora_weights(
-            folder,
-            transformer_lora_layers=lora,
-            transformer_lora_adapter_metadata=transformer.peft_config["default"].to_dict(),
-            safe_serialization=True,
-        )
-    else:
-        transformer.save_pretrained(folder / "transformer", safe_serialization=True)
+    lora = get_peft_model_state_dict(net)
+    if not sd3:  # SD3's loader reads PEFT's own keys; converted, to_q would become a UNet processor's to_q_lora
+        lora = convert_state_dict_to_diffusers(lora)
+    # The adapter's config travels in the file's metadata: without it diffusers rebuilds the LoRA at
+    # lora_alpha = rank, which scales a rank-16, alpha-32 adapter to half its trained strength.
+    (StableDiffusion3Pipeline if sd3 else StableDiffusionPipeline).save_lora_weights(
+        folder,
+        **{f"{name}_lora_layers": lora, f"{name}_lora_adapter_metadata": net.peft_config["default"].to_dict()},
+        safe_serialization=True,
+    )
 
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:

@@ -53,21 +53,26 @@ def _tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=32)
 
 
-def _components(lcm: bool) -> dict:
-    torch.manual_seed(0)
-    tokenizer = _tokenizer()
-    text_encoder = build_text_encoder(tokenizer, width=32, layers=2, mlp_ratio=2)
-    vae = AutoencoderKL(
+def _tiny_vae(latent_channels: int, **extra: float) -> AutoencoderKL:
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
         block_out_channels=(16, 32, 32),
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=16,
         sample_size=RESOLUTION,
+        **extra,
     )
+
+
+def _components(lcm: bool) -> dict:
+    torch.manual_seed(0)
+    tokenizer = _tokenizer()
+    text_encoder = build_text_encoder(tokenizer, width=32, layers=2, mlp_ratio=2)
+    vae = _tiny_vae(latent_channels=4)
     unet = UNet2DConditionModel(
         sample_size=RESOLUTION // 4,
         in_channels=4,
@@ -137,16 +142,8 @@ def _sd3_components() -> dict:
             eos_token_id=tokenizer_3.eos_token_id,
         )
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 32),
-        layers_per_block=1,
+    vae = _tiny_vae(
         latent_channels=16,
-        norm_num_groups=16,
-        sample_size=RESOLUTION,
         scaling_factor=1.5305,  # SD3's
         shift_factor=0.0609,
         use_quant_conv=False,
