@@ -48,7 +48,8 @@ def test_shipped_reward_model_reads_fresh_renders():
 
 
 def test_shapes_is_the_default_and_trains(tmp_path):
-    assert DEFAULT_PRESET.startswith("shapes-rlcm") and PRESETS[DEFAULT_PRESET].model == "shapes"
+    default = PRESETS[DEFAULT_PRESET]
+    assert (default.model, default.env, default.algo) == ("shapes", "lcm", "ppo")  # RLCM on the shapes LCM
     main(
         [
             "--epochs",
