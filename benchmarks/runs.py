@@ -229,3 +229,6 @@ def command_line(main: Callable, args_type: type, description: str) -> None:
     except GenrlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted; the same command again skips the finished runs and resumes this one", file=sys.stderr)
+        raise SystemExit(130) from None
