@@ -150,6 +150,9 @@ class TrainConfig:
     """Images in the evaluation set (a multiple of --sample-batch-size)."""
     eval_prompts: str | None = None
     """Prompt set the evaluation draws from (default: --prompts)."""
+    eval_num_steps: int | None = None
+    """Steps the evaluation set is sampled with (default: --num-steps). Flow-GRPO trains with 10 and evaluates with
+    40; the family's other options (a flow --sde-window) hold for the evaluation too."""
     keep_best: bool = False
     """Keep checkpoints/best: the checkpoint of the evaluation with the best eval reward among those that keep
     --accuracy-floor of the starting prompt accuracy (the untrained model at epoch 0 included). Needs --eval-every."""
@@ -205,6 +208,10 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise GenrlError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.eval_num_steps is not None and self.eval_num_steps < 1:
+            raise GenrlError(
+                f"--eval-num-steps must be at least 1 (or left out: --num-steps), got {self.eval_num_steps}"
+            )
         if self.eval_every < 0 or self.eval_size < 1 or self.eval_size % self.sample_batch_size:
             raise GenrlError(
                 f"--eval-every must be 0 or more and --eval-size a positive multiple of --sample-batch-size "
@@ -307,7 +314,7 @@ _ADDED_SINCE = {
     **{"lr_schedule": "constant", "eval_every": 0, "eval_size": 32, "eval_prompts": None},
     **{"mixed_precision": "no", "allow_tf32": True, "threads": None},  # threads: chosen again for the resume
     **{"keep_best": False, "accuracy_floor": 0.8, "early_stop_patience": 0},
-    **{"noise_level": 0.7, "noise_mode": "flow_grpo", "sde_window": None},
+    **{"noise_level": 0.7, "noise_mode": "flow_grpo", "sde_window": None, "eval_num_steps": None},
 }
 # Settings that config.json held among the run's fields before each algorithm owned its own, and their names there.
 _FLAT_ALGORITHM_FIELDS = {
@@ -523,16 +530,17 @@ _DDPO_JPEG = dict(
 # closed form as here: the squared mean difference over 2 std^2, averaged over the latent), AdamW (lr 3e-4, weight
 # decay 1e-4), grad clip 1, advantage clip 5, clip range 1e-4; scripts/train_sd3.py: LoRA rank 32, alpha 64 on both
 # streams of every joint attention, fp16. PickScore's config has beta 0.01: so has the aesthetic preset here.
-# Not representable here: it evaluates with 40 ODE steps (here, the training's steps and noise), trains on the first
-# 9 of the 10 noised steps (timestep_fraction 0.99; here all 10), divides group advantages by the std of the whole
-# batch (global_std), samples its evaluations from an EMA of the LoRA (decay 0.9 every 8 steps), tokenizes 128 T5
-# tokens (here diffusers' 256), and runs until stopped (here 1000 epochs).
+# Not representable here: its evaluation samples the ODE (here the policy's SDE with the evaluation set's fixed noise),
+# it trains on the first 9 of the 10 noised steps (timestep_fraction 0.99; here all 10), divides group advantages by
+# the std of the whole batch (global_std), samples its evaluations from an EMA of the LoRA (decay 0.9 every 8 steps),
+# tokenizes 128 T5 tokens (here diffusers' 256), and runs until stopped (here 1000 epochs).
 _FLOW_GRPO = dict(
     model="stabilityai/stable-diffusion-3.5-medium",
     env="flow",
     algo="ppo",
     finetune="lora",
     num_steps=10,
+    eval_num_steps=40,
     guidance_scale=4.5,
     noise_level=0.7,
     noise_mode="flow_grpo",
