@@ -103,6 +103,9 @@ class TrainConfig:
     """Groups start from one shared initial noise (their images then differ by the step noise only)."""
     group_std: bool = True
     """Divide group advantages by the group's reward std (GRPO); off: subtract the group mean only."""
+    global_std: bool = False
+    """With --group-std: divide by the std of all the epoch's rewards instead of the group's (Flow-GRPO's
+    global_std), so that a group whose images barely differ gets small advantages, not unit ones."""
 
     # Policy
     finetune: Literal["lora", "full"] = "lora"
@@ -315,6 +318,7 @@ _ADDED_SINCE = {
     **{"mixed_precision": "no", "allow_tf32": True, "threads": None},  # threads: chosen again for the resume
     **{"keep_best": False, "accuracy_floor": 0.8, "early_stop_patience": 0},
     **{"noise_level": 0.7, "noise_mode": "flow_grpo", "sde_window": None, "eval_num_steps": None},
+    "global_std": False,
 }
 # Settings that config.json held among the run's fields before each algorithm owned its own, and their names there.
 _FLAT_ALGORITHM_FIELDS = {
@@ -531,9 +535,9 @@ _DDPO_JPEG = dict(
 # decay 1e-4), grad clip 1, advantage clip 5, clip range 1e-4; scripts/train_sd3.py: LoRA rank 32, alpha 64 on both
 # streams of every joint attention, fp16. PickScore's config has beta 0.01: so has the aesthetic preset here.
 # Not representable here: its evaluation samples the ODE (here the policy's SDE with the evaluation set's fixed noise),
-# it trains on the first 9 of the 10 noised steps (timestep_fraction 0.99; here all 10), divides group advantages by
-# the std of the whole batch (global_std), samples its evaluations from an EMA of the LoRA (decay 0.9 every 8 steps),
-# tokenizes 128 T5 tokens (here diffusers' 256), and runs until stopped (here 1000 epochs).
+# it trains on the first 9 of the 10 noised steps (timestep_fraction 0.99; here all 10), samples its evaluations
+# from an EMA of the LoRA (decay 0.9 every 8 steps), tokenizes 128 T5 tokens (here diffusers' 256), and runs until
+# stopped (here 1000 epochs).
 _FLOW_GRPO = dict(
     model="stabilityai/stable-diffusion-3.5-medium",
     env="flow",
@@ -549,6 +553,7 @@ _FLOW_GRPO = dict(
     batches_per_epoch=8,
     group_size=8,
     group_std=True,
+    global_std=True,
     train_batch_size=8,
     gradient_accumulation_steps=4,
     inner_epochs=1,

@@ -304,7 +304,7 @@ def epoch_batch(t: Training, epoch: int) -> EpochBatch:
 
     def advantages_of(rewards: torch.Tensor) -> torch.Tensor:
         prompts = global_prompts[: len(rewards)]
-        return compute_advantages(prompts, rewards, t.tracker, cfg.group_size, cfg.group_std)
+        return compute_advantages(prompts, rewards, t.tracker, cfg.group_size, cfg.group_std, cfg.global_std)
 
     return EpochBatch(
         batches=_sampling_batches(cfg, t.prompt_pool, epoch, t.processes),

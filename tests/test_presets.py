@@ -113,6 +113,7 @@ _FLOW_GRPO = {
     "sample_batch_size": 8,  # sample.train_batch_size
     "group_size": 8,  # sample.num_image_per_prompt
     "group_std": True,  # stat_tracking.py: (r - group mean) / std
+    "global_std": True,  # sample.global_std: the std of all the epoch's rewards
     "batches_per_epoch": 8,  # sample.num_batches_per_epoch = 8 / (1 x 8 / 8)
     "train_batch_size": 8,  # train.batch_size = sample.train_batch_size
     "gradient_accumulation_steps": 4,  # train.gradient_accumulation_steps = num_batches_per_epoch // 2
