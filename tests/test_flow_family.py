@@ -113,7 +113,7 @@ def test_outside_the_sde_window_a_step_is_the_odes_euler_step(pipe):
 
 
 def test_the_sde_window_is_the_flow_envs_option_alone(pipe, tmp_path):
-    with pytest.raises(ValueError, match="not a window of the 4 steps"):
+    with pytest.raises(ValueError, match="2 5 is not a window of the 4 steps"):
         make_env("flow", 2, pipe, None, num_steps=4, sde_window=(2, 5))
     with pytest.raises(GenrlError, match="--sde-window 3 3 is not a window of the 4 steps"):
         TrainConfig(env="flow", num_steps=4, sde_window=(3, 3)).validate()

@@ -120,8 +120,8 @@ def flow_step(
     the excess fades only slowly on the way to the data (tests/test_flow_steps.py).
 
     ``sigma``, ``sigma_next``: (B,) (or 0-d), in [0, 1] with ``sigma`` > 0; ``noise_level``: a >= 0, one for all or
-    (B,), one a sample. The maths run in
-    fp32 whatever the model's dtype, as Flow-GRPO's do: bf16 would round away the small corrections to factors of 1.
+    (B,), one a sample. The maths run in fp32 whatever the model's dtype, as Flow-GRPO's do: bf16 would round away
+    the small corrections to factors of 1.
     ``pred_original`` is x0_hat, in fp32. The log-prob of a next latent is ``genrl.steps.gaussian_log_prob`` of the
     returned mean and std, and ``StepDistribution.sample(noise)`` draws one from given noise.
     """
@@ -210,12 +210,10 @@ class FlowEnv(DenoisingEnv):
     ):
         if num_steps < 1:
             raise ValueError(f"flow steps must be at least 1, got {num_steps}")
-        start, end = sde_window or (0, num_steps)
-        if not 0 <= start < end <= num_steps:
-            raise ValueError(
-                f"sde_window {start} {end} is not a window of the {num_steps} steps: pass START < END, from 0 to "
-                f"{num_steps}"
-            )
+        try:
+            start, end = window(sde_window, num_steps)
+        except ValueError as exc:
+            raise ValueError(f"sde_window {exc}") from None
         net = denoiser(pipeline)
         pooled, width = net.config.pooled_projection_dim, net.config.joint_attention_dim
         if pooled > width:  # pack_text puts the pooled embedding in a row of the token embeddings
@@ -277,6 +275,16 @@ SingleEnv = SingleFlowEnv
 
 
 ENV_OPTIONS = ("sde_window",)
+
+
+def window(sde_window: tuple[int, int] | None, num_steps: int) -> tuple[int, int]:
+    """The steps [start, end) that take the SDE (default: all); ``ValueError`` for a window outside the steps."""
+    start, end = sde_window or (0, num_steps)
+    if not 0 <= start < end <= num_steps:
+        raise ValueError(
+            f"{start} {end} is not a window of the {num_steps} steps: pass START < END, from 0 to {num_steps}"
+        )
+    return start, end
 
 
 # --------------------------------------------------------------------------------------------------
@@ -356,13 +364,10 @@ def check_pipeline(pipe: Any, model: str) -> None:
 
 def validate(cfg: Any) -> None:
     """The flow checks of a ``TrainConfig``."""
-    if cfg.sde_window is not None:
-        start, end = cfg.sde_window
-        if not 0 <= start < end <= cfg.num_steps:
-            raise GenrlError(
-                f"--sde-window {start} {end} is not a window of the {cfg.num_steps} steps (--num-steps): pass START "
-                f"< END, from 0 to {cfg.num_steps}"
-            )
+    try:
+        window(cfg.sde_window, cfg.num_steps)
+    except ValueError as exc:
+        raise GenrlError(f"--sde-window {exc} (--num-steps)") from None
     if cfg.noise_last_step:
         raise GenrlError("--noise-last-step is an LCM option (every flow step is noised already); drop it for flow")
     if not cfg.noise_level > 0:
