@@ -562,8 +562,6 @@ def stage_flow(cfg: PretrainConfig) -> None:
     """Rectified flow as SD3 trains it (Esser et al., 2024): x_sigma = (1 - sigma) x0 + sigma eps, the transformer
     regresses the velocity eps - x0 at sigma drawn from the logit-normal density, 10% prompt dropout, EMA. Each
     sample reads its one zero T5 token as 1 or as 256 of them (``components.FLOW_ZERO_TOKENS``), half and half."""
-    from diffusers import SD3Transformer2DModel
-
     torch.manual_seed(cfg.seed)
     transformer = components.build_flow_transformer()
     ema = copy.deepcopy(transformer).requires_grad_(False)
@@ -612,12 +610,18 @@ def stage_flow(cfg: PretrainConfig) -> None:
     out = cfg.out_dir / "flow"
     staging = out.with_name("flow.staging")
     shutil.rmtree(staging, ignore_errors=True)
-    _flow_pipeline(cfg, SD3Transformer2DModel.from_pretrained(_done(cfg, "flow") / "transformer")).save_pretrained(
-        staging, safe_serialization=True
-    )
+    _save_flow_pipeline(cfg, staging)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(staging, out)
     print(f"flow: exported to {out}")
+
+
+def _save_flow_pipeline(cfg: PretrainConfig, folder: Path) -> None:
+    """The finished flow stage's pipeline folder."""
+    from diffusers import SD3Transformer2DModel
+
+    transformer = SD3Transformer2DModel.from_pretrained(_done(cfg, "flow") / "transformer")
+    _flow_pipeline(cfg, transformer).save_pretrained(folder, safe_serialization=True)
 
 
 def stage_export(cfg: PretrainConfig) -> None:
@@ -658,10 +662,7 @@ def stage_export(cfg: PretrainConfig) -> None:
         staging / "reward", safe_serialization=True
     )
     if _done(cfg, "flow").exists():
-        from diffusers import SD3Transformer2DModel
-
-        transformer = SD3Transformer2DModel.from_pretrained(_done(cfg, "flow") / "transformer")
-        _flow_pipeline(cfg, transformer).save_pretrained(staging / "flow", safe_serialization=True)
+        _save_flow_pipeline(cfg, staging / "flow")
     else:
         print(f"export: the flow stage has not finished in {cfg.work_dir}; {out} gets no flow model")
     (staging / "README.md").write_text(
