@@ -281,6 +281,19 @@ def test_shapes_presets_keep_each_methods_update_structure_on_equal_terms():
         assert rlcm.group_size > 1 and rlcm.sample_batch_size % rlcm.group_size == 0
 
 
+@pytest.mark.parametrize("task", ["compression", "incompression", "alignment"])
+def test_the_shapes_flow_presets_keep_flow_grpos_update_structure(task):
+    """docs/benchmark/PROTOCOL.md's addendum: RLCM's epochs and groups, Flow-GRPO's two optimizer steps an epoch and
+    its LoRA layers, 10 SDE steps at noise level 0.7, guidance 4.5."""
+    flow, rlcm = PRESETS[f"shapes-flow-{task}"], PRESETS[f"shapes-rlcm-{task}"]
+    flow.validate()
+    assert (flow.env, flow.num_steps, flow.noise_level, flow.guidance_scale) == ("flow", 10, 0.7, 4.5)
+    assert _optimizer_steps_per_epoch(flow) == 2 and flow.samples_per_epoch == rlcm.samples_per_epoch
+    assert flow.lora_target_modules == FLOW_GRPO_LORA_TARGETS
+    for field in ("lora_rank", "lora_alpha", "group_size", "group_std", "reward", "prompts"):
+        assert getattr(flow, field) == getattr(rlcm, field), field
+
+
 def test_shapes_presets_are_the_committed_sweeps_winners():
     import json
     from pathlib import Path

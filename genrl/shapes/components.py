@@ -152,8 +152,7 @@ def lcm_scheduler() -> LCMScheduler:
 
 
 FLOW_WIDTH = 128
-"""The flow transformer's width (heads x head dim), and its text width: two copies of the 64-wide text states side by
-side, as SD3 concatenates its two CLIP encoders' states."""
+"""The flow transformer's width (heads x head dim)."""
 
 
 def build_flow_transformer() -> SD3Transformer2DModel:
@@ -167,7 +166,7 @@ def build_flow_transformer() -> SD3Transformer2DModel:
         num_layers=6,
         attention_head_dim=32,
         num_attention_heads=FLOW_WIDTH // 32,
-        joint_attention_dim=2 * TEXT_DIM,
+        joint_attention_dim=2 * TEXT_DIM,  # SD3 puts its two CLIP encoders' states side by side
         caption_projection_dim=FLOW_WIDTH,
         pooled_projection_dim=2 * TEXT_DIM,
         pos_embed_max_size=RESOLUTION // 4 // 2,
