@@ -63,6 +63,18 @@ def test_the_flow_model_is_a_plain_sd3_pipeline_on_the_teachers_vae_and_text_enc
     assert images.shape == (1, 3, 64, 64) and torch.isfinite(images).all()
 
 
+def test_genrl_samples_the_flow_model_with_one_zero_t5_token(built):
+    from genrl.envs import make_env
+    from genrl.models import load_pipeline
+
+    pipe = load_pipeline(str(built / "out" / "flow"), "flow")
+    env = make_env("flow", 2, pipe, None, num_steps=2)
+    # The prompt's CLIP tokens, one zero T5 token (its tokenizer's model_max_length), the pooled row.
+    assert env.text_shape() == (pipe.tokenizer_max_length + 1 + 1, pipe.transformer.config.joint_attention_dim)
+    packed = env.encode_prompts([train_scenes()[0].prompt])
+    assert not packed[:, pipe.tokenizer_max_length].any()
+
+
 def test_one_zero_token_counted_as_many_is_that_many_zero_tokens():
     """What the flow stage trains with: one zero T5 token whose attention logit gains log n computes what n zero
     tokens compute, for the image tokens (up to float rounding)."""
