@@ -14,7 +14,7 @@ from benchmarks.runs import run_directory
 from genrl.assemble import assemble
 from genrl.config import TrainConfig, replace_config
 from genrl.envs import make_env
-from genrl.families import family
+from genrl.families import env_options, family
 from genrl.prompts import load_prompts
 from genrl.rollout import SamplingBatch, collect
 from genrl.rundir import atomic_write_text, image_grid
@@ -42,7 +42,8 @@ class Evaluator:
         rng = np.random.default_rng(seed)
         chosen = [prompts[i] for i in rng.integers(len(prompts), size=self.num_images)] if draw else prompts
         batch = min(8, len(chosen))
-        env = make_env(self.cfg.env, batch, self.pipe, self.reward, num_steps)
+        options = env_options(self.cfg)
+        env = make_env(self.cfg.env, batch, self.pipe, self.reward, num_steps, self.cfg.resolution, **options)
         collect(env, self.policy, SamplingBatch(chosen[:batch], seed, seed))  # warm-up
         rewards, seconds, images = [], 0.0, []
         for start in range(0, len(chosen) - batch + 1, batch):

@@ -45,13 +45,16 @@ def batch_advantages(rewards: np.ndarray) -> np.ndarray:
     return (rewards - rewards.mean()) / (rewards.std() + 1e-6)
 
 
-def group_advantages(rewards: np.ndarray, group_size: int, normalise_std: bool = True) -> np.ndarray:
-    """A = r - mean(group), divided by (std(group) + 1e-6) with ``normalise_std`` (GRPO; off as in Dr. GRPO)."""
+def group_advantages(
+    rewards: np.ndarray, group_size: int, normalise_std: bool = True, batch_std: bool = False
+) -> np.ndarray:
+    """A = r - mean(group), divided by (std + 1e-6) with ``normalise_std`` (GRPO; off as in Dr. GRPO): the group's
+    std, or with ``batch_std`` that of all ``rewards`` (Flow-GRPO's global_std)."""
     groups = np.asarray(rewards, dtype=np.float64).reshape(-1, group_size)
     centred = groups - groups.mean(axis=1, keepdims=True)
     centred[np.ptp(groups, axis=1) == 0] = 0  # exactly: the mean of equal floats need not round back to them
     if normalise_std:
-        centred = centred / (groups.std(axis=1, keepdims=True) + 1e-6)
+        centred = centred / ((groups.std() if batch_std else groups.std(axis=1, keepdims=True)) + 1e-6)
     return centred.reshape(-1)
 
 
@@ -67,10 +70,11 @@ def compute_advantages(
     tracker: PerPromptStatTracker | None,
     group_size: int = 1,
     group_std: bool = True,
+    batch_std: bool = False,
 ) -> torch.Tensor:
     values = rewards.detach().cpu().numpy()
     if group_size > 1:
-        adv = group_advantages(values, group_size, group_std)
+        adv = group_advantages(values, group_size, group_std, batch_std)
     elif tracker is not None:
         adv = tracker.update(prompts, values)
     else:

@@ -15,7 +15,7 @@ from genrl.config import DEFAULT_LORA_TARGETS, TrainConfig
 from genrl.denoiser import denoiser
 from genrl.envs import DenoisingEnv, make_env
 from genrl.errors import GenrlError
-from genrl.families import family
+from genrl.families import env_options, family
 from genrl.models import load_pipeline
 from genrl.policy import DenoisingPolicy, add_lora, make_policy
 from genrl.precision import cast_frozen, half_dtype
@@ -66,7 +66,7 @@ def assemble(
             reward if score_in_env else None,
             num_steps or cfg.num_steps,
             cfg.resolution,
-            cfg.noise_last_step,
+            **env_options(cfg),
         )
     except ValueError as exc:
         raise GenrlError(f"--model {cfg.model}: {exc}") from None

@@ -22,6 +22,7 @@ from genrl.algos.ppo import PPOConfig
 from genrl.algos.registry import algorithm_class, make_algorithm, settings_name
 from genrl.errors import GenrlError
 from genrl.families import FamilyName, family
+from genrl.families.flow import FLOW_GRPO_LORA_TARGETS
 from genrl.precision import MixedPrecision
 
 # The attention projections of every transformer block, where the reference implementations put LoRA.
@@ -84,6 +85,9 @@ class TrainConfig:
     """Flow only: the SDE's noise level a (> 0; Flow-GRPO's 0.7; 0 would be the deterministic Euler step)."""
     noise_mode: Literal["flow_grpo", "constant"] = "flow_grpo"
     """Flow only: the noise scale g = a sqrt(sigma / (1 - sigma)) (Flow-GRPO), or a constant a (DanceGRPO)."""
+    sde_window: tuple[int, int] | None = None
+    """Flow only: steps START to END - 1 (counted from 0, the noisiest) take the SDE and are trained; the others take
+    the ODE's deterministic Euler step and cost no training (Flow-GRPO-Fast, MixGRPO). Default: every step."""
     resolution: int | None = None
     """Image size in pixels (default: the model's)."""
     sample_batch_size: int = 16
@@ -99,6 +103,9 @@ class TrainConfig:
     """Groups start from one shared initial noise (their images then differ by the step noise only)."""
     group_std: bool = True
     """Divide group advantages by the group's reward std (GRPO); off: subtract the group mean only."""
+    global_std: bool = False
+    """With --group-std: divide by the std of all the epoch's rewards instead of the group's (Flow-GRPO's
+    global_std), so that a group whose images barely differ gets small advantages, not unit ones."""
 
     # Policy
     finetune: Literal["lora", "full"] = "lora"
@@ -146,6 +153,9 @@ class TrainConfig:
     """Images in the evaluation set (a multiple of --sample-batch-size)."""
     eval_prompts: str | None = None
     """Prompt set the evaluation draws from (default: --prompts)."""
+    eval_num_steps: int | None = None
+    """Steps the evaluation set is sampled with (default: --num-steps). Flow-GRPO trains with 10 and evaluates with
+    40; the family's other options (a flow --sde-window) hold for the evaluation too."""
     keep_best: bool = False
     """Keep checkpoints/best: the checkpoint of the evaluation with the best eval reward among those that keep
     --accuracy-floor of the starting prompt accuracy (the untrained model at epoch 0 included). Needs --eval-every."""
@@ -201,6 +211,10 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise GenrlError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.eval_num_steps is not None and self.eval_num_steps < 1:
+            raise GenrlError(
+                f"--eval-num-steps must be at least 1 (or left out: --num-steps), got {self.eval_num_steps}"
+            )
         if self.eval_every < 0 or self.eval_size < 1 or self.eval_size % self.sample_batch_size:
             raise GenrlError(
                 f"--eval-every must be 0 or more and --eval-size a positive multiple of --sample-batch-size "
@@ -303,7 +317,8 @@ _ADDED_SINCE = {
     **{"lr_schedule": "constant", "eval_every": 0, "eval_size": 32, "eval_prompts": None},
     **{"mixed_precision": "no", "allow_tf32": True, "threads": None},  # threads: chosen again for the resume
     **{"keep_best": False, "accuracy_floor": 0.8, "early_stop_patience": 0},
-    **{"noise_level": 0.7, "noise_mode": "flow_grpo"},
+    **{"noise_level": 0.7, "noise_mode": "flow_grpo", "sde_window": None, "eval_num_steps": None},
+    "global_std": False,
 }
 # Settings that config.json held among the run's fields before each algorithm owned its own, and their names there.
 _FLAT_ALGORITHM_FIELDS = {
@@ -512,6 +527,51 @@ _DDPO_JPEG = dict(
     mixed_precision="fp16",  # base.py; allow_tf32 True, the default here too
 )
 
+# Flow-GRPO: github.com/yifan123/flow_grpo, config/base.py and config/grpo.py general_ocr_sd3_1gpu(), its one-GPU layout
+# (the others spread each prompt's images over 4-32 GPUs): per epoch 8 sampling batches of 8 images, 8 of one prompt
+# (num_image_per_prompt), trained in minibatches of 8 with 4 of them per optimizer step, so 2 steps an epoch; SD3.5
+# Medium at 512 px, 10 SDE steps at noise level 0.7, guidance 4.5, beta 0.04 (the KL to the frozen model, the same
+# closed form as here: the squared mean difference over 2 std^2, averaged over the latent), AdamW (lr 3e-4, weight
+# decay 1e-4), grad clip 1, advantage clip 5, clip range 1e-4; scripts/train_sd3.py: LoRA rank 32, alpha 64 on both
+# streams of every joint attention, fp16. PickScore's config has beta 0.01: so has the aesthetic preset here.
+# Not representable here: its evaluation samples the ODE (here the policy's SDE with the evaluation set's fixed noise),
+# it trains on the first 9 of the 10 noised steps (timestep_fraction 0.99; here all 10), samples its evaluations
+# from an EMA of the LoRA (decay 0.9 every 8 steps), tokenizes 128 T5 tokens (here diffusers' 256), and runs until
+# stopped (here 1000 epochs).
+_FLOW_GRPO = dict(
+    model="stabilityai/stable-diffusion-3.5-medium",
+    env="flow",
+    algo="ppo",
+    finetune="lora",
+    num_steps=10,
+    eval_num_steps=40,
+    guidance_scale=4.5,
+    noise_level=0.7,
+    noise_mode="flow_grpo",
+    resolution=512,
+    sample_batch_size=8,
+    batches_per_epoch=8,
+    group_size=8,
+    group_std=True,
+    global_std=True,
+    train_batch_size=8,
+    gradient_accumulation_steps=4,
+    inner_epochs=1,
+    learning_rate=3e-4,
+    adam_weight_decay=1e-4,
+    clip_range=1e-4,
+    adv_clip_max=5.0,
+    max_grad_norm=1.0,
+    kl_coef=0.04,
+    lora_rank=32,
+    lora_alpha=64.0,
+    lora_target_modules=FLOW_GRPO_LORA_TARGETS,
+    mixed_precision="fp16",
+    epochs=1000,
+    save_every=60,
+    eval_every=60,
+)
+
 # CPU scale on the embedded shapes models (the benchmark's; the default run is shapes-quickstart). Each method keeps
 # its published update structure: RLCM Table 1's, one optimizer step per sampling round of 32 images (on-policy),
 # Adam, clip range 1e-4, advantage clip 10, grad clip 5; DDPO ddpo-pytorch's, several optimizer steps per epoch of 64
@@ -533,6 +593,18 @@ _SHAPES = {
         adv_clip_max=5.0,
         max_grad_norm=1.0,
     ),
+    # Flow-GRPO's structure at this scale (docs/benchmark/PROTOCOL.md, the addendum): 10 SDE steps, guidance 4.5, two
+    # optimizer steps an epoch, AdamW, advantage clip 5, grad clip 1, LoRA on both streams of every joint attention.
+    "flow": dict(
+        env="flow",
+        num_steps=10,
+        guidance_scale=4.5,
+        gradient_accumulation_steps=2,
+        adam_weight_decay=1e-4,
+        adv_clip_max=5.0,
+        max_grad_norm=1.0,
+        lora_target_modules=FLOW_GRPO_LORA_TARGETS,
+    ),
 }
 _SHAPES_SWEPT = {  # benchmarks/sweep.py at the benchmark's budget, sweep seeds 0-1 (docs/benchmark/sweep/sweep.md)
     ("rlcm", "jpeg"): dict(
@@ -545,6 +617,9 @@ _SHAPES_SWEPT = {  # benchmarks/sweep.py at the benchmark's budget, sweep seeds 
     ("dpg", "alignment"): dict(learning_rate=1e-3),
     # Not swept: on alignment the suite only evaluates DDPO's untrained model; its JPEG settings.
     ("ddpo", "alignment"): dict(learning_rate=3e-3),
+    # Not swept yet: the sweep needs the embedded flow model, which is still in training; the middle of its grid.
+    ("flow", "jpeg"): dict(learning_rate=1e-3),
+    ("flow", "alignment"): dict(learning_rate=1e-3),
 }
 
 
@@ -636,7 +711,7 @@ PRESETS: dict[str, TrainConfig] = {
             _SHAPES[method],
             _SHAPES_SWEPT[method, "alignment" if task == "alignment" else "jpeg"],
         )
-        for method in ("rlcm", "ddpo")
+        for method in ("rlcm", "ddpo", "flow")
         for task, reward in (
             ("compression", "jpeg_compressibility"),
             ("incompression", "jpeg_incompressibility"),
@@ -655,6 +730,23 @@ PRESETS: dict[str, TrainConfig] = {
     # reaches the protocol's target sooner, then wrecks the pictures: use it with --keep-best.
     "shapes-quickstart": _preset(
         preset="shapes-quickstart", reward="jpeg_compressibility", **_SHAPES["rlcm"], learning_rate=1e-3
+    ),
+    **{
+        f"flow-grpo-{task}": _preset(
+            preset=f"flow-grpo-{task}", reward=reward, prompts=prompts, **{**_FLOW_GRPO, "kl_coef": beta}
+        )
+        for task, reward, prompts, beta in (
+            ("compression", "jpeg_compressibility", "imagenet_animals", 0.04),
+            ("incompression", "jpeg_incompressibility", "imagenet_animals", 0.04),
+            ("aesthetic", "aesthetic", "simple_animals", 0.01),  # pickscore_sd3's beta
+        )
+    },
+    "flow-grpo-alignment": _preset(
+        preset="flow-grpo-alignment",
+        reward=_ALIGNMENT_SERVER,
+        prompts="animals_activities",
+        async_rewards=True,
+        **_FLOW_GRPO,
     ),
     "tiny-compression": _preset(preset="tiny-compression", **_TINY),
     "tiny-ddpo-compression": _preset(

@@ -60,9 +60,10 @@ from genrl.config import (
 from genrl.cpu import OtherLoad, default_threads
 from genrl.denoiser import denoiser
 from genrl.distributed import Processes
-from genrl.envs import DenoisingEnv
+from genrl.envs import DenoisingEnv, make_env
 from genrl.envs.actions import NonFiniteAction
 from genrl.errors import GenrlError
+from genrl.families import env_options
 from genrl.policy import DenoisingPolicy
 from genrl.precision import NO_SCALING, LossScaling
 from genrl.prompts import load_prompts
@@ -164,6 +165,7 @@ class Training:
     ema: EMAModel | None = None
     background_reward: tuple[CheckedReward, ThreadPoolExecutor] | None = None
     eval_batches: list[SamplingBatch] = field(default_factory=list)
+    eval_env: DenoisingEnv | None = None  # where --eval-num-steps differs from --num-steps
     counters: dict = field(default_factory=lambda: {"epoch": 0, "reward_queries": 0, "wall_time_s": 0.0})
 
 
@@ -201,6 +203,8 @@ def build(cfg: TrainConfig) -> Training:
     )
     if cfg.eval_every > 0:
         training.eval_batches = _evaluation_set(cfg, load_prompts(cfg.eval_prompts or cfg.prompts))
+        if cfg.eval_num_steps not in (None, cfg.num_steps):
+            training.eval_env = _evaluation_env(cfg, pipe, parts.reward)
     if cfg.advantages == "per_prompt" and cfg.group_size == 1:  # groups bring their own statistics
         training.tracker = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)
     if cfg.ema_decay > 0:
@@ -267,10 +271,18 @@ def _sampling_batches(cfg: TrainConfig, prompt_pool: list[str], epoch: int, proc
     ]
 
 
-def _collect(t: Training, batch: SamplingBatch, epoch: int, shared_noise: int = 1, grad_steps: int = 0) -> Rollout:
-    """``collect`` with the run's env, policy and reward; samples gone NaN are the run's divergence, in one line."""
+def _collect(
+    t: Training,
+    batch: SamplingBatch,
+    epoch: int,
+    shared_noise: int = 1,
+    grad_steps: int = 0,
+    env: DenoisingEnv | None = None,
+) -> Rollout:
+    """``collect`` with the run's env (or ``env``), policy and reward; samples gone NaN are the run's divergence, in
+    one line."""
     try:
-        return collect(t.env, t.policy, batch, shared_noise, grad_steps, t.background_reward)
+        return collect(env or t.env, t.policy, batch, shared_noise, grad_steps, t.background_reward)
     except NonFiniteAction:  # weights still finite, but too large for the UNet's range (fp16's, say)
         raise _diverged(epoch, "samples", t.cfg) from None
 
@@ -292,7 +304,7 @@ def epoch_batch(t: Training, epoch: int) -> EpochBatch:
 
     def advantages_of(rewards: torch.Tensor) -> torch.Tensor:
         prompts = global_prompts[: len(rewards)]
-        return compute_advantages(prompts, rewards, t.tracker, cfg.group_size, cfg.group_std)
+        return compute_advantages(prompts, rewards, t.tracker, cfg.group_size, cfg.group_std, cfg.global_std)
 
     return EpochBatch(
         batches=_sampling_batches(cfg, t.prompt_pool, epoch, t.processes),
@@ -386,6 +398,22 @@ def _evaluation_set(cfg: TrainConfig, pool: list[str]) -> list[SamplingBatch]:
     ]
 
 
+def _evaluation_env(cfg: TrainConfig, pipe: object, reward: CheckedReward) -> DenoisingEnv:
+    """The env the evaluation set is sampled in at ``--eval-num-steps``: the training env's, with other steps."""
+    try:
+        return make_env(
+            cfg.env,
+            cfg.sample_batch_size,
+            pipe,
+            None if cfg.async_rewards else reward,
+            cfg.eval_num_steps,
+            cfg.resolution,
+            **env_options(cfg),
+        )
+    except ValueError as exc:
+        raise GenrlError(f"--eval-num-steps {cfg.eval_num_steps}: {exc}") from None
+
+
 def _evaluation_due(cfg: TrainConfig, epoch: int, last: bool) -> bool:
     return cfg.eval_every > 0 and (last or epoch % cfg.eval_every == 0)
 
@@ -393,7 +421,7 @@ def _evaluation_due(cfg: TrainConfig, epoch: int, last: bool) -> bool:
 def evaluate(t: Training) -> tuple[dict[str, float], Rollout]:
     """The current policy on the evaluation set: its metrics, and its first batch (for the sample grid)."""
     start, cpu_start = time.perf_counter(), time.process_time()
-    rollouts = [_collect(t, batch, t.counters["epoch"]) for batch in t.eval_batches]
+    rollouts = [_collect(t, batch, t.counters["epoch"], env=t.eval_env) for batch in t.eval_batches]
     rewards = torch.cat([r.resolve().rewards for r in rollouts])
     metrics = {"eval_reward_mean": rewards.mean().item(), "eval_reward_std": rewards.std(unbiased=False).item()}
     if rollouts[0].reward_parts:  # a composite reward's parts: the task's own reward among them

@@ -165,7 +165,7 @@ def test_make_env_goes_through_gymnasium_and_returns_the_env_itself(pipes, kind,
 def test_make_env_rejects_what_does_not_go_together(pipes):
     with pytest.raises(ValueError, match="env kind"):
         make_env("ddim", 2, pipes["ddpm"], None, num_steps=3)
-    with pytest.raises(ValueError, match="noise_last_step is an LCM option"):
+    with pytest.raises(ValueError, match="noise_last_step is an option of the lcm env, not of the ddpm env"):
         make_env("ddpm", 2, pipes["ddpm"], None, num_steps=3, noise_last_step=True)
     with pytest.raises(ValueError, match="resolution 60"):
         make_env("lcm", 2, pipes["lcm"], None, num_steps=3, resolution=60)

@@ -179,6 +179,9 @@ def test_group_advantages_match_a_direct_computation():
             if normalise:
                 expected = expected / (block.std(unbiased=False) + 1e-6)
             np.testing.assert_allclose(got[4 * g : 4 * g + 4], expected.numpy(), rtol=1e-12)
+    # Flow-GRPO's global_std: the group's mean, the whole batch's std.
+    expected = (rewards.reshape(3, 4) - rewards.reshape(3, 4).mean(axis=1, keepdims=True)) / (rewards.std() + 1e-6)
+    np.testing.assert_allclose(group_advantages(rewards, 4, True, batch_std=True), expected.reshape(-1), rtol=1e-12)
     adv = compute_advantages(["p"] * 6, torch.tensor([0.1, 0.1, 0.1, 0.3, 0.2, 0.3]), None, group_size=3)
     assert torch.equal(adv[:3], torch.zeros(3))  # equal rewards: exactly zero, however the mean rounds
     assert informative_groups(adv, 3).tolist() == [3, 4, 5]

@@ -1,5 +1,7 @@
 """The family registry: every --env name leads to one module that holds all its family's parts."""
 
+import dataclasses
+import inspect
 import typing
 
 import gymnasium as gym
@@ -21,7 +23,11 @@ def test_a_family_module_holds_every_part_the_registry_names(name):
     assert issubclass(policy_class, DenoisingPolicy)
     for part in ("SCHEDULER", "SHAPES_MODEL", "TINY_MODEL", "GUIDANCE_EMBEDDED"):
         assert hasattr(module, part), part
-    hooks = ("check_pipeline", "env_options", "policy_options", "validate", "default_grad_steps", "evaluation_steps")
+    # Each env option is a TrainConfig field of that name and a keyword of the family's env.
+    for option in module.ENV_OPTIONS:
+        assert option in {f.name for f in dataclasses.fields(TrainConfig)}, option
+        assert option in inspect.signature(module.Env.__init__).parameters, option
+    hooks = ("check_pipeline", "policy_options", "validate", "default_grad_steps", "evaluation_steps")
     for hook in hooks:
         assert callable(getattr(module, hook)), hook
 

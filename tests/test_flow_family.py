@@ -93,6 +93,36 @@ def test_the_log_prob_of_the_envs_own_steps_is_torch_distributions(pipe, noise_m
             torch.testing.assert_close(sampled_log_prob, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_outside_the_sde_window_a_step_is_the_odes_euler_step(pipe):
+    """``sde_window=(1, 3)`` of 4 steps: steps 1 and 2 are the SDE's, stochastic and trained; steps 0 and 3 are the
+    scheduler's deterministic Euler step, whatever the noise level, so the rollout's first and last transitions
+    equal those of the noise-free policy from the same latents."""
+    env = make_env("flow", 2, pipe, None, num_steps=4, sde_window=(1, 3))
+    assert env.stochastic == [False, True, True, False]
+    noisy = make_policy("flow", pipe, guidance_scale=5.0, reduction="mean", noise_level=0.7)
+    ode = make_policy("flow", pipe, guidance_scale=5.0, reduction="mean", noise_level=0.0)
+    _, steps, _ = _rollout(env, noisy, seed=2)
+    with torch.no_grad():
+        for index, (obs, action, _) in enumerate(steps):
+            dist = noisy.distribution(obs)
+            if index in (0, 3):
+                assert (dist.std == 0).all()
+                assert torch.equal(action["next_latents"], ode.distribution(obs).mean)
+            else:
+                assert (dist.std > 0).all() and not torch.equal(action["next_latents"], dist.mean)
+
+
+def test_the_sde_window_is_the_flow_envs_option_alone(pipe, tmp_path):
+    with pytest.raises(ValueError, match="2 5 is not a window of the 4 steps"):
+        make_env("flow", 2, pipe, None, num_steps=4, sde_window=(2, 5))
+    with pytest.raises(GenrlError, match="--sde-window 3 3 is not a window of the 4 steps"):
+        TrainConfig(env="flow", num_steps=4, sde_window=(3, 3)).validate()
+    with pytest.raises(GenrlError, match="--sde-window is a flow option"):
+        TrainConfig(env="lcm", sde_window=(0, 2)).validate()
+    with pytest.raises(ValueError, match="sde_window is an option of the flow env, not of the lcm env"):
+        make_env("lcm", 2, load_pipeline("tiny", "lcm"), None, num_steps=2, sde_window=(0, 1))
+
+
 def test_the_text_conditioning_packs_and_unpacks_exactly():
     embeds, pooled = torch.randn(3, 5, 8), torch.randn(3, 6)
     packed = pack_text(embeds, pooled)
@@ -121,12 +151,13 @@ def test_make_gives_a_flow_env_stepped_by_hand_with_sampled_actions(pipe):
     assert all("infinity" in str(w.message) for w in caught), [str(w.message) for w in caught]
 
 
-def test_flow_configuration_and_model_checks():
+def test_flow_configuration_and_model_checks(tmp_path, monkeypatch):
     with pytest.raises(GenrlError, match="deterministic Euler step"):
         TrainConfig(env="flow", noise_level=0.0).validate()
     with pytest.raises(GenrlError, match="is an LCM option"):
         TrainConfig(env="flow", noise_last_step=True).validate()
-    with pytest.raises(GenrlError, match="no embedded shapes flow model"):
+    monkeypatch.setattr("genrl.models.shipped_dir", lambda: tmp_path)  # shapes weights without the flow model
+    with pytest.raises(GenrlError, match="shapes flow model has not been trained yet.*pretrain flow"):
         load_pipeline("shapes", "flow")
     with pytest.raises(GenrlError, match="not a Stable Diffusion 3 style"):
         load_pipeline(str(tiny_model_dir("tiny-sd")), "flow")  # a UNet model

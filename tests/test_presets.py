@@ -6,6 +6,8 @@ Sources (read at the commits of the official repositories):
   core/ppo_training_loop.py and scripts/main.py.
 - DDPO: github.com/kvablack/ddpo-pytorch, config/base.py and config/dgx.py (compressibility, incompressibility,
   aesthetic, prompt_image_alignment), scripts/train.py and diffusers_patch/ddim_with_logprob.py.
+- Flow-GRPO: github.com/yifan123/flow_grpo, config/base.py, config/grpo.py general_ocr_sd3_1gpu() (the one-GPU
+  layout) and pickscore_sd3() (its beta), scripts/train_sd3.py.
 
 Batch layouts are per GPU, as both sources give them. One official RLCM "round" (sample num_sample_iters batches,
 then one optimizer step) is one genrl epoch: see the comment above ``_RLCM_JPEG`` in genrl/config.py.
@@ -14,6 +16,7 @@ then one optimizer step) is one genrl epoch: see the comment above ``_RLCM_JPEG`
 import pytest
 
 from genrl.config import DEFAULT_LORA_TARGETS, DEFAULT_PRESET, PRESETS, TrainConfig, setting
+from genrl.families.flow import FLOW_GRPO_LORA_TARGETS
 
 # Every RLCM task (yaml and Table 1, unless a line says otherwise).
 _RLCM_COMMON = {
@@ -93,6 +96,45 @@ _DDPO_JPEG = {
     "group_size": 1,
 }
 
+# Every Flow-GRPO task: config/grpo.py general_ocr_sd3_1gpu() on config/base.py, and scripts/train_sd3.py.
+_FLOW_GRPO = {
+    "model": "stabilityai/stable-diffusion-3.5-medium",  # pretrained.model
+    "env": "flow",
+    "algo": "ppo",
+    "finetune": "lora",  # base.py use_lora
+    "mixed_precision": "fp16",  # base.py mixed_precision
+    "allow_tf32": True,  # base.py allow_tf32
+    "num_steps": 10,  # sample.num_steps
+    "eval_num_steps": 40,  # sample.eval_num_steps
+    "guidance_scale": 4.5,  # sample.guidance_scale
+    "noise_level": 0.7,  # base.py sample.noise_level
+    "noise_mode": "flow_grpo",  # sd3_sde_with_logprob.py: std_dev_t = a sqrt(sigma / (1 - sigma))
+    "resolution": 512,  # resolution
+    "sample_batch_size": 8,  # sample.train_batch_size
+    "group_size": 8,  # sample.num_image_per_prompt
+    "group_std": True,  # stat_tracking.py: (r - group mean) / std
+    "global_std": True,  # sample.global_std: the std of all the epoch's rewards
+    "batches_per_epoch": 8,  # sample.num_batches_per_epoch = 8 / (1 x 8 / 8)
+    "train_batch_size": 8,  # train.batch_size = sample.train_batch_size
+    "gradient_accumulation_steps": 4,  # train.gradient_accumulation_steps = num_batches_per_epoch // 2
+    "inner_epochs": 1,  # train.num_inner_epochs
+    "learning_rate": 3e-4,  # base.py train.learning_rate
+    "adam_beta1": 0.9,  # base.py
+    "adam_beta2": 0.999,
+    "adam_weight_decay": 1e-4,  # base.py train.adam_weight_decay (AdamW)
+    "adam_epsilon": 1e-8,
+    "max_grad_norm": 1.0,  # base.py train.max_grad_norm
+    "adv_clip_max": 5.0,  # base.py train.adv_clip_max
+    "clip_range": 1e-4,  # base.py train.clip_range
+    "kl_coef": 0.04,  # train.beta
+    "logprob_reduction": "mean",  # sd3_sde_with_logprob.py: log_prob.mean over all but the batch dim
+    "lora_rank": 32,  # train_sd3.py LoraConfig(r=32)
+    "lora_alpha": 64.0,  # lora_alpha=64
+    "lora_target_modules": FLOW_GRPO_LORA_TARGETS,  # target_modules: both streams of every joint attention
+    "save_every": 60,  # save_freq
+    "eval_every": 60,  # eval_freq
+}
+
 PUBLISHED: dict[str, dict] = {
     "rlcm-compression": {**_RLCM_JPEG, "reward": "jpeg_compressibility"},  # compression.yaml
     "rlcm-incompression": {**_RLCM_JPEG, "reward": "jpeg_incompressibility"},  # incompression.yaml
@@ -140,6 +182,15 @@ PUBLISHED: dict[str, dict] = {
         "stat_buffer_size": 32,  # per_prompt_stat_tracking buffer_size (min_count 16)
         "async_rewards": True,
     },
+    "flow-grpo-compression": {**_FLOW_GRPO, "reward": "jpeg_compressibility", "prompts": "imagenet_animals"},
+    "flow-grpo-incompression": {**_FLOW_GRPO, "reward": "jpeg_incompressibility", "prompts": "imagenet_animals"},
+    "flow-grpo-aesthetic": {  # pickscore_sd3(): a learned preference score, beta 0.01
+        **_FLOW_GRPO,
+        "reward": "aesthetic",
+        "prompts": "simple_animals",
+        "kl_coef": 0.01,
+    },
+    "flow-grpo-alignment": {**_FLOW_GRPO, "prompts": "animals_activities", "async_rewards": True},
 }
 RLCM = [name for name in PUBLISHED if name.startswith("rlcm-")]
 
@@ -160,7 +211,7 @@ def test_preset_field_is_the_published_value(name, field, value):
 
 
 def test_the_alignment_presets_query_a_reward_server():
-    for name in ("rlcm-alignment", "ddpo-alignment"):
+    for name in ("rlcm-alignment", "ddpo-alignment", "flow-grpo-alignment"):
         assert PRESETS[name].reward.startswith("http://127.0.0.1:")
 
 
@@ -181,6 +232,14 @@ def test_rlcm_presets_make_one_optimizer_step_per_epoch(name):
 )
 def test_ddpo_presets_make_dgx_pys_optimizer_steps_per_epoch(name, steps):
     assert _optimizer_steps_per_epoch(PRESETS[name]) == steps
+
+
+@pytest.mark.parametrize("name", [name for name in PUBLISHED if name.startswith("flow-grpo-")])
+def test_flow_grpo_presets_update_twice_an_epoch_on_whole_groups(name):
+    """grpo.py's own assertion: "gradients are updated twice per epoch"; each group is one sampling batch."""
+    cfg = PRESETS[name]
+    assert _optimizer_steps_per_epoch(cfg) == 2
+    assert cfg.sample_batch_size == cfg.group_size
 
 
 @pytest.mark.parametrize(
@@ -220,6 +279,19 @@ def test_shapes_presets_keep_each_methods_update_structure_on_equal_terms():
         for field in ("lora_rank", "lora_alpha", "lora_target_modules", "advantages", "group_size", "group_std"):
             assert getattr(rlcm, field) == getattr(ddpo, field), field
         assert rlcm.group_size > 1 and rlcm.sample_batch_size % rlcm.group_size == 0
+
+
+@pytest.mark.parametrize("task", ["compression", "incompression", "alignment"])
+def test_the_shapes_flow_presets_keep_flow_grpos_update_structure(task):
+    """docs/benchmark/PROTOCOL.md's addendum: RLCM's epochs and groups, Flow-GRPO's two optimizer steps an epoch and
+    its LoRA layers, 10 SDE steps at noise level 0.7, guidance 4.5."""
+    flow, rlcm = PRESETS[f"shapes-flow-{task}"], PRESETS[f"shapes-rlcm-{task}"]
+    flow.validate()
+    assert (flow.env, flow.num_steps, flow.noise_level, flow.guidance_scale) == ("flow", 10, 0.7, 4.5)
+    assert _optimizer_steps_per_epoch(flow) == 2 and flow.samples_per_epoch == rlcm.samples_per_epoch
+    assert flow.lora_target_modules == FLOW_GRPO_LORA_TARGETS
+    for field in ("lora_rank", "lora_alpha", "group_size", "group_std", "reward", "prompts"):
+        assert getattr(flow, field) == getattr(rlcm, field), field
 
 
 def test_shapes_presets_are_the_committed_sweeps_winners():

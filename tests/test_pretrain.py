@@ -2,14 +2,23 @@
 
 import copy
 import json
+import shutil
 
 import pytest
 import torch
-from diffusers import LatentConsistencyModelPipeline, StableDiffusionPipeline
+from diffusers import LatentConsistencyModelPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline
 
 from genrl.errors import GenrlError
 from genrl.rewards.shapes import ShapesAlignment
-from genrl.shapes.pretrain import Average, PretrainConfig, _train_loop, consistency_distance, main
+from genrl.shapes import components
+from genrl.shapes.pretrain import (
+    Average,
+    PretrainConfig,
+    _train_loop,
+    consistency_distance,
+    main,
+    zero_tokens_counted,
+)
 from genrl.shapes.world import ATTRIBUTES, parse_prompt, train_scenes
 
 
@@ -23,7 +32,7 @@ def built(tmp_path_factory):
 def test_pretrain_builds_pipelines_that_plain_diffusers_loads(built):
     out = built / "out"
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    assert size <= 25e6
+    assert size <= 45e6
     assert not list(out.rglob("*.bin")) and list(out.rglob("*.safetensors"))
     prompt = train_scenes()[0].prompt
     lcm = LatentConsistencyModelPipeline.from_pretrained(out / "lcm")
@@ -35,6 +44,71 @@ def test_pretrain_builds_pipelines_that_plain_diffusers_loads(built):
     assert (
         json.loads((out / "lcm" / "scheduler" / "scheduler_config.json").read_text())["_class_name"] == "LCMScheduler"
     )
+
+
+def test_the_flow_model_is_a_plain_sd3_pipeline_on_the_teachers_vae_and_text_encoder(built):
+    out = built / "out"
+    flow = StableDiffusion3Pipeline.from_pretrained(out / "flow")
+    teacher = StableDiffusionPipeline.from_pretrained(out / "teacher")
+    assert flow.vae.config.shift_factor == 0.0
+    for name, weight in teacher.vae.state_dict().items():
+        assert torch.equal(flow.vae.state_dict()[name], weight), name
+    for encoder in (flow.text_encoder, flow.text_encoder_2):
+        for name, weight in getattr(teacher.text_encoder, "text_model", teacher.text_encoder).state_dict().items():
+            assert torch.equal(encoder.text_model.state_dict()[name], weight), name
+    prompt = train_scenes()[0].prompt
+    embeds = flow.encode_prompt([prompt], None, None, do_classifier_free_guidance=False)[0]
+    assert embeds.shape[1] == flow.tokenizer_max_length + 256 and not embeds[:, flow.tokenizer_max_length :].any()
+    images = flow([prompt], num_inference_steps=2, output_type="pt").images  # diffusers' defaults, 256 zero tokens
+    assert images.shape == (1, 3, 64, 64) and torch.isfinite(images).all()
+
+
+def test_genrl_samples_the_flow_model_with_one_zero_t5_token(built):
+    from genrl.envs import make_env
+    from genrl.models import load_pipeline
+
+    pipe = load_pipeline(str(built / "out" / "flow"), "flow")
+    env = make_env("flow", 2, pipe, None, num_steps=2)
+    # The prompt's CLIP tokens, one zero T5 token (its tokenizer's model_max_length), the pooled row.
+    assert env.text_shape() == (pipe.tokenizer_max_length + 1 + 1, pipe.transformer.config.joint_attention_dim)
+    packed = env.encode_prompts([train_scenes()[0].prompt])
+    assert not packed[:, pipe.tokenizer_max_length].any()
+
+
+def test_one_zero_token_counted_as_many_is_that_many_zero_tokens():
+    """What the flow stage trains with: one zero T5 token whose attention logit gains log n computes what n zero
+    tokens compute, for the image tokens (up to float rounding)."""
+    torch.manual_seed(0)
+    net = components.build_flow_transformer().eval()
+    latents, sigma = torch.randn(2, 4, 16, 16), torch.tensor([300.0, 800.0])
+    clip = torch.randn(2, 16, net.config.joint_attention_dim)
+    pooled = torch.randn(2, net.config.pooled_projection_dim)
+
+    def velocity(zero_tokens: int) -> torch.Tensor:
+        context = torch.cat([clip, torch.zeros(2, zero_tokens, clip.shape[-1])], dim=1)
+        return net(latents, context, pooled, sigma).sample
+
+    with torch.no_grad():
+        many = velocity(256)
+        with zero_tokens_counted(torch.tensor([256, 256])):
+            counted = velocity(1)
+        with zero_tokens_counted(torch.tensor([1, 256])):
+            mixed = velocity(1)
+        one = velocity(1)
+    torch.testing.assert_close(counted, many, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mixed, torch.cat([one[:1], many[1:]]), rtol=1e-4, atol=1e-5)
+    assert (one - many).abs().max() > 1e-3  # the count matters, so the check above could fail
+
+
+def test_the_flow_stage_trains_on_an_exported_teacher_alone(built, tmp_path):
+    """A fresh work directory (no vae or teacher stage): the flow stage takes both from --out-dir's teacher."""
+    out = tmp_path / "out"
+    shutil.copytree(built / "out" / "teacher", out / "teacher")
+    main(["flow", "--scale", "toy", "--work-dir", str(tmp_path / "work"), "--out-dir", str(out)])
+    assert (out / "flow" / "model_index.json").exists()
+    assert not (tmp_path / "work" / "vae").exists() and not (tmp_path / "work" / "teacher").exists()
+    flow = StableDiffusion3Pipeline.from_pretrained(out / "flow")
+    assert flow.transformer.config.in_channels == flow.vae.config.latent_channels
 
 
 def test_pretrain_resumes_finished_and_checkpointed_stages(built, capsys):

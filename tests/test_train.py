@@ -202,6 +202,22 @@ def test_the_evaluation_set_is_fixed_and_scores_the_same_policy_the_same(tmp_pat
     assert 0 <= first["eval_prompt_accuracy"] <= 1
 
 
+def test_the_evaluation_samples_with_its_own_steps_where_asked(tmp_path):
+    """--eval-num-steps 4 on a 3-step run evaluates what a 4-step run evaluates (the same fixed prompts and noise, the
+    same untrained model), and leaves the training's env at 3 steps."""
+    from genrl.train import build, evaluate, parse_config
+
+    args = fast_args(tmp_path, "r", "--eval-every", "1", "--eval-size", "4", "--prompts", "shapes_train")
+    asked = build(parse_config([*args, "--eval-num-steps", "4"]))
+    four = build(parse_config([*args, "--num-steps", "4"]))
+    assert asked.env.num_steps == 3 and asked.eval_env.num_steps == 4
+    assert build(parse_config([*args, "--eval-num-steps", "3"])).eval_env is None  # the training's own
+    ours, _ = evaluate(asked)
+    theirs, _ = evaluate(four)
+    for key in ("eval_reward_mean", "eval_reward_std", "eval_prompt_accuracy"):
+        assert ours[key] == theirs[key], key
+
+
 def test_evaluations_are_logged_before_training_every_nth_and_last_epoch(tmp_path):
     main(fast_args(tmp_path, "r", "--epochs", "5", "--eval-every", "2", "--eval-size", "4"))  # (fast_args: 0)
     metrics = logged_metrics(tmp_path / "r")

@@ -11,7 +11,8 @@ that differs between samplers, under these names:
     policy_options(cfg)               the policy's family-specific keyword arguments from a TrainConfig
     SCHEDULER                         the diffusers scheduler the step maths mirror; the pipeline gets it
     check_pipeline(pipe, model)       refuse, as a GenrlError, a model the family cannot sample
-    env_options(noise_last_step)      the batched env's family-specific keyword arguments
+    ENV_OPTIONS                       the batched env's own keyword arguments, each also a TrainConfig field of
+                                      that name (LCM: noise_last_step; flow: sde_window)
     validate(cfg)                     the TrainConfig checks that only this family makes
     default_grad_steps(num_steps)     how many last steps DPG backpropagates through unless told
     evaluation_steps(num_steps, quick)  the step counts a benchmark evaluates a trained model at
@@ -49,6 +50,11 @@ def env_id(name: str) -> str:
 
 
 ENV_IDS = {name: env_id(name) for name in FAMILIES}
+
+
+def env_options(cfg) -> dict:
+    """The keyword arguments of ``cfg.env``'s batched env that a ``TrainConfig`` sets (its ``ENV_OPTIONS``)."""
+    return {name: getattr(cfg, name) for name in family(cfg.env).ENV_OPTIONS}
 
 
 def family(name: str) -> ModuleType:

@@ -120,10 +120,7 @@ def policy_options(cfg: Any) -> dict[str, Any]:
     return {}
 
 
-def env_options(noise_last_step: bool) -> dict[str, Any]:
-    if noise_last_step:
-        raise ValueError("noise_last_step is an LCM option: every DDIM step of the DDPM env is noised already")
-    return {}
+ENV_OPTIONS = ()  # every DDIM step is noised already
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,6 +160,8 @@ def check_pipeline(pipe: Any, model: str) -> None:
 
 def validate(cfg: Any) -> None:
     """The DDPM checks of a ``TrainConfig``."""
+    if cfg.sde_window is not None:
+        raise GenrlError("--sde-window is a flow option (the ddpm env noises its steps its own way); drop it for ddpm")
     if cfg.noise_last_step:
         raise GenrlError("--noise-last-step is an LCM option (every DDIM step is noised already); drop it for ddpm")
     if not cfg.eta > 0:

@@ -42,10 +42,10 @@ from genrl.steps import LogProbReduction, StepDistribution, per_sample
 SCHEDULER = FlowMatchEulerDiscreteScheduler
 """The scheduler whose step ``flow_step`` mirrors with ``noise_level=0``; the pipeline is loaded with it."""
 SHAPES_MODEL = "flow"
-"""The embedded shapes model this family would sample (``--model shapes``); genrl.shapes.pretrain does not build it."""
+"""The embedded shapes model this family samples (``--model shapes``), built by ``genrl.shapes.pretrain flow``."""
 SHAPES_MISSING = (
-    "there is no embedded shapes flow model yet (genrl.shapes.pretrain does not train one); use --model tiny, or a "
-    "Stable Diffusion 3 pipeline folder or hub id"
+    "the embedded shapes flow model has not been trained yet: build it with `python -m genrl.shapes.pretrain flow` "
+    "(it needs the shipped teacher only), or use --model tiny, or a Stable Diffusion 3 pipeline folder or hub id"
 )
 """The error for ``--model shapes --env flow`` while that model is missing (``genrl.models.resolve_model``)."""
 GUIDANCE_EMBEDDED = False
@@ -68,6 +68,16 @@ these."""
 MAX_SEQUENCE_LENGTH = 256
 """T5 tokens of a prompt: ``StableDiffusion3Pipeline``'s default ``max_sequence_length``."""
 
+
+def t5_tokens(pipeline: Any) -> int:
+    """The T5 tokens a prompt gets: diffusers' default ``max_sequence_length``, or fewer where the T5 tokenizer takes
+    fewer (its ``model_max_length``: the embedded shapes model's T5 returns zeros, and the model reads one zero token
+    as it reads 256), or none without a T5 encoder."""
+    if getattr(pipeline, "text_encoder_3", None) is None:
+        return 0
+    return min(MAX_SEQUENCE_LENGTH, pipeline.tokenizer_3.model_max_length)
+
+
 NoiseMode = Literal["flow_grpo", "constant"]
 """How the SDE's noise scale g depends on sigma: Flow-GRPO's a sqrt(sigma / (1 - sigma)), or DanceGRPO's constant a."""
 
@@ -88,7 +98,7 @@ def flow_step(
     sample: torch.Tensor,
     sigma: torch.Tensor,
     sigma_next: torch.Tensor,
-    noise_level: float = FLOW_GRPO_NOISE_LEVEL,
+    noise_level: float | torch.Tensor = FLOW_GRPO_NOISE_LEVEL,
     noise_mode: NoiseMode = "flow_grpo",
 ) -> StepDistribution:
     """One Euler-Maruyama step of the flow SDE from x at ``sigma`` to x_next at ``sigma_next`` (velocity prediction).
@@ -109,8 +119,9 @@ def flow_step(
     over-disperse the latent, by about a^4 / 4 of variance on the first (0.06 for a = 0.7, whatever the data), and
     the excess fades only slowly on the way to the data (tests/test_flow_steps.py).
 
-    ``sigma``, ``sigma_next``: (B,) (or 0-d), in [0, 1] with ``sigma`` > 0; ``noise_level``: a >= 0. The maths run in
-    fp32 whatever the model's dtype, as Flow-GRPO's do: bf16 would round away the small corrections to factors of 1.
+    ``sigma``, ``sigma_next``: (B,) (or 0-d), in [0, 1] with ``sigma`` > 0; ``noise_level``: a >= 0, one for all or
+    (B,), one a sample. The maths run in fp32 whatever the model's dtype, as Flow-GRPO's do: bf16 would round away
+    the small corrections to factors of 1.
     ``pred_original`` is x0_hat, in fp32. The log-prob of a next latent is ``genrl.steps.gaussian_log_prob`` of the
     returned mean and std, and ``StepDistribution.sample(noise)`` draws one from given noise.
     """
@@ -120,6 +131,8 @@ def flow_step(
     sample = sample.float()
     sigma = per_sample(sigma.float(), sample)
     sigma_next = per_sample(sigma_next.float(), sample)
+    if isinstance(noise_level, torch.Tensor):
+        noise_level = per_sample(noise_level.float(), sample)
     dt = sigma_next - sigma
 
     if noise_mode == "flow_grpo":
@@ -127,7 +140,7 @@ def flow_step(
         # sigmas[1] is sigma_next of the one step that starts at sigma = 1 (the first, on a schedule from pure noise).
         std_dev_t = torch.sqrt(sigma / (1 - torch.where(sigma == 1, sigma_next, sigma))) * noise_level
     else:
-        std_dev_t = torch.full_like(sigma, noise_level)
+        std_dev_t = noise_level * torch.ones_like(sigma)
 
     # Flow-GRPO's operation order, so that a = 0 leaves x + v dt bit for bit (the factors are then exactly 1).
     mean = (
@@ -193,9 +206,14 @@ class FlowEnv(DenoisingEnv):
         reward_fn: RewardFn | None,
         num_steps: int = 10,
         resolution: int | None = None,
+        sde_window: tuple[int, int] | None = None,
     ):
         if num_steps < 1:
             raise ValueError(f"flow steps must be at least 1, got {num_steps}")
+        try:
+            start, end = window(sde_window, num_steps)
+        except ValueError as exc:
+            raise ValueError(f"sde_window {exc}") from None
         net = denoiser(pipeline)
         pooled, width = net.config.pooled_projection_dim, net.config.joint_attention_dim
         if pooled > width:  # pack_text puts the pooled embedding in a row of the token embeddings
@@ -203,7 +221,8 @@ class FlowEnv(DenoisingEnv):
         vae_scale = 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
         latent_size = (resolution or net.config.sample_size * vae_scale) // vae_scale
         sigmas = flow_sigmas(pipeline.scheduler, num_steps, latent_size, net.config.patch_size)
-        super().__init__(num_envs, pipeline, reward_fn, sigmas[:-1], sigmas[1:], [True] * num_steps, resolution)
+        stochastic = [start <= i < end for i in range(num_steps)]  # the SDE's steps; the others take the ODE's
+        super().__init__(num_envs, pipeline, reward_fn, sigmas[:-1], sigmas[1:], stochastic, resolution)
 
     def latent_multiple(self, net: torch.nn.Module) -> int:
         """The transformer cuts the latent into patches."""
@@ -212,7 +231,7 @@ class FlowEnv(DenoisingEnv):
     def text_shape(self) -> tuple[int, int]:
         """CLIP's tokens, T5's, and the pooled row (``pack_text``), as wide as the transformer's joint attention."""
         net = denoiser(self.pipeline)
-        return (self.pipeline.tokenizer_max_length + MAX_SEQUENCE_LENGTH + 1, net.config.joint_attention_dim)
+        return (self.pipeline.tokenizer_max_length + t5_tokens(self.pipeline) + 1, net.config.joint_attention_dim)
 
     def timestep_space(self) -> gym.Space:
         """Sigmas, from 1 (noise) to 0 (data)."""
@@ -231,7 +250,7 @@ class FlowEnv(DenoisingEnv):
             prompt_3=None,
             device=self.device,
             do_classifier_free_guidance=False,
-            max_sequence_length=MAX_SEQUENCE_LENGTH,
+            max_sequence_length=t5_tokens(self.pipeline),
         )
         return pack_text(embeds, pooled).to(self.dtype)
 
@@ -255,10 +274,17 @@ Env = FlowEnv
 SingleEnv = SingleFlowEnv
 
 
-def env_options(noise_last_step: bool) -> dict[str, Any]:
-    if noise_last_step:
-        raise ValueError("noise_last_step is an LCM option: every step of the flow env is noised already")
-    return {}
+ENV_OPTIONS = ("sde_window",)
+
+
+def window(sde_window: tuple[int, int] | None, num_steps: int) -> tuple[int, int]:
+    """The steps [start, end) that take the SDE (default: all); ``ValueError`` for a window outside the steps."""
+    start, end = sde_window or (0, num_steps)
+    if not 0 <= start < end <= num_steps:
+        raise ValueError(
+            f"{start} {end} is not a window of the {num_steps} steps: pass START < END, from 0 to {num_steps}"
+        )
+    return start, end
 
 
 # --------------------------------------------------------------------------------------------------
@@ -301,7 +327,9 @@ class FlowPolicy(DenoisingPolicy):
             velocity = uncond + self.guidance_scale * (cond - uncond)
         else:
             velocity = self.velocity(latents, sigma, obs["prompt_embeds"])
-        return flow_step(velocity, latents, sigma, obs["next_timestep"], self.noise_level, self.noise_mode)
+        # Outside the SDE window (``sde_window``) a step is the ODE's: noise level 0, diffusers' Euler step exactly.
+        noise_level = torch.where(obs["stochastic"], self.noise_level, 0.0)
+        return flow_step(velocity, latents, sigma, obs["next_timestep"], noise_level, self.noise_mode)
 
 
 def make_policy(
@@ -336,6 +364,10 @@ def check_pipeline(pipe: Any, model: str) -> None:
 
 def validate(cfg: Any) -> None:
     """The flow checks of a ``TrainConfig``."""
+    try:
+        window(cfg.sde_window, cfg.num_steps)
+    except ValueError as exc:
+        raise GenrlError(f"--sde-window {exc} (--num-steps)") from None
     if cfg.noise_last_step:
         raise GenrlError("--noise-last-step is an LCM option (every flow step is noised already); drop it for flow")
     if not cfg.noise_level > 0:

@@ -125,8 +125,7 @@ def policy_options(cfg: Any) -> dict[str, Any]:
     return {}
 
 
-def env_options(noise_last_step: bool) -> dict[str, Any]:
-    return {"noise_last_step": noise_last_step}
+ENV_OPTIONS = ("noise_last_step",)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -184,6 +183,8 @@ def check_pipeline(pipe: Any, model: str) -> None:
 
 def validate(cfg: Any) -> None:
     """The LCM checks of a ``TrainConfig``."""
+    if cfg.sde_window is not None:
+        raise GenrlError("--sde-window is a flow option (the lcm env noises its steps its own way); drop it for lcm")
     if cfg.num_steps > 50:
         raise GenrlError(f"--num-steps {cfg.num_steps} is too many for the LCM schedule; use 1 to 50")
     if cfg.num_steps == 1 and not cfg.noise_last_step:

@@ -1,18 +1,36 @@
 """The shapes world's models, each a standard diffusers or transformers component, built from configs.
 
 Sizes are set by two bars: sampling 8 images with the LCM in 4 steps, decode included, takes at most 0.25 s
-on a 2-core CPU, and all shipped weights fit in 25 MB. Latents are 4 x 16 x 16 (the VAE downsamples by 4);
-the UNet attends to the prompt only at 8 x 8 and 4 x 4, where attention is cheap.
+on a 2-core CPU, and all shipped weights fit in 45 MB (25 MB without the flow model). Latents are 4 x 16 x 16 (the
+VAE downsamples by 4); the UNet attends to the prompt only at 8 x 8 and 4 x 4, where attention is cheap.
 """
 
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKL, ConfigMixin, DDIMScheduler, LCMScheduler, ModelMixin, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    ConfigMixin,
+    DDIMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    LCMScheduler,
+    ModelMixin,
+    SD3Transformer2DModel,
+    UNet2DConditionModel,
+)
 from diffusers.configuration_utils import register_to_config
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordLevel
-from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
 from genrl.shapes.world import ATTRIBUTES, BACKGROUNDS, COLOURS, COUNTS, RESOLUTION, SHAPES, SIZES
 
@@ -44,24 +62,40 @@ def build_tokenizer(max_length: int = MAX_TOKENS) -> PreTrainedTokenizerFast:
     )
 
 
+def clip_text_config(
+    tokenizer: PreTrainedTokenizerBase, width: int = TEXT_DIM, layers: int = 3, mlp_ratio: int = 4
+) -> CLIPTextConfig:
+    """A small CLIP text encoder's config whose vocabulary, positions and special tokens match ``tokenizer``."""
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=mlp_ratio * width,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=tokenizer.model_max_length,
+        projection_dim=width,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
 def build_text_encoder(
     tokenizer: PreTrainedTokenizerBase, width: int = TEXT_DIM, layers: int = 3, mlp_ratio: int = 4
 ) -> CLIPTextModel:
-    """A small CLIP text encoder whose vocabulary, positions and special tokens match ``tokenizer``."""
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=width,
-            intermediate_size=mlp_ratio * width,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            max_position_embeddings=tokenizer.model_max_length,
-            projection_dim=width,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    """A small CLIP text encoder for ``tokenizer`` (``clip_text_config``)."""
+    return CLIPTextModel(clip_text_config(tokenizer, width, layers, mlp_ratio))
+
+
+def with_projection(text_encoder: CLIPTextModel) -> CLIPTextModelWithProjection:
+    """``text_encoder`` as the CLIPTextModelWithProjection that Stable Diffusion 3 takes, with an identity
+    projection: SD3's pooled prompt embedding is then the encoder's final state at the end-of-text token."""
+    projected = CLIPTextModelWithProjection(text_encoder.config)
+    # transformers 5's CLIPTextModel is the text transformer itself; earlier ones hold it as .text_model.
+    projected.text_model.load_state_dict(getattr(text_encoder, "text_model", text_encoder).state_dict())
+    with torch.no_grad():
+        projected.text_projection.weight.copy_(torch.eye(text_encoder.config.hidden_size))
+    return projected
 
 
 def build_vae() -> AutoencoderKL:
@@ -115,6 +149,71 @@ def lcm_scheduler() -> LCMScheduler:
         timestep_scaling=10.0,
         prediction_type="epsilon",
     )
+
+
+FLOW_WIDTH = 128
+"""The flow transformer's width (heads x head dim)."""
+
+
+def build_flow_transformer() -> SD3Transformer2DModel:
+    """An MMDiT (SD3's joint-attention transformer) on the 4 x 16 x 16 latents in 2 x 2 patches: 64 image tokens beside
+    the prompt's 16 CLIP tokens and its zero T5 tokens (``FLOW_ZERO_TOKENS``)."""
+    return SD3Transformer2DModel(
+        sample_size=RESOLUTION // 4,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=6,
+        attention_head_dim=32,
+        num_attention_heads=FLOW_WIDTH // 32,
+        joint_attention_dim=2 * TEXT_DIM,  # SD3 puts its two CLIP encoders' states side by side
+        caption_projection_dim=FLOW_WIDTH,
+        pooled_projection_dim=2 * TEXT_DIM,
+        pos_embed_max_size=RESOLUTION // 4 // 2,
+        qk_norm="rms_norm",  # SD3.5's
+    )
+
+
+def build_t5_tokenizer(max_length: int = 512) -> T5TokenizerFast:
+    """A unigram T5 tokenizer over the printable ASCII characters (each also with the word-start mark), no merges."""
+    chars = [chr(c) for c in range(ord("!"), ord("~") + 1)]
+    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]  # T5's ids 0-2, then the space
+    vocab = specials + [(c, -1.0) for c in chars] + [("\u2581" + c, -1.5) for c in chars]
+    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=max_length)
+
+
+FLOW_ZERO_TOKENS = (1, 256)
+"""The shapes flow model takes no text from T5: after the prompt's CLIP tokens it sees T5 tokens that are all zero,
+as SD3 does when T5 is dropped. It was trained to read 1 of them (what genrl samples it with, the T5 tokenizer's
+``model_max_length``) and 256 (diffusers' default ``max_sequence_length``) alike."""
+
+
+def build_zero_t5(tokenizer: T5TokenizerFast, width: int) -> T5EncoderModel:
+    """A one-layer T5 encoder whose final norm has weight 0, so that it returns zeros for any prompt: the shapes flow
+    model's text_encoder_3, there so that ``StableDiffusion3Pipeline.from_pretrained`` loads the folder with no
+    arguments (``FLOW_ZERO_TOKENS``)."""
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=width,
+            d_kv=8,
+            d_ff=16,
+            num_layers=1,
+            num_heads=1,
+            relative_attention_num_buckets=8,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    with torch.no_grad():
+        t5.encoder.final_layer_norm.weight.zero_()
+    return t5.requires_grad_(False)
+
+
+def flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    """Euler on the rectified-flow ODE with no shift: SD3 shifts its schedule towards noise for images larger than
+    256 x 256 (by sqrt(pixels / 256^2)); at 64 x 64 that rule asks for no shift or less."""
+    return FlowMatchEulerDiscreteScheduler(shift=1.0)
 
 
 class ShapesClassifier(ModelMixin, ConfigMixin):

@@ -1,4 +1,5 @@
-"""Quality figures of the shapes models: VAE PSNR, classifier accuracy, prompt accuracy of teacher and LCM, speed.
+"""Quality figures of the shapes models: VAE PSNR, classifier accuracy, prompt accuracy of teacher, LCM and (once it
+is trained) the flow model, speed.
 
 Prompt accuracy: the share of generated images in which the classifier finds every prompted attribute.
 """
@@ -20,9 +21,13 @@ BARS = {
     "lcm4_accuracy": 0.75,
     "lcm2_accuracy": 0.65,
     "lcm4_heldout_accuracy": 0.60,
+    "flow40_accuracy": 0.90,
+    "flow10_accuracy": 0.85,
+    "flow40_heldout_accuracy": 0.70,
 }
 TEACHER_GUIDANCE = 5.0
 LCM_GUIDANCE = 8.0
+FLOW_GUIDANCE = 4.5  # Flow-GRPO's, for SD3.5
 
 
 def load_models(folder: Path):
@@ -37,6 +42,24 @@ def load_models(folder: Path):
     for pipe in (teacher, lcm):
         pipe.set_progress_bar_config(disable=True)
     return teacher, lcm, classifier
+
+
+def load_flow(folder: Path):
+    """The shapes flow model (a StableDiffusion3Pipeline), or None where it has not been trained."""
+    from diffusers import StableDiffusion3Pipeline
+
+    if not (Path(folder) / "flow" / "model_index.json").exists():
+        return None
+    flow = StableDiffusion3Pipeline.from_pretrained(Path(folder) / "flow")
+    flow.set_progress_bar_config(disable=True)
+    return flow
+
+
+def _flow_options(steps: int) -> dict:
+    from genrl.shapes.components import FLOW_ZERO_TOKENS
+
+    # One zero T5 token, as genrl samples it (the model reads diffusers' default 256 the same way, at 4x the cost).
+    return dict(num_inference_steps=steps, guidance_scale=FLOW_GUIDANCE, max_sequence_length=min(FLOW_ZERO_TOKENS))
 
 
 def prompt_accuracy(images: torch.Tensor, scenes: list, classifier) -> float:
@@ -65,14 +88,19 @@ def _scenes(num: int, seed: int, held_out: bool) -> list:
 
 
 def sample_grid(folder: Path, path: Path, seed: int = 0) -> Path:
-    """Rows: the teacher with 50 DDIM steps, then the LCM with 1, 2, 4 and 8 steps; columns: 8 prompts."""
+    """Rows: the teacher with 50 DDIM steps, the LCM with 1, 2, 4 and 8 steps, and the flow model (if trained) with
+    10 and 40; columns: 8 prompts."""
     from genrl.rundir import image_grid
 
     teacher, lcm, _ = load_models(Path(folder))
+    flow = load_flow(Path(folder))
     scenes = _scenes(8, seed + 2, False)
     rows = [_generate(teacher, scenes, num_inference_steps=50, guidance_scale=TEACHER_GUIDANCE)]
     rows += [_generate(lcm, scenes, num_inference_steps=h, guidance_scale=LCM_GUIDANCE) for h in (1, 2, 4, 8)]
     labels = ["teacher 50"] + [f"LCM {h}" for h in (1, 2, 4, 8)]
+    if flow is not None:
+        rows += [_generate(flow, scenes, **_flow_options(h)) for h in (10, 40)]
+        labels += ["flow 10", "flow 40"]
     captions = [f"{label}: {s.prompt}" if i == 0 else "" for label in labels for i, s in enumerate(scenes)]
     image_grid(torch.cat(rows), captions, columns=8).save(path)
     (Path(path).with_suffix(".txt")).write_text(
@@ -118,6 +146,14 @@ def evaluate(folder: Path, num_images: int = 256, seed: int = 0) -> dict:
     figures["teacher_ddim50_heldout_accuracy"] = prompt_accuracy(
         _generate(teacher, held, num_inference_steps=50, guidance_scale=TEACHER_GUIDANCE), held, classifier
     )
+
+    flow = load_flow(Path(folder))
+    if flow is not None:
+        for steps in (10, 40):
+            images = _generate(flow, train, **_flow_options(steps))
+            figures[f"flow{steps}_accuracy"] = prompt_accuracy(images, train, classifier)
+            images = _generate(flow, held, **_flow_options(steps))
+            figures[f"flow{steps}_heldout_accuracy"] = prompt_accuracy(images, held, classifier)
 
     prompts = [s.prompt for s in train[:8]]
     lcm(prompts, num_inference_steps=4, guidance_scale=LCM_GUIDANCE, output_type="pt")  # warm-up

@@ -10,7 +10,11 @@ Stages, in order, each checkpointed every ``--checkpoint-every`` steps into ``--
   teacher     text encoder + epsilon-prediction UNet on VAE latents, SD's schedule, 10% prompt dropout, EMA
   lcm         latent consistency distillation from the teacher (w sampled and embedded, DDIM solver on the
               50-step skipping grid spanning 2 of its intervals a step, EMA target network, pseudo-Huber)
-  export      pipeline folders (StableDiffusionPipeline, LatentConsistencyModelPipeline) and the classifier
+  flow        an SD3-style MMDiT trained with the rectified-flow objective on the same latents and prompts, with the
+              teacher's VAE and text encoder frozen (from the work directory, or else from --out-dir's teacher, so it
+              can be trained on the shipped models alone); EMA; writes --out-dir/flow when it finishes
+  export      pipeline folders (StableDiffusionPipeline, LatentConsistencyModelPipeline, and
+              StableDiffusion3Pipeline if the flow stage finished) and the classifier
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -27,6 +32,7 @@ import math
 import shutil
 import sys
 import time
+import unittest.mock
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +52,8 @@ from genrl.shapes import components, shipped_dir
 from genrl.shapes.world import ATTRIBUTES, sample_dataset
 
 SHIPPED = shipped_dir()
-Stage = Literal["all", "vae", "classifier", "teacher", "lcm", "export", "evaluate"]
-STAGES = ("vae", "classifier", "teacher", "lcm", "export")
+Stage = Literal["all", "vae", "classifier", "teacher", "lcm", "flow", "export", "evaluate"]
+STAGES = ("vae", "classifier", "teacher", "lcm", "flow", "export")
 
 
 @dataclass
@@ -97,6 +103,11 @@ class PretrainConfig:
     lcm_huber_c: float = 0.001
     """c of the pseudo-Huber distance, in latent units."""
 
+    flow_steps: int = 14000
+    flow_batch: int = 64
+    flow_lr: float = 5e-4
+    flow_ema: float = 0.999
+
     eval_images: int = 256
     """Images per prompt-accuracy figure in evaluate."""
     grid: Path | None = None
@@ -117,6 +128,8 @@ class PretrainConfig:
             teacher_batch=8,
             lcm_steps=3,
             lcm_batch=4,
+            flow_steps=3,
+            flow_batch=4,
             eval_images=4,
         )
 
@@ -304,12 +317,13 @@ def stage_classifier(cfg: PretrainConfig) -> None:
     _finish(cfg, "classifier", lambda p: model.save_pretrained(p, safe_serialization=True))
 
 
-def _latent_cache(cfg: PretrainConfig) -> dict[str, torch.Tensor]:
-    """Render and encode the training set once: latent mean and std, and the prompt of each image."""
+def _latent_cache(cfg: PretrainConfig, vae=None) -> dict[str, torch.Tensor]:
+    """Render and encode the training set once: latent mean and std, and the prompt of each image (encoded by
+    ``vae``, by default the work directory's)."""
     path = cfg.work_dir / "latents.pt"
     if path.exists():
         return torch.load(path, weights_only=False)
-    vae = _load_vae(cfg)
+    vae = vae or _load_vae(cfg)
     means, stds, prompts = [], [], []
     for start in tqdm(range(0, cfg.latent_dataset, 256), desc="encoding", disable=None):
         images, scenes = _images(min(256, cfg.latent_dataset - start), seed=20_000_003 + cfg.seed * 1_000_003 + start)
@@ -474,6 +488,142 @@ def stage_lcm(cfg: PretrainConfig) -> None:
     _finish(cfg, "lcm", lambda p: target.save_pretrained(p / "unet", safe_serialization=True))
 
 
+def _teacher_part(cfg: PretrainConfig, part: Literal["vae", "text_encoder"]) -> Path:
+    """The teacher's ``part``: this work directory's if its stage finished, else the one in --out-dir's teacher
+    pipeline (the shipped one by default), so that the flow model can be trained on the shipped models alone."""
+    work = _done(cfg, "vae") if part == "vae" else _done(cfg, "teacher") / part
+    if work.exists():
+        return work
+    shipped = cfg.out_dir / "teacher" / part
+    if shipped.exists():
+        return shipped
+    raise GenrlError(
+        f"there is no {part} in {work} nor in {shipped}; run `python -m genrl.shapes.pretrain vae` and `teacher` "
+        "first, or pass --out-dir with a teacher pipeline"
+    )
+
+
+def _flow_pipeline(cfg: PretrainConfig, transformer: torch.nn.Module):
+    """A StableDiffusion3Pipeline of ``transformer`` with the teacher's VAE, its text encoder in both CLIP places, and
+    a T5 that returns zeros (``components.FLOW_ZERO_TOKENS``)."""
+    from diffusers import AutoencoderKL, StableDiffusion3Pipeline
+    from transformers import CLIPTextModel
+
+    vae = AutoencoderKL.from_pretrained(_teacher_part(cfg, "vae")).eval().requires_grad_(False)
+    vae.register_to_config(shift_factor=0.0)  # SD3's decoder adds it to the latents, and reads None as an error
+    text_encoder = components.with_projection(CLIPTextModel.from_pretrained(_teacher_part(cfg, "text_encoder")))
+    text_encoder.eval().requires_grad_(False)
+    tokenizer = components.build_tokenizer()
+    t5_tokenizer = components.build_t5_tokenizer(max_length=min(components.FLOW_ZERO_TOKENS))
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=components.flow_scheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder,
+        tokenizer_2=tokenizer,
+        text_encoder_3=components.build_zero_t5(t5_tokenizer, transformer.config.joint_attention_dim),
+        tokenizer_3=t5_tokenizer,
+    )
+
+
+def _encode_for_flow(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token and pooled embeddings that the pipeline itself conditions on when it samples ``prompts`` with one
+    zero T5 token."""
+    with torch.no_grad():
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            prompts, None, None, do_classifier_free_guidance=False, max_sequence_length=1
+        )
+    return embeds, pooled
+
+
+@contextlib.contextmanager
+def zero_tokens_counted(counts: torch.Tensor):
+    """Within it, the last key of every attention of a batch stands for ``counts`` (B,) identical keys: its logit
+    gains log(count). The last context token of the flow model is its one zero T5 token, and n identical tokens
+    are one token with n times its attention weight: the context stream computes the same for each of them, and a
+    softmax over n equal logits s sums to exp(s + log n). So a batch with one zero token computes, up to rounding,
+    what it would with ``counts`` of them (tests/test_pretrain.py), at the cost of one."""
+    attend = F.scaled_dot_product_attention
+    log_counts = counts.float().log()
+
+    def counted(query, key, value, attn_mask=None, **options):
+        assert attn_mask is None, "SD3's joint attention passes no mask"
+        bias = torch.zeros(len(counts), 1, 1, key.shape[-2], dtype=query.dtype)
+        bias[..., -1] = log_counts.view(-1, 1, 1).to(query.dtype)
+        return attend(query, key, value, attn_mask=bias, **options)
+
+    with unittest.mock.patch.object(F, "scaled_dot_product_attention", counted):
+        yield
+
+
+def stage_flow(cfg: PretrainConfig) -> None:
+    """Rectified flow as SD3 trains it (Esser et al., 2024): x_sigma = (1 - sigma) x0 + sigma eps, the transformer
+    regresses the velocity eps - x0 at sigma drawn from the logit-normal density, 10% prompt dropout, EMA. Each
+    sample reads its one zero T5 token as 1 or as 256 of them (``components.FLOW_ZERO_TOKENS``), half and half."""
+    torch.manual_seed(cfg.seed)
+    transformer = components.build_flow_transformer()
+    ema = copy.deepcopy(transformer).requires_grad_(False)
+    pipe = _flow_pipeline(cfg, transformer)
+    cache = _latent_cache(cfg, pipe.vae)
+    unique = sorted(set(cache["prompts"]))
+    embeds, pooled = _encode_for_flow(pipe, unique)
+    empty_embeds, empty_pooled = _encode_for_flow(pipe, [""])
+    row = {prompt: i for i, prompt in enumerate(unique)}
+    prompt_rows = torch.tensor([row[p] for p in cache["prompts"]])
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=cfg.flow_lr, weight_decay=1e-4, fused=True)
+    num_train_timesteps = pipe.scheduler.config.num_train_timesteps
+
+    def step(i: int) -> dict[str, float]:
+        g = torch.Generator().manual_seed(50_000_017 + cfg.seed * 1_000_003 + i)
+        idx = torch.randint(len(prompt_rows), (cfg.flow_batch,), generator=g)
+        x0 = cache["mean"][idx] + cache["std"][idx] * torch.randn(cache["mean"][idx].shape, generator=g)
+        x0 = x0 * cache["scaling_factor"]
+        dropped = torch.rand(len(idx), generator=g) < cfg.prompt_dropout
+        cond = torch.where(dropped.view(-1, 1, 1), empty_embeds, embeds[prompt_rows[idx]])
+        cond_pooled = torch.where(dropped.view(-1, 1), empty_pooled, pooled[prompt_rows[idx]])
+        # SD3's logit-normal sigma (mean 0, std 1): most of the training where the velocity is hardest to predict.
+        sigma = torch.sigmoid(torch.randn(len(idx), generator=g))
+        noise = torch.randn(x0.shape, generator=g)
+        s = sigma.view(-1, 1, 1, 1)
+        few, many = components.FLOW_ZERO_TOKENS
+        counts = torch.where(torch.rand(len(idx), generator=g) < 0.5, few, many)
+        with zero_tokens_counted(counts):
+            velocity = transformer(
+                hidden_states=(1 - s) * x0 + s * noise,
+                timestep=sigma * num_train_timesteps,  # the scheduler's timesteps are sigma x 1000
+                encoder_hidden_states=cond,
+                pooled_projections=cond_pooled,
+            ).sample
+        loss = F.mse_loss(velocity, noise - x0)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss.item()}
+
+    modules = {"transformer": transformer, "ema": ema}
+    averages = {"ema": Average("transformer", cfg.flow_ema, copy_steps=201)}
+    _train_loop("flow", cfg, modules, optimizer, cfg.flow_steps, step, averages)
+    _finish(cfg, "flow", lambda p: ema.save_pretrained(p / "transformer", safe_serialization=True))
+    out = cfg.out_dir / "flow"
+    staging = out.with_name("flow.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    _save_flow_pipeline(cfg, staging)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(staging, out)
+    print(f"flow: exported to {out}")
+
+
+def _save_flow_pipeline(cfg: PretrainConfig, folder: Path) -> None:
+    """The finished flow stage's pipeline folder."""
+    from diffusers import SD3Transformer2DModel
+
+    transformer = SD3Transformer2DModel.from_pretrained(_done(cfg, "flow") / "transformer")
+    _flow_pipeline(cfg, transformer).save_pretrained(folder, safe_serialization=True)
+
+
 def stage_export(cfg: PretrainConfig) -> None:
     """Two standard pipeline folders and the reward model, safetensors only."""
     from diffusers import (
@@ -511,6 +661,10 @@ def stage_export(cfg: PretrainConfig) -> None:
     components.ShapesClassifier.from_pretrained(_done(cfg, "classifier")).save_pretrained(
         staging / "reward", safe_serialization=True
     )
+    if _done(cfg, "flow").exists():
+        _save_flow_pipeline(cfg, staging / "flow")
+    else:
+        print(f"export: the flow stage has not finished in {cfg.work_dir}; {out} gets no flow model")
     (staging / "README.md").write_text(
         "Trained by `python -m genrl.shapes.pretrain` (genrl's own code, genrl's procedural shapes world); "
         "see the genrl README.\n"
@@ -526,6 +680,7 @@ STAGE_FUNCTIONS = {
     "classifier": stage_classifier,
     "teacher": stage_teacher,
     "lcm": stage_lcm,
+    "flow": stage_flow,
     "export": stage_export,
 }
 

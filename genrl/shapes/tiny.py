@@ -26,15 +26,13 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from transformers import (
-    CLIPTextConfig,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
     T5Config,
     T5EncoderModel,
-    T5TokenizerFast,
 )
 
-from genrl.shapes.components import SD_BETAS, build_text_encoder, lcm_scheduler
+from genrl.shapes.components import SD_BETAS, build_t5_tokenizer, build_text_encoder, clip_text_config, lcm_scheduler
 
 RESOLUTION = 64
 
@@ -93,14 +91,6 @@ def _components(lcm: bool) -> dict:
     return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
 
 
-def _t5_tokenizer() -> T5TokenizerFast:
-    """A unigram T5 tokenizer over the printable ASCII characters (each also with the word-start mark), no merges."""
-    chars = [chr(c) for c in range(ord("!"), ord("~") + 1)]
-    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]  # T5's ids 0-2, then the space
-    vocab = specials + [(c, -1.0) for c in chars] + [("\u2581" + c, -1.5) for c in chars]
-    return T5TokenizerFast(vocab=vocab, extra_ids=0)
-
-
 def _sd3_components() -> dict:
     """Stable Diffusion 3's parts at toy size: two CLIP text encoders with projections (their pooled outputs,
     concatenated, are the transformer's ``pooled_projections``), a T5 encoder, a 16-channel VAE with SD3's scaling
@@ -111,23 +101,10 @@ def _sd3_components() -> dict:
     tokenizer = _tokenizer()
 
     def clip() -> CLIPTextModelWithProjection:
-        return CLIPTextModelWithProjection(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=width,
-                intermediate_size=2 * width,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=tokenizer.model_max_length,
-                projection_dim=width,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
+        return CLIPTextModelWithProjection(clip_text_config(tokenizer, width=width, layers=2, mlp_ratio=2))
 
     text_encoder, text_encoder_2 = clip(), clip()
-    tokenizer_3 = _t5_tokenizer()
+    tokenizer_3 = build_t5_tokenizer()
     # T5's width is the transformer's joint_attention_dim; the CLIP states (2 x 32 wide) are zero-padded to it.
     text_encoder_3 = T5EncoderModel(
         T5Config(
