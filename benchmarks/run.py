@@ -1,7 +1,7 @@
 """The benchmark suite: RLCM against DDPO on equal terms, the RLCM paper's figures 4-8 on your machine.
 
-    python -m benchmarks.run --suite shapes --output-dir bench     # embedded shapes models, 10 seeds, ~2 h, 2 CPUs
-    python -m benchmarks.run --suite shapes --output-dir bench --quick                  # <= 15 min: JPEG tasks, 1 seed
+    python -m benchmarks.run --suite shapes --output-dir bench     # embedded shapes models, 10 seeds, ~3 h, 2 CPUs
+    python -m benchmarks.run --suite shapes --output-dir bench --quick        # about 20 min: JPEG tasks, 1 seed
     python -m benchmarks.run --suite paper --output-dir bench --device cuda   # Table 1 models and presets, GPUs
 
 The protocol is docs/benchmark/PROTOCOL.md. Per task, every method trains from its preset (each method's own best
@@ -67,7 +67,8 @@ class Args:
     output_dir: Path = Path("benchmark-results")
     quick: bool = False
     """compression and incompression, RLCM and DDPO, one seed (the first benchmark seed), the final models at their
-    training horizons only: at most 15 min on a 2-core CPU."""
+    training horizons only: about 20 min on a 2-core CPU (the full run's seed-10 runs took 17 min with their
+    evaluations)."""
     seeds: int | None = None
     """Seeds per method, from the first benchmark seed (10) on (default 10, quick 1): never the sweep's (0, 1)."""
     queries: int | None = None
