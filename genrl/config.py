@@ -317,8 +317,8 @@ _ADDED_SINCE = {
     **{"lr_schedule": "constant", "eval_every": 0, "eval_size": 32, "eval_prompts": None},
     **{"mixed_precision": "no", "allow_tf32": True, "threads": None},  # threads: chosen again for the resume
     **{"keep_best": False, "accuracy_floor": 0.8, "early_stop_patience": 0},
-    **{"noise_level": 0.7, "noise_mode": "flow_grpo", "sde_window": None, "eval_num_steps": None},
-    "global_std": False,
+    **{"noise_level": 0.7, "noise_mode": "flow_grpo"},
+    **{"sde_window": None, "eval_num_steps": None, "global_std": False},
 }
 # Settings that config.json held among the run's fields before each algorithm owned its own, and their names there.
 _FLAT_ALGORITHM_FIELDS = {
@@ -607,12 +607,10 @@ _SHAPES = {
     ),
 }
 _SHAPES_SWEPT = {  # benchmarks/sweep.py at the benchmark's budget, sweep seeds 0-1 (docs/benchmark/sweep/sweep.md)
-    ("rlcm", "jpeg"): dict(
-        learning_rate=3e-3
-    ),  # 2/2 seeds at the target after 64 and 192 queries; it wrecks the pictures after
-    ("ddpo", "jpeg"): dict(
-        learning_rate=3e-3
-    ),  # 2/2 at 192 and 384 queries; 1e-2, KL 0.1, the alignment term and the published structure reach it on 1 or 0
+    # 2/2 seeds at the target after 64 and 192 queries; it wrecks the pictures after.
+    ("rlcm", "jpeg"): dict(learning_rate=3e-3),
+    # 2/2 at 192 and 384 queries; 1e-2, KL 0.1, the alignment term and the published structure reach it on 1 or 0.
+    ("ddpo", "jpeg"): dict(learning_rate=3e-3),
     ("rlcm", "alignment"): dict(learning_rate=3e-4),
     ("dpg", "alignment"): dict(learning_rate=1e-3),
     # Not swept: on alignment the suite only evaluates DDPO's untrained model; its JPEG settings.

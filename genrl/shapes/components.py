@@ -188,23 +188,28 @@ as SD3 does when T5 is dropped. It was trained to read 1 of them (what genrl sam
 ``model_max_length``) and 256 (diffusers' default ``max_sequence_length``) alike."""
 
 
-def build_zero_t5(tokenizer: T5TokenizerFast, width: int) -> T5EncoderModel:
-    """A one-layer T5 encoder whose final norm has weight 0, so that it returns zeros for any prompt: the shapes flow
-    model's text_encoder_3, there so that ``StableDiffusion3Pipeline.from_pretrained`` loads the folder with no
-    arguments (``FLOW_ZERO_TOKENS``)."""
-    t5 = T5EncoderModel(
+def build_t5(tokenizer: T5TokenizerFast, width: int, feed_forward: int, heads: int) -> T5EncoderModel:
+    """A one-layer T5 encoder ``width`` wide, whose vocabulary and special tokens match ``tokenizer``."""
+    return T5EncoderModel(
         T5Config(
             vocab_size=len(tokenizer),
             d_model=width,
             d_kv=8,
-            d_ff=16,
+            d_ff=feed_forward,
             num_layers=1,
-            num_heads=1,
+            num_heads=heads,
             relative_attention_num_buckets=8,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
     )
+
+
+def build_zero_t5(tokenizer: T5TokenizerFast, width: int) -> T5EncoderModel:
+    """A one-layer T5 encoder whose final norm has weight 0, so that it returns zeros for any prompt: the shapes flow
+    model's text_encoder_3, there so that ``StableDiffusion3Pipeline.from_pretrained`` loads the folder with no
+    arguments (``FLOW_ZERO_TOKENS``)."""
+    t5 = build_t5(tokenizer, width, feed_forward=16, heads=1)
     with torch.no_grad():
         t5.encoder.final_layer_norm.weight.zero_()
     return t5.requires_grad_(False)

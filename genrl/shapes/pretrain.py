@@ -33,7 +33,7 @@ import shutil
 import sys
 import time
 import unittest.mock
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -220,6 +220,14 @@ def _train_loop(
     log.close()
 
 
+def _clipped_step(loss: torch.Tensor, params: Iterable[torch.nn.Parameter], optimizer: torch.optim.Optimizer) -> None:
+    """Backpropagate ``loss``, clip the gradient of ``params`` to norm 1 and take the optimizer step."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def _done(cfg: PretrainConfig, name: str) -> Path:
     return cfg.work_dir / name / "final"
 
@@ -381,10 +389,7 @@ def stage_teacher(cfg: PretrainConfig) -> None:
         # Min-SNR-5 weighting (Hang et al., 2023) for epsilon prediction: converges several times faster.
         weight = snr[t].clamp(max=5.0) / snr[t]
         loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        _clipped_step(loss, params, optimizer)
         return {"loss": loss.item()}
 
     modules = {"unet": unet, "text_encoder": text_encoder, "ema_unet": ema_unet, "ema_text": ema_text}
@@ -476,10 +481,7 @@ def stage_lcm(cfg: PretrainConfig) -> None:
             goal = consistency_function(target, x_prev, t_prev, cond, w_embed)
 
         loss = consistency_distance(prediction, goal, cfg.lcm_loss, cfg.lcm_huber_c)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        _clipped_step(loss, student.parameters(), optimizer)
         return {"loss": loss.item()}
 
     modules = {"student": student, "target": target}
@@ -597,10 +599,7 @@ def stage_flow(cfg: PretrainConfig) -> None:
                 pooled_projections=cond_pooled,
             ).sample
         loss = F.mse_loss(velocity, noise - x0)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        _clipped_step(loss, transformer.parameters(), optimizer)
         return {"loss": loss.item()}
 
     modules = {"transformer": transformer, "ema": ema}

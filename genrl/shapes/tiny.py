@@ -28,11 +28,16 @@ from diffusers import (
 from transformers import (
     CLIPTextModelWithProjection,
     CLIPTokenizer,
-    T5Config,
-    T5EncoderModel,
 )
 
-from genrl.shapes.components import SD_BETAS, build_t5_tokenizer, build_text_encoder, clip_text_config, lcm_scheduler
+from genrl.shapes.components import (
+    SD_BETAS,
+    build_t5,
+    build_t5_tokenizer,
+    build_text_encoder,
+    clip_text_config,
+    lcm_scheduler,
+)
 
 RESOLUTION = 64
 
@@ -106,19 +111,7 @@ def _sd3_components() -> dict:
     text_encoder, text_encoder_2 = clip(), clip()
     tokenizer_3 = build_t5_tokenizer()
     # T5's width is the transformer's joint_attention_dim; the CLIP states (2 x 32 wide) are zero-padded to it.
-    text_encoder_3 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer_3),
-            d_model=2 * width,
-            d_kv=8,
-            d_ff=2 * width,
-            num_layers=1,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=tokenizer_3.pad_token_id,
-            eos_token_id=tokenizer_3.eos_token_id,
-        )
-    )
+    text_encoder_3 = build_t5(tokenizer_3, 2 * width, feed_forward=2 * width, heads=4)
     vae = _tiny_vae(
         latent_channels=16,
         scaling_factor=1.5305,  # SD3's
