@@ -1,7 +1,7 @@
 """The benchmark suite: RLCM against DDPO on equal terms, the RLCM paper's figures 4-8 on your machine.
 
     python -m benchmarks.run --suite shapes --output-dir bench     # embedded shapes models, 10 seeds, ~3 h, 2 CPUs
-    python -m benchmarks.run --suite shapes --output-dir bench --quick        # about 20 min: JPEG tasks, 1 seed
+    python -m benchmarks.run --suite shapes --output-dir bench --quick        # about 12 min: JPEG tasks, 1 seed
     python -m benchmarks.run --suite paper --output-dir bench --device cuda   # Table 1 models and presets, GPUs
 
 The protocol is docs/benchmark/PROTOCOL.md. Per task, every method trains from its preset (each method's own best
@@ -55,6 +55,7 @@ from benchmarks.summary import summarise
 from benchmarks.sweep import BUDGET, EVAL_QUERIES, SWEEP_SEEDS
 from genrl.config import PRESETS, TrainConfig, config_to_json
 from genrl.errors import GenrlError
+from genrl.models import resolve_model
 
 BENCHMARK_SEEDS = range(10, 20)
 """The protocol's benchmark seeds (docs/benchmark/PROTOCOL.md); the sweep's are ``SWEEP_SEEDS``."""
@@ -66,13 +67,13 @@ class Args:
     """shapes: the embedded models on a CPU. paper: the paper's models and Table 1 hyperparameters (GPUs)."""
     output_dir: Path = Path("benchmark-results")
     quick: bool = False
-    """compression and incompression, RLCM and DDPO, one seed (the first benchmark seed), the final models at their
-    training horizons only: about 20 min on a 2-core CPU (the full run's seed-10 runs took 17 min with their
-    evaluations)."""
+    """compression and incompression, RLCM and DDPO, one seed (the first benchmark seed), half the budget (512 reward
+    queries), the final models at their training horizons only: about 12 min on a 2-core CPU (the full run's seed-10
+    runs took 8.4 min to 512 queries with their evaluations)."""
     seeds: int | None = None
     """Seeds per method, from the first benchmark seed (10) on (default 10, quick 1): never the sweep's (0, 1)."""
     queries: int | None = None
-    """Reward queries per run, the same for every method (default shapes: 1024; paper: DDPO's preset)."""
+    """Reward queries per run, the same for every method (default shapes: 1024, quick 512; paper: DDPO's preset)."""
     eval_queries: int | None = None
     """Reward queries between evaluations (default shapes: 64, or once an epoch where an epoch is longer; paper:
     1/20 of the budget)."""
@@ -114,10 +115,10 @@ def benchmark_seeds(args: Args) -> list[int]:
 
 
 def budget(args: Args, task: str) -> tuple[int, int]:
-    """Reward queries per run and between evaluations. The shapes suite's: the protocol's (the sweep's own). The
-    paper suite's default: DDPO's preset budget for both methods, evaluated 20 times."""
+    """Reward queries per run and between evaluations. The shapes suite's: the protocol's (the sweep's own), half of
+    it in a quick run. The paper suite's default: DDPO's preset budget for both methods, evaluated 20 times."""
     if args.suite == "shapes":
-        return _given(args.queries, BUDGET), _given(args.eval_queries, EVAL_QUERIES)
+        return _given(args.queries, BUDGET // 2 if args.quick else BUDGET), _given(args.eval_queries, EVAL_QUERIES)
     ddpo = DDPO_PPO.config(args.suite, task)
     queries = _given(args.queries, ddpo.epochs * ddpo.samples_per_epoch)
     return queries, _given(args.eval_queries, max(ddpo.samples_per_epoch, queries // 20))
@@ -226,6 +227,9 @@ def main(args: Args) -> None:
         for seed in seeds  # seed by seed: an interrupted suite has whole pairs
         for name, cfg in methods[task].items()
     ]
+    # A shapes model still to be built ends the command here, not mid-suite.
+    for model, env in sorted({(cfg.model, cfg.env) for _, _, cfg in jobs}):
+        resolve_model(model, env)
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress(len(jobs))
     settings = EvaluationSettings(args.device, args.eval_images, args.quick)

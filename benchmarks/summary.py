@@ -117,11 +117,13 @@ def fidelity(slow: list[list[dict]], fast: list[list[dict]], task: str) -> dict:
     return out
 
 
-def learned(gains: dict[str, dict | None]) -> tuple[bool, str | None]:
+def learned(gains: dict[str, dict | None], runs: dict[str, list[list[dict]]]) -> tuple[bool, str | None]:
     """Whether every method's mean final gain is at least ``LEARNED_STANDARD_ERRORS`` standard errors over the
-    seeds; if not, which did not learn."""
+    seeds; if not, which did not learn, within what budget (its runs' reward queries)."""
+    budget = lambda m: max(run[-1]["reward_queries"] for run in runs[m])
     missing = [
-        f"{m} (its mean final gain {g['gain']:+.3f} is {g['gain_standard_errors']:.1f} standard errors)"
+        f"{m} (its mean final gain {g['gain']:+.3f} is {g['gain_standard_errors']:.1f} standard errors, within "
+        f"{budget(m):.0f} reward queries)"
         for m, g in gains.items()
         if g is not None and not g["gain_standard_errors"] >= LEARNED_STANDARD_ERRORS
     ]
@@ -205,7 +207,7 @@ def summarise(task_name: str, task: dict, seeds: list[int]) -> dict:
             fidelity_speedup_reached=measured["reached"],
         )
         headline = {m: summary["eval_reward"][m] for m in (DDPO_PPO.name, RLCM_PPO.name)}
-        summary["headline"], summary["headline_why_none"] = learned(headline)
+        summary["headline"], summary["headline_why_none"] = learned(headline, runs)
         if len(seeds) < 2:
             summary["headline"], summary["headline_why_none"] = False, "one seed: no interval (quick mode)"
         for key, x in (("train_speedup", "wall_time_s"), ("query_efficiency", "reward_queries")):

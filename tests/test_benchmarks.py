@@ -81,10 +81,8 @@ def test_the_fidelity_speedup_times_each_run_to_a_fixed_gain_with_the_picture_ke
     assert summary["fidelity_speedup_censored"] == {"DDPO (PPO)": 0, "RLCM (PPO)": 0, "both": 0}
     assert summary["fidelity_speedup_reached"] == {"DDPO (PPO)": 2, "RLCM (PPO)": 2}
     # RLCM's two seeds end 0.512 and 0.128 up: 1.7 standard errors of their mean, short of the 3 a headline needs.
-    assert (
-        not summary["headline"]
-        and "RLCM (PPO) (its mean final gain +0.320 is 1.7 standard errors)" in (summary["headline_why_none"])
-    )
+    why = "RLCM (PPO) (its mean final gain +0.320 is 1.7 standard errors, within 160 reward queries)"
+    assert not summary["headline"] and why in summary["headline_why_none"]
     # A third seed at 0.003 a query: 0.512, 0.128, 0.384, 3.02 standard errors; DDPO's gains are all the same.
     assert _summarise(_task(rlcm_rates=(0.004, 0.001, 0.003)))["headline"]
 
@@ -288,6 +286,15 @@ def test_the_paper_suite_says_what_it_needs(tmp_path, monkeypatch):
     assert len(lines) == 1 and lines[0].startswith("error: the paper suite cannot run here")
     assert "SimianLuo/LCM_Dreamshaper_v7" in lines[0] and "GPU" in lines[0]
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_a_shapes_model_still_to_be_built_ends_the_suite_before_any_run(tmp_path, monkeypatch):
+    import genrl.models
+
+    monkeypatch.setattr(genrl.models, "shipped_dir", lambda: tmp_path / "not-built")
+    lines = _cli_errors("--output-dir", str(tmp_path / "out"))
+    assert len(lines) == 1 and "python -m genrl.shapes.pretrain" in lines[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_budget_that_is_not_whole_epochs_is_a_one_line_error(tmp_path):
