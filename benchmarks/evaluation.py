@@ -26,7 +26,7 @@ class EvaluationSettings:
     images: int
     """Images per point: inference budget, step count, held-out prompts."""
     quick: bool
-    """The training horizons only (and DDIM's 50), the headline methods only, no held-out prompts or base models."""
+    """The training horizons only (and DDIM's 50), no variants, no held-out prompts or base models."""
 
 
 class Evaluator:
@@ -91,19 +91,19 @@ def evaluate_task(
     task: str, data: dict, methods: dict[str, TrainConfig], seed: int, settings: EvaluationSettings, out: Path
 ) -> None:
     """Into ``data["evaluation"]`` and ``out/samples_<task>.png``: each method's final LoRA of run ``seed`` and the
-    headline methods' base models; the grid shows, per method, the base model, the best checkpoint that kept the
+    base models of the methods ``shown``; the grid shows, per method, the base model, the best checkpoint that kept the
     picture (``--keep-best``) and the final one, each row labelled with what it shows."""
     rows, captions = [], []
     for name, cfg in methods.items():
         method = METHODS[name]
-        if settings.quick and not method.headline:
+        if settings.quick and not method.shown:
             continue
         checkpoints = run_directory(out, task, method.slug, seed) / "checkpoints"
         final = checkpoints / "latest" if (checkpoints / "latest").exists() else None  # None: a reference, untrained
         cache = out / "evaluations" / f"{task}-{method.slug}"
         evaluation = evaluate_method(cfg, final, settings, cache)
         data["evaluation"][name] = {k: v for k, v in evaluation.items() if not k.startswith("_")}
-        if not method.headline:
+        if not method.shown:
             continue
         prompts = evaluation["_prompts"]
         if final is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.methods import HEADLINE, RLCM_PPO
+from benchmarks.methods import METHODS, RLCM_PPO
 from benchmarks.summary import TASK_REWARD, curve, evaluations, with_task_reward
 
 
@@ -100,7 +100,7 @@ def plot_inference_budget(evaluated: dict[str, dict], path: Path) -> None:
     """Fig. 6: reward against inference time per image, the final models at several step counts."""
     with _figure(path, 1, len(evaluated), 3.6) as axes:
         for ax, (task, evaluation) in zip(axes[0], evaluated.items()):
-            for method in HEADLINE:
+            for method in (m for m in METHODS.values() if m.shown and m.name in evaluation):
                 sweep = evaluation[method.name]["steps"]
                 xs = [v["seconds_per_image"] for v in sweep.values()]
                 ys = [v["reward"] for v in sweep.values()]

@@ -13,20 +13,24 @@ from genrl.families.ddpm import PAPER_STEPS
 class Method:
     name: str
     """Its key in results.json and its label in the report and the figures."""
-    family: Literal["rlcm", "ddpo"]
-    """rlcm: a latent consistency model fine-tuned with RLCM; ddpo: a diffusion model fine-tuned with DDPO."""
+    family: Literal["rlcm", "ddpo", "flow"]
+    """rlcm: a latent consistency model fine-tuned with RLCM; ddpo: a diffusion model fine-tuned with DDPO; flow: a
+    flow-matching model fine-tuned with Flow-GRPO."""
     algo: Literal["ppo", "reinforce", "dpg"]
     """The ``--algo`` it trains with."""
     preset: str
     """Its preset on a task, ``{task}`` standing for the task's name; the shapes suite's carry ``shapes-`` before."""
-    role: Literal["fast", "baseline", "variant"]
+    role: Literal["fast", "baseline", "contender", "variant"]
     """fast and baseline: the pair the headline ratios compare (how much sooner the fast one reaches the fidelity
-    target, docs/benchmark/PROTOCOL.md); the baseline may be only a reference (``baseline_is_reference``). variant:
-    RLCM with another algorithm, run only where the baseline is a reference (``lineup``)."""
+    target, docs/benchmark/PROTOCOL.md); the baseline may be only a reference (``baseline_is_reference``).
+    contender: another policy family, trained on every task and compared with each of the pair (``VERSUS``).
+    variant: RLCM with another algorithm, run only where the baseline is a reference (``lineup``)."""
+    paper_preset: str | None = None
+    """Its preset in the paper suite where that is not ``preset``."""
 
     @property
-    def headline(self) -> bool:
-        """One of the pair the ratios, the base-model evaluations, the sample grids and Figs. 6-7 compare."""
+    def shown(self) -> bool:
+        """Evaluated with its base model, drawn in the sample grids and Fig. 6: every method but a variant."""
         return self.role != "variant"
 
     @property
@@ -36,18 +40,25 @@ class Method:
 
     def config(self, suite: str, task: str) -> TrainConfig:
         """Its preset for ``task`` in ``suite``."""
-        return PRESETS[("shapes-" if suite == "shapes" else "") + self.preset.format(task=task)]
+        if suite == "shapes":
+            return PRESETS["shapes-" + self.preset.format(task=task)]
+        return PRESETS[(self.paper_preset or self.preset).format(task=task)]
 
 
 RLCM_PPO = Method("RLCM (PPO)", "rlcm", "ppo", "rlcm-{task}", "fast")
 DDPO_PPO = Method("DDPO (PPO)", "ddpo", "ppo", "ddpo-{task}", "baseline")
+FLOW_GRPO = Method("Flow-GRPO", "flow", "ppo", "flow-{task}", "contender", paper_preset="flow-grpo-{task}")
 RLCM_DPG = Method("RLCM (DPG)", "rlcm", "dpg", "dpg-{task}", "variant")
 # No RLCM (REINFORCE): with one optimizer step per sampling round its gradient is PPO's (every ratio is 1), so its
 # runs repeated RLCM (PPO)'s to the last digit.
 
-METHODS: dict[str, Method] = {m.name: m for m in (RLCM_PPO, DDPO_PPO, RLCM_DPG)}
+METHODS: dict[str, Method] = {m.name: m for m in (RLCM_PPO, DDPO_PPO, FLOW_GRPO, RLCM_DPG)}
 """Every method by its name, in the order the suite runs, reports and plots them."""
-HEADLINE = tuple(m for m in METHODS.values() if m.headline)
+HEADLINE = (RLCM_PPO, DDPO_PPO)
+"""The pair of the headline ratio: the fast method first."""
+VERSUS = ((FLOW_GRPO, DDPO_PPO), (RLCM_PPO, FLOW_GRPO))
+"""The contender's comparisons, each (faster, slower) as the protocol's addendum names them: its ratios read how much
+sooner the first reaches the fidelity target than the second."""
 
 PAPER_DDIM_STEPS = PAPER_STEPS
 """DDPO's sampler in the paper: the inference speed-up is also measured against it."""
@@ -59,9 +70,10 @@ def baseline_is_reference(suite: str, task: str) -> bool:
     return suite == "shapes" and task == "alignment"
 
 
-def lineup(suite: str, task: str, quick: bool) -> tuple[Method, ...]:
-    """The methods run on ``task``: the headline pair, and the variants where the baseline is a reference (not in a
-    quick run)."""
-    if baseline_is_reference(suite, task) and not quick:
-        return tuple(METHODS.values())
-    return HEADLINE
+def lineup(suite: str, task: str, quick: bool, contenders: bool = True) -> tuple[Method, ...]:
+    """The methods run on ``task``: the headline pair; not in a quick run, the contender (unless not ``contenders``)
+    and the variants where the baseline is a reference."""
+    if quick:
+        return HEADLINE
+    wanted = lambda m: m.role != "variant" or baseline_is_reference(suite, task)
+    return tuple(m for m in METHODS.values() if wanted(m) and (contenders or m.role != "contender"))

@@ -71,6 +71,7 @@ def write_report(results: dict, out: Path) -> None:
     contended runs and the figures."""
     lines = [
         *_headline(results),
+        *_versus(results),
         *_starts_and_ends(results),
         *_paper_ratio(results),
         *_reaching_ddpo_start(results),
@@ -116,7 +117,36 @@ def _headline(results: dict) -> list[str]:
             f"{reached[DDPO_PPO.name]}/{n} / {reached[RLCM_PPO.name]}/{n} | {censored[DDPO_PPO.name]} / "
             f"{censored[RLCM_PPO.name]} / {censored['both']} | {format_fidelity(s, 'cost_per_query_ratio')} | "
             f"{format_fidelity(s, 'fidelity_query_ratio')} | {format_fidelity(s, 'fidelity_cpu_ratio')} | "
-            f"{'yes' if s['headline'] else 'no: ' + s['headline_why_none']} |"
+            f"{_is_headline(s)} |"
+        )
+    return lines
+
+
+def _is_headline(summary: dict) -> str:
+    return "yes" if summary["headline"] else f"no: {summary['headline_why_none']}"
+
+
+def _versus(results: dict) -> list[str]:
+    """The contender against each method of the pair, as the headline is measured."""
+    rows = [(task, name, v) for task, data in results["tasks"].items() for name, v in data["summary"]["versus"].items()]
+    if not rows:
+        return []
+    lines = [
+        "",
+        'The contender against each of the pair, measured as the headline ("A over B": B\'s time to the target over '
+        "A's; censored A: an upper bound, censored B: a lower bound):",
+        "",
+        "| task | comparison | fidelity ratio [95% CI] | reached target (B / A) | censored (B / A / both) | "
+        "= cost per query ratio [95% CI] | x query ratio [95% CI] | CPU-time ratio [95% CI] | headline |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for task, name, v in rows:
+        fast, slow, n = v["fast"], v["slow"], len(v["pairs"])
+        lines.append(
+            f"| {task} | {name} | {format_fidelity(v, 'fidelity_speedup')} | {v['reached'][slow]}/{n} / "
+            f"{v['reached'][fast]}/{n} | {v['censored'][slow]} / {v['censored'][fast]} / {v['censored']['both']} | "
+            f"{format_fidelity(v, 'cost_per_query_ratio')} | {format_fidelity(v, 'fidelity_query_ratio')} | "
+            f"{format_fidelity(v, 'fidelity_cpu_ratio')} | {_is_headline(v)} |"
         )
     return lines
 
@@ -176,7 +206,7 @@ def _reaching_ddpo_start(results: dict) -> list[str]:
         s = data["summary"]
         if "reaches_ddpo_start" not in s:
             continue
-        lines += ["", f"**{task}**: does each RLCM method reach DDPO's starting eval reward?", ""]
+        lines += ["", f"**{task}**: does each trained method reach DDPO's (the teacher's) starting eval reward?", ""]
         for method, r in s["reaches_ddpo_start"].items():
             when = (
                 f", after {r['reward_queries']:.0f} queries and {r['wall_time_s']:.0f} s on average"

@@ -36,7 +36,7 @@ from typing import Literal
 import torch
 
 from benchmarks.evaluation import EvaluationSettings, evaluate_task
-from benchmarks.methods import DDPO_PPO, HEADLINE, METHODS, baseline_is_reference, lineup
+from benchmarks.methods import DDPO_PPO, METHODS, baseline_is_reference, lineup
 from benchmarks.report import format_headline, write_outputs
 from benchmarks.results_check import check_results
 from benchmarks.runs import (
@@ -82,6 +82,9 @@ class Args:
     eval_images: int | None = None
     """Images per point of the final models' evaluation (inference budget, steps, held-out prompts; default 32,
     quick 16)."""
+    contenders: bool = True
+    """Train the contender (Flow-GRPO, on the flow model) beside RLCM and DDPO; ``--no-contenders`` leaves it out
+    (the paper suite then needs no Stable Diffusion 3.5)."""
     device: str = "cpu"
     report_only: bool = False
     """Train nothing: recompute the summaries, figures and report from ``output_dir/results.json``."""
@@ -92,7 +95,7 @@ class Args:
 # --------------------------------------------------------------------------------------------------
 def method_configs(args: Args, task: str) -> dict[str, TrainConfig]:
     """Method name -> its preset for one task, for the methods of its ``lineup``."""
-    return {method.name: method.config(args.suite, task) for method in lineup(args.suite, task, args.quick)}
+    return {m.name: m.config(args.suite, task) for m in lineup(args.suite, task, args.quick, args.contenders)}
 
 
 def reference_only(args: Args, task: str, name: str) -> bool:
@@ -165,9 +168,11 @@ def check_paper_requirements(args: Args) -> None:
     """The paper suite needs the hub checkpoints locally, a GPU and (alignment) the reward server."""
     from huggingface_hub import try_to_load_from_cache
 
+    methods = lineup("paper", "compression", args.quick, args.contenders)
+    models = sorted({method.config("paper", "compression").model for method in methods})
     missing = [
         f"{model} (not in the Hugging Face cache)"
-        for model in (method.config("paper", "compression").model for method in HEADLINE)
+        for model in models
         if not isinstance(try_to_load_from_cache(model, "model_index.json"), str)
     ]
     if not args.device.startswith("cuda") or not torch.cuda.is_available():
@@ -176,7 +181,7 @@ def check_paper_requirements(args: Args) -> None:
         raise GenrlError(
             "the paper suite cannot run here: "
             + "; ".join(missing)
-            + ". It needs SimianLuo/LCM_Dreamshaper_v7 and Lykon/dreamshaper-7 in the Hugging Face cache, GPUs, "
+            + f". It needs {', '.join(models)} in the Hugging Face cache, GPUs, "
             "and for alignment `python -m genrl.rewards.serve --reward vlm_bertscore --port 8000`"
         )
 

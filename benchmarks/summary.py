@@ -13,7 +13,7 @@ from dataclasses import asdict
 import numpy as np
 
 from benchmarks.fidelity import DELTA, geometric_mean_ratio, reach, standard_errors, t_interval, task_reward
-from benchmarks.methods import DDPO_PPO, METHODS, PAPER_DDIM_STEPS, RLCM_DPG, RLCM_PPO
+from benchmarks.methods import DDPO_PPO, METHODS, PAPER_DDIM_STEPS, RLCM_DPG, RLCM_PPO, VERSUS, Method
 from benchmarks.ratios import final_reward, first_reach, pair_ratio, summarise_pairs
 
 CONTENDED = 0.8
@@ -75,18 +75,19 @@ def seconds_per_query(metrics: list[dict]) -> float:
     return last["wall_time_s"] / last["reward_queries"]
 
 
-def fidelity(slow: list[list[dict]], fast: list[list[dict]], task: str) -> dict:
-    """The headline (see the module's docstring): per seed pair, where each run reached the target or was censored,
-    and the ratios of wall-clock, CPU time and reward queries to it and of seconds per query; each ratio's
-    geometric mean over pairs with its 95% t-interval on the logs; the censored runs counted."""
+def fidelity(runs: dict[str, list[list[dict]]], fast: Method, slow: Method, task: str) -> dict:
+    """The headline's numbers for ``fast`` over ``slow`` (see the module's docstring): per seed pair, where each run
+    reached the target or was censored, and the ratios (slow's over fast's) of wall-clock, CPU time and reward
+    queries to it and of seconds per query; each ratio's geometric mean over pairs with its 95% t-interval on the
+    logs; the censored runs counted."""
     pairs = []
-    for s, f in zip(slow, fast):
+    for s, f in zip(runs[slow.name], runs[fast.name]):
         a, b = reach(s, task), reach(f, task)
         pairs.append(
             {
-                DDPO_PPO.name: asdict(a),
-                RLCM_PPO.name: asdict(b),
-                # DDPO censored: its time is at least its budget's, so the ratio at least this; RLCM censored: at most.
+                slow.name: asdict(a),
+                fast.name: asdict(b),
+                # slow censored: its time is at least its budget's, so the ratio at least this; fast censored: at most.
                 "bound": {(True, False): "lower", (False, True): "upper", (True, True): "none"}.get(
                     (a.censored, b.censored)
                 ),
@@ -109,11 +110,31 @@ def fidelity(slow: list[list[dict]], fast: list[list[dict]], task: str) -> dict:
             continue
         out[key], out[f"{key}_ci95"] = geometric_mean_ratio(values)
     out["censored"] = {
-        DDPO_PPO.name: sum(p["bound"] == "lower" for p in pairs),
-        RLCM_PPO.name: sum(p["bound"] == "upper" for p in pairs),
+        slow.name: sum(p["bound"] == "lower" for p in pairs),
+        fast.name: sum(p["bound"] == "upper" for p in pairs),
         "both": sum(p["bound"] == "none" for p in pairs),
     }
-    out["reached"] = {m: sum(not p[m]["censored"] for p in pairs) for m in (DDPO_PPO.name, RLCM_PPO.name)}
+    out["reached"] = {m.name: sum(not p[m.name]["censored"] for p in pairs) for m in (slow, fast)}
+    return out
+
+
+def trained(runs: list[list[dict]]) -> bool:
+    """Whether a method was trained here, not only evaluated untrained as a reference."""
+    return not all(len(m) == 1 for m in runs)
+
+
+def versus(summary: dict, runs: dict[str, list[list[dict]]], task: str) -> dict:
+    """The contender's comparisons (``VERSUS``) where both methods trained: each one's fidelity ratios as the
+    headline's, and whether it is a headline (both learned), keyed "<faster> over <slower>"."""
+    out = {}
+    for fast, slow in VERSUS:
+        if not (fast.name in runs and slow.name in runs and trained(runs[fast.name]) and trained(runs[slow.name])):
+            continue
+        measured = {"fast": fast.name, "slow": slow.name, **fidelity(runs, fast, slow, task)}
+        measured["headline"], measured["headline_why_none"] = learned(
+            {m.name: summary["eval_reward"][m.name] for m in (slow, fast)}, runs
+        )
+        out[f"{fast.name} over {slow.name}"] = measured
     return out
 
 
@@ -187,17 +208,18 @@ def summarise(task_name: str, task: dict, seeds: list[int]) -> dict:
     each method's start and end and its gain with a t-interval. ``train_speedup`` and ``query_efficiency``: the
     paper's ratio in wall-clock and in queries (``benchmarks.ratios``), ``prompt_accuracy_at_target`` there.
     ``inference_speedup``: DDPO's seconds per image at its training horizon over RLCM's, ``_50_ddim`` at the paper's
-    50 DDIM steps. With DPG (alignment): ``reaches_ddpo_start`` per RLCM method and ``dpg_query_efficiency``.
+    50 DDIM steps. With DPG (alignment): ``reaches_ddpo_start`` per trained method and ``dpg_query_efficiency``.
+    ``versus``: the contender's fidelity ratios against each of the pair it trained beside (``versus``).
     """
     runs = with_task_reward(task["runs"], task_name)
     ddpo, rlcm = runs[DDPO_PPO.name], runs[RLCM_PPO.name]
-    ddpo_trained = not all(len(m) == 1 for m in ddpo)
+    ddpo_trained = trained(ddpo)
     summary: dict = {
         "eval_reward": {m: start_and_end(r, TASK_REWARD) for m, r in runs.items()},
         "eval_prompt_accuracy": {m: start_and_end(r, "eval_prompt_accuracy") for m, r in runs.items()},
     }
     if ddpo_trained:
-        measured = fidelity(ddpo, rlcm, task_name)
+        measured = fidelity(runs, RLCM_PPO, DDPO_PPO, task_name)
         for key in ("fidelity_speedup", "fidelity_cpu_ratio", "fidelity_query_ratio", "cost_per_query_ratio"):
             summary[key], summary[f"{key}_ci95"] = measured[key], measured[f"{key}_ci95"]
         summary.update(
@@ -228,8 +250,9 @@ def summarise(task_name: str, task: dict, seeds: list[int]) -> dict:
     if RLCM_DPG.name in runs:
         ddpo_start = summary["eval_reward"][DDPO_PPO.name]["start"]
         summary["reaches_ddpo_start"] = {
-            m: reaching(r, ddpo_start) for m, r in runs.items() if METHODS[m].family == "rlcm"
+            m: reaching(r, ddpo_start) for m, r in runs.items() if METHODS[m] is not DDPO_PPO
         }
         summary["dpg_query_efficiency"] = ratio(rlcm, runs[RLCM_DPG.name], "reward_queries")
+    summary["versus"] = versus(summary, runs, task_name)
     summary["contended_runs"] = contended_runs(runs, seeds)
     return summary

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.fidelity import ACCURACY_KEPT, DELTA, evaluations, reach, task_reward
-from benchmarks.methods import DDPO_PPO, RLCM_DPG, RLCM_PPO, Method
+from benchmarks.methods import DDPO_PPO, FLOW_GRPO, RLCM_DPG, RLCM_PPO, Method
 from benchmarks.runs import Progress, budgeted, check_names, command_line, run_to_completion
 from genrl.config import PRESETS, TrainConfig, replace_config, with_alignment_term
 from genrl.errors import GenrlError
@@ -38,7 +38,13 @@ _LRS = (3e-4, 1e-3, 3e-3)
 # accumulation 2 x 8 processes); here 16 batches of 16 images and steps of 8 x 8.
 DDPO_PUBLISHED = {"batches_per_epoch": 16, "train_batch_size": 8, "gradient_accumulation_steps": 8}
 # Family -> (the task it is tuned on, method -> (base preset, settings tried)). The fidelity settings (KL 0.1 and the
-# alignment term at weight 1) are tried at each method's middle learning rate.
+# alignment term at weight 1) are tried at each method's middle learning rate; Flow-GRPO's (the protocol's addendum):
+# its own KL 0.04 and an SDE window over the first half of its 10 steps.
+FLOW_GRID = [
+    *({"learning_rate": lr} for lr in _LRS),
+    {"learning_rate": 1e-3, "kl_coef": 0.04},
+    {"learning_rate": 1e-3, "sde_window": (0, 5)},
+]
 GRID: dict[str, tuple[str, dict[Method, tuple[str, list[dict]]]]] = {
     "jpeg": (
         "compression",
@@ -60,6 +66,7 @@ GRID: dict[str, tuple[str, dict[Method, tuple[str, list[dict]]]]] = {
                     {"learning_rate": 3e-3, **DDPO_PUBLISHED},
                 ],
             ),
+            FLOW_GRPO: ("shapes-flow-compression", FLOW_GRID),
         },
     ),
     "alignment": (
@@ -67,6 +74,7 @@ GRID: dict[str, tuple[str, dict[Method, tuple[str, list[dict]]]]] = {
         {
             RLCM_PPO: ("shapes-rlcm-alignment", [{"learning_rate": lr} for lr in _LRS]),
             RLCM_DPG: ("shapes-dpg-alignment", [{"learning_rate": lr} for lr in _LRS]),
+            FLOW_GRPO: ("shapes-flow-alignment", FLOW_GRID),
         },
     ),
 }
@@ -200,7 +208,8 @@ def main(args: Args) -> None:
 
 def _budgeted(base: str, settings: dict, seed: int, args: Args, family: str, method: Method) -> TrainConfig:
     cfg = setting_config(base, settings)
-    slug = "_".join(f"{k}{v}" for k, v in settings.items())
+    # A window (0, 5) is named 0-5: a directory name without spaces or brackets.
+    slug = "_".join(f"{k}{'-'.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in settings.items())
     name = f"{family}-{method.slug}-{slug}-seed{seed}"
     every = max(EVAL_QUERIES, cfg.samples_per_epoch)
     return budgeted(cfg, BUDGET, every, seed, args.output_dir / "runs" / name, args.device)

@@ -87,6 +87,56 @@ def test_the_fidelity_speedup_times_each_run_to_a_fixed_gain_with_the_picture_ke
     assert _summarise(_task(rlcm_rates=(0.004, 0.001, 0.003)))["headline"]
 
 
+def test_the_contender_is_timed_against_each_of_the_pair_as_the_headline_is(tmp_path):
+    task = _task(rlcm_rates=(0.004, 0.001))
+    # Flow-GRPO: 0.05 s a query; seed 10 gains 0.05 at its evaluation at 32 queries (1.6 s), seed 11 never does.
+    task["runs"]["Flow-GRPO"] = [_metrics(0.002, seconds_per_query=0.05), _metrics(0.0, seconds_per_query=0.05)]
+    summary = _summarise(task)
+    versus = summary["versus"]
+    assert list(versus) == ["Flow-GRPO over DDPO (PPO)", "RLCM (PPO) over Flow-GRPO"]
+    over_ddpo, rlcm_over = versus["Flow-GRPO over DDPO (PPO)"], versus["RLCM (PPO) over Flow-GRPO"]
+    # DDPO reaches it at 6.4 s on both seeds; Flow-GRPO seed 11 is censored at its budget, 160 queries (8 s).
+    assert [p["wall"] for p in over_ddpo["pairs"]] == [pytest.approx(6.4 / 1.6), pytest.approx(6.4 / 8)]
+    assert [p["bound"] for p in over_ddpo["pairs"]] == [None, "upper"]
+    assert over_ddpo["censored"] == {"DDPO (PPO)": 0, "Flow-GRPO": 1, "both": 0}
+    assert over_ddpo["fidelity_speedup"] == pytest.approx((4 * 0.8) ** 0.5)
+    # RLCM: 0.64 s and 1.28 s; Flow-GRPO's censored seed makes that pair a lower bound.
+    assert [p["wall"] for p in rlcm_over["pairs"]] == [pytest.approx(1.6 / 0.64), pytest.approx(8 / 1.28)]
+    assert rlcm_over["reached"] == {"Flow-GRPO": 1, "RLCM (PPO)": 2}
+    assert rlcm_over["cost_per_query_ratio"] == pytest.approx(2.5)
+    assert not rlcm_over["headline"] and "Flow-GRPO (its mean final gain" in rlcm_over["headline_why_none"]
+    # The pair's headline is measured as before, untouched by the third method.
+    assert summary["fidelity_speedup"] == pytest.approx(
+        _summarise(_task(rlcm_rates=(0.004, 0.001)))["fidelity_speedup"]
+    )
+    results = _results(task)
+    write_report(results, tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    low, high = over_ddpo["fidelity_speedup_ci95"]
+    assert (
+        f"| compression | Flow-GRPO over DDPO (PPO) | {over_ddpo['fidelity_speedup']:.2f} [{low:.2f}, {high:.2f}] | "
+        "2/2 / 1/2 | 0 / 1 / 0 |" in report
+    )
+
+
+def test_where_the_baseline_is_only_a_reference_the_contender_is_timed_against_rlcm_alone():
+    task = _task(rlcm_rates=(0.004, 0.001))
+    task["runs"]["DDPO (PPO)"] = [m[:1] for m in task["runs"]["DDPO (PPO)"]]  # evaluated untrained only
+    task["runs"]["Flow-GRPO"] = [_metrics(0.002, seconds_per_query=0.05) for _ in range(2)]
+    assert list(_summarise(task)["versus"]) == ["RLCM (PPO) over Flow-GRPO"]
+
+
+def test_the_contender_trains_on_every_task_of_a_full_run_and_not_in_a_quick_one():
+    from benchmarks.methods import FLOW_GRPO, lineup
+
+    for task in ("compression", "incompression", "alignment"):
+        assert FLOW_GRPO in lineup("shapes", task, quick=False)
+        assert FLOW_GRPO not in lineup("shapes", task, quick=True)
+        assert FLOW_GRPO not in lineup("shapes", task, quick=False, contenders=False)
+    assert FLOW_GRPO.config("shapes", "compression") == PRESETS["shapes-flow-compression"]
+    assert FLOW_GRPO.config("paper", "aesthetic") == PRESETS["flow-grpo-aesthetic"]
+
+
 def test_a_run_that_misses_the_target_is_censored_at_its_budget_and_its_pair_kept():
     task = _task()
     task["runs"]["DDPO (PPO)"][1] = _metrics(0.0, start=0.05)  # never gains: censored at its 160 queries, 16 s
@@ -198,6 +248,7 @@ def _tiny_methods(args, task):
     return {
         "RLCM (PPO)": replace_config(PRESETS["tiny-compression"], num_steps=2, **small),
         "DDPO (PPO)": replace_config(PRESETS["tiny-ddpo-compression"], num_steps=3, **small),
+        "Flow-GRPO": replace_config(PRESETS["tiny-compression"], env="flow", num_steps=2, **small),
     }
 
 
@@ -230,7 +281,8 @@ def test_an_interrupted_suite_skips_finished_runs_and_resumes_the_interrupted_on
     monkeypatch.setattr(benchmarks.runs, "train", lambda cfg: trained.append(cfg) or real_train(cfg))
     main(args)
     assert [(c.run_name, c.resume) for c in trained] == [
-        ("compression-ddpo-ppo-seed10", runs / "compression-ddpo-ppo-seed10")
+        ("compression-ddpo-ppo-seed10", runs / "compression-ddpo-ppo-seed10"),
+        ("compression-flow-ppo-seed10", None),
     ]  # the finished RLCM run is read, not trained again
     after = json.loads((runs / "compression-ddpo-ppo-seed10" / "finished.json").read_text())["metrics"]
     assert [m["epoch"] for m in after] == [0, 1, 2, 3] and after[:3] == before
@@ -239,11 +291,16 @@ def test_an_interrupted_suite_skips_finished_runs_and_resumes_the_interrupted_on
     assert (runs / "compression-rlcm-ppo-seed10" / "checkpoints" / "best").is_symlink()  # for the sample grids
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["summary"]["compression"]) >= {"fidelity_speedup", "fidelity_speedup_ci95", "eval_reward"}
+    assert set(results["summary"]["compression"]["versus"]) == {
+        "Flow-GRPO over DDPO (PPO)",
+        "RLCM (PPO) over Flow-GRPO",
+    }
+    assert results["tasks"]["compression"]["evaluation"]["Flow-GRPO"]["steps"]["2"]["seconds_per_image"] > 0
     assert results["meta"]["seeds"] == [10] and results["meta"]["sweep_seeds"] == [0, 1]
     assert (tmp_path / "report.md").exists() and (tmp_path / "samples_compression.png").exists()
 
     main(args)  # everything finished: nothing trains
-    assert len(trained) == 1
+    assert len(trained) == 2
 
 
 def test_a_run_directory_with_other_settings_is_not_taken_over(tmp_path, monkeypatch, capsys):
@@ -285,6 +342,9 @@ def test_the_paper_suite_says_what_it_needs(tmp_path, monkeypatch):
     lines = _cli_errors("--suite", "paper", "--output-dir", str(tmp_path / "out"))
     assert len(lines) == 1 and lines[0].startswith("error: the paper suite cannot run here")
     assert "SimianLuo/LCM_Dreamshaper_v7" in lines[0] and "GPU" in lines[0]
+    assert "stabilityai/stable-diffusion-3.5-medium" in lines[0]  # the contender's model
+    lines = _cli_errors("--suite", "paper", "--no-contenders", "--output-dir", str(tmp_path / "out"))
+    assert "SimianLuo/LCM_Dreamshaper_v7" in lines[0] and "stable-diffusion-3.5" not in lines[0]
     assert not (tmp_path / "out" / "results.json").exists()
 
 
@@ -363,7 +423,7 @@ _MALFORMED = {  # case -> (the file's content: a whole JSON value or a mutation 
     "a method missing": (_set((*_RUNS, "RLCM (PPO)"), _DELETE), '["runs"] has no "RLCM (PPO)"'),
     "an unknown method": (
         _set((*_RUNS, "RLCM (SGD)"), []),
-        '["runs"] names the method "RLCM (SGD)", not one of RLCM (PPO), DDPO (PPO), RLCM (DPG)',
+        '["runs"] names the method "RLCM (SGD)", not one of RLCM (PPO), DDPO (PPO), Flow-GRPO, RLCM (DPG)',
     ),
     "a string for a method's seeds": (
         _set((*_RUNS, "DDPO (PPO)"), "seed 0"),
@@ -565,7 +625,9 @@ def test_two_sweep_processes_share_the_runs_and_the_table_waits_for_both(tmp_pat
 
     monkeypatch.setattr(sweep, "run_to_completion", fake_run)
     sweep.main(sweep.Args(output_dir=tmp_path, families=("alignment",), from_end=True))
-    assert order[0].startswith("alignment-rlcm-dpg-learning_rate0.003") and order[-1].endswith("0.0003-seed0")
+    # From the end: Flow-GRPO's SDE window on seed 1, its window named without brackets or spaces.
+    assert order[0] == "alignment-flow-ppo-learning_rate0.001_sde_window0-5-seed1"
+    assert order[-1].endswith("0.0003-seed0")
     assert "2 runs are being trained by another process" in capsys.readouterr().out
     assert not (tmp_path / "sweep.md").exists()  # the table waits for every run
     monkeypatch.setattr(sweep, "run_to_completion", lambda cfg: _metrics(0.004))

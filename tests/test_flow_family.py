@@ -19,6 +19,7 @@ from genrl.errors import GenrlError
 from genrl.families.flow import FLOW_GRPO_LORA_TARGETS, FlowEnv, FlowPolicy, pack_text, unpack_text
 from genrl.models import load_pipeline
 from genrl.policy import add_lora, make_policy
+from genrl.shapes import shipped_dir
 from genrl.shapes.tiny import tiny_model_dir
 from genrl.train import main
 from tests.helpers import fast_args, logged_metrics
@@ -32,8 +33,10 @@ def pipe():
     return load_pipeline("tiny", "flow")
 
 
-def _plain_pipeline() -> StableDiffusion3Pipeline:
-    pipe = StableDiffusion3Pipeline.from_pretrained(tiny_model_dir("tiny-sd3"))
+def _plain_pipeline(model: str = "tiny") -> StableDiffusion3Pipeline:
+    """``--model tiny`` or ``shapes`` (the shipped flow model) for ``--env flow``, loaded by plain diffusers."""
+    folder = tiny_model_dir("tiny-sd3") if model == "tiny" else shipped_dir() / "flow"
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -163,30 +166,32 @@ def test_flow_configuration_and_model_checks(tmp_path, monkeypatch):
         load_pipeline(str(tiny_model_dir("tiny-sd")), "flow")  # a UNet model
 
 
-def test_flow_training_exports_a_lora_that_plain_sd3_loads(tmp_path):
+@pytest.mark.parametrize("model", ["tiny", "shapes"])
+def test_flow_training_exports_a_lora_that_plain_sd3_loads(tmp_path, model):
     rank, alpha = 4, 8.0  # alpha != rank: diffusers must get the scale too
     lora = ["--finetune", "lora", "--lora-rank", str(rank), "--lora-alpha", str(alpha), "--learning-rate", "0.05"]
     lora += ["--lora-target-modules", *FLOW_GRPO_LORA_TARGETS]  # both streams: the text's add_* layers export too
-    main(fast_args(tmp_path, "flow", "--env", "flow", "--num-steps", "2", *lora))
+    main(fast_args(tmp_path, "flow", "--env", "flow", "--model", model, "--num-steps", "2", *lora))
     # Training recomputes the sampling log-probs: ratio 1, up to the rounding of other batch sizes, which the last
     # step's small std (about 0.002 on 2 steps) magnifies more than the UNet families' (tests/test_train.py: 1e-6).
     for m in logged_metrics(tmp_path / "flow"):
         assert abs(m["ratio_mean_first_minibatch"] - 1) < 1e-4
     ckpt = tmp_path / "flow" / "checkpoints" / "latest"
 
-    loaded = _plain_pipeline()
+    loaded = _plain_pipeline(model)
     loaded.load_lora_weights(ckpt)
-    ours = _plain_pipeline().transformer.requires_grad_(False)
+    ours = _plain_pipeline(model).transformer.requires_grad_(False)
     add_lora(ours, rank, alpha, FLOW_GRPO_LORA_TARGETS)
     _, unexpected = ours.load_state_dict(load_file(ckpt / "trainable.safetensors"), strict=False)
     assert not unexpected
-    base = _plain_pipeline().transformer
+    base = _plain_pipeline(model).transformer
 
+    config = base.config
     inputs = dict(
-        hidden_states=torch.randn(2, 16, 16, 16),
+        hidden_states=torch.randn(2, config.in_channels, config.sample_size, config.sample_size),
         timestep=torch.tensor([1000.0, 500.0]),
-        encoder_hidden_states=torch.randn(2, 7, 64),
-        pooled_projections=torch.randn(2, 64),
+        encoder_hidden_states=torch.randn(2, 7, config.joint_attention_dim),
+        pooled_projections=torch.randn(2, config.pooled_projection_dim),
     )
     with torch.no_grad():
         from_diffusers = loaded.transformer(**inputs).sample

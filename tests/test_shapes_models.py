@@ -4,7 +4,7 @@ import dataclasses
 import json
 
 import torch
-from diffusers import LatentConsistencyModelPipeline, StableDiffusionPipeline
+from diffusers import LatentConsistencyModelPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline
 
 from genrl.config import DEFAULT_PRESET, PRESETS
 from genrl.errors import GenrlError
@@ -23,6 +23,8 @@ def test_shipped_models_are_small_standard_folders():
     index = json.loads((folder / "lcm" / "model_index.json").read_text())
     assert index["_class_name"] == "LatentConsistencyModelPipeline" and index["scheduler"][1] == "LCMScheduler"
     assert json.loads((folder / "teacher" / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
+    index = json.loads((folder / "flow" / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusion3Pipeline" and index["transformer"][1] == "SD3Transformer2DModel"
 
 
 def test_plain_diffusers_samples_the_shipped_pipelines():
@@ -32,6 +34,9 @@ def test_plain_diffusers_samples_the_shipped_pipelines():
     assert images.shape == (2, 64, 64, 3) and 0 <= images.min() and images.max() <= 1
     teacher = StableDiffusionPipeline.from_pretrained(shipped_dir() / "teacher")
     assert teacher(prompts[:1], num_inference_steps=5, output_type="np").images.shape == (1, 64, 64, 3)
+    flow = StableDiffusion3Pipeline.from_pretrained(shipped_dir() / "flow")  # diffusers' defaults: 256 T5 tokens
+    images = flow(prompts, num_inference_steps=4, guidance_scale=4.5, output_type="np").images
+    assert images.shape == (2, 64, 64, 3) and 0 <= images.min() and images.max() <= 1
 
 
 def test_shipped_reward_model_reads_fresh_renders():
