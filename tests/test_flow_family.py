@@ -171,7 +171,8 @@ def test_flow_training_exports_a_lora_that_plain_sd3_loads(tmp_path, model):
     rank, alpha = 4, 8.0  # alpha != rank: diffusers must get the scale too
     lora = ["--finetune", "lora", "--lora-rank", str(rank), "--lora-alpha", str(alpha), "--learning-rate", "0.05"]
     lora += ["--lora-target-modules", *FLOW_GRPO_LORA_TARGETS]  # both streams: the text's add_* layers export too
-    main(fast_args(tmp_path, "flow", "--env", "flow", "--model", model, "--num-steps", "2", *lora))
+    model_args = ["--model", model] + (["--prompts", "shapes_train"] if model == "shapes" else [])
+    main(fast_args(tmp_path, "flow", "--env", "flow", *model_args, "--num-steps", "2", *lora))
     # Training recomputes the sampling log-probs: ratio 1, up to the rounding of other batch sizes, which the last
     # step's small std (about 0.002 on 2 steps) magnifies more than the UNet families' (tests/test_train.py: 1e-6).
     for m in logged_metrics(tmp_path / "flow"):
