@@ -196,8 +196,10 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
 
 
 def point_link(folder: Path, name: str) -> None:
-    """Switch the link ``name`` beside ``folder`` (``latest``, ``best``) to it atomically: a new link, renamed over."""
-    link = folder.parent / f".{name}.tmp"
+    """Switch the link ``name`` beside ``folder`` (``latest``, ``best``) to it atomically: a new link, renamed over.
+    The new link's name is the process's own: on a resume every process of a run repairs ``latest`` at once, and a
+    shared name let one rename the other's link away."""
+    link = folder.parent / f".{name}.{os.getpid()}.tmp"
     link.unlink(missing_ok=True)
     link.symlink_to(folder.name)
     os.replace(link, folder.parent / name)
