@@ -111,19 +111,30 @@ def _headline(results: dict) -> list[str]:
         if "fidelity_speedup" not in s:
             lines.append(f"| {task} | - | n/a | - | - | - | - | - | no: {s['headline_why_none']} |")
             continue
-        reached, censored, n = s["fidelity_speedup_reached"], s["fidelity_speedup_censored"], len(seeds)
-        lines.append(
-            f"| {task} | {s['fidelity_delta']} | {format_fidelity(s, 'fidelity_speedup')} | "
-            f"{reached[DDPO_PPO.name]}/{n} / {reached[RLCM_PPO.name]}/{n} | {censored[DDPO_PPO.name]} / "
-            f"{censored[RLCM_PPO.name]} / {censored['both']} | {format_fidelity(s, 'cost_per_query_ratio')} | "
-            f"{format_fidelity(s, 'fidelity_query_ratio')} | {format_fidelity(s, 'fidelity_cpu_ratio')} | "
-            f"{_is_headline(s)} |"
+        cells = _ratio_cells(
+            s, s["fidelity_speedup_reached"], s["fidelity_speedup_censored"], DDPO_PPO.name, RLCM_PPO.name, len(seeds)
         )
+        lines.append(f"| {task} | {s['fidelity_delta']} | {cells} |")
     return lines
 
 
 def _is_headline(summary: dict) -> str:
     return "yes" if summary["headline"] else f"no: {summary['headline_why_none']}"
+
+
+def _ratio_cells(ratios: dict, reached: dict, censored: dict, slow: str, fast: str, pairs: int) -> str:
+    """A comparison's cells from the fidelity ratio on: ``ratios`` holds the ``format_fidelity`` keys and the
+    headline verdict; ``reached`` and ``censored`` count runs by method name."""
+    ratio_keys = ("cost_per_query_ratio", "fidelity_query_ratio", "fidelity_cpu_ratio")
+    return " | ".join(
+        [
+            format_fidelity(ratios, "fidelity_speedup"),
+            f"{reached[slow]}/{pairs} / {reached[fast]}/{pairs}",
+            f"{censored[slow]} / {censored[fast]} / {censored['both']}",
+            *(format_fidelity(ratios, key) for key in ratio_keys),
+            _is_headline(ratios),
+        ]
+    )
 
 
 def _versus(results: dict) -> list[str]:
@@ -141,13 +152,8 @@ def _versus(results: dict) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for task, name, v in rows:
-        fast, slow, n = v["fast"], v["slow"], len(v["pairs"])
-        lines.append(
-            f"| {task} | {name} | {format_fidelity(v, 'fidelity_speedup')} | {v['reached'][slow]}/{n} / "
-            f"{v['reached'][fast]}/{n} | {v['censored'][slow]} / {v['censored'][fast]} / {v['censored']['both']} | "
-            f"{format_fidelity(v, 'cost_per_query_ratio')} | {format_fidelity(v, 'fidelity_query_ratio')} | "
-            f"{format_fidelity(v, 'fidelity_cpu_ratio')} | {_is_headline(v)} |"
-        )
+        cells = _ratio_cells(v, v["reached"], v["censored"], v["slow"], v["fast"], len(v["pairs"]))
+        lines.append(f"| {task} | {name} | {cells} |")
     return lines
 
 

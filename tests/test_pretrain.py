@@ -11,6 +11,7 @@ from diffusers import LatentConsistencyModelPipeline, StableDiffusion3Pipeline, 
 from genrl.errors import GenrlError
 from genrl.rewards.shapes import ShapesAlignment
 from genrl.shapes import components
+from genrl.shapes import evaluate as evaluate_module
 from genrl.shapes.pretrain import (
     Average,
     PretrainConfig,
@@ -21,12 +22,38 @@ from genrl.shapes.pretrain import (
 )
 from genrl.shapes.world import ATTRIBUTES, parse_prompt, train_scenes
 
+_generate = evaluate_module._generate
+
+
+def _sampled_in_one_step(pipe, scenes: list, **kwargs) -> torch.Tensor:
+    """evaluate's sampler at one step for every figure: the same pipelines and options in a fraction of the time (a
+    toy model's accuracy means nothing; the pipelines' own sampling is tested below)."""
+    return _generate(pipe, scenes, **{**kwargs, "num_inference_steps": 1})
+
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
+    """A toy pretraining run; ``work / "figures.json"`` holds what its closing evaluate returned."""
     work = tmp_path_factory.mktemp("pretrain")
-    main(["--scale", "toy", "--work-dir", str(work), "--out-dir", str(work / "out")])
+    evaluate = evaluate_module.evaluate
+
+    def recorded(*args, **kwargs) -> dict:
+        figures = evaluate(*args, **kwargs)
+        (work / "figures.json").write_text(json.dumps(figures))
+        return figures
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(evaluate_module, "_generate", _sampled_in_one_step)
+        patch.setattr(evaluate_module, "evaluate", recorded)
+        main(["--scale", "toy", "--work-dir", str(work), "--out-dir", str(work / "out")])
     return work
+
+
+def test_pretraining_ends_with_every_evaluation_figure(built):
+    figures = json.loads((built / "figures.json").read_text())
+    for name in ("teacher_ddim50", "lcm1", "lcm8", "lcm4_heldout", "flow10", "flow40", "flow40_heldout"):
+        assert 0 <= figures[f"{name}_accuracy"] <= 1
+    assert figures["vae_psnr_db"] > 0 and figures["lcm4_batch8_seconds"] > 0
 
 
 def test_pretrain_builds_pipelines_that_plain_diffusers_loads(built):
