@@ -36,19 +36,24 @@ def reward_plugin_folder(tmp_path_factory):
 
 
 # The slowest files first (measured with --durations): with two workers taking whole files (--dist loadfile), a
-# slow file started last leaves one worker running it alone at the end.
+# slow file started last leaves one worker running it alone at the end. (xdist would reorder the files by their
+# number of tests, which puts the few slow multi-process tests last: pyproject.toml turns that off.)
 _SLOW_FILES = (
-    "test_multiprocess_layouts.py",
-    "test_multiprocess_failures.py",
-    "test_multiprocess.py",
     "test_train.py",
-    "test_reliability.py",
+    "test_multiprocess_failures.py",
     "test_benchmarks.py",
-    "test_pretrain.py",
+    "test_extensions.py",
+    "test_precision.py",
+    "test_multiprocess_layouts.py",
+    "test_reliability.py",
     "test_training_maths.py",
     "test_saved_state.py",
-    "test_extensions.py",
     "test_errors.py",
+    "test_multiprocess.py",
+    "test_pretrain.py",
+    "test_best.py",
+    "test_reward_server.py",
+    "test_shapes_models.py",
 )
 
 

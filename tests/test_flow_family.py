@@ -2,6 +2,7 @@
 log-probs against torch.distributions, ``gymnasium.make("genrl/FLOW-v0")``, and a training run whose LoRA plain
 diffusers loads."""
 
+import logging
 import math
 import warnings
 
@@ -200,3 +201,23 @@ def test_flow_training_exports_a_lora_that_plain_sd3_loads(tmp_path, model):
         untouched = base(**inputs).sample
     torch.testing.assert_close(from_diffusers, expected, rtol=1e-5, atol=1e-6)
     assert (from_diffusers - untouched).abs().max() > 1e-5
+
+
+def test_the_shapes_models_one_t5_token_cuts_prompts_without_a_warning():
+    """Its T5 takes one token by design, so the pipeline's truncation warning (every cut-off part of every prompt) is
+    kept out of a run's log; a pipeline of diffusers' 256 tokens keeps it for prompts that are too long."""
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger(StableDiffusion3Pipeline.__module__)
+    logger.addHandler(handler)
+    prompts = ["two red circles on a blue background"] * 2
+    try:
+        make_env("flow", 2, load_pipeline("shapes", "flow"), None, num_steps=2).encode_prompts(prompts)
+        assert not messages
+        _plain_pipeline("shapes").encode_prompt(
+            prompts, None, None, do_classifier_free_guidance=False, max_sequence_length=1
+        )
+        assert "truncated" in messages[0]  # so the check above could fail
+    finally:
+        logger.removeHandler(handler)

@@ -24,6 +24,8 @@ rollout and the algorithms carry them unchanged:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -76,6 +78,17 @@ def t5_tokens(pipeline: Any) -> int:
     if getattr(pipeline, "text_encoder_3", None) is None:
         return 0
     return min(MAX_SEQUENCE_LENGTH, pipeline.tokenizer_3.model_max_length)
+
+
+@contextlib.contextmanager
+def _quieter(logger: logging.Logger):
+    """``logger`` passes errors only, for the duration."""
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 NoiseMode = Literal["flow_grpo", "constant"]
@@ -244,14 +257,19 @@ class FlowEnv(DenoisingEnv):
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """The pipeline's own text encoding (both CLIPs, T5), packed (``pack_text``)."""
-        embeds, _, pooled, _ = self.pipeline.encode_prompt(
-            prompt=prompts,
-            prompt_2=None,
-            prompt_3=None,
-            device=self.device,
-            do_classifier_free_guidance=False,
-            max_sequence_length=t5_tokens(self.pipeline),
-        )
+        tokens = t5_tokens(self.pipeline)
+        # A T5 tokenizer that takes fewer tokens than diffusers' default cuts every prompt by design: the pipeline's
+        # warning that prints each cut-off part (a screenful per batch) says nothing then.
+        by_design = tokens < MAX_SEQUENCE_LENGTH
+        with _quieter(logging.getLogger(type(self.pipeline).__module__)) if by_design else contextlib.nullcontext():
+            embeds, _, pooled, _ = self.pipeline.encode_prompt(
+                prompt=prompts,
+                prompt_2=None,
+                prompt_3=None,
+                device=self.device,
+                do_classifier_free_guidance=False,
+                max_sequence_length=tokens,
+            )
         return pack_text(embeds, pooled).to(self.dtype)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
