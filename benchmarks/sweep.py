@@ -1,6 +1,6 @@
 """``python -m benchmarks.sweep``: each method's own best settings on the shapes suite, found the same way.
 
-    python -m benchmarks.sweep --output-dir docs/benchmark/sweep      # ~75 min on a 2-core CPU; resumable
+    python -m benchmarks.sweep --output-dir docs/benchmark/sweep      # ~2.5 h on a 2-core CPU; resumable
 
 The protocol's sweep (docs/benchmark/PROTOCOL.md): per task family (JPEG, tuned on compression; alignment) and
 method, a grid of settings (learning rates, a KL penalty to the frozen model, a composite reward with the shapes

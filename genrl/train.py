@@ -472,10 +472,11 @@ def _claim_run_dir(cfg: TrainConfig, processes: Processes) -> tuple[RunDir, Path
                 )
         except GenrlError as exc:
             run.close()
-            problem = str(exc)
+            problem = exc
     problem = processes.broadcast(problem)  # every process stops, not only the main one
     if problem:
-        raise GenrlError(problem)
+        # Its own type (RunDirInUse: a sweep's second process skips the run), without the main process's traceback.
+        raise type(problem)(str(problem))
     checkpoint = latest_checkpoint(run.checkpoints) if cfg.resume is not None else None
     if cfg.resume is not None and checkpoint is None and processes.is_main:
         print(f"{run.path} has no checkpoint yet: the run starts again from epoch 1", file=sys.stderr)

@@ -304,6 +304,8 @@ def test_shapes_presets_are_the_committed_sweeps_winners():
         ("jpeg", "DDPO (PPO)"): ["shapes-ddpo-compression", "shapes-ddpo-incompression"],
         ("alignment", "RLCM (PPO)"): ["shapes-rlcm-alignment"],
         ("alignment", "RLCM (DPG)"): ["shapes-dpg-alignment"],
+        ("jpeg", "Flow-GRPO"): ["shapes-flow-compression", "shapes-flow-incompression"],
+        ("alignment", "Flow-GRPO"): ["shapes-flow-alignment"],
     }
     assert {(family, method) for family in sweep for method in sweep[family]} == set(presets)
     for (family, method), names in presets.items():

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from genrl.rundir import RunDir
-from genrl.train import main
+from genrl.rundir import RunDir, RunDirInUse
+from genrl.train import main, parse_config, train
 from tests.helpers import expect_error, fast_args, logged_metrics
 
 
@@ -87,6 +87,18 @@ def test_two_runs_started_together_do_not_share_a_directory(tmp_path):
     loser = second.stderr if second.returncode == 2 else first_err
     assert loser.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in loser
     assert [m["epoch"] for m in logged_metrics(tmp_path / "r")] == [1, 2, 3]
+
+
+def test_a_run_directory_held_by_another_run_raises_run_dir_in_use(tmp_path):
+    """Its own type, which a sweep's second process (``--from-end``) catches to skip the run the first one holds."""
+    holder = RunDir(tmp_path / "r")
+    holder.lock()  # another open of the lock file: refused as another process's would be
+    try:
+        with pytest.raises(RunDirInUse, match="is in use by another run"):
+            train(parse_config(fast_args(tmp_path, "r")))
+    finally:
+        holder.close()
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
 
 
 # --- a run stopped before its first checkpoint --------------------------------------------------------------
