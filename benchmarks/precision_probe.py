@@ -1,20 +1,24 @@
 """Peak memory and speed of one PPO update at the paper's scale, in fp32 and under ``--mixed-precision``.
 
-    python -m benchmarks.precision_probe [--configs sd15 lcm] [--precisions fp32 bf16] [--batch-size 1]
+    python -m benchmarks.precision_probe [--configs sd15 lcm sd35] [--precisions fp32 bf16] [--batch-size 1]
         [--resolution 512] [--repeats 2] [--device cpu] [--output results.json]
 
-Two UNets at full size with random weights, built from their published configs (nothing is downloaded): Stable
-Diffusion 1.5's (860M parameters; DDPO's model, ``ddpo-*`` presets: LoRA rank 4, alpha 4, DDIM) and
+Denoisers at full size with random weights, built from their published configs (nothing is downloaded): Stable
+Diffusion 1.5's UNet (860M parameters; DDPO's model, ``ddpo-*`` presets: LoRA rank 4, alpha 4, DDIM),
 LCM_Dreamshaper_v7's (the same plus a 256-dim guidance embedding; RLCM's, ``rlcm-*`` presets: LoRA rank 16, alpha
-32). For each UNet and precision, genrl's own code path: ``add_lora``, ``precision.cast_frozen`` (the frozen weights
-to the half dtype, the LoRA fp32), the family's policy (whose ``denoise`` runs the UNet under autocast and casts its
-output to fp32), then PPO updates as genrl's: the step's fp32 log-prob of a sampled action, the clipped surrogate loss
-against the sampling pass's detached log-prob, backward (fp16: through ``LossScaling``) and ``optimizer_step`` with
-AdamW (the preset's settings). Latents (B, 4, R/8, R/8) and text embeddings (B, 77, 768) are fp32, as genrl's env
-holds them. Classifier-free guidance for SD 1.5 is off by default (``--ddpm-guidance-scale 1``): both UNets then run
-one pass of batch B; DDPO's 5 doubles the UNet batch.
+32) and Stable Diffusion 3.5 Medium's MMDiT transformer (2.2B; Flow-GRPO's, ``flow-grpo-*`` presets: LoRA rank 32,
+alpha 64 on both streams of every joint attention, the flow SDE with noise level 0.7, guidance 4.5 by a doubled
+batch, and the KL to the model without its LoRA, beta 0.04). For each denoiser and precision, genrl's own code path:
+``add_lora``, ``precision.cast_frozen`` (the frozen weights to the half dtype, the LoRA fp32), the family's policy
+(whose ``denoise`` runs the denoiser under autocast and casts its output to fp32), then PPO updates as genrl's: the
+step's fp32 log-prob of a sampled action, the clipped surrogate loss against the sampling pass's detached log-prob
+(plus the preset's KL term, if any), backward (fp16: through ``LossScaling``) and ``optimizer_step`` with AdamW (the
+preset's settings). Latents (B, C, R/8, R/8) and text embeddings are fp32, as genrl's env holds them: (B, 77, 768) for
+the UNets, and for SD3.5 CLIP's 77 and T5's 256 tokens plus the pooled row, 4096 wide (``families.flow.pack_text``).
+Classifier-free guidance for SD 1.5 is off by default (``--ddpm-guidance-scale 1``): both UNets then run one pass of
+batch B; DDPO's 5 doubles the UNet batch.
 
-Each (UNet, precision) runs in a fresh process, so that peaks do not mix. Memory:
+Each (denoiser, precision) runs in a fresh process, so that peaks do not mix. Memory:
 
 - CPU: the resident set before the update (after building, casting and one sampling pass; freed heap trimmed), and
   the peak resident set over the updates (VmHWM, reset just before them). The process's peak over its whole life
@@ -94,27 +98,64 @@ TINY_SD_UNET: dict[str, Any] = {
 }
 TINY_LCM_UNET: dict[str, Any] = {**TINY_SD_UNET, "time_cond_proj_dim": 32}
 
-UNETS: dict[str, dict[str, Any]] = {
+# stabilityai/stable-diffusion-3.5-medium's transformer/config.json: the MMDiT-X, dual attention in blocks 0-12.
+SD35_MEDIUM_TRANSFORMER: dict[str, Any] = {
+    "sample_size": 128,
+    "patch_size": 2,
+    "in_channels": 16,
+    "out_channels": 16,
+    "num_layers": 24,
+    "attention_head_dim": 64,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,
+    "caption_projection_dim": 1536,
+    "pooled_projection_dim": 2048,
+    "pos_embed_max_size": 384,
+    "dual_attention_layers": tuple(range(13)),
+    "qk_norm": "rms_norm",
+}
+TINY_SD35_TRANSFORMER: dict[str, Any] = {
+    **SD35_MEDIUM_TRANSFORMER,
+    "sample_size": 8,
+    "num_layers": 2,
+    "attention_head_dim": 8,
+    "num_attention_heads": 2,
+    "joint_attention_dim": 32,
+    "caption_projection_dim": 16,
+    "pooled_projection_dim": 16,
+    "pos_embed_max_size": 16,
+    "dual_attention_layers": (0,),
+}
+
+CONFIGS: dict[str, dict[str, Any]] = {
     "sd15": SD15_UNET,
     "lcm": LCM_DREAMSHAPER_UNET,
+    "sd35": SD35_MEDIUM_TRANSFORMER,
     "tiny-sd": TINY_SD_UNET,
     "tiny-lcm": TINY_LCM_UNET,
+    "tiny-sd35": TINY_SD35_TRANSFORMER,
 }
 """``--configs``' names."""
 
-PRESET_OF_FAMILY = {"lcm": "rlcm-compression", "ddpm": "ddpo-compression"}
-"""The paper-scale preset whose LoRA, optimizer and PPO settings a UNet's family is probed with."""
+PRESET_OF_FAMILY = {"lcm": "rlcm-compression", "ddpm": "ddpo-compression", "flow": "flow-grpo-compression"}
+"""The paper-scale preset whose LoRA, optimizer, PPO and sampling settings a denoiser's family is probed with."""
 
-# One training pair: the LCM's first step of a 4-step trajectory; a middle step of DDPO's 50 DDIM steps.
+# One training pair: the LCM's first step of a 4-step trajectory; a middle step of DDPO's 50 DDIM steps. The flow
+# family's is a middle step of its preset's schedule (``training_pair``).
 TIMESTEPS = {"lcm": (999, 759), "ddpm": (501, 481)}
 
-TEXT_TOKENS = 77
-"""CLIP's sequence length: the text embeddings are (B, 77, cross_attention_dim)."""
+CLIP_TOKENS = 77
+"""CLIP's sequence length: the UNets' text embeddings are (B, 77, cross_attention_dim)."""
+SD3_T5_TOKENS = 256
+"""The T5 tokens of diffusers' SD3 pipeline (``max_sequence_length``), after CLIP's in the flow family's embeddings."""
+
+# SD3.5 Medium's scheduler/scheduler_config.json: the FlowMatchEulerDiscreteScheduler with shift 3.
+SD35_SHIFT = 3.0
 
 
 @dataclass
 class Args:
-    configs: tuple[Literal["sd15", "lcm", "tiny-sd", "tiny-lcm"], ...] = ("sd15", "lcm")
+    configs: tuple[Literal["sd15", "lcm", "sd35", "tiny-sd", "tiny-lcm", "tiny-sd35"], ...] = ("sd15", "lcm")
     precisions: tuple[Precision, ...] | None = None
     """Default: fp32 and bf16, and fp16 on CUDA."""
     batch_size: int = 1
@@ -124,7 +165,8 @@ class Args:
     """Timed forward+backward passes after the warm-up (default: 2 on CPU, 5 on CUDA)."""
     device: str = "cpu"
     ddpm_guidance_scale: float = 1.0
-    """Classifier-free guidance of the SD 1.5 (DDPM family) update; above 1 doubles its UNet batch (DDPO: 5)."""
+    """Classifier-free guidance of the SD 1.5 (DDPM family) update; above 1 doubles its UNet batch (DDPO: 5). The
+    LCM's and the flow transformer's are their presets' (8 as an embedding; 4.5 by a doubled batch)."""
     threads: int | None = None
     """torch's intra-op threads in each case's process (default: torch's)."""
     output: Path | None = None
@@ -133,19 +175,33 @@ class Args:
     """Internal: run one case, CONFIG:PRECISION, in this process and print its result as JSON."""
 
 
-def build_unet(config: dict[str, Any], device: str = "cpu") -> torch.nn.Module:
-    """A ``UNet2DConditionModel`` from ``config`` with random weights, fp32."""
-    from diffusers import UNet2DConditionModel
+def family_of(config: dict[str, Any]) -> str:
+    """The policy family of a denoiser config: ``flow`` for an SD3 transformer, ``lcm`` for a UNet with a guidance
+    embedding, ``ddpm`` for other UNets."""
+    if "joint_attention_dim" in config:
+        return "flow"
+    return "lcm" if config.get("time_cond_proj_dim") else "ddpm"
 
-    return UNet2DConditionModel(**config).to(device)
+
+def build_denoiser(config: dict[str, Any], device: str = "cpu") -> torch.nn.Module:
+    """An ``SD3Transformer2DModel`` or a ``UNet2DConditionModel`` from ``config`` with random weights, fp32."""
+    from diffusers import SD3Transformer2DModel, UNet2DConditionModel
+
+    model = SD3Transformer2DModel if family_of(config) == "flow" else UNet2DConditionModel
+    with torch.device(device):  # initialised where it runs: 2.2B random weights take a while on a CPU
+        return model(**config)
 
 
 class StandInPipeline:
-    """What genrl's ``cast_frozen`` and policy builders read of a diffusers pipeline: the UNet, a VAE and a text
-    encoder (empty here: the update runs the UNet alone), the scheduler, and the LCM pipeline's guidance embedding."""
+    """What genrl's ``cast_frozen`` and policy builders read of a diffusers pipeline: the denoiser (as ``transformer``
+    or ``unet``, where ``genrl.denoiser`` looks), a VAE and a text encoder (empty here: the update runs the denoiser
+    alone), the scheduler, and the LCM pipeline's guidance embedding."""
 
-    def __init__(self, unet: torch.nn.Module, scheduler: Any):
-        self.unet = unet
+    def __init__(self, net: torch.nn.Module, scheduler: Any, transformer: bool = False):
+        if transformer:
+            self.transformer = net
+        else:
+            self.unet = net
         self.scheduler = scheduler
         self.vae = torch.nn.Module()
         self.text_encoder = torch.nn.Module()
@@ -157,9 +213,12 @@ class StandInPipeline:
 
 
 def make_scheduler(family: str) -> Any:
-    """The family's scheduler with Stable Diffusion's noise schedule (scaled linear, 0.00085 to 0.012)."""
-    from diffusers import DDIMScheduler, LCMScheduler
+    """The family's scheduler: SD3.5's flow-matching Euler scheduler, or Stable Diffusion's noise schedule (scaled
+    linear, 0.00085 to 0.012)."""
+    from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, LCMScheduler
 
+    if family == "flow":
+        return FlowMatchEulerDiscreteScheduler(shift=SD35_SHIFT)
     if family == "lcm":
         return LCMScheduler()  # its defaults are SD's schedule and the LCM's 50-step origin grid
     return DDIMScheduler(
@@ -170,6 +229,18 @@ def make_scheduler(family: str) -> Any:
         set_alpha_to_one=False,
         steps_offset=1,
     )
+
+
+def training_pair(family: str, scheduler: Any, num_steps: int, latent_side: int, patch_size: int) -> tuple:
+    """The (timestep, next timestep) of the probed step: ``TIMESTEPS``' for the UNets; for the flow family the
+    sigmas of the middle step of its ``num_steps``-step schedule (an SDE step with finite noise)."""
+    if family != "flow":
+        return TIMESTEPS[family]
+    from genrl.families.flow import flow_sigmas
+
+    sigmas = flow_sigmas(scheduler, num_steps, latent_side, patch_size)
+    middle = num_steps // 2
+    return sigmas[middle], sigmas[middle + 1]
 
 
 def _status_kb(field: str) -> int:
@@ -214,7 +285,7 @@ def _sync(device: str) -> None:
 
 
 def probe_case(
-    unet_config: dict[str, Any],
+    net_config: dict[str, Any],
     precision: Precision,
     batch_size: int = 1,
     resolution: int = 512,
@@ -223,16 +294,18 @@ def probe_case(
     ddpm_guidance_scale: float = 1.0,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Build the UNet, set it up as genrl does for ``precision``, and measure PPO updates on it (module docstring).
-    The family (LCM or DDPM, and with it the preset's settings) follows from the config's ``time_cond_proj_dim``."""
+    """Build the denoiser, set it up as genrl does for ``precision``, and measure PPO updates on it (module
+    docstring). The family (``family_of``), and with it the preset's settings, follows from the config."""
     from genrl.algos.common import optimizer_step
     from genrl.algos.ppo import clipped_surrogate_loss
     from genrl.config import preset
+    from genrl.families import family as family_module
     from genrl.policy import add_lora, make_policy
     from genrl.precision import LossScaling, cast_frozen, half_dtype
 
     cuda = torch.device(device).type == "cuda"
-    family = "lcm" if unet_config.get("time_cond_proj_dim") else "ddpm"
+    family = family_of(net_config)
+    flow = family == "flow"
     cfg = preset(PRESET_OF_FAMILY[family])
     ppo = cfg.algo_config
     setting = GENRL_SETTING[precision]
@@ -240,13 +313,14 @@ def probe_case(
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
     torch.manual_seed(seed)
 
-    unet = build_unet(unet_config, device)
-    add_lora(unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules)
-    pipeline = StandInPipeline(unet, make_scheduler(family))
+    net = build_denoiser(net_config, device)
+    add_lora(net, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules)
+    pipeline = StandInPipeline(net, make_scheduler(family), transformer=flow)
     half = half_dtype(setting)
     cast_frozen(pipeline, half)
-    guidance = cfg.guidance_scale if family == "lcm" else ddpm_guidance_scale
-    policy = make_policy(family, pipeline, guidance, cfg.logprob_reduction, cfg.eta)
+    guidance = ddpm_guidance_scale if family == "ddpm" else cfg.guidance_scale
+    options = family_module(family).policy_options(cfg)
+    policy = make_policy(family, pipeline, guidance, cfg.logprob_reduction, cfg.eta, **options)
     policy.autocast_dtype = half
     params = policy.trainable_parameters()
     optimizer = torch.optim.AdamW(
@@ -259,15 +333,23 @@ def probe_case(
     )
     scaling = LossScaling(setting, device)
 
-    # The training pair, as the env holds it: fp32 latents and embeddings.
+    # The training pair, as the env holds it: fp32 latents and embeddings (the flow family's packed: tokens, then
+    # the pooled row).
     latent_side = resolution // 8
     generator = torch.Generator().manual_seed(seed)
-    t, t_next = TIMESTEPS[family]
-    embeds = torch.randn(batch_size, TEXT_TOKENS, unet_config["cross_attention_dim"], generator=generator)
+    patch = net_config.get("patch_size", 1)
+    t, t_next = training_pair(family, pipeline.scheduler, cfg.num_steps, latent_side, patch)
+    tokens, width = (
+        (CLIP_TOKENS + SD3_T5_TOKENS + 1, net_config["joint_attention_dim"])
+        if flow
+        else (CLIP_TOKENS, net_config["cross_attention_dim"])
+    )
+    embeds = torch.randn(batch_size, tokens, width, generator=generator)
+    timestep_dtype = torch.float32 if flow else torch.long
     obs = {
-        "latents": torch.randn(batch_size, unet_config["in_channels"], latent_side, latent_side, generator=generator),
-        "timestep": torch.full((batch_size,), t, dtype=torch.long),
-        "next_timestep": torch.full((batch_size,), t_next, dtype=torch.long),
+        "latents": torch.randn(batch_size, net_config["in_channels"], latent_side, latent_side, generator=generator),
+        "timestep": torch.full((batch_size,), t, dtype=timestep_dtype),
+        "next_timestep": torch.full((batch_size,), t_next, dtype=timestep_dtype),
         "stochastic": torch.ones(batch_size, dtype=torch.bool),
         "prompt_embeds": embeds,
         "negative_prompt_embeds": torch.zeros_like(embeds),
@@ -286,6 +368,8 @@ def probe_case(
         dist = policy.distribution(obs)
         log_prob = policy.action_log_prob(dist, next_latents)
         loss, ratio = clipped_surrogate_loss(log_prob, old_log_prob, advantages, ppo.clip_range, ppo.adv_clip_max)
+        if ppo.kl_coef > 0:  # as PPO's update: the closed-form KL to the model with its LoRA off
+            loss = loss + ppo.kl_coef * policy.kl_to_reference(obs, dist).mean()
         scaling.backward(loss)
         return {
             "prediction_dtype": str(dist.mean.dtype),
@@ -299,16 +383,17 @@ def probe_case(
         "precision": precision,
         "batch_size": batch_size,
         "resolution": resolution,
-        "latent_shape": [batch_size, unet_config["in_channels"], latent_side, latent_side],
+        "latent_shape": [batch_size, net_config["in_channels"], latent_side, latent_side],
         "device": device,
         "threads": torch.get_num_threads(),
         "preset": PRESET_OF_FAMILY[family],
         "guidance_scale": guidance,
         "lora_rank": cfg.lora_rank,
         "lora_alpha": cfg.lora_alpha,
-        "unet_params_m": sum(p.numel() for p in unet.parameters()) / 1e6,
+        "kl_coef": ppo.kl_coef,
+        "denoiser_params_m": sum(p.numel() for p in net.parameters() if not p.requires_grad) / 1e6,
         "lora_params_m": sum(p.numel() for p in params) / 1e6,
-        "frozen_dtypes": sorted({str(p.dtype) for p in unet.parameters() if not p.requires_grad}),
+        "frozen_dtypes": sorted({str(p.dtype) for p in net.parameters() if not p.requires_grad}),
         "trainable_dtypes": sorted({str(p.dtype) for p in params}),
     }
 
@@ -423,8 +508,8 @@ def print_tables(cases: list[dict[str, Any]], summary: list[dict[str, Any]], arg
     for r in summary:
         print(
             f"| {r['config']} | {r['precision']} | {r['fp32_peak_mib']:.0f} | {r['half_peak_mib']:.0f} | "
-            f"{r['peak_ratio']:.2f}x | {r['fp32_wall_s']:.1f} ({r['fp32_cpu_s']:.1f}) | "
-            f"{r['half_wall_s']:.1f} ({r['half_cpu_s']:.1f}) | {r['wall_ratio']:.2f}x ({r['cpu_ratio']:.2f}x) |"
+            f"{r['peak_ratio']:.2f}x | {r['fp32_wall_s']:.3g} ({r['fp32_cpu_s']:.3g}) | "
+            f"{r['half_wall_s']:.3g} ({r['half_cpu_s']:.3g}) | {r['wall_ratio']:.2f}x ({r['cpu_ratio']:.2f}x) |"
         )
     print("\nEvery case (before: after building, casting and sampling; process peak: ru_maxrss, with the build):\n")
     print(
@@ -440,8 +525,8 @@ def print_tables(cases: list[dict[str, Any]], summary: list[dict[str, Any]], arg
         print(
             f"| {c['config']} | {c['precision']} | {c['lora_rank']}/{c['lora_alpha']:g} | {c['before_mib']:.0f} | "
             f"{c['peak_mib']:.0f} | {c['peak_increase_mib']:.0f} | "
-            f"{'-' if process_peak is None else f'{process_peak:.0f}'} | {c['first_wall_s']:.1f} | "
-            f"{c['wall_s']:.1f} | {c['cpu_s']:.1f} | {c['loss']:.3g} | {c['grad_norm']:.3g} |"
+            f"{'-' if process_peak is None else f'{process_peak:.0f}'} | {c['first_wall_s']:.3g} | "
+            f"{c['wall_s']:.3g} | {c['cpu_s']:.3g} | {c['loss']:.3g} | {c['grad_norm']:.3g} |"
         )
 
 
@@ -454,7 +539,7 @@ def main(args: Args) -> None:
     if args.case is not None:
         config, precision = args.case.split(":")
         result = probe_case(
-            UNETS[config],
+            CONFIGS[config],
             precision,  # type: ignore[arg-type]
             args.batch_size,
             args.resolution,

@@ -1,5 +1,5 @@
-"""The mixed-precision probe (benchmarks/precision_probe.py) on tiny UNets: genrl's casts as the probe applies them,
-a finite PPO update, and the table and JSON its command writes."""
+"""The mixed-precision probe (benchmarks/precision_probe.py) on tiny UNets and a tiny SD3.5-style transformer:
+genrl's casts as the probe applies them, a finite PPO update, and the table and JSON its command writes."""
 
 import json
 import math
@@ -22,9 +22,29 @@ def test_a_bf16_update_has_half_frozen_weights_and_fp32_lora_with_finite_gradien
     assert result["wall_s"] > 0 and result["cpu_s"] > 0 and len(result["wall_s_all"]) == 1
 
 
+def test_a_flow_update_takes_flow_grpos_lora_kl_and_guidance_with_half_frozen_weights():
+    result = probe.probe_case(probe.TINY_SD35_TRANSFORMER, "bf16", batch_size=2, resolution=64, repeats=1)
+    assert result["family"] == "flow" and result["preset"] == "flow-grpo-compression"
+    assert (result["lora_rank"], result["lora_alpha"], result["kl_coef"]) == (32, 64.0, 0.04)
+    assert result["guidance_scale"] == 4.5 and result["latent_shape"] == [2, 16, 8, 8]
+    assert result["frozen_dtypes"] == [str(torch.bfloat16)]
+    assert result["trainable_dtypes"] == result["grad_dtypes"] == [str(torch.float32)]
+    assert result["prediction_dtype"] == result["log_prob_dtype"] == str(torch.float32)
+    assert result["grads_missing"] == 0 and result["grads_finite"] and 0 < result["grad_norm"] < math.inf
+    assert abs(result["ratio_mean"] - 1) <= 1e-4
+
+
+def test_the_flow_pair_is_a_middle_sde_step_of_the_presets_schedule():
+    scheduler = probe.make_scheduler("flow")
+    sigma, sigma_next = probe.training_pair("flow", scheduler, 10, 64, 2)
+    scheduler.set_timesteps(10)
+    assert (sigma, sigma_next) == (float(scheduler.sigmas[5]), float(scheduler.sigmas[6]))
+    assert 0 < sigma_next < sigma < 1  # the SDE's noise is finite there (it diverges at sigma = 1)
+
+
 def test_the_command_prints_the_comparison_and_writes_it_as_json(tmp_path, monkeypatch, capsys):
     def in_process(args, config, precision):  # the fresh process of each case, without its start-up time
-        case = probe.probe_case(probe.UNETS[config], precision, args.batch_size, args.resolution, args.repeats)
+        case = probe.probe_case(probe.CONFIGS[config], precision, args.batch_size, args.resolution, args.repeats)
         return {"config": config, **case}
 
     monkeypatch.setattr(probe, "run_case", in_process)
