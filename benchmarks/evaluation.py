@@ -29,11 +29,19 @@ class EvaluationSettings:
     """The training horizons only (and DDIM's 50), no variants, no held-out prompts or base models."""
 
 
+def untrained(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` for its model as it ships: no adapter (a fresh one is a no-op, but not the same weights), so no KL to
+    the model without it either (nothing is trained)."""
+    changes: dict = {"finetune": "full"}
+    if getattr(cfg.algo_config, "kl_coef", 0.0) > 0:
+        changes["kl_coef"] = 0.0
+    return replace_config(cfg, **changes)
+
+
 class Evaluator:
     def __init__(self, cfg: TrainConfig, lora: Path | None, device: str, num_images: int):
         self.cfg, self.num_images = cfg, num_images
-        # Untrained (no LoRA): the model as it ships, not with a fresh adapter (a no-op, but not the same weights)
-        parts = assemble(replace_config(cfg, finetune="full") if lora is None else cfg, device, trained_lora=lora)
+        parts = assemble(cfg if lora is not None else untrained(cfg), device, trained_lora=lora)
         self.pipe, self.reward, self.policy = parts.pipeline, parts.reward, parts.policy
 
     def sample(self, num_steps: int, prompts: list[str], seed: int = 12345, draw: bool = True):

@@ -44,7 +44,10 @@ def load_pipeline(model: str, env: str, device: str = "cpu", dtype=torch.float32
     if local and not (Path(source) / "model_index.json").exists():
         raise GenrlError(f"model '{model}' has no model_index.json; pass a folder saved by a diffusers pipeline")
     try:
-        pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, safety_checker=None)
+        # Stable Diffusion 1.x's safety checker is not loaded (it would blank images a reward should score); other
+        # pipelines (SD3) have none, and diffusers warns about an argument a pipeline does not take.
+        no_checker = {"safety_checker": None} if "safety_checker" in DiffusionPipeline.load_config(source) else {}
+        pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, **no_checker)
     except (OSError, ValueError) as exc:
         if local:
             raise GenrlError(

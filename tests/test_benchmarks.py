@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -303,13 +304,26 @@ def test_an_interrupted_suite_skips_finished_runs_and_resumes_the_interrupted_on
     assert len(trained) == 2
 
 
-def test_a_run_directory_with_other_settings_is_not_taken_over(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(suite, "method_configs", _tiny_methods)
-    monkeypatch.setattr(evaluation, "evaluation_steps", lambda cfg, quick=False: [cfg.num_steps])
-    args = Args(output_dir=tmp_path, tasks=("compression",), seeds=1, queries=4, eval_queries=4, eval_images=4)
-    main(args)
-    with pytest.raises(Exception, match="holds a run with other settings"):
-        main(dataclasses.replace(args, queries=8, eval_queries=4))
+def test_the_untrained_model_of_a_method_with_a_kl_is_evaluated():
+    """A KL needs an adapter to switch off; the untrained model has none and trains nothing (the flow alignment
+    preset's KL stopped the suite's evaluation once)."""
+    cfg = replace_config(_tiny_methods(None, "alignment")["RLCM (PPO)"], kl_coef=0.04)
+    reward, seconds, images = evaluation.Evaluator(cfg, None, "cpu", 2).sample(cfg.num_steps, ["a cat"])
+    assert math.isfinite(reward) and seconds > 0 and images.shape[0] == 2
+
+
+def test_a_run_directory_with_other_settings_is_not_taken_over(tmp_path):
+    from benchmarks.runs import budgeted, run_directory, run_to_completion
+    from genrl.errors import GenrlError
+
+    cfg = _tiny_methods(None, "compression")["RLCM (PPO)"]
+    run_dir = run_directory(tmp_path, "compression", "rlcm-ppo", 10)
+    metrics = run_to_completion(budgeted(cfg, 4, 4, 10, run_dir, "cpu"))
+    assert run_to_completion(budgeted(cfg, 4, 4, 10, run_dir, "cpu")) == metrics  # the same settings: read back
+    finished = (run_dir / "finished.json").read_bytes()
+    with pytest.raises(GenrlError, match="holds a run with other settings"):  # another budget
+        run_to_completion(budgeted(cfg, 8, 4, 10, run_dir, "cpu"))
+    assert (run_dir / "finished.json").read_bytes() == finished
 
 
 def _cli_errors(*args: str, real_process: bool = False) -> list[str]:

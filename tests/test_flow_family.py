@@ -221,3 +221,23 @@ def test_the_shapes_models_one_t5_token_cuts_prompts_without_a_warning():
         assert "truncated" in messages[0]  # so the check above could fail
     finally:
         logger.removeHandler(handler)
+
+
+def test_loading_an_sd3_model_passes_no_argument_it_does_not_take():
+    """SD 1.x's safety checker is switched off by an argument that an SD3 pipeline does not take, and diffusers warns
+    about it on every load."""
+    from diffusers import DiffusionPipeline
+    from diffusers.pipelines import pipeline_utils
+
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger(pipeline_utils.__name__)
+    logger.addHandler(handler)
+    try:
+        load_pipeline("tiny", "flow")
+        assert not [m for m in messages if "not expected" in m]
+        DiffusionPipeline.from_pretrained(tiny_model_dir("tiny-sd3"), safety_checker=None)
+        assert any("not expected" in m for m in messages)  # so the check above could fail
+    finally:
+        logger.removeHandler(handler)
