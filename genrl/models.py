@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
+from huggingface_hub import try_to_load_from_cache
 
 from genrl.errors import GenrlError
 from genrl.families import family
@@ -34,6 +36,17 @@ def resolve_model(model: str, env: str) -> str:
     return model
 
 
+def _no_safety_checker(source: str, local: bool) -> dict[str, Any]:
+    """Stable Diffusion 1.x's safety checker is not loaded (it would blank images a reward should score). Pipelines
+    without one (SD3) are not given the argument, which diffusers would warn about on every load: known from the
+    model_index.json on this disk (the folder, or the hub cache, read without a download)."""
+    index = Path(source) / "model_index.json" if local else try_to_load_from_cache(source, "model_index.json")
+    if isinstance(index, (str, Path)) and Path(index).is_file():
+        if "safety_checker" not in json.loads(Path(index).read_text()):
+            return {}
+    return {"safety_checker": None}
+
+
 def load_pipeline(model: str, env: str, device: str = "cpu", dtype=torch.float32) -> Any:
     """The pipeline for family ``env`` (``genrl.families``), with its scheduler set to the one the family's step
     maths mirror, frozen."""
@@ -44,10 +57,7 @@ def load_pipeline(model: str, env: str, device: str = "cpu", dtype=torch.float32
     if local and not (Path(source) / "model_index.json").exists():
         raise GenrlError(f"model '{model}' has no model_index.json; pass a folder saved by a diffusers pipeline")
     try:
-        # Stable Diffusion 1.x's safety checker is not loaded (it would blank images a reward should score); other
-        # pipelines (SD3) have none, and diffusers warns about an argument a pipeline does not take.
-        no_checker = {"safety_checker": None} if "safety_checker" in DiffusionPipeline.load_config(source) else {}
-        pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, **no_checker)
+        pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, **_no_safety_checker(source, local))
     except (OSError, ValueError) as exc:
         if local:
             raise GenrlError(

@@ -241,3 +241,16 @@ def test_loading_an_sd3_model_passes_no_argument_it_does_not_take():
         assert any("not expected" in m for m in messages)  # so the check above could fail
     finally:
         logger.removeHandler(handler)
+
+
+def test_a_hub_id_not_in_the_cache_is_one_error_without_a_warning(tmp_path, monkeypatch):
+    """Whether a hub pipeline has a safety checker is read from the cache, never by a download attempt (which would
+    print the hub library's warnings before genrl's one line)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(GenrlError, match="not in the local cache"):
+            load_pipeline("someone/not-cached", "flow")
+    assert not [str(w.message) for w in caught if "huggingface_hub" in w.filename], [str(w.message) for w in caught]
