@@ -118,12 +118,12 @@ def _layout_flags(layout: str, folder: Path) -> list[str]:
     return common + ["--reward", "smooth_rewards:mean", "--ppo.gradient-accumulation-steps", layout.split()[-1]]
 
 
-def train_layout(home: Path, layout: str, plugins: Path, *two_only: str) -> Path:
+def train_layout(home: Path, layout: str, plugins: Path, *two_only: str, launcher: str = "genrl") -> Path:
     """``home`` holding the layout's 3-epoch runs on one process ("one") and on two ("two", with ``two_only``)."""
     common = [*_layout_flags(layout, home), "--epochs", "3"]
     one = fast_args(home, "one", *common, "--sample-batch-size", "8", "--ppo.train-batch-size", "4")
     two = fast_args(home, "two", *common, *_TWO_PROCESSES, *two_only)
-    one_and_two(one, two, pythonpath=str(plugins))
+    one_and_two(one, two, pythonpath=str(plugins), launcher=launcher)
     return home
 
 

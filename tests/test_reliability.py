@@ -84,6 +84,7 @@ def test_two_runs_started_together_do_not_share_a_directory(tmp_path):
     first_err = first.communicate(timeout=300)[1]
     codes = sorted([first.returncode, second.returncode])
     assert codes == [0, 2], (first_err[-2000:], second.stderr[-2000:])
+    # What a user sees of any error in a real process: exit 2, one line, no traceback.
     loser = second.stderr if second.returncode == 2 else first_err
     assert loser.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in loser
     assert [m["epoch"] for m in logged_metrics(tmp_path / "r")] == [1, 2, 3]

@@ -113,7 +113,7 @@ def evaluate(folder: Path, num_images: int = 256, seed: int = 0) -> dict:
     teacher, lcm, classifier = load_models(Path(folder))
     figures: dict[str, float] = {}
 
-    images, scenes = sample_dataset(max(num_images, 64), seed=90_000_001 + seed)
+    images, scenes = sample_dataset(num_images, seed=90_000_001 + seed)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
         vae = lcm.vae
@@ -122,7 +122,7 @@ def evaluate(folder: Path, num_images: int = 256, seed: int = 0) -> dict:
     figures["vae_psnr_db"] = float((10 * torch.log10(1 / mse)).mean())
 
     for split, suffix in (("train", ""), ("held_out", "_heldout")):
-        images, scenes = sample_dataset(max(4 * num_images, 256), seed=91_000_001 + seed, split=split)
+        images, scenes = sample_dataset(4 * num_images, seed=91_000_001 + seed, split=split)
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
         with torch.no_grad():
             logits = classifier(x)
