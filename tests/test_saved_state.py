@@ -257,7 +257,7 @@ def _disk_taking_nothing_over(size: int):
 
 @pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE") or not hasattr(signal, "SIGXFSZ"), reason="POSIX only")
 def test_a_full_disk_is_one_line_and_leaves_no_half_written_checkpoint(tiny_lcm_built, tmp_path, capsys):
-    with _disk_taking_nothing_over(1 << 20):  # the 3 MB checkpoint cannot be written
+    with _disk_taking_nothing_over(1 << 20):  # the 4 MB checkpoint cannot be written
         line = expect_error(capsys, fast_args(tmp_path, "r", "--epochs", "1"), "cannot write checkpoint")
     assert line.startswith("error: cannot write checkpoint") and "--resume" in line
     checkpoints = tmp_path / "r" / "checkpoints"
