@@ -2,6 +2,7 @@
 log-probs against torch.distributions, ``gymnasium.make("genrl/FLOW-v0")``, and a training run whose LoRA plain
 diffusers loads."""
 
+import contextlib
 import logging
 import math
 import warnings
@@ -206,19 +207,26 @@ def test_flow_training_exports_a_lora_that_plain_sd3_loads(tmp_path, model):
 def test_the_shapes_models_one_t5_token_cuts_prompts_without_a_warning():
     """Its T5 takes one token by design, so the pipeline's truncation warning (every cut-off part of every prompt) is
     kept out of a run's log; a pipeline of diffusers' 256 tokens keeps it for prompts that are too long."""
-    messages = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger(StableDiffusion3Pipeline.__module__)
-    logger.addHandler(handler)
     prompts = ["two red circles on a blue background"] * 2
-    try:
+    with _logged(StableDiffusion3Pipeline.__module__) as messages:
         make_env("flow", 2, load_pipeline("shapes", "flow"), None, num_steps=2).encode_prompts(prompts)
         assert not messages
         _plain_pipeline("shapes").encode_prompt(
             prompts, None, None, do_classifier_free_guidance=False, max_sequence_length=1
         )
         assert "truncated" in messages[0]  # so the check above could fail
+
+
+@contextlib.contextmanager
+def _logged(logger_name: str):
+    """The messages the logger ``logger_name`` records while the block runs."""
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        yield messages
     finally:
         logger.removeHandler(handler)
 
@@ -229,18 +237,11 @@ def test_loading_an_sd3_model_passes_no_argument_it_does_not_take():
     from diffusers import DiffusionPipeline
     from diffusers.pipelines import pipeline_utils
 
-    messages = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger(pipeline_utils.__name__)
-    logger.addHandler(handler)
-    try:
+    with _logged(pipeline_utils.__name__) as messages:
         load_pipeline("tiny", "flow")
         assert not [m for m in messages if "not expected" in m]
         DiffusionPipeline.from_pretrained(tiny_model_dir("tiny-sd3"), safety_checker=None)
         assert any("not expected" in m for m in messages)  # so the check above could fail
-    finally:
-        logger.removeHandler(handler)
 
 
 def test_a_hub_id_not_in_the_cache_is_one_error_without_a_warning(tmp_path, monkeypatch):

@@ -33,7 +33,7 @@ def test_two_processes_follow_one_process_over_several_minibatches_and_epochs_wi
     assert [m["reward_queries"] for m in one] == [m["reward_queries"] for m in two] == [16, 32, 48]  # both counted
     # The weights moved the same way: each tensor's change agrees to 1% of its largest entry (the changes are about
     # 1e-4, where a weight's float32 rounding is 1e-8; a gradient not averaged over the processes is off by 100%).
-    start = load_file(Path(tiny_pipeline_dir(lcm=True)) / "unet" / "diffusion_pytorch_model.safetensors")
+    start = load_file(tiny_pipeline_dir(lcm=True) / "unet" / "diffusion_pytorch_model.safetensors")
     a, b = (load_file(accumulation_runs / n / "checkpoints/latest/trainable.safetensors") for n in ("one", "two"))
     assert a.keys() == b.keys() and a.keys() <= start.keys()
     for key in a:
