@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.methods import METHODS
+from benchmarks.methods import DDPO_PPO, METHODS, RLCM_PPO
 from benchmarks.runs import run_directory
 from genrl.assemble import assemble
 from genrl.config import TrainConfig, replace_config
@@ -65,6 +68,63 @@ class Evaluator:
         return torch.cat(rewards).mean().item(), seconds / count, torch.cat(images)
 
 
+TIMING_ROUNDS = 7
+UNDER_LOAD_CORES = 0.5
+"""Other processes' average busy cores over a timing above which its figures are flagged as measured under load."""
+
+
+def _busy_jiffies() -> tuple[float, float] | None:
+    """(busy, total) time of all cores since boot, from /proc/stat; None where there is none."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [float(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0.0), sum(fields)
+
+
+def time_inference(pair: dict[str, tuple[TrainConfig, Path | None]], settings: EvaluationSettings) -> dict:
+    """Seconds per image of each method of ``pair`` (name: its config and final LoRA) at its training horizon, in
+    interleaved rounds, one batch of each a round after a warm-up batch, so that a slow spell of the machine falls on
+    both: per method the median round's wall-clock and CPU time; the ratio of the first method's to the second's
+    per round (median, least, most); the cores other processes kept busy meanwhile, and ``under_load`` above
+    ``UNDER_LOAD_CORES``. A single timing taken beside other work was off by 20-60x before."""
+    evaluators = {name: Evaluator(cfg, lora, settings.device, 8) for name, (cfg, lora) in pair.items()}
+    prompts = load_prompts(next(iter(pair.values()))[0].prompts)[:8]
+    envs = {}
+    for name, evaluator in evaluators.items():
+        cfg = evaluator.cfg
+        options = env_options(cfg)
+        envs[name] = make_env(cfg.env, 8, evaluator.pipe, evaluator.reward, cfg.num_steps, cfg.resolution, **options)
+        collect(envs[name], evaluator.policy, SamplingBatch(prompts, 0, 0))  # warm-up
+    walls: dict[str, list[float]] = {name: [] for name in pair}
+    cpus: dict[str, list[float]] = {name: [] for name in pair}
+    stat_before, own_before, wall_before = _busy_jiffies(), time.process_time(), time.perf_counter()
+    for round_ in range(TIMING_ROUNDS):
+        for name, evaluator in evaluators.items():
+            cpu = time.process_time()
+            rollout = collect(envs[name], evaluator.policy, SamplingBatch(prompts, round_ + 1, round_ + 1))
+            walls[name].append(rollout.sample_time_s / len(prompts))  # sampling and decode, as in the step sweep
+            cpus[name].append((time.process_time() - cpu) / len(prompts))  # the reward's too
+    stat_after, own, elapsed = _busy_jiffies(), time.process_time() - own_before, time.perf_counter() - wall_before
+    other = 0.0
+    if stat_before is not None and stat_after is not None and stat_after[1] > stat_before[1]:
+        busy = (stat_after[0] - stat_before[0]) / (stat_after[1] - stat_before[1]) * (os.cpu_count() or 1)
+        other = max(0.0, busy - own / elapsed)
+    first, second = pair
+    ratios = [a / b for a, b in zip(walls[first], walls[second])]
+    return {
+        "methods": [first, second],
+        "rounds": TIMING_ROUNDS,
+        "seconds_per_image": {name: statistics.median(walls[name]) for name in pair},
+        "cpu_seconds_per_image": {name: statistics.median(cpus[name]) for name in pair},
+        "ratio": statistics.median(ratios),
+        "ratio_range": [min(ratios), max(ratios)],
+        "other_load_cores": other,
+        "under_load": other > UNDER_LOAD_CORES,
+    }
+
+
 def evaluation_steps(cfg: TrainConfig, quick: bool = False) -> list[int]:
     """Inference steps swept for the budget figure, as the run's family chooses them."""
     return family(cfg.env).evaluation_steps(cfg.num_steps, quick)
@@ -101,7 +161,7 @@ def evaluate_task(
     """Into ``data["evaluation"]`` and ``out/samples_<task>.png``: each method's final LoRA of run ``seed`` and the
     base models of the methods ``shown``; the grid shows, per method, the base model, the best checkpoint that kept the
     picture (``--keep-best``) and the final one, each row labelled with what it shows."""
-    rows, captions = [], []
+    rows, captions, finals = [], [], {}
     for name, cfg in methods.items():
         method = METHODS[name]
         if settings.quick and not method.shown:
@@ -109,6 +169,7 @@ def evaluate_task(
         checkpoints = run_directory(out, task, method.slug, seed) / "checkpoints"
         final = checkpoints / "latest" if (checkpoints / "latest").exists() else None  # None: a reference, untrained
         cache = out / "evaluations" / f"{task}-{method.slug}"
+        finals[name] = (cfg, final)
         evaluation = evaluate_method(cfg, final, settings, cache)
         data["evaluation"][name] = {k: v for k, v in evaluation.items() if not k.startswith("_")}
         if not method.shown:
@@ -130,3 +191,5 @@ def evaluate_task(
         rows.append(evaluation["_images"])
         captions += [f"{name} final ({final.resolve().name}): {p}" for p in prompts]
     image_grid(torch.cat(rows), captions, columns=8).save(out / f"samples_{task}.png")
+    if DDPO_PPO.name in finals and RLCM_PPO.name in finals:  # DDPO's time over RLCM's: the inference speed-up
+        data["inference_timing"] = time_inference({m.name: finals[m.name] for m in (DDPO_PPO, RLCM_PPO)}, settings)

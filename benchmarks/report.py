@@ -176,6 +176,7 @@ def _paper_ratio(results: dict) -> list[str]:
         inference = "-"
         if "inference_speedup" in s:
             inference = f"{s['inference_speedup']:.2f} / {s.get('inference_speedup_50_ddim', float('nan')):.2f}"
+            inference += " (timed under load)" if s.get("inference_speedup_under_load") else ""
         accuracy = s.get("prompt_accuracy_at_target")
         accuracy = f"{accuracy[DDPO_PPO.name]:.2f} / {accuracy[RLCM_PPO.name]:.2f}" if accuracy else "-"
         lines.append(

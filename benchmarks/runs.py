@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -155,13 +156,19 @@ def subscript(where: str, *keys: str | int) -> str:
     return where + "".join(f"[{json.dumps(key)}]" for key in keys)
 
 
-# JSON's true and false load as bool, which Python counts as an int: never a number in these files.
+def _number(value: object) -> bool:
+    # JSON's true and false load as bool, which Python counts as an int: never a number in these files. json.loads
+    # reads NaN and Infinity too, which JSON has no numbers for: a NaN reward would reach the ratios as a curve that
+    # never reaches its own target.
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 _KINDS: dict[str, Callable[[object], bool]] = {
     "an object": lambda v: isinstance(v, dict),
     "a list": lambda v: isinstance(v, list),
     "a string": lambda v: isinstance(v, str),
-    "a number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-    "a positive number": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v > 0,
+    "a number": _number,
+    "a positive number": lambda v: _number(v) and v > 0,
     "a positive whole number": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
     "a whole number": lambda v: isinstance(v, int) and not isinstance(v, bool),
 }
@@ -176,6 +183,8 @@ def describe(value: object) -> str:
         return "a list"
     if isinstance(value, str):
         return f"the string {json.dumps(value[:40])}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return json.dumps(value)  # NaN, Infinity or -Infinity, as the file spells it
     return f"the number {value}"
 
 

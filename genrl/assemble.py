@@ -91,4 +91,6 @@ def assemble(
     options = family(cfg.env).policy_options(cfg)  # the family's own settings (flow: its noise level and mode)
     policy = make_policy(cfg.env, pipeline, cfg.guidance_scale, cfg.logprob_reduction, cfg.eta, **options).eval()
     policy.autocast_dtype = half
+    if cfg.compile:
+        denoiser(pipeline).compile()  # in place, so state_dict keys, LoRA exports and checkpoints stay as they are
     return Assembly(pipeline, env, policy, reward, algorithm)

@@ -15,8 +15,8 @@ A checkpoint is staged in a hidden folder and renamed into place, then ``latest`
 a crash at any point leaves the previous checkpoint as ``latest``, and a resume never sees a partial one.
 ``--resume`` takes the complete checkpoint of the highest epoch number, whatever ``latest`` says (a copy without
 symlinks has none), and pruning orders checkpoints by number too (as text, epoch-10000 sorts before epoch-9999).
-Every tensor saved or loaded, weights, EMA and optimizer moments, is checked to be finite: a NaN would otherwise
-travel silently into the exported LoRA.
+Every tensor saved or loaded, weights, EMA, optimizer moments and the LR scheduler's state, is checked to be finite:
+a NaN would otherwise travel silently into the exported LoRA.
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ BEST = "best"
 CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.pt", "state.json")
 """What a complete checkpoint holds; the LoRA for diffusers is derived from trainable.safetensors."""
 _NAME = re.compile(r"^epoch-(\d+)$")
+# fp16's loss scale: below fp16's smallest number every gradient underflows to 0 (training on, silently, with a
+# gradient norm of 0); above float32's range the scaled loss is infinite and every step is skipped.
+_MIN_LOSS_SCALE, _MAX_LOSS_SCALE = 2.0**-24, 2.0**127
 
 
 def first_non_finite(value: Any, name: str) -> str | None:
@@ -96,7 +99,13 @@ def save_checkpoint(
         "torch_rng": torch.get_rng_state(),
     }
     ema_state = ema.state_dict() if ema is not None else None
-    for what, value in (("weights", trainable), ("optimizer state", extra["optimizer"]), ("EMA state", ema_state)):
+    checked = {
+        "weights": trainable,
+        "optimizer state": extra["optimizer"],
+        "scheduler state": extra["lr_scheduler"],
+        "EMA state": ema_state,
+    }
+    for what, value in checked.items():
         bad = first_non_finite(value, what)
         if bad is not None:
             raise GenrlError(
@@ -190,7 +199,8 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
         return None
     newest = complete[-1]
     link = checkpoints / LATEST
-    if not link.is_symlink() or link.resolve() != newest.resolve():
+    # Read, not resolved: a link to itself (or any loop) is a RuntimeError to resolve, and is repaired like the rest.
+    if not link.is_symlink() or os.readlink(link) != newest.name:
         point_link(newest, LATEST)
     return newest
 
@@ -229,10 +239,16 @@ def load_checkpoint(
             f"checkpoint '{path}' is unreadable ({reason}); start a new run or restore the folder"
         ) from exc
     problem = state_problem(state)
+    named = _NAME.match(path.name)
+    if problem is None and named and int(named[1]) != state["counters"]["epoch"]:
+        # The highest folder is resumed: were its state behind its name, every resume would go back to that epoch.
+        problem = f"counters.epoch is {state['counters']['epoch']}, but the folder is {path.name}"
     if problem is not None:
         raise GenrlError(f"checkpoint '{path}': state.json {problem}; restore the folder or start a new run")
     optimizer_state = extra.get("optimizer") if isinstance(extra, dict) else None
-    for what, value in (("optimizer state", optimizer_state), ("EMA state", ema_state)):
+    scheduler_state = extra.get("lr_scheduler") if isinstance(extra, dict) else None
+    checked = (("optimizer state", optimizer_state), ("scheduler state", scheduler_state), ("EMA state", ema_state))
+    for what, value in checked:
         bad = first_non_finite(value, what)
         if bad is not None:
             raise GenrlError(
@@ -306,6 +322,9 @@ def state_problem(state: Any) -> str | None:
     scaling = state.get("loss_scaling", {})
     if not isinstance(scaling, dict) or not all(_is_number(v) for v in scaling.values()):
         return "has a 'loss_scaling' that is not fp16's scaler state (numbers by name)"
+    scale = scaling.get("scale", 1.0)
+    if not _MIN_LOSS_SCALE <= scale <= _MAX_LOSS_SCALE:
+        return f"loss_scaling.scale is {scale!r}, outside fp16's loss scales [2**-24, 2**127]"
     return None
 
 

@@ -19,10 +19,12 @@ import torch
 import tyro
 
 from genrl.algos.ppo import PPOConfig
-from genrl.algos.registry import algorithm_class, make_algorithm, settings_name
+from genrl.algos.registry import algorithm_class, is_builtin, make_algorithm, settings_name
+from genrl.cpu import MAX_THREADS, usable_cpus
 from genrl.errors import GenrlError
 from genrl.families import FamilyName, family
 from genrl.families.flow import FLOW_GRPO_LORA_TARGETS
+from genrl.plugins import describe
 from genrl.precision import MixedPrecision
 
 # The attention projections of every transformer block, where the reference implementations put LoRA.
@@ -69,8 +71,14 @@ class TrainConfig:
     allow_tf32: bool = True
     """CUDA: TF32 matrix multiplies and convolutions, as ddpo-pytorch allows (no effect on a CPU)."""
     threads: int | None = None
-    """CPU: torch's threads. Default: the usable cores less those that other processes keep busy as the run starts
-    (OMP_NUM_THREADS sets it too), recorded in config.json. Pin it to compare runs bit for bit across machines."""
+    """CPU: torch's threads. Default: OMP_NUM_THREADS, else the cores this process may use (shared among the
+    processes a launch starts on this machine), never the load; recorded in config.json. The count changes the
+    numbers: pin it to compare runs bit for bit across machines."""
+    compile: bool = False
+    """Compile the denoiser with torch.compile (in place: checkpoints and LoRA exports are unchanged). The first
+    epoch pays the compilation, about 3 minutes for the shapes UNet on a 2-core CPU and less on a second start,
+    where torch's caches hold it; pays off only in long runs (README "Performance"). The numbers differ from an
+    uncompiled run's within float tolerance."""
 
     # Sampling
     num_steps: int = 4
@@ -82,7 +90,8 @@ class TrainConfig:
     noise_last_step: bool = False
     """LCM only: noise the last step too, as the reference RLCM code does (default: diffusers' noiseless last step)."""
     noise_level: float = 0.7
-    """Flow only: the SDE's noise level a (> 0; Flow-GRPO's 0.7; 0 would be the deterministic Euler step)."""
+    """Flow only: the SDE's noise level a (0 < a < sqrt(2); Flow-GRPO's 0.7; 0 would be the deterministic Euler
+    step)."""
     noise_mode: Literal["flow_grpo", "constant"] = "flow_grpo"
     """Flow only: the noise scale g = a sqrt(sigma / (1 - sigma)) (Flow-GRPO), or a constant a (DanceGRPO)."""
     sde_window: tuple[int, int] | None = None
@@ -230,8 +239,11 @@ class TrainConfig:
             raise GenrlError(f"{what} picks among evaluations: add --eval-every N (N epochs between evaluations)")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise GenrlError(f"--time-budget-s must be positive, got {self.time_budget_s}")
-        if self.threads is not None and self.threads < 1:
-            raise GenrlError(f"--threads must be at least 1 (or left out: one per idle core), got {self.threads}")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise GenrlError(
+                f"--threads must be from 1 to {MAX_THREADS} (or left out: one per usable core, {usable_cpus()} here), "
+                f"got {self.threads}"
+            )
         for name in ["learning_rate", "lora_alpha"]:
             if not getattr(self, name) > 0:
                 raise GenrlError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -251,8 +263,18 @@ class TrainConfig:
         if config is not None and not isinstance(self.algo_config, config):
             raise GenrlError(f"--algo {self.algo} takes settings of type {config.__name__}, got {self.algo_config!r}")
         validate = getattr(make_algorithm(self.algo, self.algo_config), "validate", None)
-        if validate is not None:
+        if validate is None:
+            return
+        try:
             validate(self)
+        except GenrlError:
+            raise
+        except (Exception, SystemExit) as exc:  # a plug-in's check, as its update: one line; a built-in's is a bug
+            if is_builtin(self.algo):
+                raise
+            raise GenrlError(
+                f"algorithm '{self.algo}' refused the settings: {describe(exc)}; fix them or the algorithm's validate"
+            ) from exc
 
 
 # --------------------------------------------------------------------------------------------------
@@ -262,7 +284,14 @@ _RUN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name !=
 
 
 def _config_class(algo: str) -> type | None:
-    return getattr(algorithm_class(algo), "Config", None)
+    config = getattr(algorithm_class(algo), "Config", None)
+    name = settings_name(algo)
+    if config is not None and name in _RUN_FIELDS:  # config.json's "epochs": {...} would replace the run's epochs
+        raise GenrlError(
+            f"algorithm '{algo}': its settings would be named '{name}', as the run's own --{name.replace('_', '-')}, "
+            "and overwrite it in config.json; rename the class (or its entry point)"
+        )
+    return config
 
 
 @functools.cache
@@ -316,6 +345,7 @@ def config_to_json(cfg: TrainConfig) -> dict:
 _ADDED_SINCE = {
     **{"lr_schedule": "constant", "eval_every": 0, "eval_size": 32, "eval_prompts": None},
     **{"mixed_precision": "no", "allow_tf32": True, "threads": None},  # threads: chosen again for the resume
+    **{"compile": False},
     **{"keep_best": False, "accuracy_floor": 0.8, "early_stop_patience": 0},
     **{"noise_level": 0.7, "noise_mode": "flow_grpo"},
     **{"sde_window": None, "eval_num_steps": None, "global_std": False},

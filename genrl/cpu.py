@@ -1,17 +1,28 @@
-"""How many threads a CPU run computes with: the cores this process may use that nothing else keeps busy.
+"""How many threads a CPU run computes with, and how its threads wait.
 
-torch's intra-op threads meet at a barrier after every parallel operation. When another process holds one of the
-cores, the thread scheduled there is preempted, and the others wait at the barrier (spinning, so using CPU) until it
-runs again: on the 2-core development machine, two threads beside one busy process made an epoch 2.7x slower and
-spent 1.5-1.85x the CPU (benchmarks/cpu_sharing.py). A thread per idle core avoids the barrier waits.
+The count: the thread count sets how torch splits its float sums, so two counts give two sets of numbers from one
+seed. It therefore never follows the machine's load: by default a run takes the cores this process may use (its
+affinity mask), shared among the processes that ``accelerate launch`` started on this machine, and records the
+number in config.json; ``--threads N`` or ``OMP_NUM_THREADS`` pin it. A rerun of a seed with the same count, torch
+build and CPU family gives the same numbers, busy machine or idle.
 
-``--threads N`` (or ``OMP_NUM_THREADS``) overrides the choice.
+The waiting: torch's OpenMP threads meet at a barrier after every parallel operation. libgomp's default makes a
+thread that arrives first spin there for 300,000 rounds before it sleeps. When another process takes one of the
+cores, the thread scheduled there is preempted, and the other spins away its core's time until it runs again: on
+the 2-core development machine, a busy process that arrived after the run had started made its epochs 3.4x slower
+and 2.3x dearer in CPU. Sleeping at once (OMP_WAIT_POLICY=PASSIVE) shares fairly but makes the idle run 1.75x
+slower, as every small operation then wakes its threads from sleep. ``spin_briefly`` sets GOMP_SPINCOUNT=1000 before
+torch loads libgomp (``genrl/__init__.py``): long enough to bridge the gap between two operations, short enough to
+give the core away when the partner is preempted. README "CPU threads and sharing the machine" has the
+measurements (``benchmarks/cpu_sharing.py``).
 """
 
 from __future__ import annotations
 
 import os
-import time
+
+MAX_THREADS = 512
+"""The most ``--threads`` accepts, the same on every machine so that any saved config.json loads everywhere."""
 
 
 def usable_cpus() -> int:
@@ -22,41 +33,21 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _cpu_times() -> tuple[float, float] | None:
-    """(busy, total) jiffies of all cores since boot, from /proc/stat; None where there is none."""
-    try:
-        with open("/proc/stat") as stat:
-            fields = [float(v) for v in stat.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle and iowait
-    return sum(fields) - idle, sum(fields)
-
-
-class OtherLoad:
-    """How many cores other processes keep busy from now until ``cores()`` is asked: /proc/stat's busy time of every
-    core, less this process's own CPU time. Measured while this process loads its model, a run started at the same
-    moment is caught loading its own (measured while sleeping, two such runs would each find the machine idle)."""
-
-    def __init__(self) -> None:
-        self._start = (_cpu_times(), time.process_time(), time.perf_counter())
-
-    def cores(self, min_window_s: float = 0.25) -> float:
-        """Cores busy with other work, on average over the window (0 where the system does not say)."""
-        (before, own_before, wall_before) = self._start
-        waited = time.perf_counter() - wall_before
-        if waited < min_window_s:  # too short a window to tell
-            time.sleep(min_window_s - waited)
-        after, own, wall = _cpu_times(), time.process_time() - own_before, time.perf_counter() - wall_before
-        if before is None or after is None or after[1] <= before[1]:
-            return 0.0
-        busy = (after[0] - before[0]) / (after[1] - before[1]) * (os.cpu_count() or 1)
-        return max(0.0, busy - own / wall)
-
-
-def default_threads(load: OtherLoad) -> int:
-    """The cores this process may use, less those other processes kept busy over ``load``'s window (at least 1);
-    ``OMP_NUM_THREADS`` where it is set."""
+def default_threads() -> int:
+    """``OMP_NUM_THREADS`` where it is set; else the usable cores divided among this machine's processes of the run
+    (``LOCAL_WORLD_SIZE``, which accelerate and torchrun set), at least 1."""
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    return max(1, usable_cpus() - round(load.cores()))
+        return min(MAX_THREADS, max(1, int(os.environ["OMP_NUM_THREADS"])))
+    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    return max(1, usable_cpus() // max(1, int(local) if local.isdigit() else 1))
+
+
+SPIN_COUNT = 1000
+"""Rounds a waiting OpenMP thread spins before it sleeps (libgomp's default: 300,000)."""
+
+
+def spin_briefly() -> None:
+    """Make waiting OpenMP threads sleep after ``SPIN_COUNT`` rounds (read by libgomp as torch loads it: call before
+    that); a user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins."""
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)

@@ -57,7 +57,7 @@ from genrl.config import (
     read_config,
     replace_config,
 )
-from genrl.cpu import OtherLoad, default_threads
+from genrl.cpu import default_threads
 from genrl.denoiser import denoiser
 from genrl.distributed import Processes
 from genrl.envs import DenoisingEnv, make_env
@@ -546,13 +546,12 @@ def train(cfg: TrainConfig) -> RunDir:
 
 
 def _train(cfg: TrainConfig) -> RunDir:
-    load = OtherLoad()
     t = build(cfg)
     if torch.device(t.processes.device).type == "cpu":
-        # Chosen after the model has loaded (genrl/cpu.py), by the main process for all, and recorded in
-        # config.json: a resumed run computes as it started, whatever the machine's load then.
+        # Never from the load (genrl/cpu.py): the main process's count for all, recorded in config.json, so that a
+        # rerun or a resume computes as the run started.
         if cfg.threads is None:
-            chosen = default_threads(load) if t.processes.is_main else None
+            chosen = default_threads() if t.processes.is_main else None
             cfg = t.cfg = replace_config(cfg, threads=t.processes.broadcast(chosen))
         torch.set_num_threads(cfg.threads)
     run, checkpoint = _claim_run_dir(cfg, t.processes)

@@ -56,6 +56,25 @@ class ReturnsAList(SignOfAdvantage):
         return [1.0]
 
 
+class Epochs(SignOfAdvantage):  # its settings would be config.json's "epochs", over the run's field
+    pass
+
+
+class Algo(SignOfAdvantage):
+    pass
+
+
+@pytest.mark.parametrize("name,field", [("Epochs", "epochs"), ("Algo", "algo")])
+def test_an_algorithm_whose_settings_would_overwrite_a_run_field_is_refused(tmp_path, capsys, name, field):
+    line = expect_error(
+        capsys,
+        fast_args(tmp_path, "r", "--algo", f"tests.test_algorithms:{name}"),
+        f"settings would be named '{field}'",
+    )
+    assert "rename the class" in line
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_user_algorithm_owns_its_settings_from_the_command_line_to_the_resume(tmp_path):
     algo = "tests.test_algorithms:SignOfAdvantage"
     flags = ["--sign-of-advantage.beta", "0.25", "--sign-of-advantage.max-grad-norm", "0.5"]

@@ -24,7 +24,8 @@ from tests.helpers import expect_error, fast_args
         (["--adam-epsilon", "-1"], "--adam-epsilon must be positive"),
         (["--adam-weight-decay", "-1"], "--adam-weight-decay 0 or more"),
         (["--seed", "-1"], "--seed must be a whole number from 0"),
-        (["--threads", "0"], "--threads must be at least 1"),
+        (["--threads", "0"], "--threads must be from 1 to 512"),
+        (["--threads", "100000"], "--threads must be from 1 to 512"),  # was a Rust panic at the thread limit
         (["--finetune", "lora", "--lora-target-modules", "nope"], "--lora-target-modules nope: Target modules"),
         (["--lora-target-modules"], "--lora-target-modules needs at least one layer name"),
     ],
@@ -69,6 +70,11 @@ class FailsInInit(PPO):  # with PPO's settings: built from them
         raise RuntimeError("cannot start")
 
 
+class FailsInValidate(SamplesNothing):
+    def validate(self, run):
+        raise ValueError("beta must be positive")
+
+
 @pytest.mark.parametrize(
     "algo,message",
     [
@@ -79,6 +85,7 @@ class FailsInInit(PPO):  # with PPO's settings: built from them
         ("tests.test_bad_input:SamplesNothing", "update sampled nothing"),
         ("tests.test_bad_input:FailsInUpdate", "update raised ValueError: my bug; fix the algorithm"),
         ("tests.test_bad_input:FailsInInit", "could not be built: it raised RuntimeError: cannot start"),
+        ("tests.test_bad_input:FailsInValidate", "FailsInValidate' refused the settings: ValueError: beta must be"),
         (":Foo", "algorithm ':Foo' names no module"),
         ("tests.test_bad_input:", "names no object"),
         ("tests.broken_on_import:Thing", "importing 'tests.broken_on_import' raised ZeroDivisionError"),

@@ -12,6 +12,7 @@ import pytest
 from scipy import stats
 
 import benchmarks.evaluation as evaluation
+import benchmarks.report as report
 import benchmarks.run as suite
 from benchmarks.figures import plot_curves, plot_evaluations, plot_frontier
 from benchmarks.report import write_report
@@ -175,6 +176,17 @@ def test_a_composite_reward_is_judged_by_the_tasks_own_part():
     assert summary["eval_reward"]["RLCM (PPO)"]["gain"] == 0
 
 
+def test_interleaved_inference_timings_replace_the_single_ones_and_a_loaded_machine_is_flagged():
+    task = _task()
+    task["inference_timing"] = {"ratio": 7.0, "ratio_range": [6.0, 8.0], "under_load": True}
+    summary = _summarise(task)
+    assert summary["inference_speedup"] == 7.0 and summary["inference_speedup_range"] == [6.0, 8.0]
+    assert summary["inference_speedup_50_ddim"] == pytest.approx(7.0 * 50 / 20)  # DDPO's own 50-step over 20-step
+    assert summary["inference_speedup_under_load"] is True
+    results = {"tasks": {"compression": {**task, "summary": summary}}}
+    assert any("7.00 / 17.50 (timed under load)" in line for line in report._paper_ratio(results))
+
+
 def test_the_papers_ratio_keeps_every_pair():
     summary = _summarise(_task())
     # DDPO: 0.05 + 0.001 q, final = mean of q = 96, 128, 160 -> 0.178, reached at q = 128, 12.8 s.
@@ -297,6 +309,9 @@ def test_an_interrupted_suite_skips_finished_runs_and_resumes_the_interrupted_on
         "RLCM (PPO) over Flow-GRPO",
     }
     assert results["tasks"]["compression"]["evaluation"]["Flow-GRPO"]["steps"]["2"]["seconds_per_image"] > 0
+    timing = results["tasks"]["compression"]["inference_timing"]  # interleaved rounds, DDPO's time over RLCM's
+    assert timing["methods"] == ["DDPO (PPO)", "RLCM (PPO)"] and timing["ratio_range"][0] <= timing["ratio"]
+    assert results["summary"]["compression"]["inference_speedup"] == timing["ratio"] > 0
     assert results["meta"]["seeds"] == [10] and results["meta"]["sweep_seeds"] == [0, 1]
     assert (tmp_path / "report.md").exists() and (tmp_path / "samples_compression.png").exists()
 
@@ -460,6 +475,18 @@ _MALFORMED = {  # case -> (the file's content: a whole JSON value or a mutation 
     "a non-numeric value": (
         _set((*_RUNS, "RLCM (PPO)", 1, 3, "eval_reward_mean"), "0.5"),
         '["RLCM (PPO)"][1][3]["eval_reward_mean"] should be a number, not the string "0.5"',
+    ),
+    "a NaN evaluation reward": (  # json.loads reads NaN; the ratios would then fail on it with a traceback
+        _set((*_RUNS, "RLCM (PPO)", 1, 3, "eval_reward_mean"), float("nan")),
+        '["RLCM (PPO)"][1][3]["eval_reward_mean"] should be a number, not NaN',
+    ),
+    "an infinite reward at a step count": (
+        _set((*_EVAL, "DDPO (PPO)", "steps", "50", "reward"), float("-inf")),
+        '["DDPO (PPO)"]["steps"]["50"]["reward"] should be a number, not -Infinity',
+    ),
+    "infinite seconds per image": (
+        _set((*_EVAL, "RLCM (PPO)", "steps", "4", "seconds_per_image"), float("inf")),
+        '["seconds_per_image"] should be a positive number, not Infinity',
     ),
     "null for a number": (
         _set((*_RUNS, "DDPO (PPO)", 1, 0, "eval_reward_std"), None),

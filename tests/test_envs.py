@@ -126,12 +126,35 @@ def test_step_refuses_actions_it_cannot_mean():
     non_finite = {"next_latents": good.clone().fill_(float("nan")), "pred_original": good}
     wrong_keys = {"next_latents": good}
     for action, message in [
-        (wrong_shape, "must be a tensor or float numpy array of shape"),
+        (wrong_shape, "must be a float tensor or float numpy array of shape"),
         (non_finite, "NaN or infinite"),
         (wrong_keys, r"keys \['next_latents', 'pred_original'\], each of shape \(2, 4, 16, 16\); got keys"),
     ]:
         with pytest.raises(ValueError, match=message):
             env.step(action)
+    env.step({"next_latents": good, "pred_original": good})  # refused actions left the episode where it was
+    _, rewards, terminated, _, _ = env.step({"next_latents": good, "pred_original": good})
+    assert terminated.all() and torch.isfinite(rewards).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
+def test_step_refuses_integer_and_bool_tensors_as_it_refuses_integer_arrays(dtype):
+    # An integer latent is no state of the chain: scored, it would be an image outside the declared Box of floats.
+    env = LCMEnv(2, tiny("lcm"), jpeg_incompressibility, num_steps=2)
+    obs, _ = env.reset(seed=0, options={"prompts": ["a", "b"]})
+    good = torch.zeros_like(obs["latents"])
+    shape = tuple(good.shape)
+    for value, got in [
+        (torch.ones(shape, dtype=dtype), f"a {dtype} tensor of shape {shape}"),
+        (np.ones(shape, dtype=torch.empty((), dtype=dtype).numpy().dtype), "array of shape"),
+    ]:
+        with pytest.raises(ValueError) as info:
+            env.step({"next_latents": value, "pred_original": good})
+        message = str(info.value)
+        assert "\n" not in message and message.startswith(
+            f"step: action['next_latents'] must be a float tensor or float numpy array of shape {shape}, got "
+        )
+        assert got in message, message
     env.step({"next_latents": good, "pred_original": good})  # refused actions left the episode where it was
     _, rewards, terminated, _, _ = env.step({"next_latents": good, "pred_original": good})
     assert terminated.all() and torch.isfinite(rewards).all()

@@ -24,7 +24,7 @@ from genrl.policy import add_lora, make_policy
 from genrl.shapes import shipped_dir
 from genrl.shapes.tiny import tiny_model_dir
 from genrl.train import main
-from tests.helpers import fast_args, logged_metrics
+from tests.helpers import expect_error, fast_args, logged_metrics
 
 PROMPTS = ["a red circle", "two blue squares"]
 
@@ -166,6 +166,34 @@ def test_flow_configuration_and_model_checks(tmp_path, monkeypatch):
         load_pipeline("shapes", "flow")
     with pytest.raises(GenrlError, match="not a Stable Diffusion 3 style"):
         load_pipeline(str(tiny_model_dir("tiny-sd")), "flow")  # a UNet model
+
+
+@pytest.mark.parametrize("level", [1.5, 1e6])
+def test_a_noise_level_that_flips_the_latent_is_refused_naming_it(tmp_path, capsys, level):
+    # 1e6 used to sample NaN latents in the first epoch, refused as a divergence blamed on --learning-rate.
+    with pytest.raises(GenrlError, match=f"--noise-level {level} is too large"):
+        TrainConfig(env="flow", noise_level=level).validate()
+    argv = fast_args(tmp_path, "r", "--env", "flow", "--model", "tiny", "--noise-level", str(level))
+    line = expect_error(capsys, argv, f"--noise-level {level} is too large")
+    assert "learning-rate" not in line and "under 1.41" in line
+    assert not (tmp_path / "r").exists()
+    TrainConfig(env="flow", noise_level=1.4).validate()  # large, but the step still keeps the latent
+
+
+@pytest.mark.parametrize("resolution", [72, 128, 4096])
+def test_a_resolution_past_the_position_embedding_is_one_line_before_the_run_folder(pipe, tmp_path, capsys, resolution):
+    # The tiny SD3 embeds positions of at most 8 x 8 patches of 2 x 2 latent pixels, each 4 x 4 image pixels: 72 px
+    # passed the multiple-of-8 check, then diffusers raised in the first forward pass, the run folder made by then.
+    config = pipe.transformer.config
+    assert config.pos_embed_max_size * config.patch_size * 4 == 64
+    largest = "at most 64 px for this model"
+    with pytest.raises(ValueError, match=f"resolution {resolution} is over the .* {largest}"):
+        make_env("flow", 1, pipe, None, 2, resolution)
+    argv = fast_args(tmp_path, "r", "--env", "flow", "--model", "tiny", "--resolution", str(resolution))
+    line = expect_error(capsys, argv, f"--model tiny: resolution {resolution} is over the")
+    assert largest in line and line.endswith("pass a resolution up to 64, a multiple of 8")
+    assert not (tmp_path / "r").exists()
+    make_env("flow", 1, pipe, None, 2, 56)  # under the cap, a multiple of 8 still passes
 
 
 @pytest.mark.parametrize("model", ["tiny", "shapes"])

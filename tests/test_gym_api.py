@@ -139,7 +139,7 @@ def test_wrong_actions_are_one_line_value_errors(pipes):
     good = env.action_space.sample()
     message = _one_line_error(env, {**good, "next_latents": np.zeros((1, 4, 16, 16), np.float32)})
     assert message == (
-        "step: action['next_latents'] must be a tensor or float numpy array of shape (4, 16, 16), "
+        "step: action['next_latents'] must be a float tensor or float numpy array of shape (4, 16, 16), "
         "got a float32 array of shape (1, 4, 16, 16)"
     )
     assert "got keys ['next_latents']" in _one_line_error(env, {"next_latents": good["next_latents"]})

@@ -6,6 +6,7 @@ import http.client
 import io
 import json
 import math
+import os
 import select
 import socket
 import struct
@@ -13,6 +14,7 @@ import threading
 import time
 import tracemalloc
 import urllib.parse
+import urllib.request
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -238,6 +240,7 @@ B64 = base64.b64encode(png(8, 8)).decode()
         (score_body(), {"Content-Length": str(10**12)}, 413, "over the server's --max-request-mb 107.877"),
         (b"{not json", {}, 400, "the body is not JSON"),
         (b"[1, 2]", {}, 400, "the body must be a JSON object"),
+        (b'{"prompts": ["\xff"]}', {}, 400, "the body is not UTF-8 (invalid start byte at byte 14); send JSON"),
         (b"[" * 100000, {}, 400, "the body is not JSON"),
         (b"[" + b"{}," * 200_000 + b"{}]", {}, 413, "JSON values (counted from its commas and brackets)"),
         (score_body(1025), {}, 413, "1025 images, over the server's --max-items 1024"),
@@ -251,6 +254,12 @@ B64 = base64.b64encode(png(8, 8)).decode()
         (score_body(1, metadata=["x"]), {}, 400, "'metadata' must be a list of objects, not a list holding a str"),
         (score_body(1, metadata={}), {}, 400, "'metadata' must be a list of objects, not a dict"),
         (score_body(1, metdata=[{}]), {}, 400, "unknown keys ['metdata']"),
+        (
+            score_body(2, prompts=["a", "é" * 4097]),
+            {},
+            413,
+            "prompt 1 is 4097 characters, over the server's --max-prompt-chars 4096; send shorter prompts",
+        ),
         (score_body(images=["not base64!"]), {}, 400, "image 0 is not base64"),
         (score_body(images=[base64.b64encode(b"GIF89a...").decode()]), {}, 400, "image 0 is not a PNG"),
         (score_body(1, png_header(8, 8)), {}, 400, "image 0 is not a readable PNG"),
@@ -533,7 +542,7 @@ def test_a_body_waits_for_room_under_max_pending_mb(serve):
     stalled.sendall(b"POST /score HTTP/1.1\r\nContent-Length: 8000\r\n\r\n" + b"x" * 100)
     time.sleep(0.5)
     start = time.perf_counter()
-    assert post(url, score_body(1, prompts=["a" * 5000])) == (200, {"rewards": [0.0]})
+    assert post(url, score_body(1, metadata=[{"pad": "a" * 5000}])) == (200, {"rewards": [0.0]})
     assert time.perf_counter() - start > 0.3  # it waited for the stalled body's room, then was read and scored
     assert read_answer(stalled)[0] == 408
     stalled.close()
@@ -545,7 +554,7 @@ def test_a_body_that_finds_no_room_by_its_deadline_gets_503(serve):
         return torch.zeros(len(prompts))
 
     url = serve(slow, max_request_mb=0.01, max_pending_mb=0.01, read_timeout_s=0.5)
-    body = score_body(1, prompts=["a" * 6000])
+    body = score_body(1, metadata=[{"pad": "a" * 6000}])
     first = threading.Thread(target=lambda: answers.append(post(url, body)), daemon=True)
     answers: list = []
     first.start()
@@ -609,3 +618,77 @@ def test_a_server_answering_a_byte_at_a_time_fails_the_client_at_its_timeout(whe
             RemoteReward(url + "?timeout=0.5&retries=1")(torch.rand(1, 3, 8, 8), ["a"], [{}])
     assert time.perf_counter() - start < 1.3
     assert "failed 1 times (timed out: no full answer within 0.5 s)" in str(info.value)
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the resident memory from Linux's /proc")
+def test_stalled_bodies_never_hold_more_than_max_pending_mb(serve):
+    # Clients that send most of a body and stall, arriving one after another. Before, a body timed out (408) gave
+    # its room to the next one while its traceback kept it alive for the 3 s the server lingers on its connection,
+    # a growing buffer took more than its room, and malloc kept the freed blocks: 16 such clients took this process
+    # 90-110 MB up against an 8 MB --max-pending-mb (30-60 clients of 50 MB: 1.6-1.9 GB against 431); now 9.
+    cap, size, clients = 8_000_000, 4_000_000, 16
+    url = serve(zeros, max_request_mb=size / 1e6, max_pending_mb=cap / 1e6, read_timeout_s=0.5)
+    head = f"POST /score HTTP/1.1\r\nContent-Length: {size}\r\n\r\n".encode()
+    part = b"x" * (size - 1000)  # all but the body's last bytes, the same object for every client
+    sockets: list[socket.socket] = []
+
+    def client():
+        sock = connect(url, timeout=10)
+        sockets.append(sock)
+        with contextlib.suppress(OSError):  # refused and closed while it still sends
+            sock.sendall(head)
+            sock.sendall(part)
+        # Then it stalls, its connection open until the end of the test, as a hostile client's would be.
+
+    peak, done = [0], threading.Event()
+
+    def sample():  # the server runs in this process: its memory is this process's
+        while not done.is_set():
+            peak[0] = max(peak[0], _resident_bytes())
+            time.sleep(0.005)
+
+    before = _resident_bytes()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        threads = []
+        for _ in range(clients):
+            threads.append(threading.Thread(target=client, daemon=True))
+            threads[-1].start()
+            time.sleep(0.1)
+        for thread in threads:
+            thread.join(timeout=30)
+    finally:
+        done.set()
+        sampler.join()
+        for sock in sockets:
+            sock.close()
+    # Beside the bodies: each connection's thread stack and read buffers, a few hundred KB in all.
+    grown = peak[0] - before
+    assert grown < cap + 3_000_000, f"{grown / 1e6:.1f} MB held against --max-pending-mb {cap / 1e6:g}"
+
+
+def test_a_prompt_of_100_mb_is_refused_and_the_cap_is_in_info(serve):
+    url = serve(zeros, max_request_mb=120)
+    status, answer = post(url, score_body(1, prompts=["a" * 100_000_000]))
+    assert status == 413 and "prompt 0 is 100000000 characters, over" in answer["error"]
+    assert post(url, score_body(1, prompts=["a" * 4096])) == (200, {"rewards": [0.0]})  # at the cap: scored
+    with urllib.request.urlopen(url + "/info", timeout=10) as info:
+        assert json.loads(info.read())["limits"]["max_prompt_chars"] == 4096
+    assert ServeConfig("zeros", max_prompt_chars=10).max_prompt_chars == 10
+    with pytest.raises(GenrlError, match="--max-prompt-chars must be positive, not 0"):
+        ServeConfig("zeros", max_prompt_chars=0)
+
+
+def test_room_that_comes_after_the_deadline_is_not_taken():
+    from genrl.rewards.serve import Budget
+
+    budget = Budget(10)
+    assert not budget.take(1, time.monotonic() - 0.01)  # room enough, but the request has no time left to arrive
+    assert budget.used == 0
+    assert budget.take(10, time.monotonic() + 1) and budget.used == 10

@@ -52,13 +52,15 @@ def _resume(run: Path, epochs: int, *extra: str) -> None:
 
 
 # --- 1. resume never discards progress -------------------------------------------------------------------------
-@pytest.mark.parametrize("latest", ["missing", "dangling", "a plain file"])
+@pytest.mark.parametrize("latest", ["missing", "dangling", "a plain file", "a link to itself"])
 def test_resume_continues_from_the_newest_checkpoint_whatever_latest_says(_run, tmp_path, latest):
     run = _run(tmp_path)
     link = run / "checkpoints" / "latest"
     link.unlink()
     if latest == "dangling":
         link.symlink_to("epoch-0042")
+    elif latest == "a link to itself":  # resolving it is a symlink loop
+        link.symlink_to("latest")
     elif latest == "a plain file":  # a copy that followed no symlinks
         link.write_text("epoch-0002")
     _resume(run, 3)
@@ -126,6 +128,18 @@ def test_non_finite_optimizer_moments_are_refused_on_resume(_run, tmp_path, caps
     expect_error(capsys, ["--resume", str(run), "--epochs", "3"], "optimizer state.state")
 
 
+def test_a_non_finite_scheduler_state_is_refused_on_resume(_run, tmp_path, capsys):
+    run = _run(tmp_path)
+    path = run / "checkpoints" / "latest" / "optimizer.pt"
+    extra = torch.load(path, weights_only=True)
+    extra["lr_scheduler"]["base_lrs"][0] = float("nan")  # the next epoch's learning rate
+    torch.save(extra, path)
+    capsys.readouterr()
+    line = expect_error(capsys, ["--resume", str(run), "--epochs", "3"], "scheduler state.base_lrs[0]")
+    assert "NaN or infinite" in line
+    assert [m["epoch"] for m in logged_metrics(run)] == [1, 2]
+
+
 def test_a_non_finite_ema_is_not_saved(tmp_path):
     unet = tiny().unet.requires_grad_(True)
     params = [p for p in unet.parameters() if p.requires_grad]
@@ -191,6 +205,8 @@ def test_a_config_json_of_wrong_types_is_one_line(_run, tmp_path, capsys, field,
         (lambda s: s["counters"].update(wall_time_s="abc"), "counters.wall_time_s is 'abc', not a number of seconds"),
         (lambda s: s.update(tracker={"history": 3}), "'tracker' that is not per-prompt statistics"),
         (lambda s: s.update(num_processes=0), "num_processes is 0"),
+        # epoch-0002's state says epoch 1: every resume would go back to it, as no later folder outnumbers 0002
+        (lambda s: s["counters"].update(epoch=1), "counters.epoch is 1, but the folder is epoch-0002"),
     ],
 )
 def test_a_state_json_of_wrong_types_is_one_line_before_any_training(_run, tmp_path, capsys, change, message):
@@ -202,6 +218,20 @@ def test_a_state_json_of_wrong_types_is_one_line_before_any_training(_run, tmp_p
     capsys.readouterr()
     expect_error(capsys, ["--resume", str(run), "--epochs", "3"], message)
     assert [m["epoch"] for m in logged_metrics(run)] == [1, 2]  # refused before an epoch ran
+
+
+@pytest.mark.parametrize("scale", [1e-30, 0.0, -1.0, 1e300])
+def test_an_fp16_loss_scale_out_of_range_is_refused_on_resume(_run, tmp_path, capsys, scale):
+    """At a scale of 1e-30 every fp16 gradient underflows to 0: the run would train on, its gradient norm 0."""
+    run = _run(tmp_path)
+    path = run / "checkpoints" / "latest" / "state.json"
+    state = json.loads(path.read_text())
+    state["loss_scaling"] = {**torch.amp.GradScaler("cpu").state_dict(), "scale": scale}
+    path.write_text(json.dumps(state))
+    capsys.readouterr()
+    resume = ["--resume", str(run), "--epochs", "3", "--mixed-precision", "fp16"]
+    expect_error(capsys, resume, f"loss_scaling.scale is {scale!r}")
+    assert [m["epoch"] for m in logged_metrics(run)] == [1, 2]
 
 
 @pytest.mark.parametrize(

@@ -22,9 +22,10 @@ The observation after the last step (``terminated`` all True) has no step left: 
 
 Action keys: ``next_latents`` (the next state) and ``pred_original`` (the model's clean-image estimate, which
 the LCM env decodes at the end; the DDPM env decodes ``next_latents``), both (B, C, h, w): the action of
-``DenoisingPolicy.sample_action``. Each is a torch tensor, taken as it is (a reparameterised rollout backpropagates
-through it), or a float numpy array such as ``action_space.sample()`` draws, copied onto the env's device and
-dtype. Other keys, shapes or types, and NaN or infinite values, are a one-line ``ValueError``.
+``DenoisingPolicy.sample_action``. Each is a float torch tensor, taken as it is (a reparameterised rollout
+backpropagates through it), or a float numpy array such as ``action_space.sample()`` draws, copied onto the env's
+device and dtype. Other keys, shapes or types (integer or bool tensors too), and NaN or infinite values, are a
+one-line ``ValueError``.
 
 Rewards are (B,) float. Before the last step they are zero and ``info`` is empty. At the last step the env decodes
 the final latents, under the caller's grad mode (a reparameterised rollout keeps the graph through the decode and
@@ -104,6 +105,14 @@ class DenoisingEnv(gym.vector.VectorEnv):
                 f"resolution {self.resolution} must be a positive multiple of {multiple} for this model "
                 f"(its VAE and {self.denoiser_kind} downsample by that much); e.g. {net.config.sample_size * vae_scale}"
             )
+        largest = self.largest_latent(net)
+        if largest is not None and self.resolution > largest * vae_scale:
+            # Checked here, before any latent is drawn: diffusers would raise only in the first forward pass.
+            most = largest * vae_scale
+            raise ValueError(
+                f"resolution {self.resolution} is over the {self.denoiser_kind}'s position embedding, which takes at "
+                f"most {most} px for this model; pass a resolution up to {most}, a multiple of {multiple}"
+            )
         self.latent_shape = (
             net.config.in_channels,
             self.resolution // vae_scale,
@@ -129,6 +138,10 @@ class DenoisingEnv(gym.vector.VectorEnv):
         """How many times the denoiser ``net`` shrinks the latent: the UNet halves it once per down block but the
         last. (The VAE's factor comes on top.)"""
         return 2 ** (len(net.config.block_out_channels) - 1)
+
+    def largest_latent(self, net: torch.nn.Module) -> int | None:
+        """The largest latent side the denoiser ``net`` takes; None for any (a UNet is convolutional)."""
+        return None
 
     def text_shape(self) -> tuple[int, int]:
         """One prompt's text embedding: (tokens, width)."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -101,6 +102,11 @@ DANCE_GRPO_NOISE_LEVEL = 0.3
 
 
 NOISE_MODES = ("flow_grpo", "constant")
+
+MAX_NOISE_LEVEL = math.sqrt(2)
+"""The noise level a at which ``flow_step``'s mean keeps none of the latent: its factor on x is 1 - a^2/2 on the
+step from sigma = 1 ("flow_grpo", where Flow-GRPO divides by 1 - sigma_next) and on the step to sigma = 0
+("constant"); past it the factor is negative, and the chain flips and grows step by step."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -240,6 +246,12 @@ class FlowEnv(DenoisingEnv):
     def latent_multiple(self, net: torch.nn.Module) -> int:
         """The transformer cuts the latent into patches."""
         return net.config.patch_size
+
+    def largest_latent(self, net: torch.nn.Module) -> int | None:
+        """SD3's patch embedding crops a position embedding of ``pos_embed_max_size`` patches a side (diffusers
+        raises past it); without one it computes positions for any size."""
+        patches = net.config.get("pos_embed_max_size")
+        return None if patches is None else patches * net.config.patch_size
 
     def text_shape(self) -> tuple[int, int]:
         """CLIP's tokens, T5's, and the pooled row (``pack_text``), as wide as the transformer's joint attention."""
@@ -392,6 +404,13 @@ def validate(cfg: Any) -> None:
         raise GenrlError(
             f"--noise-level {cfg.noise_level} makes the flow step the deterministic Euler step, with no policy to "
             f"train; use --noise-level > 0 (Flow-GRPO: {FLOW_GRPO_NOISE_LEVEL})"
+        )
+    if cfg.noise_level >= MAX_NOISE_LEVEL:
+        raise GenrlError(
+            f"--noise-level {cfg.noise_level} is too large: the flow step's mean keeps 1 - a^2/2 of the latent on "
+            "the first step (the last with --noise-mode constant), none at a = sqrt(2) and its negative past it, "
+            f"so the samples run away to NaN; use a noise level under {MAX_NOISE_LEVEL:.2f} (Flow-GRPO: "
+            f"{FLOW_GRPO_NOISE_LEVEL})"
         )
 
 

@@ -13,9 +13,11 @@ What one client can take is bounded, so that no client can exhaust the server's 
 - memory: a body is at most ``--max-request-mb``, by default what ``--max-items`` images of ``--max-request-pixels``
   in all take as base64 PNG even when they do not compress, and holds at most 128 JSON values per ``--max-items``
   (counted before parsing, so a body of ``[{},{},...]`` costs no more than its bytes). The bodies held at once
-  (read, parsed or waiting their turn to be scored) add up to at most ``--max-pending-mb``; a request over it
-  waits for room until its deadline, then gets 503. Images are checked against the pixel caps from their PNG
-  header, before any decoding; the request line and headers take at most 64 KiB.
+  (read, parsed or waiting their turn to be scored) add up to at most ``--max-pending-mb``: a body is read into
+  one buffer of its Content-Length, taken from that budget before the first byte is read and given back only once
+  the request and everything that held its body are gone; a request over it waits for room until its deadline,
+  then gets 503. Images are checked against the pixel caps from their PNG header, before any decoding; a prompt
+  is at most ``--max-prompt-chars``; the request line and headers take at most 64 KiB.
 - threads: at most ``--max-connections`` connections are served at once; one more is answered 503 at once,
   without a thread.
 """
@@ -28,6 +30,7 @@ import collections
 import io
 import json
 import math
+import mmap
 import socket
 import struct
 import sys
@@ -57,6 +60,9 @@ PNG_BYTES_PER_PIXEL = 4.01
 byte per row (at most one per pixel, for an image one pixel wide) and under 0.25% of deflate and chunk framing."""
 PNG_BYTES_PER_IMAGE = 1024  # signature, IHDR and IEND chunks, with room to spare
 TEXT_BYTES_PER_ITEM = 16 * 1024  # a prompt and its metadata, as JSON
+MAX_PROMPT_CHARS = 4096
+"""The default --max-prompt-chars: a prompt's characters. CLIP reads 77 tokens and T5 256 (about 1000 characters);
+the rest of a longer prompt is never seen, and a request of one 100 MB prompt is no prompt at all."""
 JSON_VALUES_PER_ITEM = 128
 """JSON values a request may hold per --max-items: its prompt, image and metadata, with room to spare. Parsing
 takes up to ~70 bytes per value (an empty dict is 64), so this bounds what a body of ``{}`` can cost."""
@@ -86,14 +92,17 @@ class ServeConfig:
     (12 bytes a pixel as float32 RGB: 200 MB at the default)."""
     max_items: int = 1024
     """Requests with more images (prompts) are refused (413)."""
+    max_prompt_chars: int = MAX_PROMPT_CHARS
+    """Requests with a longer prompt (in characters) are refused (413)."""
     max_request_mb: float | None = None
     """Requests with a larger body are refused (413) before it is read. Default: what --max-items incompressible
     8-bit RGB PNGs of --max-request-pixels in all take as base64, plus 16 KiB of prompt and metadata per item
     (108 MB for the default caps)."""
     max_pending_mb: float | None = None
-    """Bodies held at once (being read, parsed or waiting to be scored) add up to at most this; a request over it
-    waits for room until its --read-timeout-s deadline, then is answered 503 (the client retries). Parsing holds
-    about 3x a body, so this bounds the server's memory for requests. Default: 4 x --max-request-mb."""
+    """Bodies held at once (being read, parsed or waiting to be scored) add up to at most this: a body takes its
+    Content-Length from it before it is read, and gives it back once it is gone. A request over it waits for room
+    until its --read-timeout-s deadline, then is answered 503 (the client retries). Parsing holds about 3x a body,
+    so this bounds the server's memory for requests. Default: 4 x --max-request-mb."""
     max_connections: int = 64
     """Connections served at once, each by a thread; one more is answered 503 at once, without a thread."""
     read_timeout_s: float = 60.0
@@ -105,7 +114,8 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise GenrlError(f"--port must be 0..65535 (0: any free port), not {self.port}")
-        for name in ("max_image_pixels", "max_request_pixels", "max_items", "max_connections", "backlog"):
+        positive = ("max_image_pixels", "max_request_pixels", "max_items", "max_prompt_chars", "max_connections")
+        for name in (*positive, "backlog"):
             if not getattr(self, name) > 0:
                 raise GenrlError(f"--{_flag(name)} must be positive, not {getattr(self, name)}")
         for name in ("read_timeout_s", "max_request_mb", "max_pending_mb"):
@@ -144,8 +154,11 @@ class Refused(Exception):
         self.status, self.message, self.unread = status, message, unread
 
 
-def parse_request(body: bytes | bytearray, max_items: int) -> tuple[list[str], list[dict[str, Any]], list[bytes]]:
-    """Prompts, metadata and PNG bytes of a /score body, each checked for type and count."""
+def parse_request(
+    body: str | bytes | bytearray, max_items: int, max_prompt_chars: int = MAX_PROMPT_CHARS
+) -> tuple[list[str], list[dict[str, Any]], list[bytes]]:
+    """Prompts, metadata and PNG bytes of a /score body (its text, or its bytes), each checked for type, count and
+    (prompts) length."""
     _check_json_values(body, max_items)
     try:
         request = json.loads(body)
@@ -168,6 +181,13 @@ def parse_request(body: bytes | bytearray, max_items: int) -> tuple[list[str], l
         )
     if len(images) != len(prompts):
         raise Refused(400, f"{len(images)} images for {len(prompts)} prompts; send one prompt per image")
+    long = next((i for i, prompt in enumerate(prompts) if len(prompt) > max_prompt_chars), None)
+    if long is not None:
+        raise Refused(
+            413,
+            f"prompt {long} is {len(prompts[long])} characters, over the server's --max-prompt-chars "
+            f"{max_prompt_chars}; send shorter prompts or restart the server with a larger cap",
+        )
     if request.get("metadata") is None:
         metadata: list[dict[str, Any]] = [{} for _ in prompts]
     else:
@@ -177,11 +197,12 @@ def parse_request(body: bytes | bytearray, max_items: int) -> tuple[list[str], l
     return prompts, metadata, [_base64(s, i) for i, s in enumerate(images)]
 
 
-def _check_json_values(body: bytes | bytearray, max_items: int) -> None:
+def _check_json_values(body: str | bytes | bytearray, max_items: int) -> None:
     # Parsing costs up to 24x a body's bytes (3 bytes "{}," become a 64-byte dict and its 8-byte slot), while a
     # real request is nearly all base64. Every value but a container's first follows a comma, so commas and
     # opening brackets bound the values (an overcount, as they may sit in strings) at C speed, before parsing.
-    values = body.count(b",") + body.count(b"[") + body.count(b"{") + 1
+    marks = ",[{" if isinstance(body, str) else (b",", b"[", b"{")
+    values = sum(body.count(mark) for mark in marks) + 1
     limit = JSON_VALUES_PER_ITEM * max_items
     if values > limit:
         raise Refused(
@@ -264,10 +285,14 @@ class Budget:
         self._changed = threading.Condition()
 
     def take(self, size: int, deadline: float) -> bool:
-        """Reserve ``size`` bytes, waiting until ``deadline`` (``time.monotonic()``) at most; False if no room came."""
+        """Reserve ``size`` bytes, waiting until ``deadline`` (``time.monotonic()``) at most; False if no room came
+        before it."""
         with self._changed:
             fits = lambda: self.used + size <= self.total
-            if not self._changed.wait_for(fits, timeout=max(0.0, deadline - time.monotonic())):
+            # wait_for says True for room that came with the deadline past: a request that has no time left to
+            # arrive would take room (and a buffer) from one that has.
+            room = self._changed.wait_for(fits, timeout=max(0.0, deadline - time.monotonic()))
+            if not room or time.monotonic() >= deadline:
                 return False
             self.used += size
             return True
@@ -404,6 +429,7 @@ def _handler(reward: CheckedReward, cfg: ServeConfig) -> type[BaseHTTPRequestHan
     budget = Budget(cfg.max_pending_bytes)
     limits = {
         "max_items": cfg.max_items,
+        "max_prompt_chars": cfg.max_prompt_chars,
         "max_image_pixels": cfg.max_image_pixels,
         "max_request_pixels": cfg.max_request_pixels,
         "max_request_mb": cfg.max_request_bytes / 1e6,
@@ -462,20 +488,31 @@ def _handler(reward: CheckedReward, cfg: ServeConfig) -> type[BaseHTTPRequestHan
 
         def do_POST(self) -> None:
             self._reader.head_room = None
+            self._held = 0  # bytes of the budget this request holds
             try:
-                rewards = self._score()
+                code, answer, unread = self._outcome()
+            finally:
+                # Only now, with the body gone: the traceback of a refusal (a 408 mid-body, say) holds the frames
+                # that held the body, and those live until _outcome has handled it. Given back before, a stalled
+                # body's room went to the next one while it stayed in memory for the linger below.
+                budget.give(self._held)
+            self._answer(code, answer)
+            if unread:
+                _linger(self.connection, 3.0)
+
+        def _outcome(self) -> tuple[int, dict, bool]:
+            """The answer: its status and JSON, and whether the client may still be sending a body we did not read.
+            Every exception ends here, and its traceback with it."""
+            try:
+                return 200, {"rewards": self._score().tolist()}, False
             except Refused as exc:
                 self.close_connection = True
-                self._answer(exc.status, {"error": exc.message})
-                if exc.unread:
-                    _linger(self.connection, 3.0)
+                return exc.status, {"error": exc.message}, exc.unread
             except GenrlError as exc:  # the reward failed on valid input: a retry would fail the same way
-                self._answer(422, {"error": str(exc)})
+                return 422, {"error": str(exc)}, False
             except Exception as exc:  # a bug here: log it, and still answer in JSON
                 traceback.print_exc(file=sys.stderr)
-                self._answer(500, {"error": f"reward server bug ({type(exc).__name__}: {exc}); see its log"})
-            else:
-                self._answer(200, {"rewards": rewards.tolist()})
+                return 500, {"error": f"reward server bug ({type(exc).__name__}: {exc}); see its log"}, False
 
         def _score(self) -> torch.Tensor:
             if self.path != "/score":
@@ -487,13 +524,12 @@ def _handler(reward: CheckedReward, cfg: ServeConfig) -> type[BaseHTTPRequestHan
                     f"the server holds its --max-pending-mb {cfg.max_pending_bytes / 1e6:g} of requests; retry shortly",
                     unread=True,
                 )
-            try:  # the reservation lasts until the answer: a parsed request waiting for the lock holds memory too
-                prompts, metadata, pngs = parse_request(self._read_body(length), cfg.max_items)
-                check_pixels(pngs, cfg.max_image_pixels, cfg.max_request_pixels)
-                with lock:  # decoded here, so at most one request's pixels are in memory at a time
-                    return reward(decode_pngs(pngs), prompts, metadata)
-            finally:
-                budget.give(length)
+            # Held until the answer (do_POST gives it back): a parsed request waiting for the lock holds memory too.
+            self._held = length
+            prompts, metadata, pngs = parse_request(self._read_text(length), cfg.max_items, cfg.max_prompt_chars)
+            check_pixels(pngs, cfg.max_image_pixels, cfg.max_request_pixels)
+            with lock:  # decoded here, so at most one request's pixels are in memory at a time
+                return reward(decode_pngs(pngs), prompts, metadata)
 
         def _content_length(self) -> int:
             raw = self.headers.get("Content-Length")
@@ -515,23 +551,35 @@ def _handler(reward: CheckedReward, cfg: ServeConfig) -> type[BaseHTTPRequestHan
                 )
             return length
 
-        def _read_body(self, length: int) -> bytearray:
-            # In chunks, so that memory follows the bytes that came, not the Content-Length a client claims.
-            body = bytearray()
+        def _read_text(self, length: int) -> str:
+            """The body, as the text that JSON parses."""
+            # Read in place into one anonymous mapping of the room taken for it (its Content-Length): its pages are
+            # the bytes that came, and all of them go back to the OS once it is freed, as this returns. A bytearray
+            # grown chunk by chunk took up to an eighth more than its room, with a 1 MB chunk beside it, and
+            # malloc keeps large freed blocks in the thread's arena: 30 clients stalled mid-body (20 MB each) left a
+            # server 289 MB up against a --max-pending-mb of 44 (an exact bytearray: 177 MB; this: 41 MB).
+            body, got = mmap.mmap(-1, max(length, 1)), 0  # a mapping of 0 bytes is an error
             try:
-                while len(body) < length:
-                    chunk = self.rfile.read1(min(length - len(body), 1 << 20))
-                    if not chunk:
-                        raise Refused(400, f"the body ended after {len(body)} of its Content-Length {length} bytes")
-                    body += chunk
+                with memoryview(body) as view:
+                    while got < length:
+                        count = self.rfile.readinto1(view[got:length])
+                        if not count:
+                            raise Refused(400, f"the body ended after {got} of its Content-Length {length} bytes")
+                        got += count
+                    return str(view[:length], "utf-8", "surrogatepass")  # as json.loads decodes UTF-8 bytes
             except TimeoutError as exc:
                 raise Refused(
                     408,
-                    f"the request did not arrive within --read-timeout-s {cfg.read_timeout_s} ({len(body)} of its "
+                    f"the request did not arrive within --read-timeout-s {cfg.read_timeout_s} ({got} of its "
                     f"{length} body bytes came); send the whole request at once",
                     unread=True,
                 ) from exc
-            return body
+            except UnicodeDecodeError as exc:
+                raise Refused(
+                    400, f"the body is not UTF-8 ({exc.reason} at byte {exc.start}); send JSON in UTF-8"
+                ) from None
+            finally:
+                body.close()  # its pages go back now, whatever still refers to this frame
 
         def log_message(self, format: str, *args: Any) -> None:  # one quiet line per request on stderr
             sys.stderr.write(f"{self.address_string()} {format % args}\n")
