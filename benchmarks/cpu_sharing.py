@@ -33,6 +33,7 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "default": ([], {}),  # one thread per usable core; waiting threads sleep after 1000 rounds (genrl/cpu.py)
     "spinning": ([], {"GOMP_SPINCOUNT": "300000"}),  # libgomp's own default: waiting threads spin first
     "passive": ([], {"OMP_WAIT_POLICY": "PASSIVE"}),  # waiting threads sleep at once
+    "spin-3k": ([], {"GOMP_SPINCOUNT": "3000"}),
     "spin-10k": ([], {"GOMP_SPINCOUNT": "10000"}),
     "spin-30k": ([], {"GOMP_SPINCOUNT": "30000"}),
     "one-thread": (["--threads", "1"], {}),

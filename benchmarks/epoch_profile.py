@@ -3,8 +3,9 @@
     python -m benchmarks.epoch_profile [--preset shapes-quickstart] [--epochs 3] [--threads 2] [--rows 15]
 
 Builds the preset's training as ``genrl.train`` does, runs one warm-up epoch, then ``--epochs`` epochs under
-torch.profiler. Prints the phases' share of the epochs' wall-clock (from the epoch's own metrics) and the torch
-operations that took the most CPU time of their own (every thread counted), as shares of the profiled CPU time.
+torch.profiler. Prints the epoch's wall-clock and process CPU time, its phases' share of the wall-clock (from the
+epoch's own metrics), and the torch operations that took the most time of their own on the calling thread (an
+operation's OpenMP threads work inside that time), as shares of all operations' time.
 """
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ def main(args: Args) -> None:
     t = build(cfg)
     run_epoch(t, 1)  # warm-up: first calls allocate and pick kernels
     phases = {"sample_time_s": 0.0, "reward_time_s": 0.0, "train_time_s": 0.0}
-    wall, cpu = time.perf_counter(), time.process_time()
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        wall, cpu = time.perf_counter(), time.process_time()  # inside: the profiler's own closing work left out
         for epoch in range(2, args.epochs + 2):
             metrics = run_epoch(t, epoch)[1]
             for name in phases:
                 phases[name] += metrics[name]
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     print(f"\n{args.preset}, {args.epochs} epochs after a warm-up one, {args.threads} threads (profiler on)")
     print(f"per epoch: {wall / args.epochs:.2f} s wall-clock, {cpu / args.epochs:.2f} s CPU")
     shares = {
@@ -53,7 +54,9 @@ def main(args: Args) -> None:
         print(f"  {name}: {seconds / args.epochs:.2f} s ({seconds / wall:.0%} of the wall-clock)")
     events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
-    print(f"\n| operation | calls per epoch | self CPU s per epoch | share of torch's CPU time ({total / 1e6:.1f} s) |")
+    print(
+        f"\n| operation | calls per epoch | own time s per epoch | share ({total / 1e6 / args.epochs:.2f} s an epoch) |"
+    )
     print("|---|---|---|---|")
     for event in events[: args.rows]:
         print(

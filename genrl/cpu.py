@@ -9,8 +9,8 @@ build and CPU family gives the same numbers, busy machine or idle.
 The waiting: torch's OpenMP threads meet at a barrier after every parallel operation. libgomp's default makes a
 thread that arrives first spin there for 300,000 rounds before it sleeps. When another process takes one of the
 cores, the thread scheduled there is preempted, and the other spins away its core's time until it runs again: on
-the 2-core development machine, a busy process that arrived after the run had started made its epochs 3.4x slower
-and 2.3x dearer in CPU. Sleeping at once (OMP_WAIT_POLICY=PASSIVE) shares fairly but makes the idle run 1.75x
+the 2-core development machine, a busy process that arrived after the run had started made its epochs 3.8x slower
+and 2.4x dearer in CPU. Sleeping at once (OMP_WAIT_POLICY=PASSIVE) shares fairly but made the idle run 1.75x
 slower, as every small operation then wakes its threads from sleep. ``spin_briefly`` sets GOMP_SPINCOUNT=1000 before
 torch loads libgomp (``genrl/__init__.py``): long enough to bridge the gap between two operations, short enough to
 give the core away when the partner is preempted. README "CPU threads and sharing the machine" has the

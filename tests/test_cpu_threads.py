@@ -36,7 +36,7 @@ def test_the_same_seed_gives_the_same_numbers_beside_a_busy_process(tmp_path, mo
     # Before, the count was the cores left idle as the run started: 2 alone and 1 beside this loop on a 2-core
     # machine, and the float sums differed from the second epoch on.
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    flags = ("--epochs", "2", "--eval-every", "1", "--seed", "3")
+    flags = ("--epochs", "2", "--eval-every", "2", "--eval-size", "4", "--seed", "3")
     main(fast_args(tmp_path, "alone", *flags))
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
@@ -47,7 +47,7 @@ def test_the_same_seed_gives_the_same_numbers_beside_a_busy_process(tmp_path, mo
     configs = [json.loads((tmp_path / name / "config.json").read_text()) for name in ("alone", "beside")]
     assert configs[0]["threads"] == configs[1]["threads"] == cpu.usable_cpus()
     alone, beside = _metrics_without_times(tmp_path / "alone"), _metrics_without_times(tmp_path / "beside")
-    assert len(alone) == 3 and "eval_reward_mean" in alone[-1]
+    assert len(alone) == 3 and "eval_reward_mean" in alone[-1]  # epochs 0 (the evaluation before training), 1, 2
     assert alone == beside
 
 
@@ -67,7 +67,6 @@ def test_waiting_threads_spin_briefly_unless_the_user_says_otherwise():
         return next(line.split("=")[1].strip(" '") for line in run.stderr.splitlines() if "GOMP_SPINCOUNT" in line)
 
     assert spin_count() == str(cpu.SPIN_COUNT)
-    assert spin_count(OMP_WAIT_POLICY="active") == "30000000000"
     assert spin_count(OMP_WAIT_POLICY="passive") == "0"
     assert spin_count(GOMP_SPINCOUNT="300000") == "300000"
 
