@@ -57,3 +57,9 @@ def logged_metrics(run: Path) -> list[dict]:
     import json
 
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def metrics_without_timings(run: Path) -> list[dict]:
+    """``logged_metrics`` less the timings (``*_time_s``, ``reward_wait_s``): what a seed must reproduce."""
+    timing = lambda key: key.endswith("_time_s") or key == "reward_wait_s"
+    return [{k: v for k, v in record.items() if not timing(k)} for record in logged_metrics(run)]

@@ -13,9 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from genrl.train import main
-from tests.helpers import fast_args
-
-TIMES = ("wall_time_s", "cpu_time_s", "sample_time_s", "train_time_s", "reward_time_s", "eval_time_s")
+from tests.helpers import fast_args, metrics_without_timings
 
 
 @pytest.fixture
@@ -31,11 +29,6 @@ def compiled_calls(monkeypatch):
     return compiled
 
 
-def _metrics(run) -> list[dict]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.endswith("_time_s") and k != "reward_wait_s"} for r in records]
-
-
 def test_a_compiled_run_resumes_and_exports_what_an_eager_run_does(tmp_path, compiled_calls):
     lora = ("--threads", "1", "--finetune", "lora")
     main(fast_args(tmp_path, "eager", *lora))
@@ -45,7 +38,7 @@ def test_a_compiled_run_resumes_and_exports_what_an_eager_run_does(tmp_path, com
     assert json.loads((tmp_path / "compiled" / "config.json").read_text())["compile"] is True
     main(["--resume", str(tmp_path / "compiled"), "--epochs", "2"])  # compiles again: the saved config says so
     assert len(compiled_calls) == 2
-    assert _metrics(tmp_path / "compiled") == _metrics(tmp_path / "eager")
+    assert metrics_without_timings(tmp_path / "compiled") == metrics_without_timings(tmp_path / "eager")
     export = "pytorch_lora_weights.safetensors"
     eager, compiled = (load_file(tmp_path / run / "checkpoints" / "latest" / export) for run in ("eager", "compiled"))
     assert eager.keys() == compiled.keys() and not any("_orig_mod" in key for key in compiled)

@@ -9,9 +9,7 @@ import torch
 
 import genrl.cpu as cpu
 from genrl.train import main
-from tests.helpers import fast_args
-
-TIMES = ("wall_time_s", "cpu_time_s", "sample_time_s", "train_time_s", "reward_time_s")
+from tests.helpers import fast_args, metrics_without_timings
 
 
 def test_the_default_count_is_the_usable_cores_shared_among_this_machines_processes(monkeypatch):
@@ -25,11 +23,6 @@ def test_the_default_count_is_the_usable_cores_shared_among_this_machines_proces
     assert cpu.default_threads() == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's setting wins
     assert cpu.default_threads() == 3
-
-
-def _metrics_without_times(run) -> list[dict]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMES and not k.endswith("_time_s")} for r in records]
 
 
 def test_the_same_seed_gives_the_same_numbers_beside_a_busy_process(tmp_path, monkeypatch):
@@ -46,7 +39,7 @@ def test_the_same_seed_gives_the_same_numbers_beside_a_busy_process(tmp_path, mo
         busy.wait()
     configs = [json.loads((tmp_path / name / "config.json").read_text()) for name in ("alone", "beside")]
     assert configs[0]["threads"] == configs[1]["threads"] == cpu.usable_cpus()
-    alone, beside = _metrics_without_times(tmp_path / "alone"), _metrics_without_times(tmp_path / "beside")
+    alone, beside = (metrics_without_timings(tmp_path / name) for name in ("alone", "beside"))
     assert len(alone) == 3 and "eval_reward_mean" in alone[-1]  # epochs 0 (the evaluation before training), 1, 2
     assert alone == beside
 
