@@ -16,7 +16,7 @@ from benchmarks.methods import DDPO_PPO, METHODS, RLCM_PPO
 from benchmarks.runs import run_directory
 from genrl.assemble import assemble
 from genrl.config import TrainConfig, replace_config
-from genrl.envs import make_env
+from genrl.envs import DenoisingEnv, make_env
 from genrl.families import env_options, family
 from genrl.prompts import load_prompts
 from genrl.rollout import SamplingBatch, collect
@@ -47,14 +47,18 @@ class Evaluator:
         parts = assemble(cfg if lora is not None else untrained(cfg), device, trained_lora=lora)
         self.pipe, self.reward, self.policy = parts.pipeline, parts.reward, parts.policy
 
+    def env(self, batch: int, num_steps: int) -> DenoisingEnv:
+        """The model's env for ``batch`` images of ``num_steps`` steps, scoring with the method's reward."""
+        options = env_options(self.cfg)
+        return make_env(self.cfg.env, batch, self.pipe, self.reward, num_steps, self.cfg.resolution, **options)
+
     def sample(self, num_steps: int, prompts: list[str], seed: int = 12345, draw: bool = True):
         """Mean reward, seconds per image (sampling and decode) and the images, on ``num_images`` prompts drawn
         from the list (``draw``) or on the list itself, in its order."""
         rng = np.random.default_rng(seed)
         chosen = [prompts[i] for i in rng.integers(len(prompts), size=self.num_images)] if draw else prompts
         batch = min(8, len(chosen))
-        options = env_options(self.cfg)
-        env = make_env(self.cfg.env, batch, self.pipe, self.reward, num_steps, self.cfg.resolution, **options)
+        env = self.env(batch, num_steps)
         collect(env, self.policy, SamplingBatch(chosen[:batch], seed, seed))  # warm-up
         rewards, seconds, images = [], 0.0, []
         for start in range(0, len(chosen) - batch + 1, batch):
@@ -91,11 +95,8 @@ def time_inference(pair: dict[str, tuple[TrainConfig, Path | None]], settings: E
     ``UNDER_LOAD_CORES``. A single timing taken beside other work was off by 20-60x before."""
     evaluators = {name: Evaluator(cfg, lora, settings.device, 8) for name, (cfg, lora) in pair.items()}
     prompts = load_prompts(next(iter(pair.values()))[0].prompts)[:8]
-    envs = {}
+    envs = {name: evaluator.env(len(prompts), evaluator.cfg.num_steps) for name, evaluator in evaluators.items()}
     for name, evaluator in evaluators.items():
-        cfg = evaluator.cfg
-        options = env_options(cfg)
-        envs[name] = make_env(cfg.env, 8, evaluator.pipe, evaluator.reward, cfg.num_steps, cfg.resolution, **options)
         collect(envs[name], evaluator.policy, SamplingBatch(prompts, 0, 0))  # warm-up
     walls: dict[str, list[float]] = {name: [] for name in pair}
     cpus: dict[str, list[float]] = {name: [] for name in pair}
