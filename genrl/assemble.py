@@ -12,10 +12,10 @@ import torch
 
 from genrl.algos.registry import make_algorithm
 from genrl.config import DEFAULT_LORA_TARGETS, TrainConfig
+from genrl.config_sampler import sampler_name, sampler_options
 from genrl.denoiser import denoiser
 from genrl.envs import DenoisingEnv, make_env
 from genrl.errors import GenrlError
-from genrl.families import env_options, family
 from genrl.models import load_pipeline
 from genrl.policy import DenoisingPolicy, add_lora, make_policy
 from genrl.precision import cast_frozen, half_dtype
@@ -57,7 +57,7 @@ def assemble(
     algorithm = make_algorithm(cfg.algo, cfg.algo_config)
     if hasattr(algorithm, "validate"):
         algorithm.validate(cfg)  # also resolves what depends on the run (DPG: how many steps keep a graph)
-    pipeline = load_pipeline(cfg.model, cfg.env, device or cfg.device)
+    pipeline = load_pipeline(cfg.model, cfg.env, device or cfg.device, sampler=sampler_name(cfg))
     try:  # the env checks the pipeline and the image size against each other
         env = make_env(
             cfg.env,
@@ -66,7 +66,7 @@ def assemble(
             reward if score_in_env else None,
             num_steps or cfg.num_steps,
             cfg.resolution,
-            **env_options(cfg),
+            **sampler_options(cfg),
         )
     except ValueError as exc:
         raise GenrlError(f"--model {cfg.model}: {exc}") from None
@@ -88,8 +88,7 @@ def assemble(
         algorithm.prepare(pipeline, reward)
     half = half_dtype(cfg.mixed_precision)
     cast_frozen(pipeline, half)  # once the trainable weights are known: they stay fp32
-    options = family(cfg.env).policy_options(cfg)  # the family's own settings (flow: its noise level and mode)
-    policy = make_policy(cfg.env, pipeline, cfg.guidance_scale, cfg.logprob_reduction, cfg.eta, **options).eval()
+    policy = make_policy(env, cfg.guidance_scale, cfg.logprob_reduction).eval()
     policy.autocast_dtype = half
     if cfg.compile:
         denoiser(pipeline).compile()  # in place, so state_dict keys, LoRA exports and checkpoints stay as they are

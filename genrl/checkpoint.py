@@ -32,12 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline, StableDiffusionPipeline
 from diffusers.training_utils import EMAModel
-from diffusers.utils import convert_state_dict_to_diffusers
-from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
+from genrl.adapters.base import ModelAdapter
 from genrl.errors import GenrlError
 
 LATEST = "latest"
@@ -81,7 +79,7 @@ def is_complete(folder: Path) -> bool:
 def save_checkpoint(
     checkpoints: Path,
     epoch: int,
-    unet: torch.nn.Module,
+    adapter: ModelAdapter,
     optimizer: torch.optim.Optimizer,
     lr_scheduler: Any,
     state: dict[str, Any],
@@ -92,7 +90,8 @@ def save_checkpoint(
     """The checkpoint of ``epoch``, pointed at by ``latest``; of the older ones the ``keep`` - 1 newest stay, and
     ``protect`` (the best one) whatever its age."""
     name = checkpoint_name(epoch)
-    trainable = {n: p.detach().contiguous().cpu() for n, p in unet.named_parameters() if p.requires_grad}
+    net = adapter.denoiser
+    trainable = {n: p.detach().contiguous().cpu() for n, p in net.named_parameters() if p.requires_grad}
     extra = {
         "optimizer": optimizer.state_dict(),
         "lr_scheduler": lr_scheduler.state_dict(),
@@ -117,10 +116,10 @@ def save_checkpoint(
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         save_file(trainable, staging / "trainable.safetensors")
-        _save_for_diffusers(unet, staging)
+        _save_for_diffusers(adapter, staging)
         if ema is not None:
-            with ema_weights(ema, [p for p in unet.parameters() if p.requires_grad]):
-                _save_for_diffusers(unet, staging / "ema")
+            with ema_weights(ema, [p for p in net.parameters() if p.requires_grad]):
+                _save_for_diffusers(adapter, staging / "ema")
             torch.save(ema_state, staging / "ema.pt")
         torch.save(extra, staging / "optimizer.pt")
         (staging / "state.json").write_text(json.dumps(state))
@@ -162,24 +161,14 @@ def ema_weights(ema: EMAModel, params: list[torch.nn.Parameter]) -> Iterator[Non
         ema.restore(params)
 
 
-def _save_for_diffusers(net: torch.nn.Module, folder: Path) -> None:
-    """The LoRA as ``pipe.load_lora_weights(folder)`` reads it, or the whole denoiser under full fine-tuning: a UNet
-    (Stable Diffusion 1.x, its LCMs) or a flow model's transformer (Stable Diffusion 3, ``genrl.denoiser``)."""
-    sd3 = isinstance(net, SD3Transformer2DModel)
-    name = "transformer" if sd3 else "unet"
+def _save_for_diffusers(adapter: ModelAdapter, folder: Path) -> None:
+    """The LoRA as ``load_lora_weights(folder)`` of the adapter's pipeline class reads it, or the whole denoiser
+    under full fine-tuning, as ``from_pretrained`` of its class reads it."""
+    net = adapter.denoiser
     if not getattr(net, "peft_config", None):
-        net.save_pretrained(folder / name, safe_serialization=True)
+        net.save_pretrained(folder / adapter.denoiser_attr, safe_serialization=True)
         return
-    lora = get_peft_model_state_dict(net)
-    if not sd3:  # SD3's loader reads PEFT's own keys; converted, to_q would become a UNet processor's to_q_lora
-        lora = convert_state_dict_to_diffusers(lora)
-    # The adapter's config travels in the file's metadata: without it diffusers rebuilds the LoRA at
-    # lora_alpha = rank, which scales a rank-16, alpha-32 adapter to half its trained strength.
-    (StableDiffusion3Pipeline if sd3 else StableDiffusionPipeline).save_lora_weights(
-        folder,
-        **{f"{name}_lora_layers": lora, f"{name}_lora_adapter_metadata": net.peft_config["default"].to_dict()},
-        safe_serialization=True,
-    )
+    adapter.save_lora(folder)
 
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:

@@ -18,14 +18,18 @@ from typing import Annotated, Any, Literal
 import torch
 import tyro
 
+from genrl.adapters.sd3 import FLOW_GRPO_LORA_TARGETS
 from genrl.algos.ppo import PPOConfig
 from genrl.algos.registry import algorithm_class, is_builtin, make_algorithm, settings_name
+from genrl.config_sampler import SamplerName, check_sampler_settings
 from genrl.cpu import MAX_THREADS, usable_cpus
 from genrl.errors import GenrlError
-from genrl.families import FamilyName, family
-from genrl.families.flow import FLOW_GRPO_LORA_TARGETS
+from genrl.families import FamilyName
 from genrl.plugins import describe
 from genrl.precision import MixedPrecision
+from genrl.samplers.ddim import DDIMSettings
+from genrl.samplers.flow_sde import FlowSDESettings, NoiseMode
+from genrl.samplers.lcm import LCMSettings
 
 # The attention projections of every transformer block, where the reference implementations put LoRA.
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -39,7 +43,10 @@ class TrainConfig:
     """A diffusers pipeline: hub id, local folder, 'shapes' (the embedded models) or 'tiny' (random weights)."""
     env: FamilyName = "lcm"
     """lcm: consistency sampling (RLCM). ddpm: DDIM with eta > 0 (DDPO). flow: flow matching as an SDE (Flow-GRPO;
-    an SD3-style model)."""
+    an SD3 or FLUX model). The model's adapter is found from the pipeline (genrl/adapters)."""
+    sampler: SamplerName | None = None
+    """Another sampler for the --env's kind of model: cps (coefficients-preserving) or flow_sde for flow, ddim for
+    ddpm, lcm for lcm. Default: the family's (lcm, ddim, flow_sde). Its settings are the flags below that name it."""
     algo: str = "ppo"
     """ppo: clipped PPO (RLCM, DDPO). reinforce: one unclipped pass. dpg: backpropagate a differentiable reward
     through the sampling chain (AlignProp, DRaFT-K). Or your own: 'package.module:Class', or the name of a
@@ -85,18 +92,22 @@ class TrainConfig:
     """Inference steps H (LCM: 1-50 on the skipping-step schedule; DDPM: DDIM steps; flow: SDE steps)."""
     guidance_scale: float = 8.0
     """LCM: fed as the w-embedding (w = scale - 1). DDPM, flow: classifier-free guidance by a doubled batch."""
-    eta: float = 1.0
-    """DDPM only: DDIM eta (> 0 makes every step stochastic)."""
-    noise_last_step: bool = False
-    """LCM only: noise the last step too, as the reference RLCM code does (default: diffusers' noiseless last step)."""
-    noise_level: float = 0.7
-    """Flow only: the SDE's noise level a (0 < a < sqrt(2); Flow-GRPO's 0.7; 0 would be the deterministic Euler
+    # The samplers' settings (genrl/samplers/, where each default lives): one flag each, refused in one line where
+    # the run's sampler has no such setting.
+    eta: float = DDIMSettings.eta
+    """ddim sampler: DDIM eta (> 0 makes every step stochastic)."""
+    noise_last_step: bool = LCMSettings.noise_last_step
+    """lcm sampler: noise the last step too, as the reference RLCM code does (default: diffusers' noiseless last
     step)."""
-    noise_mode: Literal["flow_grpo", "constant"] = "flow_grpo"
-    """Flow only: the noise scale g = a sqrt(sigma / (1 - sigma)) (Flow-GRPO), or a constant a (DanceGRPO)."""
+    noise_level: float | None = None
+    """flow_sde sampler: the SDE's noise level a (0 < a < sqrt(2); Flow-GRPO's 0.7, the default). cps sampler: eta in
+    (0, 1], std = sigma_next sin(eta pi / 2) (default 0.7)."""
+    noise_mode: NoiseMode = FlowSDESettings.noise_mode
+    """flow_sde sampler: the noise scale g = a sqrt(sigma / (1 - sigma)) (Flow-GRPO), or a constant a (DanceGRPO)."""
     sde_window: tuple[int, int] | None = None
-    """Flow only: steps START to END - 1 (counted from 0, the noisiest) take the SDE and are trained; the others take
-    the ODE's deterministic Euler step and cost no training (Flow-GRPO-Fast, MixGRPO). Default: every step."""
+    """ddim, flow_sde and cps samplers: steps START to END - 1 (counted from 0, the noisiest) draw noise and are
+    trained; the others take the deterministic step (DDIM's eta 0, the ODE's Euler step) and cost no training
+    (Flow-GRPO-Fast, MixGRPO). Default: every step."""
     resolution: int | None = None
     """Image size in pixels (default: the model's)."""
     sample_batch_size: int = 16
@@ -247,7 +258,7 @@ class TrainConfig:
         for name in ["learning_rate", "lora_alpha"]:
             if not getattr(self, name) > 0:
                 raise GenrlError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        family(self.env).validate(self)
+        check_sampler_settings(self)
         self._validate_extensions()
 
     def _validate_extensions(self) -> None:
@@ -347,7 +358,7 @@ _ADDED_SINCE = {
     **{"mixed_precision": "no", "allow_tf32": True, "threads": None},  # threads: chosen again for the resume
     **{"compile": False},
     **{"keep_best": False, "accuracy_floor": 0.8, "early_stop_patience": 0},
-    **{"noise_level": 0.7, "noise_mode": "flow_grpo"},
+    **{"noise_level": None, "noise_mode": "flow_grpo", "sampler": None},
     **{"sde_window": None, "eval_num_steps": None, "global_std": False},
 }
 # Settings that config.json held among the run's fields before each algorithm owned its own, and their names there.
@@ -380,6 +391,8 @@ def read_config(path: Path) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(config)}
         settings = {_FLAT_ALGORITHM_FIELDS[k]: v for k, v in flat.items() if _FLAT_ALGORITHM_FIELDS[k] in known}
     data = {**_ADDED_SINCE, **data}  # runs saved before a field existed ran as its value here says
+    if data.get("sampler") is None and data.get("env") != "flow" and data.get("noise_level") == 0.7:
+        data["noise_level"] = None  # saved when every run carried the flow sampler's default; it never applied
     values = _checked_fields(path, data, TrainConfig, _RUN_FIELDS, "")
     if config is not None:
         if not isinstance(settings, dict):

@@ -12,11 +12,14 @@ import torch
 from diffusers import DiffusionPipeline
 from huggingface_hub import try_to_load_from_cache
 
+from genrl.adapters import adapter_for
 from genrl.errors import GenrlError
 from genrl.families import family
 from genrl.precision import frozen_parts
+from genrl.samplers import sampler_class
+from genrl.samplers.base import check_pairing
 from genrl.shapes import shipped_dir
-from genrl.shapes.tiny import tiny_model_dir
+from genrl.shapes.tiny import TINY_MODELS, tiny_model_dir
 
 
 def resolve_model(model: str, env: str) -> str:
@@ -24,12 +27,14 @@ def resolve_model(model: str, env: str) -> str:
     teacher) and 'tiny' (random weights, of the kind the family samples). Anything else is passed to diffusers as
     is."""
     if model == "tiny":
-        return str(tiny_model_dir(family(env).TINY_MODEL))
+        return str(tiny_model_dir(family(env).tiny_model))
+    if model in TINY_MODELS:
+        return str(tiny_model_dir(model))
     if model == "shapes":
-        folder = shipped_dir() / family(env).SHAPES_MODEL
+        folder = shipped_dir() / family(env).shapes_model
         if not (folder / "model_index.json").exists():
             # A family whose shapes model genrl.shapes.pretrain does not build (yet) says so itself.
-            missing = getattr(family(env), "SHAPES_MISSING", None)
+            missing = family(env).shapes_missing
             rebuild = "rebuild them: python -m genrl.shapes.pretrain"
             raise GenrlError(missing or f"the shapes models are missing from {folder.parent}; {rebuild}")
         return str(folder)
@@ -47,9 +52,12 @@ def _no_safety_checker(source: str, local: bool) -> dict[str, Any]:
     return {"safety_checker": None}
 
 
-def load_pipeline(model: str, env: str, device: str = "cpu", dtype=torch.float32) -> Any:
-    """The pipeline for family ``env`` (``genrl.families``), with its scheduler set to the one the family's step
-    maths mirror, frozen."""
+def load_pipeline(
+    model: str, env: str, device: str = "cpu", dtype=torch.float32, sampler: str | None = None
+) -> Any:
+    """The pipeline for family ``env`` (``genrl.families``), with its scheduler set to the one its sampler (or
+    ``sampler``) mirrors, frozen. ``GenrlError`` for a model genrl has no adapter for, or one the sampler cannot
+    sample."""
     source = resolve_model(model, env)
     local = Path(source).is_dir()
     if not local and (Path(source).is_absolute() or source.startswith((".", "~")) or source.count("/") > 1):
@@ -69,19 +77,24 @@ def load_pipeline(model: str, env: str, device: str = "cpu", dtype=torch.float32
             f"model '{model}' is not in the local cache and {how}; download it on a machine with network "
             "(huggingface-cli download) or pass a local pipeline folder"
         ) from exc
-    if pipe.scheduler.config.get("prediction_type", "epsilon") != "epsilon":
+    sampler_cls = sampler_class(sampler or family(env).sampler)
+    try:
+        check_pairing(sampler_cls, adapter_for(pipe))
+    except ValueError as exc:
+        raise GenrlError(f"model '{model}': {exc}") from None
+    adapter = adapter_for(pipe)
+    if adapter.prediction_type not in ("epsilon", "v_prediction", "flow") or (
+        sampler_cls.model_kind == "consistency" and adapter.prediction_type != "epsilon"
+    ):
         raise GenrlError(
-            f"model '{model}' predicts '{pipe.scheduler.config.prediction_type}'; genrl's step maths need an "
-            "epsilon-prediction model (Stable Diffusion 1.x and its LCMs)"
+            f"model '{model}' predicts '{adapter.prediction_type}'; the {sampler_cls.name} sampler takes "
+            f"{'epsilon' if sampler_cls.model_kind == 'consistency' else 'epsilon or v'} predictions"
         )
     # genrl's steps never clip or threshold x0, as the reference configs (SD 1.5, LCM_Dreamshaper_v7) do not.
-    no_clipping = dict(clip_sample=False, thresholding=False)
-    env_family = family(env)
-    env_family.check_pipeline(pipe, model)
     # (A flow scheduler neither clips nor thresholds, and takes no such options.)
-    accepted = inspect.signature(env_family.SCHEDULER.__init__).parameters
-    options = {key: value for key, value in no_clipping.items() if key in accepted}
-    pipe.scheduler = env_family.SCHEDULER.from_config(pipe.scheduler.config, **options)
+    accepted = inspect.signature(sampler_cls.scheduler_class.__init__).parameters
+    no_clipping = {key: False for key in ("clip_sample", "thresholding") if key in accepted}
+    pipe.scheduler = sampler_cls.scheduler_class.from_config(pipe.scheduler.config, **no_clipping)
     for part in frozen_parts(pipe):
         part.requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)

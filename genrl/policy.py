@@ -1,9 +1,8 @@
-"""The policy: the trainable denoiser and the Gaussian it defines over the next latent.
+"""The policy: a model adapter paired with a sampler, and the Gaussian they define over the next latent.
 
-``distribution(obs)`` gives mean and std of the next latent; ``action_log_prob(dist, next_latents)`` scores an
-action under it; ``act(obs, generator)`` samples one. Each family (``genrl.families``) subclasses it with its
-denoiser's call (a UNet, or a flow model's transformer: ``genrl.denoiser``) and its step maths; ``make_policy``
-builds the one ``--env`` names.
+``distribution(obs)`` gives mean and std of the next latent: the adapter's guided prediction (``genrl.adapters``),
+stepped by the sampler's maths (``genrl.samplers``). ``action_log_prob(dist, next_latents)`` scores an action under
+it; ``act(obs, generator)`` samples one. ``make_policy(env, ...)`` pairs the env's adapter and sampler.
 """
 
 from __future__ import annotations
@@ -14,9 +13,9 @@ from typing import Any
 import torch
 from peft import LoraConfig
 
-from genrl.families import family
+from genrl.adapters.base import ModelAdapter
 from genrl.noise import NoiseSlice, noise_rows
-from genrl.precision import autocast
+from genrl.samplers.base import Sampler
 from genrl.steps import LogProbReduction, StepDistribution, gaussian_kl, gaussian_log_prob
 
 
@@ -30,31 +29,32 @@ def add_lora(net: torch.nn.Module, rank: int, alpha: float, target_modules: Sequ
 
 
 class DenoisingPolicy(torch.nn.Module):
-    autocast_dtype: torch.dtype | None = None
-    """``--mixed-precision``'s half dtype, which ``denoise`` runs the denoiser in (None: the weights' own)."""
-
-    def __init__(self, denoiser: torch.nn.Module, scheduler: Any, guidance_scale: float, reduction: LogProbReduction):
+    def __init__(self, adapter: ModelAdapter, sampler: Sampler, guidance_scale: float, reduction: LogProbReduction):
         super().__init__()
-        self.denoiser = denoiser
+        self.adapter = adapter
+        self.denoiser = adapter.denoiser  # a submodule: the trainable weights, and what the reference switches off
+        self.sampler = sampler.to(adapter.denoiser.device)
         self.guidance_scale = guidance_scale
         self.reduction: LogProbReduction = reduction
-        # A diffusion scheduler's noise schedule, which the LCM and DDIM steps index; a flow scheduler has none.
-        alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)
-        if alphas_cumprod is not None:
-            self.register_buffer("alphas_cumprod", alphas_cumprod.to(denoiser.device), persistent=False)
 
-    def denoise(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """The denoiser's prediction, at least fp32: under autocast where mixed precision is on, cast up after it, so
-        that every family's step maths (mean, std, log-prob) run in fp32 (``genrl.precision``)."""
-        with autocast(self.denoiser.device.type, self.autocast_dtype):
-            prediction = self.denoiser(*args, **kwargs).sample
-        return prediction.to(torch.promote_types(prediction.dtype, torch.float32))
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """``--mixed-precision``'s half dtype, which the adapter runs the denoiser in (None: the weights' own)."""
+        return self.adapter.autocast_dtype
+
+    @autocast_dtype.setter
+    def autocast_dtype(self, dtype: torch.dtype | None) -> None:
+        self.adapter.autocast_dtype = dtype
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.denoiser.parameters() if p.requires_grad]
 
     def distribution(self, obs: dict[str, torch.Tensor]) -> StepDistribution:
-        raise NotImplementedError
+        """The step's Gaussian at ``obs``: the adapter's prediction, guidance applied, stepped by the sampler."""
+        prediction = self.adapter.guided(
+            obs["latents"], obs["timestep"], obs["prompt_embeds"], obs["negative_prompt_embeds"], self.guidance_scale
+        )
+        return self.sampler.step(prediction, obs, self.adapter.prediction_type)
 
     def action_log_prob(self, dist: StepDistribution, next_latents: torch.Tensor) -> torch.Tensor:
         return gaussian_log_prob(next_latents, dist.mean, dist.std, self.reduction)
@@ -94,14 +94,6 @@ class DenoisingPolicy(torch.nn.Module):
         return gaussian_kl(dist.mean, dist.std, ref.mean, ref.std, self.reduction)
 
 
-def make_policy(
-    kind: str,
-    pipeline: Any,
-    guidance_scale: float,
-    reduction: LogProbReduction,
-    eta: float = 1.0,
-    **options: Any,
-) -> DenoisingPolicy:
-    """The policy of family ``kind`` (``genrl.families``) on ``pipeline``'s denoiser; ``eta`` is DDIM's, ``options``
-    the family's own (``policy_options``: the flow family's noise level and mode)."""
-    return family(kind).make_policy(pipeline, guidance_scale, reduction, eta, **options)
+def make_policy(env: Any, guidance_scale: float, reduction: LogProbReduction = "mean") -> DenoisingPolicy:
+    """The policy of ``env``'s adapter and sampler (a ``genrl.envs.DenoisingEnv``)."""
+    return DenoisingPolicy(env.adapter, env.sampler, guidance_scale, reduction)

@@ -57,13 +57,13 @@ from genrl.config import (
     read_config,
     replace_config,
 )
+from genrl.config_sampler import flags_of_other_samplers, sampler_options
 from genrl.cpu import default_threads
 from genrl.denoiser import denoiser
 from genrl.distributed import Processes
 from genrl.envs import DenoisingEnv, make_env
 from genrl.envs.actions import NonFiniteAction
 from genrl.errors import GenrlError
-from genrl.families import env_options
 from genrl.policy import DenoisingPolicy
 from genrl.precision import NO_SCALING, LossScaling
 from genrl.prompts import load_prompts
@@ -103,6 +103,8 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     parser = config_type(base.algo)
     _check_flags(argv, base)
     cfg = as_type(tyro.cli(parser, default=as_type(base, parser), args=argv, description=__doc__), TrainConfig)
+    given = {token.split("=", 1)[0][2:].replace("-", "_") for token in argv if token.startswith("--")}
+    flags_of_other_samplers(cfg, given | {name.removeprefix("no_") for name in given})
     if known.resume is not None:
         for name in _FIXED_ON_RESUME:
             if getattr(cfg, name) != getattr(base, name):
@@ -408,7 +410,7 @@ def _evaluation_env(cfg: TrainConfig, pipe: object, reward: CheckedReward) -> De
             None if cfg.async_rewards else reward,
             cfg.eval_num_steps,
             cfg.resolution,
-            **env_options(cfg),
+            **sampler_options(cfg),
         )
     except ValueError as exc:
         raise GenrlError(f"--eval-num-steps {cfg.eval_num_steps}: {exc}") from None
@@ -515,7 +517,7 @@ def save(t: Training, run: RunDir, epoch: int, best: BestEvaluation) -> None:
     save_checkpoint(
         run.checkpoints,
         epoch,
-        denoiser(t.pipe),
+        t.policy.adapter,
         t.optimizer,
         t.lr_scheduler,
         state,

@@ -23,11 +23,12 @@ import torch
 
 from genrl.algos.base import EpochBatch
 from genrl.algos.common import EpochMeans, check_settings, flag, optimizer_step
+from genrl.config_sampler import sampler_name
 from genrl.denoiser import denoiser
 from genrl.errors import GenrlError
-from genrl.families import family
 from genrl.policy import DenoisingPolicy
 from genrl.rollout import Rollout
+from genrl.samplers import sampler_class
 
 
 @dataclass
@@ -67,7 +68,7 @@ class DPG:
             )
         if run.async_rewards:
             raise GenrlError("--async-rewards cannot carry a reward's gradient; drop it for --algo dpg")
-        default = family(run.env).default_grad_steps(run.num_steps)
+        default = sampler_class(sampler_name(run)).default_grad_steps(run.num_steps)
         self.grad_steps = default if cfg.truncation is None else cfg.truncation
         if not 1 <= self.grad_steps <= run.num_steps:
             raise GenrlError(

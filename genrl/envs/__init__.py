@@ -1,9 +1,9 @@
 """Gymnasium environments that turn denoising into an MDP: ``genrl/LCM-v0`` (RLCM), ``genrl/DDPM-v0`` (DDPO) and
 ``genrl/FLOW-v0`` (Flow-GRPO).
 
-What every family shares lives here; each family's own env is in its module (``genrl.families.lcm.LCMEnv``,
-``genrl.families.ddpm.DDPMEnv``, ``genrl.families.flow.FlowEnv``), and ``genrl.families`` registers its id twice
-over. Its ``vector_entry_point`` is the batched torch env that training uses:
+Every family's env is one ``DenoisingEnv``: its sampler (``genrl.samplers``) on the pipeline's model adapter
+(``genrl.adapters``). Each id is registered twice over. Its ``vector_entry_point`` is the batched torch env that
+training uses:
 
     env = make_env("lcm", num_envs=8, pipeline=pipe, reward_fn=reward, num_steps=8)
 
@@ -21,8 +21,10 @@ the JPEG-compressibility reward and the shapes presets' steps (``genrl.envs.sing
 from __future__ import annotations
 
 from genrl.envs.base import DenoisingEnv
-from genrl.envs.make import make_env
+from genrl.envs.make import make_env, register_envs
 from genrl.envs.scoring import score_images
 from genrl.envs.single import SingleImageEnv
+
+register_envs()
 
 __all__ = ["DenoisingEnv", "SingleImageEnv", "make_env", "score_images"]

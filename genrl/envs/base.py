@@ -1,21 +1,21 @@
-"""What the LCM and DDPM environments share: prompts in, latents through, decoded images scored at the end.
+"""The denoising environment of every family: prompts in, latents through, decoded images scored at the end.
 
 An environment is a Gymnasium vector env of B sub-envs, one per image. Observations are dicts of torch tensors on
 the model's device; ``observation_space`` and ``action_space`` (and their ``single_`` versions, one row) declare
 every key, shape and dtype, and ``{k: v.cpu().numpy()}`` of what ``reset`` and ``step`` return lies in them
-(tests/test_envs.py). ``genrl.envs.single`` wraps a one-image env into the numpy ``gymnasium.Env`` that
-``gymnasium.make`` returns. The env owns the timestep schedule, the frozen text encoder and VAE, and the
-reward call; the trainable denoiser lives in the policy.
+(tests/envs/). ``genrl.envs.single`` wraps a one-image env into the numpy ``gymnasium.Env`` that
+``gymnasium.make`` returns. The env owns the sampler's schedule, the model adapter's frozen text encoders and VAE,
+and the reward call; the trainable denoiser lives in the policy.
 
 Observation keys, the same on every step and after the last:
 
 - ``latents`` (B, C, h, w), the UNet's dtype, at least fp32: the current state.
 - ``timestep``, ``next_timestep`` (B,) int64: where this step goes from and to. -1 stands for "past timestep 0",
-  where DDIM's last step lands on ``final_alpha_cumprod`` (a schedule that ends on t = 0). The flow family's are
-  float32 sigmas instead (``genrl.families.flow``).
+  where DDIM's last step lands on ``final_alpha_cumprod`` (a schedule that ends on t = 0). The flow samplers' are
+  float32 sigmas instead (``genrl.samplers.flow_sde``).
 - ``stochastic`` (B,) bool: False where the step is deterministic and carries no log-prob.
 - ``prompt_embeds``, ``negative_prompt_embeds`` (B, L, D), the latents' dtype: the prompts' and the empty
-  prompt's text embeddings (the flow family's carry SD3's pooled embedding as a last row).
+  prompt's text tensors (``ModelAdapter.encode_prompts``: SD3, SDXL and FLUX carry a pooled embedding as a last row).
 
 The observation after the last step (``terminated`` all True) has no step left: ``timestep`` and
 ``next_timestep`` both hold the schedule's end (the last step's ``next_timestep``) and ``stochastic`` is False.
@@ -47,77 +47,73 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from genrl.denoiser import denoiser
+from genrl.adapters.base import ModelAdapter
 from genrl.envs.actions import as_action_tensors
 from genrl.envs.scoring import score_images
 from genrl.noise import noise_rows
 from genrl.rewards import CheckedReward, RewardFn
-
-
-def scheduler_timesteps(scheduler_cls: type, scheduler: Any, num_steps: int, **kwargs: Any) -> list[int]:
-    """The timesteps ``scheduler_cls.set_timesteps(num_steps, **kwargs)`` gives on ``scheduler``'s config.
-
-    ``set_timesteps`` changes the scheduler it runs on, so it runs on a fresh one: the pipeline's scheduler stays as
-    it was. Building it as ``scheduler_cls`` also gives the schedule of the step the env's maths mirror whatever
-    scheduler the pipeline was saved with.
-    """
-    fresh = scheduler_cls.from_config(scheduler.config)
-    fresh.set_timesteps(num_steps, **kwargs)
-    return [int(t) for t in fresh.timesteps]
+from genrl.samplers.base import Sampler
 
 
 class DenoisingEnv(gym.vector.VectorEnv):
+    """B images sampled by ``sampler``'s steps (``genrl.samplers``) on the model behind ``adapter``
+    (``genrl.adapters``): the adapter encodes the prompts and decodes the last latents, the sampler's schedule says
+    which steps an episode takes and which draw noise."""
+
     metadata = {"autoreset_mode": gym.vector.AutoresetMode.DISABLED}
 
     def __init__(
         self,
         num_envs: int,
-        pipeline: Any,
+        adapter: ModelAdapter,
+        sampler: Sampler,
         reward_fn: RewardFn | None,
-        timesteps: list[int],
-        next_timesteps: list[int],
-        stochastic: list[bool],
+        num_steps: int,
         resolution: int | None = None,
     ):
         self.num_envs = num_envs
-        self.pipeline = pipeline
+        self.adapter, self.sampler = adapter, sampler
+        self.pipeline = adapter.pipeline
         if reward_fn is not None and not isinstance(reward_fn, CheckedReward):
             reward_fn = CheckedReward(reward_fn, "reward")
         self.reward_fn = reward_fn
-        num_train_timesteps = pipeline.scheduler.config.num_train_timesteps
-        if not all(0 <= t < num_train_timesteps for t in timesteps):
-            raise ValueError(
-                f"the {len(timesteps)}-step schedule {timesteps} leaves the model's timesteps 0 to "
-                f"{num_train_timesteps - 1}; use fewer steps"
-            )
-        self.timesteps, self.next_timesteps, self.stochastic = timesteps, next_timesteps, stochastic
-        self.num_steps = len(timesteps)
-        net = denoiser(pipeline)  # the UNet, or a flow model's transformer
+        adapter.check()
+        net = adapter.denoiser  # the UNet, or a flow model's transformer
         self.device = net.device
         # The state is at least fp32 whatever the weights' dtype: the step maths and log-probs read it
-        # (genrl.precision); the UNet and the VAE take it under autocast or cast to their own dtype.
+        # (genrl.precision); the denoiser and the VAE take it under autocast or cast to their own dtype.
         self.dtype = torch.promote_types(net.dtype, torch.float32)
-        vae_scale = 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
-        self.resolution = resolution or net.config.sample_size * vae_scale
-        multiple = vae_scale * self.latent_multiple(net)
+        vae_scale = adapter.vae_scale
+        self.resolution = resolution or adapter.default_resolution()
+        multiple = vae_scale * adapter.latent_multiple()
+        kind = adapter.denoiser_kind
         if self.resolution < 1 or self.resolution % multiple:
             raise ValueError(
                 f"resolution {self.resolution} must be a positive multiple of {multiple} for this model "
-                f"(its VAE and {self.denoiser_kind} downsample by that much); e.g. {net.config.sample_size * vae_scale}"
+                f"(its VAE and {kind} downsample by that much); e.g. {adapter.default_resolution()}"
             )
-        largest = self.largest_latent(net)
+        largest = adapter.largest_latent()
         if largest is not None and self.resolution > largest * vae_scale:
             # Checked here, before any latent is drawn: diffusers would raise only in the first forward pass.
             most = largest * vae_scale
             raise ValueError(
-                f"resolution {self.resolution} is over the {self.denoiser_kind}'s position embedding, which takes at "
-                f"most {most} px for this model; pass a resolution up to {most}, a multiple of {multiple}"
+                f"resolution {self.resolution} is over the {kind}'s position embedding, which takes at most {most} px "
+                f"for this model; pass a resolution up to {most}, a multiple of {multiple}"
             )
-        self.latent_shape = (
-            net.config.in_channels,
-            self.resolution // vae_scale,
-            self.resolution // vae_scale,
-        )
+        size = self.resolution // vae_scale
+        self.latent_shape = (adapter.latent_channels, size, size)
+        schedule = sampler.schedule(num_steps, adapter, size)
+        if sampler.timestep_dtype == torch.long:
+            num_train_timesteps = self.pipeline.scheduler.config.num_train_timesteps
+            if not all(0 <= t < num_train_timesteps for t in schedule.timesteps):
+                raise ValueError(
+                    f"the {num_steps}-step schedule {schedule.timesteps} leaves the model's timesteps 0 to "
+                    f"{num_train_timesteps - 1}; use fewer steps"
+                )
+        self.timesteps, self.next_timesteps = schedule.timesteps, schedule.next_timesteps
+        self.stochastic = schedule.stochastic
+        self.num_steps = len(schedule.timesteps)
+        self.timestep_dtype = sampler.timestep_dtype
         self._declare_spaces()
 
         self._generator = torch.Generator(device="cpu")
@@ -125,31 +121,15 @@ class DenoisingEnv(gym.vector.VectorEnv):
         self._step = None
         self._latents = None
 
-    denoiser_kind = "UNet"
-    """What the denoiser is, for messages."""
-    timestep_dtype = torch.long
-    """The dtype of ``timestep`` and ``next_timestep``: the schedule's integer timesteps."""
-
-    def init_noise_sigma(self) -> float:
-        """The scale of the initial noise: the scheduler's."""
-        return self.pipeline.scheduler.init_noise_sigma
-
-    def latent_multiple(self, net: torch.nn.Module) -> int:
-        """How many times the denoiser ``net`` shrinks the latent: the UNet halves it once per down block but the
-        last. (The VAE's factor comes on top.)"""
-        return 2 ** (len(net.config.block_out_channels) - 1)
-
-    def largest_latent(self, net: torch.nn.Module) -> int | None:
-        """The largest latent side the denoiser ``net`` takes; None for any (a UNet is convolutional)."""
-        return None
-
     def text_shape(self) -> tuple[int, int]:
-        """One prompt's text embedding: (tokens, width)."""
-        return (self.pipeline.tokenizer.model_max_length, self.pipeline.text_encoder.config.hidden_size)
+        """One prompt's text tensor: (tokens, width)."""
+        return self.adapter.text_shape()
 
     def timestep_space(self) -> gym.Space:
-        """The space of ``timestep`` and ``next_timestep``: -1 to the last training timestep, -1 being "past
-        timestep 0" (a DDIM schedule that ends on t = 0)."""
+        """The space of ``timestep`` and ``next_timestep``: integer timesteps from -1 ("past timestep 0", a DDIM
+        schedule that ends on t = 0) to the last training timestep, or a flow sampler's sigmas from 1 to 0."""
+        if self.timestep_dtype != torch.long:
+            return gym.spaces.Box(0.0, 1.0, (), dtype=torch.empty((), dtype=self.timestep_dtype).numpy().dtype)
         return gym.spaces.Discrete(self.pipeline.scheduler.config.num_train_timesteps + 1, start=-1)
 
     def _declare_spaces(self) -> None:
@@ -171,23 +151,12 @@ class DenoisingEnv(gym.vector.VectorEnv):
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
 
     # ----------------------------------------------------------------------------------------------
-    @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        tok = self.pipeline.tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.pipeline.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        return self.pipeline.text_encoder(tok.input_ids.to(self.device))[0].to(self.dtype)
+        return self.adapter.encode_prompts(prompts).to(self.dtype)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> images (B, 3, H, W) in [0, 1]. Differentiable; wrap in no_grad where no gradient is wanted."""
-        vae = self.pipeline.vae
-        images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-        images = images.to(torch.promote_types(images.dtype, torch.float32))  # half -> float; float64 stays
-        return (images / 2 + 0.5).clamp(0, 1)
+        return self.adapter.decode(latents)
 
     def _observation(self) -> dict[str, torch.Tensor]:
         i = self._step
@@ -228,20 +197,20 @@ class DenoisingEnv(gym.vector.VectorEnv):
         if seed is not None:
             self._generator.manual_seed(seed)
         if self._negative_embeds is None:
-            self._negative_embeds = self.encode_prompts([""])
+            self._negative_embeds = self.adapter.negative_text().to(self.dtype)
         self._prompt_embeds = self.encode_prompts(prompts)
         shared = int(options.get("shared_noise_group", 1))
         noise_slice = options.get("noise_slice")
         if self.num_envs % shared or (noise_slice is not None and noise_slice[0] % shared):
             raise ValueError(f"shared_noise_group {shared} must divide the {self.num_envs} envs")
         noise = noise_rows(self.num_envs, self.latent_shape, self._generator, noise_slice, repeat=shared)
-        self._latents = (noise * self.init_noise_sigma()).to(self.device, self.dtype)
+        self._latents = (noise * self.adapter.init_noise_sigma()).to(self.device, self.dtype)
         self._step = 0
         return self._observation(), {"prompts": self.prompts}
 
     def final_latents(self, action: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Which latent the reward sees after the last step."""
-        return action["next_latents"]
+        """Which latent the reward sees after the last step: the sampler's (LCM: its clean estimate)."""
+        return action[self.sampler.decodes]
 
     def _check_action(self, action: Any) -> dict[str, torch.Tensor]:
         """``action`` as tensors of the batch's shape (``genrl.envs.actions``: numpy arrays converted, tensors kept

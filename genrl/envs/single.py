@@ -1,4 +1,4 @@
-"""One image at a time, in numpy: what ``gymnasium.make("genrl/LCM-v0")`` and ``gymnasium.make("genrl/DDPM-v0")``
+"""One image at a time, in numpy: what ``gymnasium.make("genrl/LCM-v0")`` (and the other families' ids)
 return, for stepping by hand and for Gymnasium's own tools (``check_env``, wrappers, ``SyncVectorEnv``).
 
 Training uses the batched torch env (``genrl.envs.make_env``); this wraps one of a single image. Its spaces are that
@@ -57,14 +57,12 @@ class SingleImageEnv(gym.Env):
     ``pipeline``: a loaded pipeline, or a model name for ``genrl.models.load_pipeline`` (default the embedded shapes
     model, loaded on ``device``). ``reward_fn``: a reward, a ``--reward`` string (default JPEG compressibility), or
     None to leave the scoring to the caller (NaN rewards, the images in ``info``). ``num_steps``: default the shapes
-    preset's. ``prompts``: a list to draw from, or a prompt set name. ``env_options`` go to the batched env
-    (``resolution``; LCM: ``noise_last_step``). Each family subclasses it with its ``kind`` and its
-    ``default_num_steps`` (``genrl.families``).
+    preset's (the sampler's ``default_steps``). ``prompts``: a list to draw from, or a prompt set name.
+    ``env_options`` go to the batched env (``resolution``, ``sampler`` and the sampler's settings, such as LCM's
+    ``noise_last_step``). ``kind``: the family (``genrl.families``), which its Gymnasium id sets.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
-    kind: ClassVar[str]  # the family's --env name (genrl.families)
-    default_num_steps: ClassVar[int]
 
     def __init__(
         self,
@@ -73,17 +71,19 @@ class SingleImageEnv(gym.Env):
         num_steps: int | None = None,
         prompts: Sequence[str] | str = DEFAULT_PROMPTS,
         device: str = "cpu",
+        *,
+        kind: str = "lcm",
         **env_options: Any,
     ):
+        self.kind = kind
         if isinstance(pipeline, str):
-            pipeline = load_pipeline(pipeline, self.kind, device=device)
+            pipeline = load_pipeline(pipeline, kind, device=device, sampler=env_options.get("sampler"))
         if isinstance(reward_fn, str):
             reward_fn = load_reward(reward_fn)
         self.prompts = load_prompts(prompts) if isinstance(prompts, str) else list(prompts)
         if not self.prompts or not all(isinstance(p, str) for p in self.prompts):
             raise ValueError(f"prompts must be a non-empty list of strings or a prompt set name, got {prompts!r:.80}")
-        steps = self.default_num_steps if num_steps is None else num_steps
-        self.vector_env: DenoisingEnv = make_env(self.kind, 1, pipeline, reward_fn, steps, **env_options)
+        self.vector_env: DenoisingEnv = make_env(kind, 1, pipeline, reward_fn, num_steps, **env_options)
         self.observation_space = self.vector_env.single_observation_space
         self.action_space = self.vector_env.single_action_space
         self.prompt: str | None = None
