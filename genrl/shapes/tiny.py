@@ -1,10 +1,11 @@
-"""Tiny random-weight Stable Diffusion, LCM and Stable Diffusion 3 pipelines, built from configs and saved as
-diffusers folders.
+"""Tiny random-weight Stable Diffusion, LCM, Stable Diffusion 3, SDXL and FLUX pipelines, built from configs and
+saved as diffusers folders.
 
 ``--model tiny``: plumbing checks in seconds. The tests and the ``tiny-*`` presets load them through the same
 ``from_pretrained`` path a real checkpoint takes. Same seed, same weights. They borrow the shapes models' text
 encoder, noise schedule and LCM scheduler (``genrl.shapes.components``), nothing trained. Each family names the one
-it samples (``TINY_MODEL``: ``tiny-lcm``, ``tiny-sd``, ``tiny-sd3``).
+it samples (``TINY_MODEL``: ``tiny-lcm``, ``tiny-sd``, ``tiny-sd3``); ``tiny-sdxl`` and ``tiny-flux`` have no family
+yet, and load as plain diffusers pipelines.
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
+    EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     LatentConsistencyModelPipeline,
     PNDMScheduler,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from transformers import (
@@ -147,17 +152,121 @@ def _sd3_components() -> dict:
     )
 
 
+def _sdxl_components() -> dict:
+    """SDXL's parts at toy size: a CLIP text encoder and a second one with a projection, of different widths (the
+    UNet attends to their penultimate states side by side; the second one's projected output is the pooled prompt),
+    a UNet with SDXL's "text_time" added conditioning (the pooled prompt and the six size and crop numbers, each
+    embedded in ``time_dim`` sinusoids), SDXL's Euler scheduler over SD's betas, and a VAE with SDXL's scaling."""
+    torch.manual_seed(0)
+    width, width_2, time_dim = 32, 48, 8
+    tokenizer, tokenizer_2 = _tokenizer(), _tokenizer()  # one length: the two encoders' states are concatenated
+    text_encoder = build_text_encoder(tokenizer, width=width, layers=2, mlp_ratio=2)
+    text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(tokenizer_2, width=width_2, layers=2, mlp_ratio=2))
+    vae = _tiny_vae(latent_channels=4, scaling_factor=0.13025)  # SDXL's
+    unet = UNet2DConditionModel(
+        sample_size=RESOLUTION // 4,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=width + width_2,
+        attention_head_dim=8,
+        norm_num_groups=16,
+        use_linear_projection=True,  # SDXL's
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        # The pooled prompt (text_encoder_2's projection) beside original size, crop corner and target size.
+        projection_class_embeddings_input_dim=text_encoder_2.config.projection_dim + 6 * time_dim,
+    )
+    # SDXL base's scheduler configuration.
+    scheduler = EulerDiscreteScheduler(**SD_BETAS, steps_offset=1, timestep_spacing="leading")
+    return dict(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
+    )
+
+
+FLUX_T5_TOKENS = 32
+"""The tiny FLUX's T5 tokenizer length: pass it as ``max_sequence_length`` (FluxPipeline's default, 512, works too,
+with 16 times the text tokens)."""
+
+
+def _flux_components() -> dict:
+    """FLUX.1's parts at toy size: a CLIP text encoder (its pooled output is the transformer's
+    ``pooled_projections``), a T5 encoder (its states are the text tokens), a 16-channel VAE with FLUX's scaling and
+    shift factors, whose latents the pipeline packs into 2 x 2 patches (64 channels), a guidance-distilled
+    transformer of one double-stream and one single-stream block, and FLUX's resolution-shifted flow-matching
+    scheduler."""
+    torch.manual_seed(0)
+    width = 32
+    tokenizer = _tokenizer()
+    text_encoder = build_text_encoder(tokenizer, width=width, layers=2, mlp_ratio=2)
+    tokenizer_2 = build_t5_tokenizer(max_length=FLUX_T5_TOKENS)
+    text_encoder_2 = build_t5(tokenizer_2, 2 * width, feed_forward=2 * width, heads=4)
+    latent_channels = 16
+    vae = _tiny_vae(
+        latent_channels=latent_channels,
+        scaling_factor=0.3611,  # FLUX.1's
+        shift_factor=0.1159,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    head_dim = 16
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4 * latent_channels,  # 2 x 2 latent patches, packed by the pipeline
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=head_dim,
+        num_attention_heads=2,
+        joint_attention_dim=text_encoder_2.config.d_model,
+        pooled_projection_dim=text_encoder.config.hidden_size,
+        guidance_embeds=True,  # FLUX.1 [dev]'s
+        axes_dims_rope=(4, 6, 6),  # rotary dims of the ids (0 here, row, column): head_dim in all
+    )
+    # FLUX.1's scheduler configuration: the shift grows with the number of image tokens.
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    return dict(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+
+
 def _build(name: str):
     """The pipeline ``name`` of ``TINY_MODELS``, built."""
     if name == "tiny-sd3":
         return StableDiffusion3Pipeline(**_sd3_components())
+    if name == "tiny-sdxl":
+        return StableDiffusionXLPipeline(**_sdxl_components(), add_watermarker=False)
+    if name == "tiny-flux":
+        return FluxPipeline(**_flux_components())
     lcm = name == "tiny-lcm"
     cls = LatentConsistencyModelPipeline if lcm else StableDiffusionPipeline
     return cls(**_components(lcm), safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
-TINY_MODELS = ("tiny-lcm", "tiny-sd", "tiny-sd3")
-"""The tiny pipelines by name: the LCM, the Stable Diffusion it would come from, and a Stable Diffusion 3."""
+TINY_MODELS = ("tiny-lcm", "tiny-sd", "tiny-sd3", "tiny-sdxl", "tiny-flux")
+"""The tiny pipelines by name: the LCM, the Stable Diffusion it would come from, a Stable Diffusion 3, an SDXL and a
+FLUX.1 [dev]."""
 BUILD = 2
 """Raised whenever ``_build`` builds something else: the cached folders of an older build are not loaded."""
 
