@@ -16,11 +16,12 @@ from benchmarks.methods import DDPO_PPO, METHODS, RLCM_PPO
 from benchmarks.runs import run_directory
 from genrl.assemble import assemble
 from genrl.config import TrainConfig, replace_config
+from genrl.config_sampler import sampler_name, sampler_options
 from genrl.envs import DenoisingEnv, make_env
-from genrl.families import env_options, family
 from genrl.prompts import load_prompts
 from genrl.rollout import SamplingBatch, collect
 from genrl.rundir import atomic_write_text, image_grid
+from genrl.samplers import sampler_class
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Evaluator:
 
     def env(self, batch: int, num_steps: int) -> DenoisingEnv:
         """The model's env for ``batch`` images of ``num_steps`` steps, scoring with the method's reward."""
-        options = env_options(self.cfg)
+        options = sampler_options(self.cfg)
         return make_env(self.cfg.env, batch, self.pipe, self.reward, num_steps, self.cfg.resolution, **options)
 
     def sample(self, num_steps: int, prompts: list[str], seed: int = 12345, draw: bool = True):
@@ -127,8 +128,8 @@ def time_inference(pair: dict[str, tuple[TrainConfig, Path | None]], settings: E
 
 
 def evaluation_steps(cfg: TrainConfig, quick: bool = False) -> list[int]:
-    """Inference steps swept for the budget figure, as the run's family chooses them."""
-    return family(cfg.env).evaluation_steps(cfg.num_steps, quick)
+    """Inference steps swept for the budget figure, as the run's sampler chooses them."""
+    return sampler_class(sampler_name(cfg)).evaluation_steps(cfg.num_steps, quick)
 
 
 def evaluate_method(cfg: TrainConfig, lora: Path | None, settings: EvaluationSettings, cache: Path) -> dict:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from genrl.config import PRESETS, TrainConfig
-from genrl.families.ddpm import PAPER_STEPS
+from genrl.samplers.ddim import PAPER_STEPS
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ import tyro
 
 from genrl.assemble import assemble
 from genrl.config import PRESETS, TrainConfig
-from genrl.families import family
 from genrl.train import train
 
 
@@ -51,10 +50,10 @@ class Args:
     """Also time RLCM with a reward this slow, computed synchronously and in the background (0: skip)."""
 
 
-def unet_passes(cfg: TrainConfig, num_stochastic_steps: int) -> tuple[list[int], list[int]]:
+def unet_passes(cfg: TrainConfig, num_stochastic_steps: int, embedded_guidance: bool) -> tuple[list[int], list[int]]:
     """Batch sizes of every UNet pass an epoch makes: forward-only (sampling), forward+backward (training)."""
-    # Classifier-free guidance doubles the batch unless the UNet takes guidance as an embedding (an LCM).
-    cfg_factor = 2 if not family(cfg.env).GUIDANCE_EMBEDDED and cfg.guidance_scale > 1 else 1
+    # Classifier-free guidance doubles the batch unless the model takes guidance as an embedding (an LCM).
+    cfg_factor = 2 if not embedded_guidance and cfg.guidance_scale > 1 else 1
     sampling = [cfg.sample_batch_size * cfg_factor] * (cfg.batches_per_epoch * cfg.num_steps)
     training = []
     settings = cfg.algo_config  # PPO's or REINFORCE's minibatch loop
@@ -72,7 +71,7 @@ def bare_compute_seconds(cfg: TrainConfig) -> tuple[float, float, float]:
     # The env the run trained on, for its shapes and for which of its steps are stochastic (and so trained).
     parts = assemble(cfg, score_in_env=False)
     pipe, env, unet = parts.pipeline, parts.env, parts.pipeline.unet
-    sampling, training = unet_passes(cfg, sum(env.stochastic))
+    sampling, training = unet_passes(cfg, sum(env.stochastic), env.adapter.embedded_guidance)
     latent_shape = env.latent_shape
     text_shape = env.single_observation_space["prompt_embeds"].shape
     cond_dim = unet.config.time_cond_proj_dim

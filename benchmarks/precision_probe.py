@@ -236,9 +236,11 @@ def training_pair(family: str, scheduler: Any, num_steps: int, latent_side: int,
     sigmas of the middle step of its ``num_steps``-step schedule (an SDE step with finite noise)."""
     if family != "flow":
         return TIMESTEPS[family]
-    from genrl.families.flow import flow_sigmas
+    from genrl.adapters.sd3 import SD3Adapter
+    from genrl.samplers.flow_sde import flow_sigmas
 
-    sigmas = flow_sigmas(scheduler, num_steps, latent_side, patch_size)
+    options = SD3Adapter.flow_schedule_options(None, scheduler.config, num_steps, latent_side)  # SD3.5: no shift
+    sigmas = flow_sigmas(scheduler.config, num_steps, **options)
     middle = num_steps // 2
     return sigmas[middle], sigmas[middle + 1]
 
@@ -296,11 +298,13 @@ def probe_case(
 ) -> dict[str, Any]:
     """Build the denoiser, set it up as genrl does for ``precision``, and measure PPO updates on it (module
     docstring). The family (``family_of``), and with it the preset's settings, follows from the config."""
+    from genrl.adapters import adapter_for
     from genrl.algos.common import optimizer_step
     from genrl.algos.ppo import clipped_surrogate_loss
     from genrl.config import preset
-    from genrl.families import family as family_module
-    from genrl.policy import add_lora, make_policy
+    from genrl.config_sampler import sampler_options
+    from genrl.envs.make import build_sampler
+    from genrl.policy import DenoisingPolicy, add_lora
     from genrl.precision import LossScaling, cast_frozen, half_dtype
 
     cuda = torch.device(device).type == "cuda"
@@ -319,8 +323,9 @@ def probe_case(
     half = half_dtype(setting)
     cast_frozen(pipeline, half)
     guidance = ddpm_guidance_scale if family == "ddpm" else cfg.guidance_scale
-    options = family_module(family).policy_options(cfg)
-    policy = make_policy(family, pipeline, guidance, cfg.logprob_reduction, cfg.eta, **options)
+    settings = sampler_options(cfg)
+    sampler = build_sampler(settings.pop("sampler"), pipeline.scheduler, **settings)
+    policy = DenoisingPolicy(adapter_for(pipeline), sampler, guidance, cfg.logprob_reduction)
     policy.autocast_dtype = half
     params = policy.trainable_parameters()
     optimizer = torch.optim.AdamW(

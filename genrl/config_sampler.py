@@ -15,7 +15,7 @@ from typing import Any, Literal
 from genrl.errors import GenrlError
 from genrl.families import family
 from genrl.samplers import SAMPLERS, sampler_class
-from genrl.samplers.base import settings_fields
+from genrl.samplers.base import settings_fields, the_samplers
 
 SamplerName = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
 
@@ -54,7 +54,7 @@ def _not_its_own(cfg: Any, field: str) -> GenrlError:
     owners = _owners(field)
     own = settings_fields(sampler_class(name).Settings)
     return GenrlError(
-        f"{_flag(field)} is a setting of the {' and '.join(owners)} sampler, and this run samples with {name} (--env "
+        f"{_flag(field)} is a setting of {the_samplers(owners)}, and this run samples with {name} (--env "
         f"{cfg.env}{'' if getattr(cfg, 'sampler', None) is None else ' --sampler ' + name}), whose settings are "
         f"{', '.join(_flag(f) for f in own) or 'none'}; drop it"
     )

@@ -52,9 +52,7 @@ def _no_safety_checker(source: str, local: bool) -> dict[str, Any]:
     return {"safety_checker": None}
 
 
-def load_pipeline(
-    model: str, env: str, device: str = "cpu", dtype=torch.float32, sampler: str | None = None
-) -> Any:
+def load_pipeline(model: str, env: str, device: str = "cpu", dtype=torch.float32, sampler: str | None = None) -> Any:
     """The pipeline for family ``env`` (``genrl.families``), with its scheduler set to the one its sampler (or
     ``sampler``) mirrors, frozen. ``GenrlError`` for a model genrl has no adapter for, or one the sampler cannot
     sample."""

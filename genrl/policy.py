@@ -52,7 +52,11 @@ class DenoisingPolicy(torch.nn.Module):
     def distribution(self, obs: dict[str, torch.Tensor]) -> StepDistribution:
         """The step's Gaussian at ``obs``: the adapter's prediction, guidance applied, stepped by the sampler."""
         prediction = self.adapter.guided(
-            obs["latents"], obs["timestep"], obs["prompt_embeds"], obs["negative_prompt_embeds"], self.guidance_scale
+            obs["latents"],
+            obs["timestep"],
+            obs["prompt_embeds"],
+            obs.get("negative_prompt_embeds"),
+            self.guidance_scale,
         )
         return self.sampler.step(prediction, obs, self.adapter.prediction_type)
 

@@ -63,3 +63,11 @@ def metrics_without_timings(run: Path) -> list[dict]:
     """``logged_metrics`` less the timings (``*_time_s``, ``reward_wait_s``): what a seed must reproduce."""
     timing = lambda key: key.endswith("_time_s") or key == "reward_wait_s"
     return [{k: v for k, v in record.items() if not timing(k)} for record in logged_metrics(run)]
+
+
+def policy_for(kind: str, pipe, guidance_scale: float, reduction: str = "mean", **settings):
+    """Family ``kind``'s policy on ``pipe``: its sampler (with ``settings``) paired with the pipeline's adapter."""
+    from genrl.envs import make_env
+    from genrl.policy import make_policy
+
+    return make_policy(make_env(kind, 1, pipe, None, None, **settings), guidance_scale, reduction)

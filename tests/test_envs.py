@@ -10,13 +10,10 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, LatentConsistencyModelPipeline, LCMScheduler, StableDiffusionPipeline
 
-from genrl.envs import make_env
-from genrl.families.ddpm import DDPMEnv
-from genrl.families.lcm import LCMEnv
-from genrl.policy import make_policy
+from genrl.envs import DenoisingEnv, make_env
 from genrl.rewards import CheckedReward, jpeg_incompressibility
 from genrl.rollout import SamplingBatch, collect
-from tests.helpers import tiny
+from tests.helpers import policy_for, tiny
 
 PROMPTS = ["a red cat", "a blue dog", "a green frog"]
 
@@ -44,7 +41,7 @@ def test_lcm_env_is_registered_and_rewards_only_at_the_end(noise_last_step):
         num_steps=4,
         noise_last_step=noise_last_step,
     )
-    policy = make_policy("lcm", pipe, guidance_scale=8.0, reduction="mean")
+    policy = policy_for("lcm", pipe, guidance_scale=8.0, reduction="mean")
     _, rewards, terminated, info, stochastic = _rollout(env, policy, torch.Generator().manual_seed(0))
     assert all((r == 0).all() for r in rewards[:-1])
     assert (rewards[-1] > 0).all() and rewards[-1].shape == (3,)
@@ -64,7 +61,7 @@ def test_lcm_env_rollout_equals_the_diffusers_lcm_pipeline():
         reward_fn=jpeg_incompressibility,
         num_steps=4,
     )
-    policy = make_policy("lcm", pipe, guidance_scale=8.0, reduction="mean")
+    policy = policy_for("lcm", pipe, guidance_scale=8.0, reduction="mean")
     # The pipeline draws the initial latents and then each step's noise from one generator; so does this.
     steps_gen = torch.Generator().manual_seed(7)
     torch.randn((3, *env.latent_shape), generator=steps_gen)
@@ -91,7 +88,7 @@ def test_ddpm_env_rollout_equals_the_diffusers_sd_pipeline_with_ddim_eta_1():
         reward_fn=jpeg_incompressibility,
         num_steps=5,
     )
-    policy = make_policy("ddpm", pipe, guidance_scale=5.0, reduction="mean", eta=1.0)
+    policy = policy_for("ddpm", pipe, guidance_scale=5.0, reduction="mean", eta=1.0)
     steps_gen = torch.Generator().manual_seed(3)
     torch.randn((3, *env.latent_shape), generator=steps_gen)
     action, rewards, _, _, stochastic = _rollout(env, policy, steps_gen, seed=3)
@@ -111,7 +108,7 @@ def test_ddpm_env_rollout_equals_the_diffusers_sd_pipeline_with_ddim_eta_1():
 
 def test_reset_needs_one_prompt_per_sub_env():
     pipe = tiny("lcm")
-    env = LCMEnv(2, pipe, jpeg_incompressibility, num_steps=2)
+    env = make_env("lcm", 2, pipe, jpeg_incompressibility, num_steps=2)
     with pytest.raises(ValueError, match="2 prompts"):
         env.reset(options={"prompts": ["only one"]})
     with pytest.raises(ValueError, match="as a list of 2 strings"):  # not the prompts "a" and "b"
@@ -119,7 +116,7 @@ def test_reset_needs_one_prompt_per_sub_env():
 
 
 def test_step_refuses_actions_it_cannot_mean():
-    env = LCMEnv(2, tiny("lcm"), jpeg_incompressibility, num_steps=2)
+    env = make_env("lcm", 2, tiny("lcm"), jpeg_incompressibility, num_steps=2)
     obs, _ = env.reset(seed=0, options={"prompts": ["a", "b"]})
     good = torch.zeros_like(obs["latents"])
     wrong_shape = {"next_latents": good[:1], "pred_original": good[:1]}
@@ -140,7 +137,7 @@ def test_step_refuses_actions_it_cannot_mean():
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
 def test_step_refuses_integer_and_bool_tensors_as_it_refuses_integer_arrays(dtype):
     # An integer latent is no state of the chain: scored, it would be an image outside the declared Box of floats.
-    env = LCMEnv(2, tiny("lcm"), jpeg_incompressibility, num_steps=2)
+    env = make_env("lcm", 2, tiny("lcm"), jpeg_incompressibility, num_steps=2)
     obs, _ = env.reset(seed=0, options={"prompts": ["a", "b"]})
     good = torch.zeros_like(obs["latents"])
     shape = tuple(good.shape)
@@ -175,11 +172,13 @@ def _with_scheduler(pipe, scheduler):
 
 
 @pytest.mark.parametrize(
-    ("kind", "cls", "env_id"), [("lcm", LCMEnv, "genrl/LCM-v0"), ("ddpm", DDPMEnv, "genrl/DDPM-v0")]
+    ("kind", "sampler", "adapter", "env_id"),
+    [("lcm", "lcm", "lcm", "genrl/LCM-v0"), ("ddpm", "ddim", "sd", "genrl/DDPM-v0")],
 )
-def test_make_env_goes_through_gymnasium_and_returns_the_env_itself(pipes, kind, cls, env_id):
+def test_make_env_goes_through_gymnasium_and_returns_the_env_itself(pipes, kind, sampler, adapter, env_id):
     env = make_env(kind, 2, pipes[kind], jpeg_incompressibility, num_steps=3)
-    assert type(env) is cls and env.unwrapped is env  # make_vec wrapped nothing
+    assert type(env) is DenoisingEnv and env.unwrapped is env  # make_vec wrapped nothing
+    assert env.sampler.name == sampler and env.adapter.name == adapter
     assert env.spec.id == env_id and env.spec.kwargs["num_steps"] == 3
     assert env.num_envs == 2 and env.num_steps == 3 and env.latent_shape == (4, 16, 16)
     assert env.encode_prompts(["a cat"]).shape == (1, *env.single_observation_space["prompt_embeds"].shape)
@@ -188,8 +187,10 @@ def test_make_env_goes_through_gymnasium_and_returns_the_env_itself(pipes, kind,
 def test_make_env_rejects_what_does_not_go_together(pipes):
     with pytest.raises(ValueError, match="env kind"):
         make_env("ddim", 2, pipes["ddpm"], None, num_steps=3)
-    with pytest.raises(ValueError, match="noise_last_step is an option of the lcm env, not of the ddpm env"):
+    with pytest.raises(ValueError, match="noise_last_step is a setting of the lcm sampler, not of ddim"):
         make_env("ddpm", 2, pipes["ddpm"], None, num_steps=3, noise_last_step=True)
+    with pytest.raises(ValueError, match="the lcm sampler needs a latent consistency model"):
+        make_env("ddpm", 2, pipes["ddpm"], None, num_steps=3, sampler="lcm")
     with pytest.raises(ValueError, match="resolution 60"):
         make_env("lcm", 2, pipes["lcm"], None, num_steps=3, resolution=60)
 
@@ -236,7 +237,7 @@ def test_spaces_hold_every_observation_and_action_of_an_episode(pipes, kind, opt
     if scheduler_overrides:
         pipe = _with_scheduler(pipe, type(pipe.scheduler).from_config(pipe.scheduler.config, **scheduler_overrides))
     env = make_env(kind, 3, pipe, jpeg_incompressibility, num_steps=3, **options)
-    policy = make_policy(kind, pipe, guidance_scale=5.0, reduction="mean")
+    policy = policy_for(kind, pipe, guidance_scale=5.0, reduction="mean")
     generator = torch.Generator().manual_seed(0)
 
     obs, _ = env.reset(seed=0, options={"prompts": PROMPTS})
@@ -285,7 +286,7 @@ def _episode(env, policy, seed: int = 0):
 
 @pytest.mark.parametrize("kind", ["lcm", "ddpm"])
 def test_without_a_reward_fn_the_last_step_leaves_the_images_to_the_caller(pipes, kind):
-    policy = make_policy(kind, pipes[kind], guidance_scale=5.0, reduction="mean")
+    policy = policy_for(kind, pipes[kind], guidance_scale=5.0, reduction="mean")
     scored_rewards, scored_infos = _episode(make_env(kind, 3, pipes[kind], jpeg_incompressibility, 3), policy)
     rewards, infos = _episode(make_env(kind, 3, pipes[kind], None, 3), policy)
 
@@ -308,7 +309,7 @@ class _MetadataReward:
 
 
 def test_in_step_and_background_scoring_agree_and_both_see_the_prompt_metadata(pipes):
-    policy = make_policy("lcm", pipes["lcm"], guidance_scale=5.0, reduction="mean")
+    policy = policy_for("lcm", pipes["lcm"], guidance_scale=5.0, reduction="mean")
     reward = CheckedReward(_MetadataReward(), "metadata")
     batch = SamplingBatch(PROMPTS, noise_seed=1, step_seed=2, metadata=[{"bonus": 10.0 * i} for i in range(3)])
     in_step = collect(make_env("lcm", 3, pipes["lcm"], reward, 2), policy, batch)

@@ -8,13 +8,12 @@ import torch
 from safetensors.torch import load_file
 
 from genrl.advantages import compute_advantages, group_advantages, informative_groups
-from genrl.families.ddpm import DDPMEnv
-from genrl.families.lcm import LCMEnv
-from genrl.policy import add_lora, make_policy
+from genrl.envs import make_env
+from genrl.policy import add_lora
 from genrl.rollout import SamplingBatch, collect
 from genrl.steps import gaussian_kl
 from genrl.train import main
-from tests.helpers import fast_args, tiny
+from tests.helpers import fast_args, policy_for, tiny
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 PROMPTS = ["a cat", "a dog"]
@@ -46,9 +45,8 @@ def _setup(kind: str, num_steps: int = 3, dtype=torch.float64, num_envs: int = 2
         for p in pipe.unet.parameters():
             if p.requires_grad:
                 p.copy_(0.05 * torch.randn(p.shape, generator=gen, dtype=dtype))
-    env_cls = LCMEnv if kind == "lcm" else DDPMEnv
-    env = env_cls(num_envs, pipe, WeightedBrightness(), num_steps=num_steps)
-    policy = make_policy(kind, pipe, guidance_scale=5.0, reduction="mean").eval()
+    env = make_env(kind, num_envs, pipe, WeightedBrightness(), num_steps)
+    policy = policy_for(kind, pipe, guidance_scale=5.0, reduction="mean").eval()
     return pipe, env, policy
 
 
@@ -229,7 +227,7 @@ def test_kl_to_reference_uses_the_model_without_its_adapter():
     _, env, policy = _setup("ddpm", dtype=torch.float32)
     obs, _ = env.reset(seed=0, options={"prompts": PROMPTS})
     dist = policy.distribution(obs)
-    frozen = make_policy("ddpm", tiny("ddpm"), guidance_scale=5.0, reduction="mean")  # a fresh, LoRA-free copy
+    frozen = policy_for("ddpm", tiny("ddpm"), guidance_scale=5.0, reduction="mean")  # a fresh, LoRA-free copy
     ref = frozen.distribution(obs)
     expected = torch.distributions.kl_divergence(
         torch.distributions.Normal(dist.mean, dist.std.expand_as(dist.mean)),
@@ -246,8 +244,8 @@ def _kl_after_training(tmp_path, env, name, kl_coef):
     main(fast_args(tmp_path, name, "--env", env, "--guidance-scale", "5", *args))
     pipe = tiny(env)
     pipe.load_lora_weights(tmp_path / name / "checkpoints" / "latest")
-    sampler = (LCMEnv if env == "lcm" else DDPMEnv)(4, pipe, WeightedBrightness(), num_steps=3)
-    policy = make_policy(env, pipe, guidance_scale=5.0, reduction="mean")
+    sampler = make_env(env, 4, pipe, WeightedBrightness(), 3)
+    policy = policy_for(env, pipe, guidance_scale=5.0, reduction="mean")
     obs, _ = sampler.reset(seed=0, options={"prompts": ["a cat"] * 4})
     with torch.no_grad():
         return policy.kl_to_reference(obs, policy.distribution(obs)).mean().item()

@@ -1,42 +1,53 @@
-"""The family registry: every --env name leads to one module that holds all its family's parts."""
+"""The --env names: each pairs a registered sampler with the models it samples, and is a Gymnasium id; a sampler's
+settings are its own, and a setting of another sampler is refused in one line."""
 
 import dataclasses
-import inspect
 import typing
 
 import gymnasium as gym
 import pytest
 
+from genrl.adapters import ADAPTERS, adapter_class
 from genrl.config import PRESETS, TrainConfig
-from genrl.envs import DenoisingEnv, SingleImageEnv
+from genrl.config_sampler import SAMPLER_FIELDS
 from genrl.errors import GenrlError
 from genrl.families import ENV_IDS, FAMILIES, FamilyName, family
-from genrl.policy import DenoisingPolicy
+from genrl.samplers import SAMPLERS, sampler_class
+from genrl.samplers.base import Sampler, settings_fields
+from genrl.train import parse_config
+from tests.helpers import expect_error
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_a_sampler_module_holds_its_settings_and_maths(name):
+    cls = sampler_class(name)
+    assert issubclass(cls, Sampler) and cls.name == name and dataclasses.is_dataclass(cls.Settings)
+    assert cls.model_kind in {"consistency", "diffusion", "flow"} and cls.default_steps >= 1
+    # Every setting is a TrainConfig flag of that name, with the sampler's default as its default (or unset).
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for setting in dataclasses.fields(cls.Settings):
+        assert setting.name in SAMPLER_FIELDS, setting.name
+        assert fields[setting.name] in (setting.default, None), setting.name
+    cls.validate(cls.Settings(), cls.default_steps)  # the defaults are valid
+
+
+def test_every_sampler_setting_flag_belongs_to_a_sampler():
+    owned = {field for name in SAMPLERS for field in settings_fields(sampler_class(name).Settings)}
+    assert owned == set(SAMPLER_FIELDS)
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_every_adapter_is_a_model_kind_some_sampler_samples(name):
+    kinds = {sampler_class(s).model_kind for s in SAMPLERS}
+    assert adapter_class(name).model_kind in kinds
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_a_family_module_holds_every_part_the_registry_names(name):
-    module = family(name)
-    assert issubclass(module.Env, DenoisingEnv) and issubclass(module.SingleEnv, SingleImageEnv)
-    assert module.SingleEnv.kind == name and module.SingleEnv.default_num_steps >= 1
-    policy_class = typing.get_type_hints(module.make_policy)["return"]
-    assert issubclass(policy_class, DenoisingPolicy)
-    for part in ("SCHEDULER", "SHAPES_MODEL", "TINY_MODEL", "GUIDANCE_EMBEDDED"):
-        assert hasattr(module, part), part
-    # Each env option is a TrainConfig field of that name and a keyword of the family's env.
-    for option in module.ENV_OPTIONS:
-        assert option in {f.name for f in dataclasses.fields(TrainConfig)}, option
-        assert option in inspect.signature(module.Env.__init__).parameters, option
-    hooks = ("check_pipeline", "policy_options", "validate", "default_grad_steps", "evaluation_steps")
-    for hook in hooks:
-        assert callable(getattr(module, hook)), hook
-
-
-@pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_each_family_is_registered_with_gymnasium_from_its_module(name):
+def test_each_family_is_registered_with_gymnasium(name):
     spec = gym.spec(ENV_IDS[name])
-    assert spec.entry_point == f"{FAMILIES[name]}:SingleEnv"
-    assert spec.vector_entry_point == f"{FAMILIES[name]}:Env"
+    assert spec.entry_point == "genrl.envs.single:SingleImageEnv"
+    assert spec.vector_entry_point == "genrl.envs.make:batched_env"
+    assert spec.kwargs == {"kind": name} and family(name).sampler in SAMPLERS
 
 
 def test_env_takes_exactly_the_registered_names():
@@ -55,18 +66,34 @@ def test_every_preset_names_a_registered_family():
     [
         (dict(env="lcm", num_steps=51), "too many for the LCM schedule"),
         (dict(env="lcm", num_steps=1), "no stochastic step"),
-        (dict(env="ddpm", noise_last_step=True), "is an LCM option"),
+        (dict(env="ddpm", noise_last_step=True), "--noise-last-step is a setting of the lcm sampler"),
         (dict(env="ddpm", eta=0.0), "makes DDIM deterministic"),
+        (dict(env="ddpm", sde_window=(3, 2)), "not a window"),
         (dict(env="flow", noise_level=0.0), "deterministic Euler step"),
-        (dict(env="flow", noise_last_step=True), "is an LCM option"),
+        (dict(env="flow", noise_last_step=True), "--noise-last-step is a setting of the lcm sampler"),
+        (dict(env="lcm", eta=0.5), "--eta is a setting of the ddim sampler"),
+        (dict(env="lcm", noise_level=0.3), "--noise-level is a setting of the flow_sde and cps samplers"),
+        (dict(env="lcm", sde_window=(0, 2)), "--sde-window is a setting of the ddim, flow_sde and cps samplers"),
+        (dict(env="flow", sampler="cps", noise_mode="constant"), "--noise-mode is a setting of the flow_sde"),
+        (dict(env="flow", sampler="cps", noise_level=1.5), "must be in \\(0, 1\\]"),
+        (dict(env="flow", sampler="ddim"), "--sampler ddim samples diffusion models and --env flow loads flow"),
+        (dict(env="lcm", sampler="flow_sde"), "--sampler flow_sde samples flow models"),
     ],
 )
-def test_the_configuration_checks_of_each_family_are_its_own(overrides, message):
+def test_the_configuration_checks_of_each_sampler_are_its_own(overrides, message):
     with pytest.raises(GenrlError, match=message):
         TrainConfig(**overrides).validate()
 
 
+def test_a_flag_of_another_sampler_is_refused_even_at_its_default(capsys):
+    """--eta 1.0 is DDIM's default: given to an LCM run it would be silently ignored, so it is an error."""
+    expect_error(capsys, ["--eta", "1.0"], "--eta is a setting of the ddim sampler")
+    expect_error(capsys, ["--env", "flow", "--no-noise-last-step"], "--noise-last-step is a setting of the lcm")
+    assert parse_config(["--env", "ddpm", "--eta", "1.0"]).eta == 1.0
+
+
 def test_dpg_keeps_every_lcm_step_and_the_last_ddim_and_flow_step_by_default():
-    assert family("lcm").default_grad_steps(4) == 4
-    assert family("ddpm").default_grad_steps(20) == 1
-    assert family("flow").default_grad_steps(10) == 1
+    assert sampler_class("lcm").default_grad_steps(4) == 4
+    assert sampler_class("ddim").default_grad_steps(20) == 1
+    assert sampler_class("flow_sde").default_grad_steps(10) == 1
+    assert sampler_class("cps").default_grad_steps(10) == 1

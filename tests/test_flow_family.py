@@ -15,16 +15,17 @@ from diffusers import StableDiffusion3Pipeline
 from gymnasium.utils.env_checker import check_env
 from safetensors.torch import load_file
 
+from genrl.adapters.base import pack_text, unpack_text
+from genrl.adapters.sd3 import FLOW_GRPO_LORA_TARGETS
 from genrl.config import TrainConfig
-from genrl.envs import make_env
+from genrl.envs import DenoisingEnv, make_env
 from genrl.errors import GenrlError
-from genrl.families.flow import FLOW_GRPO_LORA_TARGETS, FlowEnv, FlowPolicy, pack_text, unpack_text
 from genrl.models import load_pipeline
-from genrl.policy import add_lora, make_policy
+from genrl.policy import DenoisingPolicy, add_lora
 from genrl.shapes import shipped_dir
 from genrl.shapes.tiny import tiny_model_dir
 from genrl.train import main
-from tests.helpers import expect_error, fast_args, logged_metrics
+from tests.helpers import expect_error, fast_args, logged_metrics, policy_for
 
 PROMPTS = ["a red circle", "two blue squares"]
 
@@ -43,7 +44,7 @@ def _plain_pipeline(model: str = "tiny") -> StableDiffusion3Pipeline:
     return pipe
 
 
-def _rollout(env: FlowEnv, policy: FlowPolicy, seed: int = 0):
+def _rollout(env: DenoisingEnv, policy: DenoisingPolicy, seed: int = 0):
     """One episode of ``env`` under ``policy``: the first observation, each step's (observation, action, log-prob),
     and the last step's info."""
     obs, _ = env.reset(seed=seed, options={"prompts": PROMPTS})
@@ -67,7 +68,7 @@ def test_the_mean_rollout_is_the_sd3_pipelines_own_sampling(pipe):
     """With noise level 0 the policy's step is the scheduler's Euler step: the env, the policy and its guidance
     sample what ``StableDiffusion3Pipeline`` samples from the same initial latents."""
     env = make_env("flow", 2, pipe, None, num_steps=4)
-    policy = make_policy("flow", pipe, guidance_scale=5.0, reduction="mean", noise_level=0.0)
+    policy = policy_for("flow", pipe, guidance_scale=5.0, reduction="mean", noise_level=0.0)
     first, steps, info = _rollout(env, policy)
     sigmas = [float(obs["timestep"][0]) for obs, _, _ in steps]
     plain = _plain_pipeline()
@@ -85,7 +86,7 @@ def test_the_mean_rollout_is_the_sd3_pipelines_own_sampling(pipe):
 @pytest.mark.parametrize("noise_mode", ["flow_grpo", "constant"])
 def test_the_log_prob_of_the_envs_own_steps_is_torch_distributions(pipe, noise_mode):
     env = make_env("flow", 2, pipe, None, num_steps=3)
-    policy = make_policy("flow", pipe, guidance_scale=5.0, reduction="mean", noise_level=0.7, noise_mode=noise_mode)
+    policy = policy_for("flow", pipe, guidance_scale=5.0, reduction="mean", noise_level=0.7, noise_mode=noise_mode)
     _, steps, _ = _rollout(env, policy, seed=1)
     with torch.no_grad():
         for obs, action, sampled_log_prob in steps:
@@ -104,8 +105,8 @@ def test_outside_the_sde_window_a_step_is_the_odes_euler_step(pipe):
     equal those of the noise-free policy from the same latents."""
     env = make_env("flow", 2, pipe, None, num_steps=4, sde_window=(1, 3))
     assert env.stochastic == [False, True, True, False]
-    noisy = make_policy("flow", pipe, guidance_scale=5.0, reduction="mean", noise_level=0.7)
-    ode = make_policy("flow", pipe, guidance_scale=5.0, reduction="mean", noise_level=0.0)
+    noisy = policy_for("flow", pipe, guidance_scale=5.0, reduction="mean", noise_level=0.7)
+    ode = policy_for("flow", pipe, guidance_scale=5.0, reduction="mean", noise_level=0.0)
     _, steps, _ = _rollout(env, noisy, seed=2)
     with torch.no_grad():
         for index, (obs, action, _) in enumerate(steps):
@@ -117,14 +118,14 @@ def test_outside_the_sde_window_a_step_is_the_odes_euler_step(pipe):
                 assert (dist.std > 0).all() and not torch.equal(action["next_latents"], dist.mean)
 
 
-def test_the_sde_window_is_the_flow_envs_option_alone(pipe, tmp_path):
+def test_the_sde_window_is_a_setting_of_the_samplers_that_can_take_it(pipe, tmp_path):
     with pytest.raises(ValueError, match="2 5 is not a window of the 4 steps"):
         make_env("flow", 2, pipe, None, num_steps=4, sde_window=(2, 5))
-    with pytest.raises(GenrlError, match="--sde-window 3 3 is not a window of the 4 steps"):
+    with pytest.raises(GenrlError, match="3 3 is not a window of the 4 steps"):
         TrainConfig(env="flow", num_steps=4, sde_window=(3, 3)).validate()
-    with pytest.raises(GenrlError, match="--sde-window is a flow option"):
+    with pytest.raises(GenrlError, match="--sde-window is a setting of the ddim, flow_sde and cps samplers"):
         TrainConfig(env="lcm", sde_window=(0, 2)).validate()
-    with pytest.raises(ValueError, match="sde_window is an option of the flow env, not of the lcm env"):
+    with pytest.raises(ValueError, match="sde_window is a setting of the ddim, flow_sde and cps samplers, not of lcm"):
         make_env("lcm", 2, load_pipeline("tiny", "lcm"), None, num_steps=2, sde_window=(0, 1))
 
 
@@ -159,12 +160,12 @@ def test_make_gives_a_flow_env_stepped_by_hand_with_sampled_actions(pipe):
 def test_flow_configuration_and_model_checks(tmp_path, monkeypatch):
     with pytest.raises(GenrlError, match="deterministic Euler step"):
         TrainConfig(env="flow", noise_level=0.0).validate()
-    with pytest.raises(GenrlError, match="is an LCM option"):
+    with pytest.raises(GenrlError, match="--noise-last-step is a setting of the lcm sampler"):
         TrainConfig(env="flow", noise_last_step=True).validate()
     monkeypatch.setattr("genrl.models.shipped_dir", lambda: tmp_path)  # shapes weights without the flow model
     with pytest.raises(GenrlError, match="shapes flow model has not been trained yet.*pretrain flow"):
         load_pipeline("shapes", "flow")
-    with pytest.raises(GenrlError, match="not a Stable Diffusion 3 style"):
+    with pytest.raises(GenrlError, match="sd adapter.*the flow_sde sampler needs a flow-matching model"):
         load_pipeline(str(tiny_model_dir("tiny-sd")), "flow")  # a UNet model
 
 

@@ -7,7 +7,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from genrl import steps
-from genrl.families.flow import flow_step
+from genrl.samplers.flow_sde import flow_step
 
 
 @pytest.fixture(autouse=True)

@@ -10,13 +10,11 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 from genrl.config import PRESETS
-from genrl.envs import make_env
-from genrl.families.ddpm import SingleDDPMEnv
-from genrl.families.lcm import SingleLCMEnv
-from genrl.policy import make_policy
+from genrl.envs import SingleImageEnv, make_env
 from genrl.prompts import load_prompts
 from genrl.rewards import jpeg_compressibility
-from tests.helpers import tiny
+from genrl.samplers import sampler_class
+from tests.helpers import policy_for, tiny
 
 ENV_IDS = {"lcm": "genrl/LCM-v0", "ddpm": "genrl/DDPM-v0"}
 
@@ -67,7 +65,7 @@ def test_make_gives_a_single_env_stepped_by_hand_with_sampled_actions(pipes, kin
 def test_a_policy_steps_the_single_env_as_it_steps_the_vector_env(pipes, kind):
     env = _make(pipes, kind, reward_fn=jpeg_compressibility)
     single = env.unwrapped
-    policy = make_policy(kind, pipes[kind], guidance_scale=5.0, reduction="mean")
+    policy = policy_for(kind, pipes[kind], guidance_scale=5.0, reduction="mean")
     generator = torch.Generator().manual_seed(1)
 
     def act(obs):
@@ -93,9 +91,9 @@ def test_a_policy_steps_the_single_env_as_it_steps_the_vector_env(pipes, kind):
 def test_default_make_is_the_shapes_model_with_its_prompts_reward_and_steps():
     env = gym.make("genrl/LCM-v0")
     single = env.unwrapped
-    assert type(single) is SingleLCMEnv and single.vector_env.reward_fn.name == "jpeg_compressibility"
-    assert single.num_steps == PRESETS["shapes-rlcm-compression"].num_steps
-    assert SingleDDPMEnv.default_num_steps == PRESETS["shapes-ddpo-compression"].num_steps
+    assert type(single) is SingleImageEnv and single.vector_env.reward_fn.name == "jpeg_compressibility"
+    assert single.kind == "lcm" and single.num_steps == PRESETS["shapes-rlcm-compression"].num_steps
+    assert sampler_class("ddim").default_steps == PRESETS["shapes-ddpo-compression"].num_steps
     assert single.prompts == load_prompts("shapes_train")
     rewards, info = _episode(env, lambda obs: env.action_space.sample())
     assert set(info) == {"images", "reward_parts"} and np.isfinite(rewards[-1])

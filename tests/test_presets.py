@@ -15,8 +15,8 @@ then one optimizer step) is one genrl epoch: see the comment above ``_RLCM_JPEG`
 
 import pytest
 
+from genrl.adapters.sd3 import FLOW_GRPO_LORA_TARGETS
 from genrl.config import DEFAULT_LORA_TARGETS, DEFAULT_PRESET, PRESETS, TrainConfig, setting
-from genrl.families.flow import FLOW_GRPO_LORA_TARGETS
 
 # Every RLCM task (yaml and Table 1, unless a line says otherwise).
 _RLCM_COMMON = {

@@ -7,8 +7,9 @@ import torch
 from diffusers import DDIMScheduler, LCMScheduler
 
 from genrl import steps
-from genrl.families.ddpm import ddim_step
-from genrl.families.lcm import lcm_step
+from genrl.samplers.ddim import ddim_step
+from genrl.samplers.lcm import lcm_step
+from tests.helpers import policy_for
 
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
@@ -74,7 +75,6 @@ def test_ddim_step_matches_diffusers_given_the_same_noise(set_alpha_to_one):
 
 def test_lcm_policy_conditions_the_unet_on_w_as_the_lcm_pipeline_does():
     """w = guidance_scale - 1, embedded and passed to the UNet as ``timestep_cond``, for every row."""
-    from genrl.policy import make_policy
     from tests.helpers import tiny
 
     pipe = tiny("lcm")
@@ -92,7 +92,7 @@ def test_lcm_policy_conditions_the_unet_on_w_as_the_lcm_pipeline_does():
         callback_on_step_end=keep_pipeline,
         callback_on_step_end_tensor_inputs=["w_embedding"],
     )
-    policy = make_policy("lcm", pipe, guidance_scale=8.0, reduction="mean")
+    policy = policy_for("lcm", pipe, guidance_scale=8.0, reduction="mean")
 
     def keep_policy(_unet, _args, kwargs):
         seen["policy"] = kwargs["timestep_cond"]
@@ -134,15 +134,14 @@ DDPM_PROMPTS = ["a red cat", "a blue dog", "a green frog"]
 
 def _ddpm_setup(num_steps: int, **scheduler_overrides):
     """The tiny SD pipeline with a DDIM scheduler, its env and policy (guidance 5, eta 1, mean log-probs)."""
-    from genrl.families.ddpm import DDPMEnv
-    from genrl.policy import make_policy
+    from genrl.envs import make_env
     from genrl.rewards import jpeg_incompressibility
     from tests.helpers import tiny
 
     pipe = tiny("ddpm")
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **scheduler_overrides)
-    env = DDPMEnv(len(DDPM_PROMPTS), pipe, jpeg_incompressibility, num_steps=num_steps)
-    policy = make_policy("ddpm", pipe, guidance_scale=5.0, reduction="mean", eta=1.0)
+    env = make_env("ddpm", len(DDPM_PROMPTS), pipe, jpeg_incompressibility, num_steps)
+    policy = policy_for("ddpm", pipe, guidance_scale=5.0, reduction="mean", eta=1.0)
     return pipe, env, policy
 
 

@@ -8,12 +8,11 @@ from genrl.advantages import PerPromptStatTracker, batch_advantages
 from genrl.algos import ppo, reinforce
 from genrl.algos.common import PolicyGradientConfig
 from genrl.buffer import TrajectoryBuffer
-from genrl.families.ddpm import DDPMEnv
-from genrl.families.lcm import LCMEnv
-from genrl.policy import add_lora, make_policy
+from genrl.envs import make_env
+from genrl.policy import add_lora
 from genrl.rewards import jpeg_incompressibility
 from genrl.rollout import SamplingBatch, collect
-from tests.helpers import tiny
+from tests.helpers import policy_for, tiny
 
 
 def test_per_prompt_tracker_matches_a_direct_computation():
@@ -63,11 +62,8 @@ def test_reinforce_and_ppo_gradients_agree_where_the_ratio_is_one():
 def _buffer(env_kind: str, num_steps: int):
     pipe = tiny(env_kind)
     add_lora(pipe.unet, 4, 4, ["to_q", "to_k", "to_v", "to_out.0"])
-    if env_kind == "lcm":
-        env = LCMEnv(4, pipe, jpeg_incompressibility, num_steps=num_steps)
-    else:
-        env = DDPMEnv(4, pipe, jpeg_incompressibility, num_steps=num_steps)
-    policy = make_policy(env_kind, pipe, guidance_scale=5.0, reduction="mean").eval()
+    env = make_env(env_kind, 4, pipe, jpeg_incompressibility, num_steps)
+    policy = policy_for(env_kind, pipe, guidance_scale=5.0, reduction="mean").eval()
     # Make the adapter non-trivial, so that a mismatch between sampling and training would show.
     with torch.no_grad():
         for p in policy.trainable_parameters():

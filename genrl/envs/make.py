@@ -12,7 +12,7 @@ from genrl.envs.base import DenoisingEnv
 from genrl.families import ENV_IDS, FAMILIES, family
 from genrl.rewards import RewardFn
 from genrl.samplers import SAMPLERS, Sampler, sampler_class
-from genrl.samplers.base import check_pairing, settings_fields
+from genrl.samplers.base import check_pairing, settings_fields, the_samplers
 
 
 def build_sampler(name: str, scheduler: Any, **settings: Any) -> Sampler:
@@ -23,7 +23,7 @@ def build_sampler(name: str, scheduler: Any, **settings: Any) -> Sampler:
     for key in settings:
         if key not in own:
             owners = [other for other in SAMPLERS if key in settings_fields(sampler_class(other).Settings)]
-            whose = f"a setting of the {' and '.join(owners)} sampler" if owners else "no sampler's setting"
+            whose = f"a setting of {the_samplers(owners)}" if owners else "no sampler's setting"
             raise ValueError(f"{key} is {whose}, not of {name} (its settings: {', '.join(own) or 'none'})")
     return cls(cls.Settings(**settings), scheduler)
 
@@ -50,7 +50,8 @@ def batched_env(
         check_pairing(sampler, adapter)
     except ValueError as exc:
         raise ValueError(f"this pipeline cannot be sampled here: {exc}") from None
-    return DenoisingEnv(num_envs, adapter, sampler, reward_fn, num_steps or sampler.default_steps, resolution)
+    steps = sampler.default_steps if num_steps is None else num_steps
+    return DenoisingEnv(num_envs, adapter, sampler, reward_fn, steps, resolution)
 
 
 def make_env(

@@ -123,6 +123,13 @@ def horizon_and_paper(num_steps: int, quick: bool, paper_steps: int) -> list[int
     return sorted({max(2, num_steps // 4), max(2, num_steps // 2), num_steps, paper_steps})
 
 
+def the_samplers(names: list[str]) -> str:
+    """'the lcm sampler', 'the flow_sde and cps samplers', 'the ddim, flow_sde and cps samplers'."""
+    if len(names) == 1:
+        return f"the {names[0]} sampler"
+    return f"the {', '.join(names[:-1])} and {names[-1]} samplers"
+
+
 def settings_fields(settings_class: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(settings_class))
 

@@ -73,7 +73,7 @@ class CPSSampler(Sampler):
         window(settings.sde_window, num_steps)
         if not 0 < settings.noise_level <= 1:
             raise ValueError(
-                f"--cps.noise-level {settings.noise_level} must be in (0, 1]: 0 is the deterministic step, with no "
+                f"--noise-level {settings.noise_level} must be in (0, 1]: 0 is the deterministic step, with no "
                 "policy to train, and past 1 the angle eta pi / 2 turns back"
             )
 

@@ -92,7 +92,7 @@ class DDIMSampler(Sampler):
     @classmethod
     def validate(cls, settings: DDIMSettings, num_steps: int) -> None:
         if not settings.eta > 0:
-            raise ValueError(f"--ddim.eta {settings.eta} makes DDIM deterministic, with no policy to train; use > 0")
+            raise ValueError(f"--eta {settings.eta} makes DDIM deterministic, with no policy to train; use > 0")
         window(settings.sde_window, num_steps)
 
     def schedule(self, num_steps: int, adapter: Any, latent_size: int) -> Schedule:

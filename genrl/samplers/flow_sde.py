@@ -140,15 +140,15 @@ class FlowSDESampler(Sampler):
     def validate(cls, settings: FlowSDESettings, num_steps: int) -> None:
         window(settings.sde_window, num_steps)
         if settings.noise_mode not in NOISE_MODES:
-            raise ValueError(f"--flow-sde.noise-mode must be 'flow_grpo' or 'constant', got {settings.noise_mode!r}")
+            raise ValueError(f"--noise-mode must be 'flow_grpo' or 'constant', got {settings.noise_mode!r}")
         if not settings.noise_level > 0:
             raise ValueError(
-                f"--flow-sde.noise-level {settings.noise_level} makes the flow step the deterministic Euler step, with "
+                f"--noise-level {settings.noise_level} makes the flow step the deterministic Euler step, with "
                 f"no policy to train; use a noise level > 0 (Flow-GRPO: {FLOW_GRPO_NOISE_LEVEL})"
             )
         if settings.noise_level >= MAX_NOISE_LEVEL:
             raise ValueError(
-                f"--flow-sde.noise-level {settings.noise_level} is too large: the flow step's mean keeps 1 - a^2/2 of "
+                f"--noise-level {settings.noise_level} is too large: the flow step's mean keeps 1 - a^2/2 of "
                 "the latent on the first step (the last with noise mode constant), none at a = sqrt(2) and its "
                 f"negative past it, so the samples run away to NaN; use a noise level under {MAX_NOISE_LEVEL:.2f} "
                 f"(Flow-GRPO: {FLOW_GRPO_NOISE_LEVEL})"

@@ -84,7 +84,7 @@ class LCMSampler(Sampler):
         if num_steps == 1 and not settings.noise_last_step:
             raise ValueError(
                 "1 LCM step leaves no stochastic step with diffusers' deterministic last step; use 2 steps or more, "
-                "or --lcm.noise-last-step"
+                "or --noise-last-step"
             )
 
     def schedule(self, num_steps: int, adapter: Any, latent_size: int) -> Schedule:

@@ -46,8 +46,8 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from genrl.errors import GenrlError
-from genrl.families.ddpm import ddim_step
-from genrl.families.lcm import lcm_step
+from genrl.samplers.ddim import ddim_step
+from genrl.samplers.lcm import lcm_step
 from genrl.shapes import components, shipped_dir
 from genrl.shapes.world import ATTRIBUTES, sample_dataset
 
