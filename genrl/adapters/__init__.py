@@ -13,6 +13,7 @@ from genrl.adapters.base import ModelAdapter
 
 ADAPTERS = {
     "sd3": "genrl.adapters.sd3:SD3Adapter",  # Stable Diffusion 3 / 3.5 (MMDiT, rectified flow)
+    "flux": "genrl.adapters.flux:FluxAdapter",  # FLUX.1 (packed latents, T5 and CLIP, embedded guidance)
     "sdxl": "genrl.adapters.sdxl:SDXLAdapter",  # Stable Diffusion XL (two CLIPs, "text_time" added conditioning)
     "lcm": "genrl.adapters.lcm:LCMAdapter",  # latent consistency models (SD 1.x UNet, w-embedding)
     "sd": "genrl.adapters.sd:SDAdapter",  # Stable Diffusion 1.x / 2.x UNets
