@@ -47,6 +47,9 @@ class Rollout:
     in_background: bool = False
     # (observation, distribution) of the stochastic steps sampled with a graph (DPG's KL term)
     graph_steps: list[tuple[dict[str, torch.Tensor], StepDistribution]] = field(default_factory=list)
+    # The clean latents the images were decoded from (detached): where forward-process losses (denoising, flow
+    # matching on the policy's own samples: DiffusionNFT, AWM) start, through ``ModelAdapter.add_noise``.
+    final_latents: torch.Tensor | None = None
 
     def resolve(self) -> Rollout:
         """Wait for a background reward; afterwards ``rewards``, ``reward_parts`` and ``reward_time_s`` hold."""
@@ -114,6 +117,7 @@ def collect(
                 )
             obs, rewards, terminated, _, info = env.step(action)
     assert bool(terminated.all())
+    final_latents = env.final_latents(action).detach()
     images, future, parts, reward_time = info["images"], None, info.get("reward_parts", {}), 0.0
     if background_reward is not None:
         reward, executor = background_reward
@@ -134,4 +138,5 @@ def collect(
         reward_future=future,
         in_background=future is not None,
         graph_steps=graph_steps,
+        final_latents=final_latents,
     )
