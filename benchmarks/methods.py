@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from genrl.config import PRESETS, TrainConfig
+from genrl.config import TrainConfig
 from genrl.families.ddpm import PAPER_STEPS
+from genrl.presets import PRESETS
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,9 @@ import torch
 import tyro
 
 from genrl.assemble import assemble
-from genrl.config import PRESETS, TrainConfig
+from genrl.config import TrainConfig
 from genrl.families import family
+from genrl.presets import PRESETS
 from genrl.train import train
 
 

@@ -298,10 +298,10 @@ def probe_case(
     docstring). The family (``family_of``), and with it the preset's settings, follows from the config."""
     from genrl.algos.common import optimizer_step
     from genrl.algos.ppo import clipped_surrogate_loss
-    from genrl.config import preset
     from genrl.families import family as family_module
     from genrl.policy import add_lora, make_policy
     from genrl.precision import LossScaling, cast_frozen, half_dtype
+    from genrl.presets import preset
 
     cuda = torch.device(device).type == "cuda"
     family = family_of(net_config)

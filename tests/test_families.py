@@ -7,11 +7,12 @@ import typing
 import gymnasium as gym
 import pytest
 
-from genrl.config import PRESETS, TrainConfig
+from genrl.config import TrainConfig
 from genrl.envs import DenoisingEnv, SingleImageEnv
 from genrl.errors import GenrlError
 from genrl.families import ENV_IDS, FAMILIES, FamilyName, family
 from genrl.policy import DenoisingPolicy
+from genrl.presets import PRESETS
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))

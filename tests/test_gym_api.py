@@ -9,11 +9,11 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from genrl.config import PRESETS
 from genrl.envs import make_env
 from genrl.families.ddpm import SingleDDPMEnv
 from genrl.families.lcm import SingleLCMEnv
 from genrl.policy import make_policy
+from genrl.presets import PRESETS
 from genrl.prompts import load_prompts
 from genrl.rewards import jpeg_compressibility
 from tests.helpers import tiny

@@ -6,9 +6,9 @@ import json
 import torch
 from diffusers import LatentConsistencyModelPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline
 
-from genrl.config import DEFAULT_PRESET, PRESETS
 from genrl.errors import GenrlError
 from genrl.models import resolve_model
+from genrl.presets import DEFAULT_PRESET, PRESETS
 from genrl.rewards import load_reward
 from genrl.shapes import shipped_dir
 from genrl.shapes.world import COLOURS, sample_dataset, train_scenes
