@@ -38,7 +38,8 @@ def _status_kb(field: str) -> int:
 def measure(args: Args, checkpointing: bool) -> float:
     """MiB per sample of one DPG forward and backward pass."""
     from genrl.assemble import assemble
-    from genrl.config import preset, replace_config
+    from genrl.config import replace_config
+    from genrl.presets import preset
     from genrl.prompts import load_prompts
     from genrl.rollout import SamplingBatch, collect
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from genrl.config import preset, replace_config
+from genrl.config import replace_config
+from genrl.presets import preset
 from genrl.train import build, run_epoch
 
 

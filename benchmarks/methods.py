@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from genrl.config import PRESETS, TrainConfig
+from genrl.config import TrainConfig
+from genrl.presets import PRESETS
 from genrl.samplers.ddim import PAPER_STEPS
 
 

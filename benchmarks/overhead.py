@@ -22,7 +22,8 @@ import torch
 import tyro
 
 from genrl.assemble import assemble
-from genrl.config import PRESETS, TrainConfig
+from genrl.config import TrainConfig
+from genrl.presets import PRESETS
 from genrl.train import train
 
 

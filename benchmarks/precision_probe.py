@@ -301,11 +301,11 @@ def probe_case(
     from genrl.adapters import adapter_for
     from genrl.algos.common import optimizer_step
     from genrl.algos.ppo import clipped_surrogate_loss
-    from genrl.config import preset
     from genrl.config_sampler import sampler_options
     from genrl.envs.make import build_sampler
     from genrl.policy import DenoisingPolicy, add_lora
     from genrl.precision import LossScaling, cast_frozen, half_dtype
+    from genrl.presets import preset
 
     cuda = torch.device(device).type == "cuda"
     family = family_of(net_config)

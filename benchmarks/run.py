@@ -53,9 +53,11 @@ from benchmarks.runs import (
 )
 from benchmarks.summary import summarise
 from benchmarks.sweep import BUDGET, EVAL_QUERIES, SWEEP_SEEDS
-from genrl.config import PRESETS, TrainConfig, config_to_json
+from genrl.config import TrainConfig
+from genrl.config_file import config_to_json
 from genrl.errors import GenrlError
 from genrl.models import resolve_model
+from genrl.presets import PRESETS
 
 BENCHMARK_SEEDS = range(10, 20)
 """The protocol's benchmark seeds (docs/benchmark/PROTOCOL.md); the sweep's are ``SWEEP_SEEDS``."""

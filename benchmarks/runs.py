@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.fidelity import ACCURACY_KEPT
-from genrl.config import TrainConfig, config_to_json, read_config
+from genrl.config import TrainConfig
+from genrl.config_file import config_to_json, read_config
 from genrl.errors import GenrlError
 from genrl.rundir import atomic_write_text
 from genrl.train import train

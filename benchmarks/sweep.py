@@ -8,7 +8,7 @@ alignment term, DDPO's published update structure) trains at the benchmark's bud
 the fixed evaluation set by the benchmark's own target: the first evaluation that gains ``DELTA`` in the task's
 reward while keeping 80% of the starting prompt accuracy (benchmarks/fidelity.py). The winner reaches it on the
 most seeds, then with the fewest reward queries (censored runs count the budget), then with the largest final gain.
-Winners go into ``_SHAPES_SWEPT`` in genrl/config.py by hand; the table into ``OUT/sweep.md`` and ``OUT/sweep.json``.
+Winners go into ``_SHAPES_SWEPT`` in genrl/presets.py by hand; the table into ``OUT/sweep.md`` and ``OUT/sweep.json``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import numpy as np
 from benchmarks.fidelity import ACCURACY_KEPT, DELTA, evaluations, reach, task_reward
 from benchmarks.methods import DDPO_PPO, FLOW_GRPO, RLCM_DPG, RLCM_PPO, Method
 from benchmarks.runs import Progress, budgeted, check_names, command_line, run_to_completion
-from genrl.config import PRESETS, TrainConfig, replace_config, with_alignment_term
+from genrl.config import TrainConfig, replace_config
 from genrl.errors import GenrlError
+from genrl.presets import PRESETS, with_alignment_term
 from genrl.rundir import RunDirInUse, atomic_write_text
 
 SWEEP_SEEDS = (0, 1)

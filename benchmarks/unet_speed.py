@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from genrl.assemble import assemble
-from genrl.config import preset, setting
+from genrl.config import setting
+from genrl.presets import preset
 
 
 @dataclass

@@ -1,6 +1,6 @@
-"""What every family's step shares: the Gaussian over the next latent that a step defines, and its log-prob and KL.
+"""What every sampler's step shares: the Gaussian over the next latent that a step defines, and its log-prob and KL.
 
-Each family's own step maths (``genrl.families.lcm.lcm_step``, ``genrl.families.ddpm.ddim_step``) are pure
+Each sampler's own step maths (``genrl.samplers.lcm.lcm_step``, ``genrl.samplers.ddim.ddim_step``, ...) are pure
 functions that return a ``StepDistribution``: every schedule quantity comes in as an argument, and each mirrors the
 operation order of the diffusers scheduler it stands for, so that given the same noise the results agree bit for
 bit (tests/test_steps.py).

@@ -1,8 +1,7 @@
-"""``python -m genrl.train``: fine-tune an LCM (RLCM) or a diffusion model (DDPO) against a reward.
+"""``python -m genrl.train``: the training run (build, epochs, evaluations, checkpoints) of the configuration that
+genrl/cli.py reads from the command line, and ``main``, which turns the errors a user can fix into one line.
 
-python -m genrl.train                                  # the default preset, a few minutes on a CPU
-python -m genrl.train --preset rlcm-compression        # the paper's hyperparameters
-python -m genrl.train --resume runs/NAME --epochs 20   # continue a run exactly
+Usage: ``python -m genrl.train --help`` (its examples: genrl/cli.py ``USAGE``).
 """
 
 from __future__ import annotations
@@ -13,28 +12,23 @@ import os
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
-import argparse
-import dataclasses
-import difflib
 import errno
 import math
 import sys
 import time
-import typing
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import tyro
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from genrl.advantages import PerPromptStatTracker, compute_advantages
 from genrl.algos.base import Algorithm, EpochBatch, run_update
-from genrl.algos.registry import is_builtin, settings_name
+from genrl.algos.registry import is_builtin
 from genrl.assemble import assemble, derived_seed
 from genrl.best import BestEvaluation
 from genrl.checkpoint import (
@@ -47,17 +41,10 @@ from genrl.checkpoint import (
     point_link,
     save_checkpoint,
 )
-from genrl.config import (
-    DEFAULT_PRESET,
-    TrainConfig,
-    as_type,
-    config_to_json,
-    config_type,
-    preset,
-    read_config,
-    replace_config,
-)
-from genrl.config_sampler import flags_of_other_samplers, sampler_options
+from genrl.cli import parse_config
+from genrl.config import TrainConfig, replace_config
+from genrl.config_file import check_fixed_configuration, config_to_json, fixed_configuration
+from genrl.config_sampler import sampler_options
 from genrl.cpu import default_threads
 from genrl.denoiser import denoiser
 from genrl.distributed import Processes
@@ -74,78 +61,6 @@ from genrl.rundir import RunDir
 
 _WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES)
 """Why a write fails on a disk that is full, over quota, read-only or not the user's."""
-
-# Fields a resumed run must keep: the checkpoint only fits the model it was trained on.
-_FIXED_ON_RESUME = ("model", "env", "algo", "finetune", "lora_rank", "lora_alpha", "lora_target_modules")
-
-
-# --------------------------------------------------------------------------------------------------
-# Configuration: preset (or the resumed run's config) first, then the command line's flags on top
-# --------------------------------------------------------------------------------------------------
-def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    argv = sys.argv[1:] if argv is None else argv
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", default=None)
-    pre.add_argument("--resume", type=Path, default=None)
-    pre.add_argument("--algo", default=None)
-    known, _ = pre.parse_known_args(argv)
-    if known.resume is not None:
-        if known.preset is not None:
-            raise GenrlError("--preset cannot change on --resume (the run keeps its saved configuration); drop it")
-        base = read_config(known.resume / "config.json")
-    else:
-        base = preset(known.preset or DEFAULT_PRESET)
-    # The algorithm is resolved before parsing, as the preset is: its settings are flags of their own.
-    if known.algo is not None and known.algo != base.algo:
-        if known.resume is not None:
-            raise GenrlError(f"--algo cannot change on --resume (the run trains with {base.algo!r}); drop it")
-        base = replace_config(base, algo=known.algo)
-    parser = config_type(base.algo)
-    _check_flags(argv, base)
-    cfg = as_type(tyro.cli(parser, default=as_type(base, parser), args=argv, description=__doc__), TrainConfig)
-    given = {token.split("=", 1)[0][2:].replace("-", "_") for token in argv if token.startswith("--")}
-    flags_of_other_samplers(cfg, given | {name.removeprefix("no_") for name in given})
-    if known.resume is not None:
-        for name in _FIXED_ON_RESUME:
-            if getattr(cfg, name) != getattr(base, name):
-                raise GenrlError(
-                    f"--{name.replace('_', '-')} cannot change on --resume (the checkpoint fits "
-                    f"{getattr(base, name)!r}); start a new run instead"
-                )
-    cfg.validate()
-    return cfg
-
-
-def _check_flags(argv: list[str], base: TrainConfig) -> None:
-    """An unknown flag (a misspelt ``--ppo.clip-rang``, a setting of another algorithm) is one line that names the
-    nearest known one; tyro's own answer is a box of several lines."""
-    groups = [("", TrainConfig)]
-    if base.algo_config is not None:
-        groups.append((f"{settings_name(base.algo)}.", type(base.algo_config)))
-    known = {"--help", "-h"}
-    for prefix, cls in groups:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if f.name == "algo_config":
-                continue
-            flag = "--" + (prefix + f.name).replace("_", "-")
-            known.add(flag)
-            if hints[f.name] is bool:  # tyro's --no-FLAG
-                head, dot, tail = flag[2:].rpartition(".")
-                known.add(f"--{head}{dot}no-{tail}")
-    for token in argv:
-        flag = token.split("=", 1)[0].replace("_", "-")
-        if flag.startswith("--") and flag not in known:
-            near = difflib.get_close_matches(flag, sorted(known), n=1)
-            hint = f"did you mean {near[0]}?" if near else "see --help"
-            raise GenrlError(f"unknown flag {flag} (with --algo {base.algo}); {hint}")
-
-
-def _fixed_configuration(cfg: TrainConfig) -> dict:
-    """The fields a checkpoint only fits, as config.json writes them: saved with it, compared on --resume, so an
-    edited config.json cannot load the weights into another model."""
-    saved = config_to_json(cfg)
-    return {name: saved[name] for name in _FIXED_ON_RESUME}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -232,15 +147,7 @@ def resume(t: Training, checkpoint: Path) -> None:
             f"--resume {t.cfg.resume}: the run was trained on {saved_by} processes, this launch has "
             f"{t.processes.count}; resume with --num-processes {saved_by}"
         )
-    saved_with = state.get("configuration")  # absent from checkpoints saved before it was recorded
-    if isinstance(saved_with, dict):
-        now = _fixed_configuration(t.cfg)
-        for name, value in now.items():
-            if name in saved_with and saved_with[name] != value:
-                raise GenrlError(
-                    f"--resume {t.cfg.resume}: config.json has {name} {value!r}, but the checkpoint was trained with "
-                    f"{saved_with[name]!r}; restore config.json's {name} (the checkpoint only fits that)"
-                )
+    check_fixed_configuration(t.cfg, state.get("configuration"))
     t.counters = state["counters"]
     t.loss_scaling.load_state_dict(state.get("loss_scaling") or {})  # fp16's scale; another precision has none
     if t.tracker is not None and state.get("tracker"):
@@ -510,7 +417,7 @@ def save(t: Training, run: RunDir, epoch: int, best: BestEvaluation) -> None:
         "counters": t.counters,
         "tracker": t.tracker.state_dict() if t.tracker is not None else None,
         "num_processes": t.processes.count,
-        "configuration": _fixed_configuration(t.cfg),
+        "configuration": fixed_configuration(t.cfg),
         "loss_scaling": t.loss_scaling.state_dict(),  # empty but with fp16
     }
     kept = run.checkpoints / checkpoint_name(best.epoch) if t.cfg.keep_best and best.epoch is not None else None

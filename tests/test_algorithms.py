@@ -112,7 +112,8 @@ def test_a_misspelt_or_foreign_algorithm_flag_is_one_line(tmp_path, capsys, flag
 
 def test_each_setting_has_one_default_and_presets_set_algorithm_fields():
     from genrl.algos.ppo import PPOConfig
-    from genrl.config import PRESETS, TrainConfig
+    from genrl.config import TrainConfig
+    from genrl.presets import PRESETS
 
     assert TrainConfig().algo_config == PPOConfig()  # the algorithm's class holds its defaults, nowhere else
     assert not any(hasattr(TrainConfig(), name) for name in ("clip_range", "train_batch_size", "dpg_truncation"))

@@ -18,7 +18,8 @@ from benchmarks.figures import plot_curves, plot_evaluations, plot_frontier
 from benchmarks.report import write_report
 from benchmarks.run import Args, main
 from benchmarks.summary import summarise
-from genrl.config import PRESETS, replace_config
+from genrl.config import replace_config
+from genrl.presets import PRESETS
 
 
 def _metrics(

@@ -8,10 +8,11 @@ import gymnasium as gym
 import pytest
 
 from genrl.adapters import ADAPTERS, adapter_class
-from genrl.config import PRESETS, TrainConfig
+from genrl.config import TrainConfig
 from genrl.config_sampler import SAMPLER_FIELDS
 from genrl.errors import GenrlError
 from genrl.families import ENV_IDS, FAMILIES, FamilyName, family
+from genrl.presets import PRESETS
 from genrl.samplers import SAMPLERS, sampler_class
 from genrl.samplers.base import Sampler, settings_fields
 from genrl.train import parse_config

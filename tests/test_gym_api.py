@@ -9,8 +9,8 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from genrl.config import PRESETS
 from genrl.envs import SingleImageEnv, make_env
+from genrl.presets import PRESETS
 from genrl.prompts import load_prompts
 from genrl.rewards import jpeg_compressibility
 from genrl.samplers import sampler_class

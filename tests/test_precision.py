@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 import genrl.precision
 from genrl.assemble import assemble
-from genrl.config import preset, replace_config
+from genrl.config import replace_config
+from genrl.presets import preset
 from genrl.rollout import SamplingBatch, collect
 from genrl.train import main
 from tests.helpers import expect_error, fast_args, logged_metrics

@@ -10,13 +10,14 @@ Sources (read at the commits of the official repositories):
   layout) and pickscore_sd3() (its beta), scripts/train_sd3.py.
 
 Batch layouts are per GPU, as both sources give them. One official RLCM "round" (sample num_sample_iters batches,
-then one optimizer step) is one genrl epoch: see the comment above ``_RLCM_JPEG`` in genrl/config.py.
+then one optimizer step) is one genrl epoch: see the comment above ``_RLCM`` in genrl/presets.py.
 """
 
 import pytest
 
 from genrl.adapters.sd3 import FLOW_GRPO_LORA_TARGETS
-from genrl.config import DEFAULT_LORA_TARGETS, DEFAULT_PRESET, PRESETS, TrainConfig, setting
+from genrl.config import DEFAULT_LORA_TARGETS, TrainConfig, setting
+from genrl.presets import DEFAULT_PRESET, PRESETS
 
 # Every RLCM task (yaml and Table 1, unless a line says otherwise).
 _RLCM_COMMON = {
@@ -28,7 +29,7 @@ _RLCM_COMMON = {
     "noise_last_step": True,  # diffusers_patch/lcm_scheduler.py step(): noise on every step, all H trained
     "train_batch_size": 2,  # yaml train_batch_size_per_gpu; Table 1 "Train Batch Size (per GPU)"
     "inner_epochs": 1,  # yaml num_inner_epochs
-    "learning_rate": 1e-4,  # Table 1 "Learning Rate" (prompt_image_alignment.yaml says 4e-4: see config.py)
+    "learning_rate": 1e-4,  # Table 1 "Learning Rate" (prompt_image_alignment.yaml says 4e-4: see presets.py)
     "adam_weight_decay": 0.0,  # ppo_training_loop.py: torch.optim.Adam(..., lr=lr), no weight decay
     "adam_beta1": 0.9,  # torch.optim.Adam defaults
     "adam_beta2": 0.999,

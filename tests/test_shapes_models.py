@@ -14,9 +14,9 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
-from genrl.config import DEFAULT_PRESET, PRESETS
 from genrl.errors import GenrlError
 from genrl.models import resolve_model
+from genrl.presets import DEFAULT_PRESET, PRESETS
 from genrl.rewards import load_reward
 from genrl.shapes import shipped_dir
 from genrl.shapes.tiny import FLUX_T5_TOKENS, save_tiny_model, tiny_model_dir

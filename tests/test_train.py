@@ -7,8 +7,8 @@ import torch
 from diffusers import LatentConsistencyModelPipeline
 from safetensors.torch import load_file
 
-from genrl.config import PRESETS
 from genrl.policy import add_lora
+from genrl.presets import PRESETS
 from genrl.shapes.tiny import tiny_pipeline_dir
 from genrl.train import main
 from tests.helpers import fast_args, logged_metrics
