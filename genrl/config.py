@@ -81,7 +81,7 @@ class TrainConfig:
     compile: bool = False
     """Compile the denoiser with torch.compile (in place: checkpoints and LoRA exports are unchanged). The first
     epoch pays the compilation, about 3 minutes for the shapes UNet on a 2-core CPU and less on a second start,
-    where torch's caches hold it; pays off only in long runs (README "Performance"). The numbers differ from an
+    where torch's caches hold it; pays off only in long runs (docs/performance.md). The numbers differ from an
     uncompiled run's within float tolerance."""
 
     # Sampling

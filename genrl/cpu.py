@@ -13,7 +13,7 @@ the 2-core development machine, a busy process that arrived after the run had st
 and 2.4x dearer in CPU. Sleeping at once (OMP_WAIT_POLICY=PASSIVE) shares fairly but made the idle run 1.75x
 slower, as every small operation then wakes its threads from sleep. ``spin_briefly`` sets GOMP_SPINCOUNT=1000 before
 torch loads libgomp (``genrl/__init__.py``): long enough to bridge the gap between two operations, short enough to
-give the core away when the partner is preempted. README "CPU threads and sharing the machine" has the
+give the core away when the partner is preempted. docs/performance.md, "CPU threads and sharing the machine", has the
 measurements (``benchmarks/cpu_sharing.py``).
 """
 

@@ -40,8 +40,8 @@ def algorithm_class(spec: str) -> type:
     update = getattr(cls, "update", None)
     if not inspect.isclass(cls) or not callable(update):
         raise GenrlError(
-            f"algorithm '{spec}' is not a class with an update(policy, optimizer, batch) method; see the README's "
-            "'Write your own algorithm'"
+            f"algorithm '{spec}' is not a class with an update(policy, optimizer, batch) method; see "
+            "docs/algorithms.md, 'Write your own algorithm'"
         )
     config = getattr(cls, "Config", None)
     if config is not None and not (inspect.isclass(config) and dataclasses.is_dataclass(config)):

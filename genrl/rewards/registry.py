@@ -146,7 +146,7 @@ def _build(name: str, factory: Callable[..., RewardFn], options: dict[str, str])
         raise
     except TypeError as exc:
         raise GenrlError(
-            f"reward '{name}' does not take the options {sorted(options)}; see the README for its options"
+            f"reward '{name}' does not take the options {sorted(options)}; see docs/rewards.md for its options"
         ) from exc
     except (Exception, SystemExit) as exc:  # the user's factory failed: one line that names it, as a call would
         raise GenrlError(f"reward '{name}' could not be built: it raised {describe(exc)}; fix its factory") from exc
