@@ -36,8 +36,8 @@ FAMILIES = {
         tiny_model="tiny-sd3",
         shapes_missing=(
             "the embedded shapes flow model has not been trained yet: build it with `python -m genrl.shapes.pretrain "
-            "flow` (it needs the shipped teacher only), or use --model tiny, or a Stable Diffusion 3 pipeline folder "
-            "or hub id"
+            "flow` (it needs the shipped teacher only), or use --model tiny, or a Stable Diffusion 3 or FLUX pipeline "
+            "folder or hub id"
         ),
     ),
 }

@@ -36,7 +36,7 @@ def plugin(tmp_path, monkeypatch):
         (["--learning-rate", "0"], "--learning-rate must be positive"),
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["--env", "ddpm", "--eta", "0"], "--eta 0.0 makes DDIM deterministic"),
-        (["--env", "lcm", "--model", "TINY_SD"], "not a latent consistency model"),
+        (["--env", "lcm", "--model", "TINY_SD"], "(sd adapter), and the lcm sampler needs a latent consistency model"),
         (["--algo", "dpg"], "--algo dpg needs a differentiable reward"),
         (["--algo", "dpg", "--async-rewards"], "--async-rewards cannot carry a reward's gradient"),
         (["--algo", "dpg", "--dpg.truncation", "4"], "--dpg.truncation must be between 1 and --num-steps 3"),
@@ -44,7 +44,7 @@ def plugin(tmp_path, monkeypatch):
         (["--group-size", "3"], "--group-size 3 must be at least 1 and divide --sample-batch-size 4"),
         (["--ema-decay", "1"], "--ema-decay must be in [0, 1)"),
         (["--eval-size", "6"], "--eval-size a positive multiple of --sample-batch-size 4"),
-        (["--env", "ddpm", "--noise-last-step"], "--noise-last-step is an LCM option"),
+        (["--env", "ddpm", "--noise-last-step"], "--noise-last-step is a setting of the lcm sampler"),
     ],
 )
 def test_bad_configuration(tmp_path, capsys, extra, message):

@@ -17,6 +17,7 @@ import pytest
 
 from genrl.adapters.sd3 import FLOW_GRPO_LORA_TARGETS
 from genrl.config import DEFAULT_LORA_TARGETS, TrainConfig, setting
+from genrl.config_sampler import sampler_settings
 from genrl.presets import DEFAULT_PRESET, PRESETS
 
 # Every RLCM task (yaml and Table 1, unless a line says otherwise).
@@ -288,7 +289,8 @@ def test_the_shapes_flow_presets_keep_flow_grpos_update_structure(task):
     its LoRA layers, 10 SDE steps at noise level 0.7, guidance 4.5."""
     flow, rlcm = PRESETS[f"shapes-flow-{task}"], PRESETS[f"shapes-rlcm-{task}"]
     flow.validate()
-    assert (flow.env, flow.num_steps, flow.noise_level, flow.guidance_scale) == ("flow", 10, 0.7, 4.5)
+    noise_level = sampler_settings(flow).noise_level  # the flow_sde sampler's default where the preset leaves it
+    assert (flow.env, flow.num_steps, noise_level, flow.guidance_scale) == ("flow", 10, 0.7, 4.5)
     assert _optimizer_steps_per_epoch(flow) == 2 and flow.samples_per_epoch == rlcm.samples_per_epoch
     assert flow.lora_target_modules == FLOW_GRPO_LORA_TARGETS
     for field in ("lora_rank", "lora_alpha", "group_size", "group_std", "reward", "prompts"):

@@ -14,6 +14,7 @@ import torch
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 
+from genrl.adapters import adapter_for
 from genrl.checkpoint import checkpoint_epochs, save_checkpoint
 from genrl.errors import GenrlError
 from genrl.rundir import RunDir
@@ -90,12 +91,13 @@ def test_a_run_whose_checkpoints_are_all_damaged_is_refused_not_restarted(_run, 
 def test_pruning_orders_checkpoints_by_number_not_as_text(tmp_path):
     pipe = tiny()
     unet = pipe.unet.requires_grad_(True)
+    adapter = adapter_for(pipe)
     optimizer = torch.optim.AdamW(unet.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     state = {"counters": {"epoch": 9999, "reward_queries": 0, "wall_time_s": 0.0}}
     checkpoints = tmp_path / "checkpoints"
-    save_checkpoint(checkpoints, 9999, unet, optimizer, scheduler, state, keep=1)
-    save_checkpoint(checkpoints, 10000, unet, optimizer, scheduler, state, keep=1)  # "epoch-10000" < "epoch-9999"
+    save_checkpoint(checkpoints, 9999, adapter, optimizer, scheduler, state, keep=1)
+    save_checkpoint(checkpoints, 10000, adapter, optimizer, scheduler, state, keep=1)  # "epoch-10000" < "epoch-9999"
     assert [epoch for epoch, _ in checkpoint_epochs(checkpoints)] == [10000]
     assert (checkpoints / "latest").resolve().name == "epoch-10000"
 
@@ -141,7 +143,8 @@ def test_a_non_finite_scheduler_state_is_refused_on_resume(_run, tmp_path, capsy
 
 
 def test_a_non_finite_ema_is_not_saved(tmp_path):
-    unet = tiny().unet.requires_grad_(True)
+    pipe = tiny()
+    unet = pipe.unet.requires_grad_(True)
     params = [p for p in unet.parameters() if p.requires_grad]
     ema = EMAModel(params, decay=0.9)
     _poison_first(ema.shadow_params)
@@ -149,7 +152,7 @@ def test_a_non_finite_ema_is_not_saved(tmp_path):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     state = {"counters": {"epoch": 1, "reward_queries": 0, "wall_time_s": 0.0}}
     with pytest.raises(GenrlError, match="EMA state.shadow_params"):
-        save_checkpoint(tmp_path, 1, unet, optimizer, scheduler, state, keep=2, ema=ema)
+        save_checkpoint(tmp_path, 1, adapter_for(pipe), optimizer, scheduler, state, keep=2, ema=ema)
     assert not list(tmp_path.iterdir())  # nothing written, not even a staging folder
 
 

@@ -3,9 +3,9 @@ saved as diffusers folders.
 
 ``--model tiny``: plumbing checks in seconds. The tests and the ``tiny-*`` presets load them through the same
 ``from_pretrained`` path a real checkpoint takes. Same seed, same weights. They borrow the shapes models' text
-encoder, noise schedule and LCM scheduler (``genrl.shapes.components``), nothing trained. Each family names the one
-it samples (``TINY_MODEL``: ``tiny-lcm``, ``tiny-sd``, ``tiny-sd3``); ``tiny-sdxl`` and ``tiny-flux`` have no family
-yet, and load as plain diffusers pipelines.
+encoder, noise schedule and LCM scheduler (``genrl.shapes.components``), nothing trained. ``--model tiny`` loads
+the one each family samples (``genrl.families``: ``tiny-lcm``, ``tiny-sd``, ``tiny-sd3``); every one loads by its
+name too (``--model tiny-sdxl --env ddpm``, ``--model tiny-flux --env flow``).
 """
 
 from __future__ import annotations
