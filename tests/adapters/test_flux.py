@@ -174,7 +174,7 @@ def test_flow_training_exports_a_lora_that_plain_flux_loads(tmp_path):
     run = _train(tmp_path, "flux", "--model", "tiny-flux", "--env", "flow", *lora)
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
-    for m in metrics:  # as tests/test_flow_family.py: the last flow step's small std magnifies rounding
+    for m in metrics:  # as tests/adapters/test_sd3.py: the last flow step's small std magnifies rounding
         assert abs(m["ratio_mean_first_minibatch"] - 1) < 1e-4
     ckpt = run / "checkpoints" / "latest"
 

@@ -219,7 +219,7 @@ def test_ddim_last_step_with_set_alpha_to_one_trains_as_ddpo_pytorch_does():
 
 def test_ddim_rollout_is_the_same_whatever_set_alpha_to_one_says():
     """The env never lands on final_alpha_cumprod, so SD's set_alpha_to_one=False and diffusers' default True give
-    the same trajectories (and, with False, the same as diffusers' own pipeline: tests/test_envs.py)."""
+    the same trajectories (and, with False, the same as diffusers' own pipeline: tests/envs/test_envs.py)."""
     runs = [_collect(*_ddpm_setup(4, set_alpha_to_one=flag, steps_offset=1)[1:]) for flag in (False, True)]
     for a, b in zip(runs[0].steps, runs[1].steps):
         assert torch.equal(a["next_latents"], b["next_latents"]) and torch.equal(a["log_prob"], b["log_prob"])

@@ -68,7 +68,7 @@ class Algo(SignOfAdvantage):
 def test_an_algorithm_whose_settings_would_overwrite_a_run_field_is_refused(tmp_path, capsys, name, field):
     line = expect_error(
         capsys,
-        fast_args(tmp_path, "r", "--algo", f"tests.test_algorithms:{name}"),
+        fast_args(tmp_path, "r", "--algo", f"tests.algos.test_algorithms:{name}"),
         f"settings would be named '{field}'",
     )
     assert "rename the class" in line
@@ -76,7 +76,7 @@ def test_an_algorithm_whose_settings_would_overwrite_a_run_field_is_refused(tmp_
 
 
 def test_a_user_algorithm_owns_its_settings_from_the_command_line_to_the_resume(tmp_path):
-    algo = "tests.test_algorithms:SignOfAdvantage"
+    algo = "tests.algos.test_algorithms:SignOfAdvantage"
     flags = ["--sign-of-advantage.beta", "0.25", "--sign-of-advantage.max-grad-norm", "0.5"]
     main(fast_args(tmp_path, "r", "--algo", algo, *flags, "--save-every", "1", "--epochs", "1"))
     run = tmp_path / "r"
@@ -92,7 +92,7 @@ def test_a_user_algorithm_owns_its_settings_from_the_command_line_to_the_resume(
 
 def test_help_lists_a_plug_ins_own_settings_with_their_docstrings(capsys):
     with pytest.raises(SystemExit):
-        parse_config(["--algo", "tests.test_algorithms:SignOfAdvantage", "--help"])
+        parse_config(["--algo", "tests.algos.test_algorithms:SignOfAdvantage", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--sign-of-advantage.beta FLOAT" in text and "A setting no built-in algorithm has" in text
     assert "--ppo.clip-range FLOAT" not in text
@@ -122,7 +122,7 @@ def test_each_setting_has_one_default_and_presets_set_algorithm_fields():
 
 
 def test_an_entry_point_names_an_algorithm(tmp_path, monkeypatch):
-    point = EntryPoint("sign", "tests.test_algorithms:SignOfAdvantage", "genrl.algorithms")
+    point = EntryPoint("sign", "tests.algos.test_algorithms:SignOfAdvantage", "genrl.algorithms")
     monkeypatch.setattr(algos_registry, "entry_points", lambda group: [point] if group == "genrl.algorithms" else [])
     main(fast_args(tmp_path, "r", "--algo", "sign", "--epochs", "1"))
     assert "max_grad_norm_seen" in logged_metrics(tmp_path / "r")[0]
@@ -133,9 +133,9 @@ def test_an_entry_point_names_an_algorithm(tmp_path, monkeypatch):
     [
         ("nope", "unknown algorithm 'nope'; use one of ppo, reinforce, dpg"),
         ("no_such_module:Algo", "cannot import module 'no_such_module'"),
-        ("tests.test_algorithms:Missing", "has no 'Missing'"),
-        ("tests.test_algorithms:WithoutUpdate", "is not a class with an update(policy, optimizer, batch) method"),
-        ("tests.test_algorithms:ReturnsAList", "update returned list; return a dict of floats"),
+        ("tests.algos.test_algorithms:Missing", "has no 'Missing'"),
+        ("tests.algos.test_algorithms:WithoutUpdate", "is not a class with an update(policy, optimizer, batch) method"),
+        ("tests.algos.test_algorithms:ReturnsAList", "update returned list; return a dict of floats"),
     ],
 )
 def test_a_bad_algorithm_is_one_line(tmp_path, capsys, algo, message):
