@@ -3,7 +3,7 @@
 Each sampler's own step maths (``genrl.samplers.lcm.lcm_step``, ``genrl.samplers.ddim.ddim_step``, ...) are pure
 functions that return a ``StepDistribution``: every schedule quantity comes in as an argument, and each mirrors the
 operation order of the diffusers scheduler it stands for, so that given the same noise the results agree bit for
-bit (tests/test_steps.py).
+bit (tests/samplers/test_lcm_and_ddim.py).
 """
 
 from __future__ import annotations

@@ -552,7 +552,7 @@ def zero_tokens_counted(counts: torch.Tensor):
     gains log(count). The last context token of the flow model is its one zero T5 token, and n identical tokens
     are one token with n times its attention weight: the context stream computes the same for each of them, and a
     softmax over n equal logits s sums to exp(s + log n). So a batch with one zero token computes, up to rounding,
-    what it would with ``counts`` of them (tests/test_pretrain.py), at the cost of one."""
+    what it would with ``counts`` of them (tests/shapes/test_pretrain.py), at the cost of one."""
     attend = F.scaled_dot_product_attention
     log_counts = counts.float().log()
 
