@@ -209,6 +209,41 @@ class ModelAdapter:
         )
 
 
+class FlowTransformerAdapter(ModelAdapter):
+    """What SD3 and FLUX share: a transformer predicting the rectified flow's velocity, a pooled text embedding that
+    rides as the last row of the text tensor (``pack_text``), unit initial noise, the VAE's scale and shift, and a
+    LoRA exported in PEFT's own keys (their loaders read them; converted, to_q would become a UNet processor's
+    to_q_lora)."""
+
+    model_kind = "flow"
+    denoiser_attr = "transformer"
+    denoiser_kind = "transformer"
+    lora_layers = "transformer"
+
+    @property
+    def prediction_type(self) -> str:
+        return "flow"
+
+    def check(self) -> None:
+        pooled, width = self.denoiser.config.pooled_projection_dim, self.denoiser.config.joint_attention_dim
+        if pooled > width:  # pack_text puts the pooled embedding in a row of the token embeddings
+            raise ValueError(f"the pooled text embedding ({pooled} wide) is wider than the token embeddings ({width})")
+
+    def init_noise_sigma(self) -> float:
+        """The path starts from unit Gaussian noise at sigma = 1 (the pipelines do not scale it)."""
+        return 1.0
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images (B, 3, H, W) in [0, 1], undoing the VAE's scale and shift as the pipelines do."""
+        vae = self.pipeline.vae
+        images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor).sample
+        images = images.to(torch.promote_types(images.dtype, torch.float32))
+        return (images / 2 + 0.5).clamp(0, 1)
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        return get_peft_model_state_dict(self.denoiser)
+
+
 # --------------------------------------------------------------------------------------------------
 # Two text conditionings in one tensor (SD3, SDXL, FLUX: token embeddings and a pooled embedding)
 # --------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import torch
 from diffusers import FluxPipeline, FluxTransformer2DModel
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-from genrl.adapters.base import ModelAdapter, pack_text, unpack_text
+from genrl.adapters.base import FlowTransformerAdapter, pack_text, unpack_text
 from genrl.adapters.sd3 import quieter
 
 MAX_SEQUENCE_LENGTH = 512
@@ -58,27 +58,14 @@ def image_ids(height: int, width: int, device: torch.device, dtype: torch.dtype)
     return ids.reshape(height * width, 3).to(device=device, dtype=dtype)
 
 
-class FluxAdapter(ModelAdapter):
+class FluxAdapter(FlowTransformerAdapter):
     name = "flux"
-    model_kind = "flow"
     embedded_guidance = True
-    denoiser_attr = "transformer"
-    denoiser_kind = "transformer"
     export_pipeline = FluxPipeline
-    lora_layers = "transformer"
 
     @classmethod
     def matches(cls, pipeline: Any) -> bool:
         return isinstance(getattr(pipeline, "transformer", None), FluxTransformer2DModel)
-
-    @property
-    def prediction_type(self) -> str:
-        return "flow"
-
-    def check(self) -> None:
-        pooled, width = self.denoiser.config.pooled_projection_dim, self.denoiser.config.joint_attention_dim
-        if pooled > width:  # pack_text puts the pooled embedding in a row of the token embeddings
-            raise ValueError(f"the pooled text embedding ({pooled} wide) is wider than the token embeddings ({width})")
 
     # ------------------------------------------------------------------------------------------
     # The latent space
@@ -94,10 +81,6 @@ class FluxAdapter(ModelAdapter):
     def latent_multiple(self) -> int:
         """The latent is packed into 2 x 2 patches, each of ``patch_size`` (1 for FLUX.1) squared tokens."""
         return PACK * self.denoiser.config.patch_size
-
-    def init_noise_sigma(self) -> float:
-        """The path starts from unit Gaussian noise at sigma = 1 (the FLUX pipeline does not scale it)."""
-        return 1.0
 
     def flow_schedule_options(self, config: Any, num_steps: int, latent_size: int) -> dict[str, Any]:
         """``FluxPipeline``'s schedule: explicit sigmas from 1 to 1/N (evenly spaced, before the shift), and where the
@@ -183,19 +166,3 @@ class FluxAdapter(ModelAdapter):
             img_ids=image_ids(height // PACK, width // PACK, latents.device, latents.dtype),
         )
         return unpack_latents(velocity, height, width)
-
-    # ------------------------------------------------------------------------------------------
-    # Images and exports
-    # ------------------------------------------------------------------------------------------
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> images (B, 3, H, W) in [0, 1], undoing FLUX's VAE scale and shift as its pipeline does."""
-        vae = self.pipeline.vae
-        images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor).sample
-        images = images.to(torch.promote_types(images.dtype, torch.float32))
-        return (images / 2 + 0.5).clamp(0, 1)
-
-    def lora_state_dict(self) -> dict[str, torch.Tensor]:
-        """PEFT's own keys: FLUX's loader reads them as they are (it converts only keys without ``lora_A``)."""
-        from peft.utils import get_peft_model_state_dict
-
-        return get_peft_model_state_dict(self.denoiser)

@@ -13,7 +13,7 @@ import torch
 from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
 
-from genrl.adapters.base import ModelAdapter, pack_text, unpack_text
+from genrl.adapters.base import FlowTransformerAdapter, pack_text, unpack_text
 
 MAX_SEQUENCE_LENGTH = 256
 """T5 tokens of a prompt: ``StableDiffusion3Pipeline``'s default ``max_sequence_length``."""
@@ -43,26 +43,13 @@ def quieter(logger: logging.Logger):
         logger.setLevel(level)
 
 
-class SD3Adapter(ModelAdapter):
+class SD3Adapter(FlowTransformerAdapter):
     name = "sd3"
-    model_kind = "flow"
-    denoiser_attr = "transformer"
-    denoiser_kind = "transformer"
     export_pipeline = StableDiffusion3Pipeline
-    lora_layers = "transformer"
 
     @classmethod
     def matches(cls, pipeline: Any) -> bool:
         return isinstance(getattr(pipeline, "transformer", None), SD3Transformer2DModel)
-
-    @property
-    def prediction_type(self) -> str:
-        return "flow"
-
-    def check(self) -> None:
-        pooled, width = self.denoiser.config.pooled_projection_dim, self.denoiser.config.joint_attention_dim
-        if pooled > width:  # pack_text puts the pooled embedding in a row of the token embeddings
-            raise ValueError(f"the pooled text embedding ({pooled} wide) is wider than the token embeddings ({width})")
 
     def latent_multiple(self) -> int:
         """The transformer cuts the latent into patches."""
@@ -73,10 +60,6 @@ class SD3Adapter(ModelAdapter):
         raises past it); without one it computes positions for any size."""
         patches = self.denoiser.config.get("pos_embed_max_size")
         return None if patches is None else patches * self.denoiser.config.patch_size
-
-    def init_noise_sigma(self) -> float:
-        """The path starts from unit Gaussian noise at sigma = 1 (the SD3 pipeline does not scale it)."""
-        return 1.0
 
     def flow_schedule_options(self, config: Any, num_steps: int, latent_size: int) -> dict[str, Any]:
         """Where the config shifts by resolution (``use_dynamic_shifting``, SD3.5's variants), ``mu`` from the
@@ -135,16 +118,3 @@ class SD3Adapter(ModelAdapter):
         return self.call_denoiser(
             hidden_states=latents, timestep=timestep, encoder_hidden_states=embeds, pooled_projections=pooled
         )
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> images (B, 3, H, W) in [0, 1], undoing SD3's VAE scale and shift as its pipeline does."""
-        vae = self.pipeline.vae
-        images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor).sample
-        images = images.to(torch.promote_types(images.dtype, torch.float32))
-        return (images / 2 + 0.5).clamp(0, 1)
-
-    def lora_state_dict(self) -> dict[str, torch.Tensor]:
-        """PEFT's own keys: SD3's loader reads them (converted, to_q would become a UNet processor's to_q_lora)."""
-        from peft.utils import get_peft_model_state_dict
-
-        return get_peft_model_state_dict(self.denoiser)
