@@ -28,6 +28,9 @@ class Method:
     variant: RLCM with another algorithm, run only where the baseline is a reference (``lineup``)."""
     paper_preset: str | None = None
     """Its preset in the paper suite where that is not ``preset``."""
+    update_source: str = ""
+    """Where its update structure (optimizer steps per reward query, clips) comes from, for the report: the
+    protocol compares the methods as tuned, so a reader must see what else differs between the arms."""
 
     @property
     def shown(self) -> bool:
@@ -46,10 +49,46 @@ class Method:
         return PRESETS[(self.paper_preset or self.preset).format(task=task)]
 
 
-RLCM_PPO = Method("RLCM (PPO)", "rlcm", "ppo", "rlcm-{task}", "fast")
-DDPO_PPO = Method("DDPO (PPO)", "ddpo", "ppo", "ddpo-{task}", "baseline")
-FLOW_GRPO = Method("Flow-GRPO", "flow", "ppo", "flow-{task}", "contender", paper_preset="flow-grpo-{task}")
-RLCM_DPG = Method("RLCM (DPG)", "rlcm", "dpg", "dpg-{task}", "variant")
+RLCM_PPO = Method(
+    "RLCM (PPO)",
+    "rlcm",
+    "ppo",
+    "rlcm-{task}",
+    "fast",
+    update_source="the RLCM paper's Table 1 structure as its official code runs it (one optimizer step per sampling "
+    "round, Adam, clip range 1e-4, advantage clip 10, grad clip 5; genrl/presets.py); learning rate: the sweep's "
+    "winner",
+)
+DDPO_PPO = Method(
+    "DDPO (PPO)",
+    "ddpo",
+    "ppo",
+    "ddpo-{task}",
+    "baseline",
+    update_source="ddpo-pytorch's clips and optimizer (AdamW, clip range 1e-4, advantage clip 5, grad clip 1); "
+    "an update batch of 64, one optimizer step per epoch of 64 images, which the sweep preferred to the published "
+    "4 steps per epoch of 256; learning rate: the sweep's winner",
+)
+FLOW_GRPO = Method(
+    "Flow-GRPO",
+    "flow",
+    "ppo",
+    "flow-{task}",
+    "contender",
+    paper_preset="flow-grpo-{task}",
+    update_source="Flow-GRPO's config/base.py at the shapes scale (the protocol's flow addendum: 2 optimizer steps "
+    "an epoch of 32 images, AdamW, clip range 1e-4, advantage clip 5, grad clip 1); learning rate, and on "
+    "alignment the KL 0.04: the sweep's winners",
+)
+RLCM_DPG = Method(
+    "RLCM (DPG)",
+    "rlcm",
+    "dpg",
+    "dpg-{task}",
+    "variant",
+    update_source="reward backpropagation through RLCM's 4 steps with RLCM's step count and grad clip (no ratio, "
+    "no advantage); learning rate: the sweep's winner",
+)
 # No RLCM (REINFORCE): with one optimizer step per sampling round its gradient is PPO's (every ratio is 1), so its
 # runs repeated RLCM (PPO)'s to the last digit.
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from benchmarks.methods import DDPO_PPO, HEADLINE, METHODS
-from benchmarks.runs import Malformed, check_metrics, expect, field, subscript
+from benchmarks.runs import Malformed, check_metrics, describe, expect, field, is_number, subscript
+from benchmarks.summary import NOT_ESTIMABLE, NOT_REACHED
 
 
 def check_results(results: object) -> None:
@@ -77,3 +78,97 @@ def _check_evaluation(data: dict, at: str) -> None:
             field(point, "seconds_per_image", "a positive number", subscript(where, "steps", count))  # a divisor
         if field(result, "heldout_reward", "a number", where, optional=True) is not None:
             field(result, "trained_reward", "a number", where)
+
+
+def check_summaries(results: dict) -> None:
+    """``Malformed`` naming the first comparison in ``results``' task summaries whose protocol v3 object
+    (``benchmarks.summary.v3``) departs from what the report reads: every number finite (a NaN in results.json
+    reads as a measurement), None only where v3 says "not reached" or "unbounded", and no headline where v3 calls
+    the speedup not estimable. Every comparison has one: the RLCM-over-DDPO pair where DDPO trained, and each of
+    the contender's."""
+    for task, data in field(results, "tasks", "an object", "").items():
+        at = subscript("", "tasks", task, "summary")
+        summary = field(data, "summary", "an object", subscript("", "tasks", task))
+        if "fidelity_speedup" in summary:
+            check_v3(field(summary, "v3", "an object", at), subscript(at, "v3"))
+        for name, comparison in field(summary, "versus", "an object", at).items():
+            where = subscript(at, "versus", name)
+            check_v3(field(comparison, "v3", "an object", where), subscript(where, "v3"))
+
+
+def _check_interval(entry: dict, where: str, nullable: bool) -> None:
+    interval = field(entry, "ci95", "a list", where)
+    if len(interval) != 2:
+        raise Malformed(f"{subscript(where, 'ci95')} should hold 2 ends, not {len(interval)}")
+    for i, end in enumerate(interval):
+        expect(end, "a number or null" if nullable else "a number", subscript(where, "ci95", i))
+
+
+def _check_median(entry: object, where: str) -> None:
+    expect(entry, "an object", where)
+    if "median" not in entry:
+        raise Malformed(f'{where} has no "median"')
+    value = entry["median"]
+    if value != NOT_REACHED and not (is_number(value) and value > 0):
+        raise Malformed(
+            f'{subscript(where, "median")} should be a positive number or "{NOT_REACHED}", not {describe(value)}'
+        )
+
+
+def check_v3(v3: object, where: str) -> None:
+    """One comparison's v3 object at ``where`` (see ``check_summaries``)."""
+    names = [field(v3, key, "a string", where) for key in ("slow", "fast")]
+    field(v3, "pairs", "a positive whole number", where)
+    methods = field(v3, "methods", "an object", where)
+    for name in names:
+        at = subscript(where, "methods", name)
+        method = field(methods, name, "an object", subscript(where, "methods"))
+        field(method, "reached", "a whole number", at)
+        field(method, "seeds", "a positive whole number", at)
+        for measure, entry in field(method, "median", "an object", at).items():
+            there = subscript(at, "median", measure)
+            _check_median(entry, there)
+            _check_interval(entry, there, nullable=True)
+            for key in ("followed", "budget"):
+                field(entry, key, "a number", there)
+        learned = field(method, "learned", "an object", at)
+        for i, gain in enumerate(field(learned, "gains", "a list", subscript(at, "learned"))):
+            expect(gain, "a number", subscript(at, "learned", "gains", i))
+        field(learned, "gain", "a number", subscript(at, "learned"))
+        field(learned, "gain_standard_errors", "a number or null", subscript(at, "learned"))
+        field(learned, "learned", "true or false", subscript(at, "learned"))
+    for measure, entry in field(v3, "restricted", "an object", where).items():
+        at = subscript(where, "restricted", measure)
+        field(entry, "tau", "a positive number", at)
+        means = field(entry, "means", "an object", at)
+        for name in names:
+            field(means, name, "a positive number", subscript(at, "means"))
+        field(entry, "ratio", "a positive number", at)
+        if field(entry, "ci95", "a list or null", at) is None:
+            field(entry, "why_no_interval", "a string", at)
+        else:
+            _check_interval(entry, at, nullable=False)
+    estimable = v3.get("median_ratio") != NOT_ESTIMABLE
+    if estimable:
+        for measure, entry in field(v3, "median_ratio", "an object", where).items():
+            at = subscript(where, "median_ratio", measure)
+            field(entry, "ratio", "a number or null", at)
+            _check_interval(entry, at, nullable=True)
+    else:
+        field(v3, "median_ratio_why_not", "a string", where)
+    test = field(v3, "sign_test", "an object", where)
+    at = subscript(where, "sign_test")
+    wins = field(test, "wins", "an object", at)
+    for name in names:
+        field(wins, name, "a whole number", subscript(at, "wins"))
+    for key in ("ties", "both_censored", "informative"):
+        field(test, key, "a whole number", at)
+    field(test, "p", "a number or null", at)
+    headline = field(v3, "headline", "true or false", where)
+    why = field(v3, "headline_why_none", "a string or null", where)
+    if headline and not estimable:
+        raise Malformed(f'{where} is a headline, but its speedup is "{NOT_ESTIMABLE}"')
+    if headline and not all(methods[name]["learned"]["learned"] for name in names):
+        raise Malformed(f"{where} is a headline, but a method in it did not learn")
+    if headline == (why is not None):
+        raise Malformed(f'{where} should say why it is not a headline in "headline_why_none", and only then')

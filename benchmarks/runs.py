@@ -157,7 +157,7 @@ def subscript(where: str, *keys: str | int) -> str:
     return where + "".join(f"[{json.dumps(key)}]" for key in keys)
 
 
-def _number(value: object) -> bool:
+def is_number(value: object) -> bool:
     # JSON's true and false load as bool, which Python counts as an int: never a number in these files. json.loads
     # reads NaN and Infinity too, which JSON has no numbers for: a NaN reward would reach the ratios as a curve that
     # never reaches its own target.
@@ -168,10 +168,14 @@ _KINDS: dict[str, Callable[[object], bool]] = {
     "an object": lambda v: isinstance(v, dict),
     "a list": lambda v: isinstance(v, list),
     "a string": lambda v: isinstance(v, str),
-    "a number": _number,
-    "a positive number": lambda v: _number(v) and v > 0,
+    "a number": is_number,
+    "a positive number": lambda v: is_number(v) and v > 0,
     "a positive whole number": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
     "a whole number": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "true or false": lambda v: isinstance(v, bool),
+    "a number or null": lambda v: v is None or is_number(v),
+    "a list or null": lambda v: v is None or isinstance(v, list),
+    "a string or null": lambda v: v is None or isinstance(v, str),
 }
 
 

@@ -1,8 +1,11 @@
 """The numbers of a benchmark task, from its runs' evaluation curves, as docs/benchmark/PROTOCOL.md defines them.
 
-Headline: ``fidelity_speedup``, per seed pair DDPO's training wall-clock to the fidelity target over RLCM's
+v2's headline: ``fidelity_speedup``, per seed pair DDPO's training wall-clock to the fidelity target over RLCM's
 (benchmarks/fidelity.py), the geometric mean over pairs with a t-interval on the log ratios, censored pairs kept
 and counted. Secondary: the paper's ratio (how much sooner RLCM reaches DDPO's final reward, ``benchmarks.ratios``).
+
+Protocol v3 (the addendum of 2026-12-07) reads the same times to target as censored survival data: every
+comparison gets a ``v3`` object beside its v2 fields (``v3``), which it leaves as they were.
 """
 
 from __future__ import annotations
@@ -12,9 +15,19 @@ from dataclasses import asdict
 
 import numpy as np
 
-from benchmarks.fidelity import DELTA, geometric_mean_ratio, reach, standard_errors, t_interval, task_reward
+from benchmarks.censoring import Median, kaplan_meier, median, median_ratio, restricted_ratio, sign_test
+from benchmarks.fidelity import (
+    ACCURACY_KEPT,
+    DELTA,
+    geometric_mean_ratio,
+    reach,
+    standard_errors,
+    t_interval,
+    task_reward,
+)
 from benchmarks.methods import DDPO_PPO, METHODS, PAPER_DDIM_STEPS, RLCM_DPG, RLCM_PPO, VERSUS, Method
 from benchmarks.ratios import final_reward, first_reach, pair_ratio, summarise_pairs
+from genrl.best import BestEvaluation
 
 CONTENDED = 0.8
 """A run is flagged when its CPU/wall ratio is below this fraction of the best of its method on the same task."""
@@ -24,6 +37,12 @@ RATIO_PARTS = ("ci95", "pairs", "censored")
 """What ``summarise_pairs`` gives beside the value; a summary stores each as ``<key>_<part>``."""
 TASK_REWARD = "eval_task_reward"
 """The key under which ``with_task_reward`` puts each evaluation's task reward."""
+MEASURES = ("reward_queries", "wall_time_s", "cpu_time_s")
+"""What v3 times each run to the target in: reward queries, training wall-clock and process CPU time."""
+NOT_REACHED = "not reached"
+"""A v3 median where the Kaplan-Meier curve stays above 0.5: the median is longer than the ``followed`` beside it."""
+NOT_ESTIMABLE = "not estimable"
+"""A v3 unrestricted speedup where a method reached the target on fewer than half its seeds."""
 
 
 def with_task_reward(runs: dict[str, list[list[dict]]], task: str) -> dict[str, list[list[dict]]]:
@@ -134,6 +153,7 @@ def versus(summary: dict, runs: dict[str, list[list[dict]]], task: str) -> dict:
         measured["headline"], measured["headline_why_none"] = learned(
             {m.name: summary["eval_reward"][m.name] for m in (slow, fast)}, runs
         )
+        measured["v3"] = v3(runs, fast, slow, task)
         out[f"{fast.name} over {slow.name}"] = measured
     return out
 
@@ -212,6 +232,7 @@ def summarise(task_name: str, task: dict, seeds: list[int]) -> dict:
     at the paper's 50 DDIM steps (DDPO's 50-step time over its horizon's, timed one after the other, scales it).
     With DPG (alignment): ``reaches_ddpo_start`` per trained method and ``dpg_query_efficiency``.
     ``versus``: the contender's fidelity ratios against each of the pair it trained beside (``versus``).
+    ``v3``, beside the pair's fields and in each ``versus`` entry: protocol v3's reading of the comparison (``v3``).
     """
     runs = with_task_reward(task["runs"], task_name)
     ddpo, rlcm = runs[DDPO_PPO.name], runs[RLCM_PPO.name]
@@ -234,6 +255,7 @@ def summarise(task_name: str, task: dict, seeds: list[int]) -> dict:
         summary["headline"], summary["headline_why_none"] = learned(headline, runs)
         if len(seeds) < 2:
             summary["headline"], summary["headline_why_none"] = False, "one seed: no interval (quick mode)"
+        summary["v3"] = v3(runs, RLCM_PPO, DDPO_PPO, task_name)
         for key, x in (("train_speedup", "wall_time_s"), ("query_efficiency", "reward_queries")):
             paper = ratio(ddpo, rlcm, x)
             summary[key] = paper["value"]
@@ -263,3 +285,131 @@ def summarise(task_name: str, task: dict, seeds: list[int]) -> dict:
     summary["versus"] = versus(summary, runs, task_name)
     summary["contended_runs"] = contended_runs(runs, seeds)
     return summary
+
+
+# --------------------------------------------------------------------------------------------------
+# Protocol v3: the times to target as censored data
+# --------------------------------------------------------------------------------------------------
+def kept_best_gain(metrics: list[dict]) -> float:
+    """A run's gain in the task reward at its best evaluation that keeps ``ACCURACY_KEPT`` of its starting prompt
+    accuracy (genrl/best.py's rule, on the task reward): v3 judges learning where the picture is kept, not at the
+    end of the budget where a reward-hacking run has erased it. The start keeps itself, so the gain is at least 0."""
+    points = [m for m in metrics if TASK_REWARD in m]
+    kept = BestEvaluation(ACCURACY_KEPT, start_accuracy=points[0].get("eval_prompt_accuracy"))
+    return max(m[TASK_REWARD] for m in points if kept.keeps_picture(m)) - points[0][TASK_REWARD]
+
+
+def learned_at_kept_best(runs: list[list[dict]]) -> dict:
+    """v3's "learned": the mean over seeds of the kept-best gains is at least ``LEARNED_STANDARD_ERRORS`` of its
+    standard errors. ``gain_standard_errors`` is None where the gains do not spread (a mean of 0 then did not
+    learn, any other did)."""
+    gains = [kept_best_gain(m) for m in runs]
+    size = standard_errors(gains)
+    return {
+        "gains": gains,
+        "gain": float(np.mean(gains)),
+        "gain_ci95": t_interval(gains),
+        "gain_standard_errors": size if math.isfinite(size) else None,
+        "learned": bool(size >= LEARNED_STANDARD_ERRORS),  # NaN (one seed, or all 0) compares False
+    }
+
+
+def _median_entry(curve_median: Median, budget: float) -> dict:
+    return {
+        "median": curve_median.value if curve_median.reached else NOT_REACHED,
+        "ci95": [curve_median.low, curve_median.high],
+        "followed": curve_median.followed,
+        "budget": budget,
+    }
+
+
+def _median_ratio(slow: Median, fast: Median) -> dict:
+    value, interval = median_ratio(slow, fast)
+    entry: dict = {"ratio": value, "ci95": interval}
+    if value is None:
+        entry["why_none"] = "a median not reached in this measure (the runs end at different times)"
+    return entry
+
+
+def _restricted(
+    times: dict[str, list[float]], censored: dict[str, list[bool]], slow: str, fast: str, tau: float
+) -> dict:
+    found = restricted_ratio(times[slow], censored[slow], times[fast], censored[fast], tau)
+    entry = {"tau": tau, "means": {slow: found.slow, fast: found.fast}, "ratio": found.ratio, "ci95": found.ci95}
+    return {**entry, "why_no_interval": found.why_no_interval} if found.why_no_interval else entry
+
+
+def _why_not_learned(name: str, learned: dict) -> str:
+    size = learned["gain_standard_errors"]
+    spread = f"{size:.1f} standard errors" if size is not None else "no spread over the seeds"
+    return f"{name} did not learn at its kept best (mean gain {learned['gain']:+.3f}, {spread})"
+
+
+def v3(runs: dict[str, list[list[dict]]], fast: Method, slow: Method, task: str) -> dict:
+    """Protocol v3's reading of ``fast`` over ``slow`` (docs/benchmark/PROTOCOL.md, "Protocol v3"), from the same
+    times to target as v2 (``reach``), each run censored at its end where it never met the target.
+
+    ``methods``: per method its reached count; per measure (``MEASURES``) its Kaplan-Meier median with the 95%
+    interval of the inverted log-log band (``NOT_REACHED``, or None for an end, where the curve or band stays above
+    0.5: longer than ``followed``, the longest time followed) and its runs' ``budget`` (the longest run); and
+    ``learned`` at its kept best. ``restricted``: per measure, both restricted means within tau (reward queries:
+    the runs' budget; wall-clock and CPU time: the shortest complete run of either method, so that every run is
+    followed to tau) and slow's over fast's with a 95% paired BCa interval. ``median_ratio``: per measure the ratio
+    of the medians with the interval from theirs, or ``NOT_ESTIMABLE`` with ``median_ratio_why_not`` where a method
+    reached the target on fewer than half its seeds. ``sign_test``: who got there first, in reward queries, over
+    the informative pairs. ``headline``: both learned and the median ratio estimable; ``headline_why_none`` says
+    why not."""
+    names = (slow.name, fast.name)
+    reached = {name: [reach(m, task) for m in runs[name]] for name in names}
+    censored = {name: [r.censored for r in reached[name]] for name in names}
+    methods: dict = {
+        name: {
+            "reached": censored[name].count(False),
+            "seeds": len(censored[name]),
+            "median": {},
+            "learned": learned_at_kept_best(runs[name]),
+        }
+        for name in names
+    }
+    restricted, ratios = {}, {}
+    for measure in MEASURES:
+        times = {name: [getattr(r, measure) for r in reached[name]] for name in names}
+        if not all(math.isfinite(t) for name in names for t in times[name]):
+            continue  # not recorded (runs from before CPU time was)
+        medians = {name: median(kaplan_meier(times[name], censored[name])) for name in names}
+        for name in names:
+            methods[name]["median"][measure] = _median_entry(medians[name], max(m[-1][measure] for m in runs[name]))
+        tau = min(m[-1][measure] for name in names for m in runs[name])
+        restricted[measure] = _restricted(times, censored, slow.name, fast.name, tau)
+        ratios[measure] = _median_ratio(medians[slow.name], medians[fast.name])
+    out: dict = {
+        "fast": fast.name,
+        "slow": slow.name,
+        "pairs": len(reached[slow.name]),
+        "methods": methods,
+        "restricted": restricted,
+    }
+    short = [name for name in names if 2 * methods[name]["reached"] < methods[name]["seeds"]]
+    if short:
+        out["median_ratio"] = NOT_ESTIMABLE
+        out["median_ratio_why_not"] = "; ".join(
+            f"{name} reached the target on {methods[name]['reached']} of {methods[name]['seeds']} seeds, fewer "
+            "than half"
+            for name in short
+        )
+    else:
+        out["median_ratio"] = ratios
+    queries = {name: [r.reward_queries for r in reached[name]] for name in names}
+    test = sign_test(queries[slow.name], censored[slow.name], queries[fast.name], censored[fast.name])
+    out["sign_test"] = {
+        "wins": {fast.name: test.fast_wins, slow.name: test.slow_wins},
+        "ties": test.ties,
+        "both_censored": test.both_censored,
+        "informative": test.informative,
+        "p": test.p,
+    }
+    why = [f"no unrestricted speedup: {out['median_ratio_why_not']}"] if short else []
+    why += [_why_not_learned(name, m["learned"]) for name, m in methods.items() if not m["learned"]["learned"]]
+    out["headline"] = not why
+    out["headline_why_none"] = "; ".join(why) if why else None
+    return out
