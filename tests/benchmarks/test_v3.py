@@ -236,3 +236,18 @@ def test_the_update_structure_of_each_arm():
     dpg = structure("shapes-dpg-alignment")
     assert dpg["steps_per_64_queries"] == 2 and dpg["clip_range"] is None and dpg["grad_clip"] == 5
     assert update_structure({"num_steps": 4}) is None  # a config that does not say
+
+
+def test_the_committed_results_carry_v3_for_every_comparison():
+    import math
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "docs" / "benchmark" / "results.json"
+    results = json.loads(path.read_text())
+    check_summaries(results)
+    for task, summary in results["summary"].items():
+        comparisons = ([summary["v3"]] if "v3" in summary else []) + [v["v3"] for v in summary["versus"].values()]
+        assert comparisons, task
+        for v3 in comparisons:
+            assert not (v3["headline"] and v3["median_ratio"] == NOT_ESTIMABLE)
+            assert all(math.isfinite(r["ratio"]) for r in v3["restricted"].values())
