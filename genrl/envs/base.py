@@ -21,8 +21,8 @@ The observation after the last step (``terminated`` all True) has no step left: 
 ``next_timestep`` both hold the schedule's end (the last step's ``next_timestep``) and ``stochastic`` is False.
 
 Action keys: ``next_latents`` (the next state) and ``pred_original`` (the model's clean-image estimate, which
-the LCM sampler decodes at the end; the others decode ``next_latents``: ``Sampler.decodes``), both (B, C, h, w): the action of
-``DenoisingPolicy.sample_action``. Each is a float torch tensor, taken as it is (a reparameterised rollout
+the LCM sampler decodes at the end; the others decode ``next_latents``: ``Sampler.decodes``), both (B, C, h, w):
+the action of ``DenoisingPolicy.sample_action``. Each is a float torch tensor, taken as it is (a reparameterised rollout
 backpropagates through it), or a float numpy array such as ``action_space.sample()`` draws, copied onto the env's
 device and dtype. Other keys, shapes or types (integer or bool tensors too), and NaN or infinite values, are a
 one-line ``ValueError``.
