@@ -18,15 +18,13 @@ import tyro
 
 from genrl.algos.ppo import PPOConfig
 from genrl.algos.registry import algorithm_class, is_builtin, make_algorithm, settings_name
-from genrl.config_sampler import SamplerName, check_sampler_settings
+from genrl.config_sampler import UNSET, SamplerName, check_sampler_settings
 from genrl.cpu import MAX_THREADS, usable_cpus
 from genrl.errors import GenrlError
 from genrl.families import FamilyName
 from genrl.plugins import describe
 from genrl.precision import MixedPrecision
-from genrl.samplers.ddim import DDIMSettings
-from genrl.samplers.flow_sde import FlowSDESettings, NoiseMode
-from genrl.samplers.lcm import LCMSettings
+from genrl.samplers.flow_sde import NoiseMode
 
 # The attention projections of every transformer block, where the reference implementations put LoRA.
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -89,19 +87,19 @@ class TrainConfig:
     """Inference steps H (LCM: 1-50 on the skipping-step schedule; DDPM: DDIM steps; flow: SDE steps)."""
     guidance_scale: float = 8.0
     """LCM: fed as the w-embedding (w = scale - 1). DDPM, flow: classifier-free guidance by a doubled batch."""
-    # The samplers' settings (genrl/samplers/, where each default lives): one flag each, refused in one line where
-    # the run's sampler has no such setting.
-    eta: float = DDIMSettings.eta
+    # The samplers' settings (genrl/samplers/, where each default lives; UNSET: a flag's value when not given): one
+    # flag each, refused in one line where the run's sampler has no such setting.
+    eta: float = UNSET["eta"]
     """ddim sampler: DDIM eta (> 0 makes every step stochastic)."""
-    noise_last_step: bool = LCMSettings.noise_last_step
+    noise_last_step: bool = UNSET["noise_last_step"]
     """lcm sampler: noise the last step too, as the reference RLCM code does (default: diffusers' noiseless last
     step)."""
-    noise_level: float | None = None
+    noise_level: float | None = UNSET["noise_level"]
     """flow_sde sampler: the SDE's noise level a (0 < a < sqrt(2); Flow-GRPO's 0.7, the default). cps sampler: eta in
     (0, 1], std = sigma_next sin(eta pi / 2) (default 0.7)."""
-    noise_mode: NoiseMode = FlowSDESettings.noise_mode
+    noise_mode: NoiseMode = UNSET["noise_mode"]
     """flow_sde sampler: the noise scale g = a sqrt(sigma / (1 - sigma)) (Flow-GRPO), or a constant a (DanceGRPO)."""
-    sde_window: tuple[int, int] | None = None
+    sde_window: tuple[int, int] | None = UNSET["sde_window"]
     """ddim, flow_sde and cps samplers: steps START to END - 1 (counted from 0, the noisiest) draw noise and are
     trained; the others take the deterministic step (DDIM's eta 0, the ODE's Euler step) and cost no training
     (Flow-GRPO-Fast, MixGRPO). Default: every step."""

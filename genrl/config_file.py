@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from genrl.algos.registry import settings_name
 from genrl.config import RUN_FIELDS, TrainConfig, settings_class
+from genrl.config_sampler import without_other_samplers_settings
 from genrl.errors import GenrlError
 
 
@@ -68,8 +69,7 @@ def read_config(path: Path) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(config)}
         settings = {_FLAT_ALGORITHM_FIELDS[k]: v for k, v in flat.items() if _FLAT_ALGORITHM_FIELDS[k] in known}
     data = {**_ADDED_SINCE, **data}  # runs saved before a field existed ran as its value here says
-    if data.get("sampler") is None and data.get("env") != "flow" and data.get("noise_level") == 0.7:
-        data["noise_level"] = None  # saved when every run carried the flow sampler's default; it never applied
+    data = without_other_samplers_settings(data)
     values = _checked_fields(path, data, TrainConfig, RUN_FIELDS, "")
     if config is not None:
         if not isinstance(settings, dict):

@@ -13,14 +13,25 @@ import dataclasses
 from typing import Any, Literal
 
 from genrl.errors import GenrlError
-from genrl.families import family
+from genrl.families import FAMILIES, family
 from genrl.samplers import SAMPLERS, sampler_class
 from genrl.samplers.base import settings_fields, the_samplers
+from genrl.samplers.ddim import DDIMSettings
+from genrl.samplers.flow_sde import FlowSDESettings
+from genrl.samplers.lcm import LCMSettings
 
 SamplerName = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
 
 SAMPLER_FIELDS = ("eta", "noise_last_step", "noise_level", "noise_mode", "sde_window")
 """The TrainConfig fields that are samplers' settings, each named as the setting in the samplers that have it."""
+UNSET = {
+    "eta": DDIMSettings.eta,
+    "noise_last_step": LCMSettings.noise_last_step,
+    "noise_level": None,
+    "noise_mode": FlowSDESettings.noise_mode,
+    "sde_window": None,
+}
+"""Each sampler flag's value when not given: TrainConfig's defaults (``None``: the run's sampler's own default)."""
 
 
 def sampler_name(cfg: Any) -> str:
@@ -60,6 +71,17 @@ def _not_its_own(cfg: Any, field: str) -> GenrlError:
     )
 
 
+def without_other_samplers_settings(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved config.json's fields with the settings its sampler does not have set back to unset. Runs saved before
+    the samplers owned their settings carried every one (the flow sampler's noise level 0.7 on an LCM run, an --eta
+    that an LCM run ignored); they never applied, and left as they were they would refuse every --resume."""
+    name = data.get("sampler") or (FAMILIES[data["env"]].sampler if data.get("env") in FAMILIES else None)
+    if name not in SAMPLERS:
+        return data  # the field checks name what is wrong
+    own = settings_fields(sampler_class(name).Settings)
+    return {key: (UNSET[key] if key in UNSET and key not in own else value) for key, value in data.items()}
+
+
 def check_sampler_settings(cfg: Any) -> None:
     """Refuse, in one line, a sampler setting the run's sampler does not have (set to anything but its unset value)
     and settings the sampler's maths cannot take."""
@@ -71,9 +93,8 @@ def check_sampler_settings(cfg: Any) -> None:
             f"{sampler_class(family(cfg.env).sampler).model_kind} models; pick a sampler of that kind"
         )
     own = settings_fields(cls.Settings)
-    unset = {field.name: field.default for field in dataclasses.fields(type(cfg)) if field.name in SAMPLER_FIELDS}
     for field in SAMPLER_FIELDS:
-        if field not in own and getattr(cfg, field) != unset[field]:
+        if field not in own and getattr(cfg, field) != UNSET[field]:
             raise _not_its_own(cfg, field)
     try:
         cls.validate(sampler_settings(cfg), cfg.num_steps)

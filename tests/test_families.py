@@ -98,3 +98,19 @@ def test_dpg_keeps_every_lcm_step_and_the_last_ddim_and_flow_step_by_default():
     assert sampler_class("ddim").default_grad_steps(20) == 1
     assert sampler_class("flow_sde").default_grad_steps(10) == 1
     assert sampler_class("cps").default_grad_steps(10) == 1
+
+
+def test_an_old_config_json_with_every_samplers_settings_resumes(tmp_path):
+    """Runs saved before the samplers owned their settings carried all of them: an LCM run's config.json with the
+    flow sampler's noise level and an --eta it ignored still reads, those settings unset."""
+    import json
+
+    from genrl.config_file import config_to_json, read_config
+
+    saved = config_to_json(TrainConfig())
+    saved.update(eta=0.5, noise_level=0.7, sde_window=[0, 2])
+    saved.pop("sampler")  # written before --sampler existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    cfg = read_config(tmp_path / "config.json")
+    assert (cfg.eta, cfg.noise_level, cfg.sde_window, cfg.sampler) == (1.0, None, None, None)
+    cfg.validate()
