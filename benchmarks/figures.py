@@ -64,6 +64,8 @@ def plot_frontier(results: dict, path: Path) -> None:
     """Per task and method, the mean over seeds of the task-reward gain against the prompt accuracy as a share of
     the start, one point per evaluation (the start at (1, 0)); the protocol's 80% floor as a line."""
     tasks = list(results["tasks"])
+    # One colour a method in every panel: matplotlib's cycle restarts per panel, and the panels list other methods.
+    colours = {method.name: f"C{index}" for index, method in enumerate(METHODS.values())}
     with _figure(path, 1, len(tasks), 3.8) as axes:
         for column, task in enumerate(tasks):
             ax = axes[0][column]
@@ -76,7 +78,7 @@ def plot_frontier(results: dict, path: Path) -> None:
                 length = min(len(reward) for reward, _ in curves)
                 gain = np.mean([np.subtract(r[:length], r[0]) for r, _ in curves], axis=0)
                 kept = np.mean([np.divide(a[:length], a[0]) for _, a in curves], axis=0)
-                ax.plot(kept, gain, marker=".", label=name)
+                ax.plot(kept, gain, marker=".", label=name, color=colours.get(name))
             ax.axvline(0.8, ls="--", c="gray", lw=0.8, label="80% of the start")
             ax.invert_xaxis()
             ax.set_title(task)
