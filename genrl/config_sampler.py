@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from genrl.errors import GenrlError
 from genrl.families import FAMILIES, family
-from genrl.samplers import SAMPLERS, sampler_class
+from genrl.samplers import SAMPLERS, sampler_class, samplers_with
 from genrl.samplers.base import settings_fields, the_samplers
 from genrl.samplers.ddim import DDIMSettings
 from genrl.samplers.flow_sde import FlowSDESettings
@@ -39,10 +39,6 @@ def sampler_name(cfg: Any) -> str:
     return getattr(cfg, "sampler", None) or family(cfg.env).sampler
 
 
-def _owners(field: str) -> list[str]:
-    return [name for name in SAMPLERS if field in settings_fields(sampler_class(name).Settings)]
-
-
 def sampler_settings(cfg: Any) -> Any:
     """The run's sampler's ``Settings``: its fields from the run's flags, its own defaults where a flag is unset
     (None)."""
@@ -62,7 +58,7 @@ def _flag(field: str) -> str:
 
 def _not_its_own(cfg: Any, field: str) -> GenrlError:
     name = sampler_name(cfg)
-    owners = _owners(field)
+    owners = samplers_with(field)
     own = settings_fields(sampler_class(name).Settings)
     return GenrlError(
         f"{_flag(field)} is a setting of {the_samplers(owners)}, and this run samples with {name} (--env "

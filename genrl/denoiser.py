@@ -16,8 +16,3 @@ def denoiser(pipeline: Any) -> torch.nn.Module:
     """``pipeline.transformer`` where the pipeline has one (SD3, FLUX), else ``pipeline.unet``."""
     transformer = getattr(pipeline, "transformer", None)
     return transformer if transformer is not None else pipeline.unet
-
-
-def denoiser_name(pipeline: Any) -> str:
-    """The pipeline's attribute that holds its denoiser: ``"transformer"`` or ``"unet"``."""
-    return "transformer" if getattr(pipeline, "transformer", None) is not None else "unet"

@@ -77,10 +77,10 @@ def load_pipeline(model: str, env: str, device: str = "cpu", dtype=torch.float32
         ) from exc
     sampler_cls = sampler_class(sampler or family(env).sampler)
     try:
-        check_pairing(sampler_cls, adapter_for(pipe))
+        adapter = adapter_for(pipe)
+        check_pairing(sampler_cls, adapter)
     except ValueError as exc:
         raise GenrlError(f"model '{model}': {exc}") from None
-    adapter = adapter_for(pipe)
     if adapter.prediction_type not in ("epsilon", "v_prediction", "flow") or (
         sampler_cls.model_kind == "consistency" and adapter.prediction_type != "epsilon"
     ):

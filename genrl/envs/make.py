@@ -11,7 +11,7 @@ from genrl.adapters import adapter_for
 from genrl.envs.base import DenoisingEnv
 from genrl.families import ENV_IDS, FAMILIES, family
 from genrl.rewards import RewardFn
-from genrl.samplers import SAMPLERS, Sampler, sampler_class
+from genrl.samplers import Sampler, sampler_class, samplers_with
 from genrl.samplers.base import check_pairing, settings_fields, the_samplers
 
 
@@ -22,7 +22,7 @@ def build_sampler(name: str, scheduler: Any, **settings: Any) -> Sampler:
     own = settings_fields(cls.Settings)
     for key in settings:
         if key not in own:
-            owners = [other for other in SAMPLERS if key in settings_fields(sampler_class(other).Settings)]
+            owners = samplers_with(key)
             whose = f"a setting of {the_samplers(owners)}" if owners else "no sampler's setting"
             raise ValueError(f"{key} is {whose}, not of {name} (its settings: {', '.join(own) or 'none'})")
     return cls(cls.Settings(**settings), scheduler)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from genrl.samplers.base import Sampler, Schedule
+from genrl.samplers.base import Sampler, Schedule, settings_fields
 
 SAMPLERS = {
     "lcm": "genrl.samplers.lcm:LCMSampler",  # consistency multistep sampling (RLCM)
@@ -26,4 +26,9 @@ def sampler_class(name: str) -> type[Sampler]:
     return getattr(importlib.import_module(module), cls)
 
 
-__all__ = ["SAMPLERS", "Sampler", "Schedule", "sampler_class"]
+def samplers_with(setting: str) -> list[str]:
+    """The samplers that have a setting of that name, in ``SAMPLERS`` order."""
+    return [name for name in SAMPLERS if setting in settings_fields(sampler_class(name).Settings)]
+
+
+__all__ = ["SAMPLERS", "Sampler", "Schedule", "sampler_class", "samplers_with"]
