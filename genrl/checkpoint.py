@@ -86,9 +86,11 @@ def save_checkpoint(
     keep: int,
     ema: EMAModel | None = None,
     protect: Path | None = None,
+    algorithm_state: dict[str, Any] | None = None,
 ) -> Path:
     """The checkpoint of ``epoch``, pointed at by ``latest``; of the older ones the ``keep`` - 1 newest stay, and
-    ``protect`` (the best one) whatever its age."""
+    ``protect`` (the best one) whatever its age. ``algorithm_state``: what an algorithm keeps between epochs (its
+    ``state_dict()``: DiffusionNFT's old weights), saved in optimizer.pt."""
     name = checkpoint_name(epoch)
     net = adapter.denoiser
     trainable = {n: p.detach().contiguous().cpu() for n, p in net.named_parameters() if p.requires_grad}
@@ -97,12 +99,15 @@ def save_checkpoint(
         "lr_scheduler": lr_scheduler.state_dict(),
         "torch_rng": torch.get_rng_state(),
     }
+    if algorithm_state is not None:
+        extra["algorithm"] = algorithm_state
     ema_state = ema.state_dict() if ema is not None else None
     checked = {
         "weights": trainable,
         "optimizer state": extra["optimizer"],
         "scheduler state": extra["lr_scheduler"],
         "EMA state": ema_state,
+        "algorithm state": algorithm_state,
     }
     for what, value in checked.items():
         bad = first_non_finite(value, what)
@@ -210,7 +215,10 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     lr_scheduler: Any,
     ema: EMAModel | None = None,
+    algorithm: Any = None,
 ) -> dict[str, Any]:
+    """Restores the weights, the optimizer, the LR schedule, the RNG, the EMA and ``algorithm``'s state (where it
+    has ``load_state_dict``) from ``path``; returns state.json's contents."""
     try:
         trainable = load_file(path / "trainable.safetensors")
         extra = torch.load(path / "optimizer.pt", weights_only=True)
@@ -236,7 +244,15 @@ def load_checkpoint(
         raise GenrlError(f"checkpoint '{path}': state.json {problem}; restore the folder or start a new run")
     optimizer_state = extra.get("optimizer") if isinstance(extra, dict) else None
     scheduler_state = extra.get("lr_scheduler") if isinstance(extra, dict) else None
-    checked = (("optimizer state", optimizer_state), ("scheduler state", scheduler_state), ("EMA state", ema_state))
+    algorithm_state = extra.get("algorithm") if isinstance(extra, dict) else None
+    if hasattr(algorithm, "load_state_dict") and algorithm_state is None:
+        raise GenrlError(f"checkpoint '{path}' holds no state of the algorithm; resume with the run's own --algo")
+    checked = (
+        ("optimizer state", optimizer_state),
+        ("scheduler state", scheduler_state),
+        ("EMA state", ema_state),
+        ("algorithm state", algorithm_state),
+    )
     for what, value in checked:
         bad = first_non_finite(value, what)
         if bad is not None:
@@ -278,6 +294,8 @@ def load_checkpoint(
         torch.set_rng_state(extra["torch_rng"])
         if ema is not None:
             ema.load_state_dict(ema_state)
+        if hasattr(algorithm, "load_state_dict"):
+            algorithm.load_state_dict(algorithm_state)
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         raise GenrlError(
             f"checkpoint '{path}': optimizer.pt does not fit this run ({str(exc).splitlines()[0]}); "

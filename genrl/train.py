@@ -140,7 +140,7 @@ def _set_up_precision(cfg: TrainConfig, device: str) -> None:
 
 
 def resume(t: Training, checkpoint: Path) -> None:
-    state = load_checkpoint(checkpoint, denoiser(t.pipe), t.optimizer, t.lr_scheduler, t.ema)
+    state = load_checkpoint(checkpoint, denoiser(t.pipe), t.optimizer, t.lr_scheduler, t.ema, t.algorithm)
     saved_by = state.get("num_processes", 1)
     if saved_by != t.processes.count:
         raise GenrlError(
@@ -431,6 +431,7 @@ def save(t: Training, run: RunDir, epoch: int, best: BestEvaluation) -> None:
         t.cfg.keep_checkpoints,
         t.ema,
         kept,
+        t.algorithm.state_dict() if hasattr(t.algorithm, "state_dict") else None,
     )
     if kept is not None and best.epoch == epoch:
         _point_best_at(run, epoch)

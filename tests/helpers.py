@@ -29,7 +29,7 @@ FAST = [
 def fast_args(tmp_path: Path, name: str = "run", *extra: str) -> list[str]:
     """FAST, and minibatches of 2 where the algorithm (``--algo`` in ``extra``, else PPO) has them."""
     algo = extra[extra.index("--algo") + 1] if "--algo" in extra else "ppo"
-    minibatch = [f"--{algo}.train-batch-size", "2"] if algo in ("ppo", "reinforce") else []
+    minibatch = [f"--{algo}.train-batch-size", "2"] if algo in ("ppo", "reinforce", "nft") else []
     return [*FAST, *minibatch, "--output-dir", str(tmp_path), "--run-name", name, *extra]
 
 

@@ -9,6 +9,8 @@ for its pipeline class. It knows nothing of the sampler's step maths (``genrl.sa
     guided(latents, t, text, negative, scale)   the prediction a sampler steps with, guidance applied
     add_noise(x0, noise, t), target(x0, noise, t)   the forward process and the prediction it trains towards, for
                                                   denoising / flow-matching losses (DiffusionNFT, Diffusion-DPO)
+    clean_estimate(x_t, prediction, t)          the clean latent a prediction implies (DiffusionNFT's x0 regression)
+    decode(latents), encode(images)             latents <-> images in [0, 1], each the other's inverse convention
 
 ``t`` is in the sampler's units: an integer timestep for diffusion models, a float sigma in [0, 1] for flow models.
 """
@@ -175,6 +177,18 @@ class ModelAdapter:
             return abar**0.5 * noise - (1 - abar) ** 0.5 * x0
         return noise
 
+    def clean_estimate(self, x_t: torch.Tensor, prediction: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The clean latent x0 that ``prediction`` implies at ``x_t = add_noise(x0, noise, t)``: x_t - sigma v for a
+        flow model, (x_t - sqrt(1 - abar) eps) / sqrt(abar) for epsilon, sqrt(abar) x_t - sqrt(1 - abar) v for v
+        (``DDPMScheduler.step``'s ``pred_original_sample``). Affine in the prediction, so a mixture of predictions
+        implies the same mixture of estimates."""
+        if self.model_kind == "flow":
+            return x_t - per_sample(t.to(x_t.dtype), x_t) * prediction
+        abar = per_sample(self._alphas_cumprod(x_t)[t], x_t)
+        if self.prediction_type == "v_prediction":
+            return abar**0.5 * x_t - (1 - abar) ** 0.5 * prediction
+        return (x_t - (1 - abar) ** 0.5 * prediction) / abar**0.5
+
     def _alphas_cumprod(self, like: torch.Tensor) -> torch.Tensor:
         return self.pipeline.scheduler.alphas_cumprod.to(like.device, like.dtype)
 
@@ -187,6 +201,18 @@ class ModelAdapter:
         images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
         images = images.to(torch.promote_types(images.dtype, torch.float32))  # half -> float; float64 stays
         return (images / 2 + 0.5).clamp(0, 1)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] -> latents, ``decode``'s inverse convention: the VAE posterior's mean (no
+        sampling) of 2x - 1, times the scaling factor. At least fp32, on the VAE's device. Differentiable; wrap in
+        no_grad where no gradient is wanted."""
+        return self.posterior_mean(images) * self.pipeline.vae.config.scaling_factor
+
+    def posterior_mean(self, images: torch.Tensor) -> torch.Tensor:
+        """The VAE encoder's posterior mean of images in [0, 1] (mapped to [-1, 1]), unscaled, at least fp32."""
+        vae = self.pipeline.vae
+        mean = vae.encode(images.to(vae.device, vae.dtype) * 2 - 1).latent_dist.mean
+        return mean.to(torch.promote_types(mean.dtype, torch.float32))
 
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
         """The denoiser's LoRA in the keys ``export_pipeline.load_lora_weights`` reads."""
@@ -239,6 +265,11 @@ class FlowTransformerAdapter(ModelAdapter):
         images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor).sample
         images = images.to(torch.promote_types(images.dtype, torch.float32))
         return (images / 2 + 0.5).clamp(0, 1)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] -> latents, ``decode``'s inverse: (posterior mean - shift) x scale."""
+        config = self.pipeline.vae.config
+        return (self.posterior_mean(images) - config.shift_factor) * config.scaling_factor
 
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
         return get_peft_model_state_dict(self.denoiser)

@@ -18,6 +18,7 @@ BUILTIN_ALGORITHMS = {
     "ppo": "genrl.algos.ppo:PPO",
     "reinforce": "genrl.algos.reinforce:REINFORCE",
     "dpg": "genrl.algos.dpg:DPG",
+    "nft": "genrl.algos.nft:NFT",
 }
 
 
