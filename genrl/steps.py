@@ -61,10 +61,17 @@ def gaussian_kl(
     """KL(N(mean_p, std_p^2 I) || N(mean_q, std_q^2 I)), reduced over every dim but the batch like the log-prob.
 
         KL = log(std_q / std_p) + (std_p^2 + (mean_p - mean_q)^2) / (2 std_q^2) - 1/2      per dim
+           = (expm1(2 r) - 2 r) / 2 + (mean_p - mean_q)^2 / (2 std_q^2),      r = log1p((std_p - std_q) / std_q)
 
-    Two step policies at the same state share the schedule's std, so it is (mean_p - mean_q)^2 / (2 std^2).
+    computed in the second form: the first's 1/2 and -1/2 cancel, and in fp32 they round away most of a small
+    mean term (a KL of 1e-7 per dim, against 0.5, keeps one or two digits). The std term is exactly 0 for equal
+    stds, and for near ones (|2 r| < 0.1) its Taylor series (2 r)^2/2 + (2 r)^3/6 + ... avoids expm1(2 r) - 2 r's
+    cancellation. Two step policies at the same state share the schedule's std, so it is (mean_p - mean_q)^2 /
+    (2 std^2) exactly.
     """
-    std_p, std_q = std_p.expand_as(mean_p), std_q.expand_as(mean_q)
-    elementwise = torch.log(std_q / std_p) + (std_p**2 + (mean_p - mean_q) ** 2) / (2 * std_q**2) - 0.5
+    u = 2 * torch.log1p((std_p - std_q) / std_q)  # std_p - std_q is exact where they are near: r keeps its digits
+    series = u * u * (1 / 2 + u * (1 / 6 + u * (1 / 24 + u * (1 / 120 + u * (1 / 720 + u / 5040)))))
+    std_term = 0.5 * torch.where(u.abs() < 0.1, series, torch.expm1(u) - u)  # in the stds' own (broadcast) shape
+    elementwise = (std_term + (mean_p - mean_q) ** 2 / (2 * std_q**2)).expand_as(mean_p)
     dims = tuple(range(1, elementwise.ndim))
     return elementwise.mean(dim=dims) if reduction == "mean" else elementwise.sum(dim=dims)
