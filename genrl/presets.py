@@ -110,10 +110,11 @@ _DDPO = dict(  # dgx.py compressibility(), incompressibility(); the rows change 
 # closed form as here: the squared mean difference over 2 std^2, averaged over the latent), AdamW (lr 3e-4, weight
 # decay 1e-4), grad clip 1, advantage clip 5, clip range 1e-4; scripts/train_sd3.py: LoRA rank 32, alpha 64 on both
 # streams of every joint attention, fp16. PickScore's config has beta 0.01: so has the aesthetic preset here.
+# Like it, it trains on the first 9 of the 10 noised steps (train.timestep_fraction 0.99: its loop runs j = 0 ..
+# int(10 x 0.99) - 1, so the last step, to the data, is sampled but not trained).
 # Not representable here: its evaluation samples the ODE (here the policy's SDE with the evaluation set's fixed noise),
-# it trains on the first 9 of the 10 noised steps (timestep_fraction 0.99; here all 10), samples its evaluations
-# from an EMA of the LoRA (decay 0.9 every 8 steps), tokenizes 128 T5 tokens (here diffusers' 256), and runs until
-# stopped (here 1000 epochs).
+# samples its evaluations from an EMA of the LoRA (decay 0.9 every 8 steps), tokenizes 128 T5 tokens (here
+# diffusers' 256), and runs until stopped (here 1000 epochs).
 _FLOW_GRPO = dict(
     model="stabilityai/stable-diffusion-3.5-medium",
     env="flow",
@@ -139,6 +140,7 @@ _FLOW_GRPO = dict(
     adv_clip_max=5.0,
     max_grad_norm=1.0,
     kl_coef=0.04,
+    timestep_fraction=0.99,
     lora_rank=32,
     lora_alpha=64.0,
     lora_target_modules=FLOW_GRPO_LORA_TARGETS,
@@ -205,6 +207,10 @@ _SHAPES_SWEPT = {  # benchmarks/sweep.py at the benchmark's budget, sweep seeds 
 
 # RLCM by reward backpropagation through its 4 steps (DPG needs no advantages, so no groups).
 _SHAPES["dpg"] = {**_SHAPES["rlcm"], "algo": "dpg", "group_size": 1}
+# DiffusionNFT on the shapes flow model: Flow-GRPO's sampling and update structure, NFT's loss with its official
+# constants (genrl/algos/nft.py). Not swept yet: Flow-GRPO's learning rate.
+_SHAPES["nft"] = {**_SHAPES["flow"], "algo": "nft", "kl_coef": 1e-4}
+_SHAPES_SWEPT["nft", "jpeg"] = _SHAPES_SWEPT["flow", "jpeg"]
 
 
 def _shapes(method: str, reward: str) -> dict[str, Any]:
@@ -300,6 +306,8 @@ _TABLE: dict[str, dict[str, Any]] = {
     "shapes-flow-incompression": _shapes("flow", "jpeg_incompressibility"),
     "shapes-flow-alignment": _shapes("flow", "shapes_alignment"),
     "shapes-dpg-alignment": _shapes("dpg", "shapes_alignment"),
+    "shapes-nft-compression": _shapes("nft", "jpeg_compressibility"),
+    "shapes-nft-incompression": _shapes("nft", "jpeg_incompressibility"),
     # The default run: RLCM on JPEG compressibility, 10 epochs at a learning rate that keeps the shapes throughout
     # (seeds 0-2 end at 95%, 82% and 105% of their starting prompt accuracy). The benchmark's shapes-rlcm-compression
     # reaches the protocol's target sooner, then wrecks the pictures: use it with --keep-best.
