@@ -45,7 +45,8 @@ class TrainConfig:
     algo: str = "ppo"
     """ppo: clipped PPO (RLCM, DDPO). reinforce: one unclipped pass. dpg: backpropagate a differentiable reward
     through the sampling chain (AlignProp, DRaFT-K). nft: DiffusionNFT, forward-process regression through implicit
-    positive and negative policies (flow and DDPM models). Or your own: 'package.module:Class', or the name of a
+    positive and negative policies (flow and DDPM models). dpo: Diffusion-DPO on each group's best and worst image,
+    or on a preference set (--dpo.pairs; flow and DDPM models). Or your own: 'package.module:Class', or the name of a
     'genrl.algorithms' entry point. Its settings are flags of their own: --ppo.clip-range, --dpg.truncation."""
     reward: str = "jpeg_compressibility"
     """A built-in reward (with options), 'package.module:function', 'a=0.7,b=0.3', or a server URL."""

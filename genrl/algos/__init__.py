@@ -1,6 +1,6 @@
-"""The algorithms: PPO (``ppo.py``), REINFORCE (``reinforce.py``), DPG (``dpg.py``) and DiffusionNFT (``nft.py``),
-each a class with its own typed ``Config`` and ``update(policy, optimizer, batch) -> stats`` (the interface:
-``base.py``; lookup by name: ``registry.py``)."""
+"""The algorithms: PPO (``ppo.py``), REINFORCE (``reinforce.py``), DPG (``dpg.py``), DiffusionNFT (``nft.py``) and
+Diffusion-DPO (``dpo.py``), each a class with its own typed ``Config`` and ``update(policy, optimizer, batch) ->
+stats`` (the interface: ``base.py``; lookup by name: ``registry.py``)."""
 
 from genrl.algos.base import Algorithm, EpochBatch
 from genrl.algos.registry import make_algorithm

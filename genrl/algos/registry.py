@@ -19,6 +19,7 @@ BUILTIN_ALGORITHMS = {
     "reinforce": "genrl.algos.reinforce:REINFORCE",
     "dpg": "genrl.algos.dpg:DPG",
     "nft": "genrl.algos.nft:NFT",
+    "dpo": "genrl.algos.dpo:DPO",
 }
 
 
