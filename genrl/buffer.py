@@ -1,9 +1,9 @@
 """One trajectory layout for every algorithm.
 
 Per trajectory: the prompt, its embedding (stored once, not per step), the reward and the advantage. Per
-stochastic step: the latent, the next latent, the timesteps and the log-prob at sampling time. Minibatches are
-shuffled across samples and, independently per sample, across timesteps (as DDPO does), so that one forward
-pass sees several timesteps.
+stochastic step: the latent, the next latent, the timesteps, and the log-prob and the step's mean at sampling time
+(the mean for GRPO-Guard's RatioNorm). Minibatches are shuffled across samples and, independently per sample,
+across timesteps (as DDPO does), so that one forward pass sees several timesteps.
 
 On N processes each buffer holds its process's rows of the global batch (``place``), and minibatches are cut from
 the global batch: every process draws the same permutation of the global samples and the same step orders, and
@@ -13,7 +13,7 @@ takes its own rows of each global minibatch (possibly none). So N processes cut 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import accumulate
 from typing import TYPE_CHECKING
 
@@ -34,6 +34,8 @@ class Chunk:
     sample_index: torch.Tensor
     minibatch: int = 0
     """Index of its global minibatch in the pass (``optimize`` counts on across passes)."""
+    old_means: torch.Tensor | None = None
+    """The steps' means at sampling time (None where the buffer holds none)."""
 
 
 @dataclass
@@ -45,6 +47,7 @@ class TrajectoryBuffer:
     timesteps: list[torch.Tensor] = field(default_factory=list)  # (B, T)
     next_timesteps: list[torch.Tensor] = field(default_factory=list)
     log_probs: list[torch.Tensor] = field(default_factory=list)  # (B, T)
+    means: list[torch.Tensor] = field(default_factory=list)  # (B, T, C, h, w); empty where the rollouts had none
     negative_prompt_embeds: torch.Tensor | None = None  # (1, L, D), shared by all
     advantages: torch.Tensor | None = None  # (N,)
     # Where the rows sit in the global batch of all processes (``place``): None, the buffer is the whole batch.
@@ -53,7 +56,7 @@ class TrajectoryBuffer:
 
     def add_rollout(self, rollout: Rollout) -> None:
         """A sampled batch: its prompts and embeddings, and per stochastic step (``rollout.steps``) ``latents``,
-        ``next_latents``, ``timestep``, ``next_timestep`` and ``log_prob``."""
+        ``next_latents``, ``timestep``, ``next_timestep``, ``log_prob`` and (optional) ``mean``."""
         stack = lambda key: torch.stack([s[key] for s in rollout.steps], dim=1)
         self.prompts += rollout.prompts
         self.prompt_embeds.append(rollout.prompt_embeds)
@@ -63,6 +66,8 @@ class TrajectoryBuffer:
         self.timesteps.append(stack("timestep"))
         self.next_timesteps.append(stack("next_timestep"))
         self.log_probs.append(stack("log_prob"))
+        if rollout.steps and all("mean" in s for s in rollout.steps):
+            self.means.append(stack("mean"))
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -108,10 +113,27 @@ class TrajectoryBuffer:
             timesteps=take(self.timesteps),
             next_timesteps=take(self.next_timesteps),
             log_probs=take(self.log_probs),
+            means=take(self.means) if self.means else [],
             negative_prompt_embeds=self.negative_prompt_embeds,
             advantages=None if self.advantages is None else self.advantages[idx.to(self.advantages.device)],
             global_rows=None if new_rows is None else new_rows[idx],
             global_size=None if new_rows is None else len(indices),
+        )
+
+    def first_steps(self, count: int) -> TrajectoryBuffer:
+        """The same trajectories with only their first ``count`` stochastic steps (``timestep_fraction``): the
+        others leave the minibatches and the accumulation's (trajectory, step) pairs."""
+        if count >= self.num_steps:
+            return self
+        first = lambda parts: [t[:, :count] for t in parts]
+        return replace(
+            self,
+            latents=first(self.latents),
+            next_latents=first(self.next_latents),
+            timesteps=first(self.timesteps),
+            next_timesteps=first(self.next_timesteps),
+            log_probs=first(self.log_probs),
+            means=first(self.means),
         )
 
     def minibatch_sizes(self, batch_size: int) -> list[int]:
@@ -133,6 +155,7 @@ class TrajectoryBuffer:
         latents, next_latents = cat(self.latents), cat(self.next_latents)
         timesteps, next_timesteps, log_probs = cat(self.timesteps), cat(self.next_timesteps), cat(self.log_probs)
         embeds = cat(self.prompt_embeds)
+        means = cat(self.means) if self.means else None
         n, steps = self.num_global, self.num_steps
         order = torch.randperm(n, generator=generator)
         step_order = torch.stack([torch.randperm(steps, generator=generator) for _ in range(n)])
@@ -155,7 +178,16 @@ class TrajectoryBuffer:
                     "prompt_embeds": embeds[rows],
                     "negative_prompt_embeds": self.negative_prompt_embeds.expand(len(rows), -1, -1),
                 }
+                old_means = None if means is None else means[rows, cols]
                 chunks.append(
-                    Chunk(obs, next_latents[rows, cols], log_probs[rows, cols], self.advantages[rows], rows, minibatch)
+                    Chunk(
+                        obs,
+                        next_latents[rows, cols],
+                        log_probs[rows, cols],
+                        self.advantages[rows],
+                        rows,
+                        minibatch,
+                        old_means,
+                    )
                 )
             yield chunks

@@ -211,6 +211,14 @@ _SHAPES["dpg"] = {**_SHAPES["rlcm"], "algo": "dpg", "group_size": 1}
 # constants (genrl/algos/nft.py). Not swept yet: Flow-GRPO's learning rate.
 _SHAPES["nft"] = {**_SHAPES["flow"], "algo": "nft", "kl_coef": 1e-4}
 _SHAPES_SWEPT["nft", "jpeg"] = _SHAPES_SWEPT["flow", "jpeg"]
+# Online Diffusion-DPO likewise: one pair per group of 4 (8 an epoch), minibatches of 4 pairs, so that it also takes
+# 2 optimizer steps an epoch; flow_grpo's beta (genrl/algos/dpo.py). Not swept yet: Flow-GRPO's learning rate.
+_SHAPES["dpo"] = {
+    **{k: v for k, v in _SHAPES["flow"].items() if k != "adv_clip_max"},  # DPO has no advantages
+    "algo": "dpo",
+    "gradient_accumulation_steps": 1,
+}
+_SHAPES_SWEPT["dpo", "jpeg"] = _SHAPES_SWEPT["flow", "jpeg"]
 
 
 def _shapes(method: str, reward: str) -> dict[str, Any]:
@@ -308,6 +316,8 @@ _TABLE: dict[str, dict[str, Any]] = {
     "shapes-dpg-alignment": _shapes("dpg", "shapes_alignment"),
     "shapes-nft-compression": _shapes("nft", "jpeg_compressibility"),
     "shapes-nft-incompression": _shapes("nft", "jpeg_incompressibility"),
+    "shapes-dpo-compression": _shapes("dpo", "jpeg_compressibility"),
+    "shapes-dpo-incompression": _shapes("dpo", "jpeg_incompressibility"),
     # The default run: RLCM on JPEG compressibility, 10 epochs at a learning rate that keeps the shapes throughout
     # (seeds 0-2 end at 95%, 82% and 105% of their starting prompt accuracy). The benchmark's shapes-rlcm-compression
     # reaches the protocol's target sooner, then wrecks the pictures: use it with --keep-best.

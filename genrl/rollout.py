@@ -1,7 +1,7 @@
 """Sampling: run the policy in the env for one batch and return what the algorithms learn from.
 
-Every algorithm samples through ``collect``: PPO and REINFORCE without a graph (they store each step's latents and
-log-prob), DPG with a graph over the last ``grad_steps`` steps (it backpropagates the reward through them).
+Every algorithm samples through ``collect``: PPO and REINFORCE without a graph (they store each step's latents,
+log-prob and mean), DPG with a graph over the last ``grad_steps`` steps (it backpropagates the reward through them).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Rollout:
     prompts: list[str]
     prompt_embeds: torch.Tensor
     negative_prompt_embeds: torch.Tensor
-    steps: list[dict[str, torch.Tensor]]  # the stochastic steps only, detached
+    steps: list[dict[str, torch.Tensor]]  # the stochastic steps only, detached (``TrajectoryBuffer.add_rollout``)
     rewards: torch.Tensor  # with its graph where sampled with grad_steps
     images: torch.Tensor
     reward_parts: dict[str, torch.Tensor]  # a composite reward's parts, each (B,)
@@ -97,14 +97,9 @@ def collect(
     steps, graph_steps = [], []
     for i in range(env.num_steps):
         with torch.set_grad_enabled(i >= env.num_steps - grad_steps):
-            if torch.is_grad_enabled():
-                action, dist = policy.sample_action(obs, generator, batch.noise_slice)
-                log_prob = policy.action_log_prob(dist, action["next_latents"]).detach()
-            else:
-                action, log_prob = policy.act(obs, generator, batch.noise_slice)
-                dist = None
-            if obs["stochastic"].all():
-                if dist is not None:
+            action, dist = policy.sample_action(obs, generator, batch.noise_slice)
+            if obs["stochastic"].all():  # a deterministic step has no log-prob (std 0), and is not trained
+                if torch.is_grad_enabled():
                     graph_steps.append((obs, dist))
                 steps.append(
                     {
@@ -112,7 +107,8 @@ def collect(
                         "next_latents": action["next_latents"].detach(),
                         "timestep": obs["timestep"],
                         "next_timestep": obs["next_timestep"],
-                        "log_prob": log_prob,
+                        "log_prob": policy.action_log_prob(dist, action["next_latents"]).detach(),
+                        "mean": dist.mean.detach(),
                     }
                 )
             obs, rewards, terminated, _, info = env.step(action)

@@ -16,6 +16,7 @@ then one optimizer step) is one genrl epoch: see the comment above ``_RLCM`` in 
 import pytest
 
 from genrl.adapters.sd3 import FLOW_GRPO_LORA_TARGETS
+from genrl.algos.common import trained_steps
 from genrl.config import DEFAULT_LORA_TARGETS, TrainConfig, setting
 from genrl.config_sampler import sampler_settings
 from genrl.presets import DEFAULT_PRESET, PRESETS
@@ -43,6 +44,7 @@ _RLCM_COMMON = {
     "logprob_reduction": "mean",  # lcm_scheduler.py step(): log_prob.mean over all but the batch dim
     "lora_target_modules": DEFAULT_LORA_TARGETS,  # scripts/main.py LoraConfig target_modules
     "kl_coef": 0.0,
+    "timestep_fraction": 1.0,  # ppo_training_loop.py trains every one of the H steps
     "mixed_precision": "fp16",  # scripts/main.py Accelerator(mixed_precision="fp16"), pipeline fp16, LoRA cast fp32
     "group_size": 1,
 }
@@ -95,6 +97,7 @@ _DDPO_JPEG = {
     "lora_alpha": 4.0,  # ... and no network_alpha: scale 1, i.e. alpha = rank
     "lora_target_modules": DEFAULT_LORA_TARGETS,  # LoRAAttnProcessor: to_q, to_k, to_v, to_out.0
     "kl_coef": 0.0,
+    "timestep_fraction": 1.0,  # base.py train.timestep_fraction
     "group_size": 1,
 }
 
@@ -129,6 +132,7 @@ _FLOW_GRPO = {
     "adv_clip_max": 5.0,  # base.py train.adv_clip_max
     "clip_range": 1e-4,  # base.py train.clip_range
     "kl_coef": 0.04,  # train.beta
+    "timestep_fraction": 0.99,  # grpo.py train.timestep_fraction: train_sd3.py trains j < int(10 x 0.99) = 9
     "logprob_reduction": "mean",  # sd3_sde_with_logprob.py: log_prob.mean over all but the batch dim
     "lora_rank": 32,  # train_sd3.py LoraConfig(r=32)
     "lora_alpha": 64.0,  # lora_alpha=64
@@ -242,6 +246,13 @@ def test_flow_grpo_presets_update_twice_an_epoch_on_whole_groups(name):
     cfg = PRESETS[name]
     assert _optimizer_steps_per_epoch(cfg) == 2
     assert cfg.sample_batch_size == cfg.group_size
+
+
+@pytest.mark.parametrize("name", [name for name in PUBLISHED if name.startswith("flow-grpo-")])
+def test_flow_grpo_presets_train_all_but_the_last_of_their_10_steps(name):
+    """train_sd3.py: num_train_timesteps = int(sample.num_steps x train.timestep_fraction) = 9, j = 0 .. 8."""
+    cfg = PRESETS[name]
+    assert trained_steps(cfg.num_steps, cfg.algo_config.timestep_fraction) == 9 == cfg.num_steps - 1
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,11 @@ class PolicyGradientConfig:
     """The gradient is clipped to this norm before each optimizer step."""
     kl_coef: float = 0.0
     """Penalty on the closed-form per-step KL to the frozen model (the LoRA switched off); logged as kl."""
+    timestep_fraction: float = 1.0
+    """Train on the first int(T x fraction) of each trajectory's T stochastic steps (at least one), the noisiest;
+    the others are sampled but left out of the update and of the accumulation's pairs. Flow-GRPO's
+    train.timestep_fraction: 0.99 trains steps 0-8 of 10, all but the last (to the data). DDPO's setting of that
+    name (ddpo-pytorch) instead trains a random int(T x fraction) of each sample's steps, drawn anew each pass."""
 
 
 def flag(run: Any, name: str) -> str:
@@ -104,6 +109,14 @@ def check_policy_gradient(config: PolicyGradientConfig, run: Any) -> None:
             f"{flag(run, 'train_batch_size')} {config.train_batch_size} must divide the {run.samples_per_epoch} "
             "samples per epoch (--sample-batch-size x --batches-per-epoch)"
         )
+    if not 0 < config.timestep_fraction <= 1:
+        raise GenrlError(f"{flag(run, 'timestep_fraction')} must be in (0, 1], got {config.timestep_fraction}")
+
+
+def trained_steps(num_steps: int, fraction: float) -> int:
+    """How many of a trajectory's ``num_steps`` stochastic steps ``timestep_fraction`` trains: int(T x fraction),
+    as flow_grpo's num_train_timesteps, and at least one."""
+    return max(1, int(num_steps * fraction))
 
 
 class EpochMeans:

@@ -6,7 +6,8 @@
 
 Every step of a trajectory shares the trajectory's advantage (the reward is terminal and undiscounted). An epoch:
 sample every batch, then ``inner_epochs`` shuffled passes over the samples in minibatches, an optimizer step every
-``gradient_accumulation_steps`` of them (``genrl.algos.common`` has the accumulation and multi-process semantics).
+``gradient_accumulation_steps`` of them (``genrl.algos.common`` has the accumulation and multi-process semantics),
+on the first ``timestep_fraction`` of each trajectory's steps.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from genrl.algos.common import (
     global_minibatches,
     optimizer_step,
     sample_epoch,
+    trained_steps,
 )
 from genrl.buffer import Chunk, TrajectoryBuffer
 from genrl.policy import DenoisingPolicy
@@ -102,6 +104,7 @@ class PPO:
     ) -> dict[str, float]:
         """The passes over a buffer whose advantages are set; the epoch's pair-weighted means of the statistics."""
         cfg, processes = self.config, processes or OneProcess()
+        buffer = buffer.first_steps(trained_steps(buffer.num_steps, cfg.timestep_fraction))  # the trained steps
         params = policy.trainable_parameters()
         means = EpochMeans()
         policy.train()

@@ -10,7 +10,14 @@ github.com/X-GenGroup/Flow-Factory trainers/grpo.py GRPOGuardTrainer computes it
 import pytest
 import torch
 
+from genrl.algos import reinforce
+from genrl.algos.common import PolicyGradientConfig, trained_steps
+from genrl.buffer import TrajectoryBuffer
+from genrl.envs import make_env
+from genrl.rewards import jpeg_incompressibility
+from genrl.rollout import SamplingBatch, collect
 from genrl.steps import gaussian_kl
+from tests.helpers import policy_for, tiny
 
 _DIMS = (1, 2, 3)
 
@@ -49,3 +56,78 @@ def test_gaussian_kl_in_fp32_matches_float64_where_the_textbook_form_loses_digit
     if ratio == 1.0:  # equal stds: exactly (mean_p - mean_q)^2 / (2 std^2)
         exact = ((mean_p - mean_q) ** 2 / (2 * std_q**2)).mean(dim=_DIMS)
         assert torch.equal(gaussian_kl(mean_p, std_p, mean_q, std_q), exact)
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. Which steps are trained: timestep_fraction
+# --------------------------------------------------------------------------------------------------
+def _flow_policy_and_buffer(num_steps: int = 10, rows: int = 4):
+    """A tiny flow model (every weight trainable, perturbed so that its gradients are not special) and one sampled
+    batch of ``rows`` trajectories with advantages."""
+    pipe = tiny("flow")
+    env = make_env("flow", rows, pipe, jpeg_incompressibility, num_steps)
+    policy = policy_for("flow", pipe, guidance_scale=4.5, reduction="mean").eval()
+    policy.denoiser.requires_grad_(True)
+    buffer = TrajectoryBuffer()
+    buffer.add_rollout(collect(env, policy, SamplingBatch(["a cat", "a dog", "a cat", "a bee"][:rows], 0, 10)))
+    buffer.advantages = torch.linspace(-1, 1, len(buffer))
+    return policy, buffer
+
+
+class _GradCapture(torch.optim.SGD):
+    """Keeps each optimizer step's gradient, takes no step."""
+
+    def __init__(self, params):
+        super().__init__(params, lr=0.0)
+        self.grads = []
+
+    def step(self, closure=None):
+        self.grads.append([p.grad.clone() for g in self.param_groups for p in g["params"]])
+
+
+def test_trained_steps_are_flow_grpos_num_train_timesteps():
+    assert trained_steps(10, 0.99) == 9  # flow_grpo: int(sample.num_steps * train.timestep_fraction)
+    assert trained_steps(10, 1.0) == 10 and trained_steps(4, 0.99) == 3 and trained_steps(10, 0.5) == 5
+    assert trained_steps(10, 0.01) == 1  # at least one
+
+
+def test_timestep_fraction_trains_the_first_steps_and_averages_over_their_pairs_only():
+    """One optimizer step over the whole buffer (REINFORCE's loop is PPO's): its gradient is the mean over the
+    (trajectory, step) pairs of the first 9 of 10 steps of -A log pi, computed here pair by pair, and no
+    minibatch holds a step past them."""
+    policy, buffer = _flow_policy_and_buffer()
+    rows, steps = len(buffer), buffer.num_steps
+    assert steps == 10
+    cfg = PolicyGradientConfig(
+        train_batch_size=2, gradient_accumulation_steps=2, max_grad_norm=1e9, timestep_fraction=0.99, adv_clip_max=5
+    )
+    seen = set()
+    for chunks in buffer.first_steps(9).minibatches(2, 1, torch.Generator().manual_seed(0)):
+        for chunk in chunks:
+            seen.update(zip(chunk.sample_index.tolist(), chunk.obs["timestep"].tolist()))
+    sigmas = buffer.timesteps[0][0].tolist()
+    assert seen == {(i, sigma) for i in range(rows) for sigma in sigmas[:9]}  # each trained pair once, the last out
+
+    opt = _GradCapture(policy.trainable_parameters())
+    reinforce.REINFORCE(cfg).train_on(buffer, policy, opt, torch.Generator().manual_seed(0))
+    assert len(opt.grads) == 1
+
+    params = policy.trainable_parameters()
+    for p in params:
+        p.grad = None
+    policy.train()
+    embeds, negative = buffer.prompt_embeds[0], buffer.negative_prompt_embeds
+    for j in range(9):  # flow_grpo's order: j = 0 .. num_train_timesteps - 1
+        obs = {
+            "latents": buffer.latents[0][:, j],
+            "timestep": buffer.timesteps[0][:, j],
+            "next_timestep": buffer.next_timesteps[0][:, j],
+            "stochastic": torch.ones(rows, dtype=torch.bool),
+            "prompt_embeds": embeds,
+            "negative_prompt_embeds": negative.expand(rows, -1, -1),
+        }
+        log_prob = policy.action_log_prob(policy.distribution(obs), buffer.next_latents[0][:, j])
+        (-(buffer.advantages * log_prob).sum() / (rows * 9)).backward()
+    policy.eval()
+    for got, p in zip(opt.grads[0], params, strict=True):
+        torch.testing.assert_close(got, p.grad, rtol=1e-4, atol=1e-8)
