@@ -127,7 +127,7 @@ class NFT:
     def prepare(self, pipeline: Any, reward: Any) -> None:
         from genrl.adapters import adapter_for
 
-        if adapter_for(pipeline).name == "lcm":
+        if adapter_for(pipeline).model_kind == "consistency":
             raise GenrlError(
                 "--algo nft regresses the forward process's denoising target, which a consistency model was not "
                 "trained on (it maps x_t to the end of the ODE); use it with --env flow or --env ddpm"
