@@ -373,8 +373,8 @@ def probe_case(
         dist = policy.distribution(obs)
         log_prob = policy.action_log_prob(dist, next_latents)
         loss, ratio = clipped_surrogate_loss(log_prob, old_log_prob, advantages, ppo.clip_range, ppo.adv_clip_max)
-        if ppo.kl_coef > 0:  # as PPO's update: the closed-form KL to the model with its LoRA off
-            loss = loss + ppo.kl_coef * policy.kl_to_reference(obs, dist).mean()
+        if ppo.kl_coef > 0:  # as PPO's update: the KL to the model with its LoRA off, in the preset's form
+            loss = loss + ppo.kl_coef * policy.kl_to_reference(obs, dist, ppo.kl_form).mean()
         scaling.backward(loss)
         return {
             "prediction_dtype": str(dist.mean.dtype),

@@ -16,7 +16,7 @@ from peft import LoraConfig
 from genrl.adapters.base import ModelAdapter
 from genrl.noise import NoiseSlice, noise_rows
 from genrl.samplers.base import Sampler
-from genrl.steps import LogProbReduction, StepDistribution, gaussian_kl, gaussian_log_prob
+from genrl.steps import KLForm, LogProbReduction, StepDistribution, gaussian_kl, gaussian_log_prob
 
 
 def add_lora(net: torch.nn.Module, rank: int, alpha: float, target_modules: Sequence[str]) -> None:
@@ -92,9 +92,17 @@ class DenoisingPolicy(torch.nn.Module):
         finally:
             self.denoiser.enable_adapters()
 
-    def kl_to_reference(self, obs: dict[str, torch.Tensor], dist: StepDistribution) -> torch.Tensor:
-        """Closed-form KL(pi_theta || pi_ref) of each step (B,), reduced over latent dims like the log-prob."""
+    def kl_to_reference(
+        self, obs: dict[str, torch.Tensor], dist: StepDistribution, form: KLForm = "closed"
+    ) -> torch.Tensor:
+        """The KL of each step (B,) to the reference. closed: KL(pi_theta || pi_ref) in closed form, reduced over
+        latent dims like the log-prob. flow_grpo (the flow_sde sampler's steps): Flow-GRPO's term, mean over the
+        latent of (mean - mean_ref)^2 / (2 std_dev_t^2) (scripts/train_sd3.py), where its std_dev_t is the SDE's g
+        and the step's std is g sqrt(|dt|): the closed form's mean over the latent times |dt| = sigma - sigma_next."""
         ref = self.reference_distribution(obs)
+        if form == "flow_grpo":
+            dt = (obs["timestep"] - obs["next_timestep"]).float().abs()
+            return gaussian_kl(dist.mean, dist.std, ref.mean, ref.std, "mean") * dt
         return gaussian_kl(dist.mean, dist.std, ref.mean, ref.std, self.reduction)
 
 

@@ -106,10 +106,12 @@ _DDPO = dict(  # dgx.py compressibility(), incompressibility(); the rows change 
 # Flow-GRPO: github.com/yifan123/flow_grpo, config/base.py and config/grpo.py general_ocr_sd3_1gpu(), its one-GPU layout
 # (the others spread each prompt's images over 4-32 GPUs): per epoch 8 sampling batches of 8 images, 8 of one prompt
 # (num_image_per_prompt), trained in minibatches of 8 with 4 of them per optimizer step, so 2 steps an epoch; SD3.5
-# Medium at 512 px, 10 SDE steps at noise level 0.7, guidance 4.5, beta 0.04 (the KL to the frozen model, the same
-# closed form as here: the squared mean difference over 2 std^2, averaged over the latent), AdamW (lr 3e-4, weight
-# decay 1e-4), grad clip 1, advantage clip 5, clip range 1e-4; scripts/train_sd3.py: LoRA rank 32, alpha 64 on both
-# streams of every joint attention, fp16. PickScore's config has beta 0.01: so has the aesthetic preset here.
+# Medium at 512 px, 10 SDE steps at noise level 0.7, guidance 4.5, beta 0.04 on the KL to the frozen model in its own
+# form (kl_form flow_grpo: the squared mean difference over 2 std_dev_t^2, averaged over the latent, where its
+# std_dev_t leaves out the step's sqrt(|dt|): the true closed-form KL times |dt|, about a tenth of it at 10 steps),
+# AdamW (lr 3e-4, weight decay 1e-4), grad clip 1, advantage clip 5, clip range 1e-4; scripts/train_sd3.py: LoRA rank
+# 32, alpha 64 on both streams of every joint attention, fp16. PickScore's config has beta 0.01: so has the aesthetic
+# preset here.
 # Like it, it trains on the first 9 of the 10 noised steps (train.timestep_fraction 0.99: its loop runs j = 0 ..
 # int(10 x 0.99) - 1, so the last step, to the data, is sampled but not trained).
 # Not representable here: its evaluation samples the ODE (here the policy's SDE with the evaluation set's fixed noise),
@@ -140,6 +142,7 @@ _FLOW_GRPO = dict(
     adv_clip_max=5.0,
     max_grad_norm=1.0,
     kl_coef=0.04,
+    kl_form="flow_grpo",
     timestep_fraction=0.99,
     lora_rank=32,
     lora_alpha=64.0,

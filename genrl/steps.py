@@ -15,6 +15,8 @@ from typing import Literal
 import torch
 
 LogProbReduction = Literal["mean", "sum"]
+KLForm = Literal["closed", "flow_grpo"]
+"""The KL to the reference as a penalty: the true closed form, or Flow-GRPO's (``DenoisingPolicy.kl_to_reference``)."""
 
 
 @dataclass

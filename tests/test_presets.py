@@ -132,6 +132,7 @@ _FLOW_GRPO = {
     "adv_clip_max": 5.0,  # base.py train.adv_clip_max
     "clip_range": 1e-4,  # base.py train.clip_range
     "kl_coef": 0.04,  # train.beta
+    "kl_form": "flow_grpo",  # train_sd3.py: mean_CHW (mean - mean_ref)^2 / (2 std_dev_t^2), std_dev_t without sqrt(-dt)
     "timestep_fraction": 0.99,  # grpo.py train.timestep_fraction: train_sd3.py trains j < int(10 x 0.99) = 9
     "logprob_reduction": "mean",  # sd3_sde_with_logprob.py: log_prob.mean over all but the batch dim
     "lora_rank": 32,  # train_sd3.py LoraConfig(r=32)

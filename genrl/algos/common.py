@@ -28,8 +28,10 @@ from genrl.advantages import informative_groups
 from genrl.algos.base import EpochBatch
 from genrl.algos.registry import settings_name
 from genrl.buffer import Chunk, TrajectoryBuffer
+from genrl.config_sampler import sampler_name
 from genrl.errors import GenrlError
 from genrl.precision import NO_SCALING, LossScaling
+from genrl.steps import KLForm
 
 # Reduces (sums or averages) the trainable parameters' gradients over processes in place (genrl.distributed)
 GradientSync = Callable[[list[torch.nn.Parameter]], None]
@@ -66,7 +68,12 @@ class PolicyGradientConfig:
     max_grad_norm: float = 5.0
     """The gradient is clipped to this norm before each optimizer step."""
     kl_coef: float = 0.0
-    """Penalty on the closed-form per-step KL to the frozen model (the LoRA switched off); logged as kl."""
+    """Penalty on the per-step KL to the frozen model (the LoRA switched off), in kl-form's form; logged as kl."""
+    kl_form: KLForm = "closed"
+    """closed: the true KL of the two Gaussian steps, in closed form, reduced over the latent as the log-prob.
+    flow_grpo: Flow-GRPO's term, mean over the latent of (mean - mean_ref)^2 / (2 std_dev_t^2), whose std_dev_t is the
+    SDE's noise scale g without the step's sqrt(|dt|): the closed form (averaged) times |dt| = sigma - sigma_next.
+    flow_sde sampler only."""
     timestep_fraction: float = 1.0
     """Train on the first int(T x fraction) of each trajectory's T stochastic steps (at least one), the noisiest;
     the others are sampled but left out of the update and of the accumulation's pairs. Flow-GRPO's
@@ -111,6 +118,11 @@ def check_policy_gradient(config: PolicyGradientConfig, run: Any) -> None:
         )
     if not 0 < config.timestep_fraction <= 1:
         raise GenrlError(f"{flag(run, 'timestep_fraction')} must be in (0, 1], got {config.timestep_fraction}")
+    if config.kl_form == "flow_grpo" and sampler_name(run) != "flow_sde":
+        raise GenrlError(
+            f"{flag(run, 'kl_form')} flow_grpo is Flow-GRPO's KL of the flow_sde sampler's step (its std_dev_t), and "
+            f"this run samples with {sampler_name(run)}; use {flag(run, 'kl_form')} closed, or --env flow"
+        )
 
 
 def trained_steps(num_steps: int, fraction: float) -> int:

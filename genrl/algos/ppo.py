@@ -113,8 +113,8 @@ class PPO:
                 for chunk in minibatch.chunks:
                     dist = policy.distribution(chunk.obs)
                     loss, stats = self.loss(policy.action_log_prob(dist, chunk.next_latents), chunk)
-                    if cfg.kl_coef > 0:  # closed form, per (trajectory, step) pair, to the model without its LoRA
-                        kl = policy.kl_to_reference(chunk.obs, dist).mean()
+                    if cfg.kl_coef > 0:  # per (trajectory, step) pair, to the model without its LoRA
+                        kl = policy.kl_to_reference(chunk.obs, dist, cfg.kl_form).mean()
                         loss = loss + cfg.kl_coef * kl
                         stats["kl"] = kl.item()
                     minibatch.backward(loss, chunk)

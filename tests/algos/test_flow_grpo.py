@@ -10,14 +10,16 @@ github.com/X-GenGroup/Flow-Factory trainers/grpo.py GRPOGuardTrainer computes it
 import pytest
 import torch
 
+from genrl.adapters.sd3 import FLOW_GRPO_LORA_TARGETS
 from genrl.algos import reinforce
 from genrl.algos.common import PolicyGradientConfig, trained_steps
 from genrl.buffer import TrajectoryBuffer
 from genrl.envs import make_env
+from genrl.policy import add_lora
 from genrl.rewards import jpeg_incompressibility
 from genrl.rollout import SamplingBatch, collect
 from genrl.steps import gaussian_kl
-from tests.helpers import policy_for, tiny
+from tests.helpers import expect_error, fast_args, policy_for, tiny
 
 _DIMS = (1, 2, 3)
 
@@ -131,3 +133,58 @@ def test_timestep_fraction_trains_the_first_steps_and_averages_over_their_pairs_
     policy.eval()
     for got, p in zip(opt.grads[0], params, strict=True):
         torch.testing.assert_close(got, p.grad, rtol=1e-4, atol=1e-8)
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. The KL as Flow-GRPO computes it: kl_form flow_grpo
+# --------------------------------------------------------------------------------------------------
+def _flow_policy_with_lora(num_steps: int = 10, rows: int = 2):
+    """The tiny flow model under a LoRA whose weights are perturbed, so that the policy and its reference (the LoRA
+    off) differ; and its env."""
+    pipe = tiny("flow")
+    add_lora(pipe.transformer, 4, 4, FLOW_GRPO_LORA_TARGETS)
+    env = make_env("flow", rows, pipe, None, num_steps)
+    policy = policy_for("flow", pipe, guidance_scale=4.5, reduction="mean").eval()
+    with torch.no_grad():
+        for p in policy.trainable_parameters():
+            p.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+    return env, policy
+
+
+def test_flow_grpos_kl_is_the_closed_form_times_dt_and_its_own_formula():
+    """At every step of a 10-step episode: kl_form flow_grpo is the closed-form KL (mean over the latent) times
+    |dt|, and train_sd3.py's kl_loss written from its equation, ((mean - mean_ref)^2).mean(C, H, W) / (2
+    std_dev_t^2) with sd3_sde_with_logprob.py's std_dev_t = a sqrt(sigma / (1 - sigma)) (sigma = 1: sigmas[1])."""
+    env, policy = _flow_policy_with_lora()
+    a = policy.sampler.settings.noise_level
+    obs, _ = env.reset(seed=0, options={"prompts": ["a cat", "a dog"]})
+    sigma_max, steps, generator = None, 0, torch.Generator().manual_seed(0)
+    while True:
+        with torch.no_grad():
+            dist = policy.distribution(obs)
+            ref = policy.reference_distribution(obs)
+            official = policy.kl_to_reference(obs, dist, "flow_grpo")
+            closed = policy.kl_to_reference(obs, dist, "closed")
+        sigma, sigma_next = obs["timestep"].double(), obs["next_timestep"].double()
+        sigma_max = sigma_next[0] if sigma_max is None else sigma_max  # sigmas[1]: the first step's next sigma
+        assert (closed > 0).all()
+        torch.testing.assert_close(official, closed * (sigma - sigma_next).float(), rtol=1e-5, atol=0)
+        std_dev_t = torch.sqrt(sigma / (1 - torch.where(sigma == 1, sigma_max, sigma))) * a
+        kl_loss = ((dist.mean.double() - ref.mean.double()) ** 2).mean(dim=_DIMS) / (2 * std_dev_t**2)
+        torch.testing.assert_close(official.double(), kl_loss, rtol=1e-5, atol=0)
+        assert (official < closed).all()  # |dt| < 1: the official term is the smaller
+        with torch.no_grad():
+            action, _ = policy.act(obs, generator)
+        obs, _, terminated, _, _ = env.step(action)
+        steps += 1
+        if terminated.all():
+            break
+    assert steps == 10
+
+
+def test_kl_form_flow_grpo_is_refused_off_the_flow_sde_sampler(tmp_path, capsys):
+    expect_error(
+        capsys,
+        fast_args(tmp_path, "run", "--ppo.kl-form", "flow_grpo"),
+        "--ppo.kl-form flow_grpo is Flow-GRPO's KL of the flow_sde sampler's step",
+    )
