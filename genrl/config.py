@@ -25,6 +25,7 @@ from genrl.families import FamilyName
 from genrl.plugins import describe
 from genrl.precision import MixedPrecision
 from genrl.samplers.flow_sde import NoiseMode
+from genrl.trackers import TrackerName, check_installed
 
 # The attention projections of every transformer block, where the reference implementations put LoRA.
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -159,6 +160,10 @@ class TrainConfig:
     """How many checkpoints to keep on disk."""
     log_images_every: int = 5
     """Write a sample grid every N epochs (and at the first and last)."""
+    log_with: tuple[TrackerName, ...] = ("tensorboard",)
+    """Experiment trackers (accelerate's log_with) that get the configuration, the metrics and the sample grids, as
+    metrics.jsonl and samples/ always do: tensorboard (RUN/tensorboard), wandb (files under RUN/wandb;
+    WANDB_MODE=offline works), mlflow (MLFLOW_TRACKING_URI); several: --log-with tensorboard wandb."""
 
     # Evaluation
     eval_every: int = 10
@@ -214,6 +219,7 @@ class TrainConfig:
         if self.resolution is not None and self.resolution < 1:
             raise GenrlError(f"--resolution must be a positive number of pixels, got {self.resolution}")
         _check_device(self.device)
+        check_installed(self.log_with)
         positive = [
             "epochs",
             "num_steps",

@@ -38,6 +38,7 @@ _ADDED_SINCE = {
     **{"keep_best": False, "accuracy_floor": 0.8, "early_stop_patience": 0},
     **{"noise_level": None, "noise_mode": "flow_grpo", "sampler": None},
     **{"sde_window": None, "eval_num_steps": None, "global_std": False},
+    **{"log_with": ["tensorboard"]},
 }
 # Settings that config.json held among the run's fields before each algorithm owned its own, and their names there.
 _FLAT_ALGORITHM_FIELDS = {

@@ -1,4 +1,5 @@
-"""The run directory: config.json, metrics.jsonl, samples/, checkpoints/, TensorBoard events.
+"""The run directory: config.json, metrics.jsonl, samples/, checkpoints/, TensorBoard events; the trackers of
+--log-with (genrl/trackers.py) get the same metrics and sample grids.
 
 Every file is written atomically (written beside, then renamed), so a crash leaves the previous version.
 """
@@ -19,6 +20,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from genrl.errors import GenrlError
+from genrl.trackers import Trackers, scalars
 
 MAX_CAPTION_LINES = 8
 """Sample-grid captions are cut to this many lines: a prompt of any length draws a grid of bounded size."""
@@ -76,8 +78,10 @@ class RunDirInUse(GenrlError):
 
 
 class RunDir:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, log_with: tuple[str, ...] = ("tensorboard",)):
         self.path = Path(path)
+        self.tensorboard = "tensorboard" in log_with
+        self.trackers = Trackers(log_with, self.path)
         self.metrics_path = self.path / "metrics.jsonl"
         self.samples = self.path / "samples"
         self.checkpoints = self.path / "checkpoints"
@@ -116,9 +120,11 @@ class RunDir:
         return saved or bool(self.read_metrics())
 
     def create(self, config: dict[str, Any]) -> None:
+        """The folders and config.json; then the trackers' runs start, given the configuration."""
         for folder in (self.path, self.samples, self.checkpoints):
             folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path / "config.json", json.dumps(config, indent=2) + "\n")
+        self.trackers.start(config)
 
     @property
     def writer(self):
@@ -168,13 +174,12 @@ class RunDir:
     def log_metrics(self, metrics: dict[str, Any]) -> None:
         with self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(metrics) + "\n")
-        for key, value in metrics.items():
-            if key != "epoch" and isinstance(value, (int, float)):
+        values = scalars(metrics)  # reward_parts: one curve per part
+        if self.tensorboard:
+            for key, value in values.items():
                 self.writer.add_scalar(key, value, metrics["epoch"])
-            elif isinstance(value, dict):  # e.g. reward_parts: one curve per part
-                for name, v in value.items():
-                    self.writer.add_scalar(f"{key}/{name}", v, metrics["epoch"])
-        self.writer.flush()
+            self.writer.flush()
+        self.trackers.log(values, metrics["epoch"])
 
     def save_samples(
         self, epoch: int, images: torch.Tensor, prompts: list[str], rewards: torch.Tensor, suffix: str = ""
@@ -186,11 +191,14 @@ class RunDir:
         os.replace(tmp, path)
         captions = [{"prompt": p, "reward": r} for p, r in zip(prompts, rewards.tolist())]
         atomic_write_text(path.with_suffix(".json"), json.dumps(captions, indent=1) + "\n")
-        self.writer.add_image(f"samples{suffix}", np.asarray(grid), epoch, dataformats="HWC")
-        self.writer.add_text(f"sample_prompts{suffix}", " | ".join(prompts), epoch)
+        if self.tensorboard:
+            self.writer.add_image(f"samples{suffix}", np.asarray(grid), epoch, dataformats="HWC")
+            self.writer.add_text(f"sample_prompts{suffix}", " | ".join(prompts), epoch)
+        self.trackers.log_image(f"samples{suffix}", np.asarray(grid), epoch)
         return path
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        self.trackers.finish(failed)
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -202,4 +210,4 @@ class RunDir:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        self.close(failed=exc_info[0] is not None)

@@ -366,10 +366,11 @@ def _claim_run_dir(cfg: TrainConfig, processes: Processes) -> tuple[RunDir, Path
     """The run directory, locked by the main process against a second run, and the checkpoint to resume from
     (None: from scratch, also on --resume of a run stopped before its first checkpoint)."""
     if cfg.resume is not None:
-        run = RunDir(cfg.resume)
+        run = RunDir(cfg.resume, cfg.log_with)
     else:  # the main process names the run: the time differs between processes
         run = RunDir(
-            cfg.output_dir / processes.broadcast(cfg.run_name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+            cfg.output_dir / processes.broadcast(cfg.run_name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"),
+            cfg.log_with,
         )
     problem = None
     if processes.is_main:
