@@ -18,9 +18,11 @@ The run is defined on the global batch, and each process takes its slice of it:
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -39,15 +41,36 @@ def launch_command(processes: int, module: str, args: list[str]) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", *accelerate_args(processes, module, args)]
 
 
-def accelerate_args(processes: int, module: str, args: list[str]) -> list[str]:
-    """``accelerate launch``'s arguments for ``python -m module args`` on ``processes`` local processes, on a free
-    port so that concurrent runs do not collide. The values accelerate would otherwise warn it took by default are
-    given (genrl uses no mixed precision nor compilation of accelerate's). The launcher looks at its processes every
-    second rather than every 0.1 s: it stops them all once one has failed, and the others first get time to say
-    why they stop (a closed connection is noticed at once)."""
-    settings = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--monitor_interval", "1"]
-    port = ["--main_process_port", str(free_port())]
-    return ["--multi_gpu", "--num_processes", str(processes), *settings, *port, "-m", module, *args]
+def accelerate_args(
+    processes: int, module: str, args: list[str], machines: Machines | None = None, rendezvous_timeout_s: float = 600
+) -> list[str]:
+    """``accelerate launch``'s arguments for ``python -m module args`` on ``processes`` processes: on this machine, on
+    a free port so that concurrent runs do not collide, or as machine ``machines.rank`` of several (``processes`` in
+    all). The values accelerate would otherwise warn it took by default are given (genrl uses no mixed precision nor
+    compilation of accelerate's). The launcher looks at its processes every second rather than every 0.1 s: it stops
+    them all once one has failed, and the others first get time to say why they stop (a closed connection is noticed
+    at once). On several machines the launchers meet within ``rendezvous_timeout_s`` (torch's static rendezvous: a
+    TCP store on the main machine, 600 s by default) or fail."""
+    settings = ["--mixed_precision", "no", "--dynamo_backend", "no", "--monitor_interval", "1"]
+    if machines is None or machines.count == 1:
+        place = ["--num_machines", "1", "--main_process_port", str(free_port())]
+    else:
+        place = [
+            *("--num_machines", str(machines.count), "--machine_rank", str(machines.rank)),
+            *("--main_process_ip", machines.main_ip, "--main_process_port", str(machines.main_port)),
+            *("--rdzv_conf", f"timeout={math.ceil(rendezvous_timeout_s)}"),
+        ]
+    return ["--multi_gpu", "--num_processes", str(processes), *place, *settings, "-m", module, *args]
+
+
+@dataclass(frozen=True)
+class Machines:
+    """Several machines (nodes) of one run: how many, this one's rank, and where the main one (rank 0) listens."""
+
+    count: int
+    rank: int
+    main_ip: str
+    main_port: int
 
 
 def free_port() -> int:
