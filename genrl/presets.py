@@ -336,6 +336,16 @@ _TABLE: dict[str, dict[str, Any]] = {
         "prompts": "animals_activities",
         "async_rewards": True,
     },
+    # GRPO-Guard (arXiv 2510.22319) on Flow-GRPO's compression preset: RatioNorm and the 1/|dt| step weights, every
+    # other setting Flow-GRPO's. The paper's own clip range, KL and learning rate are not known here (no official code;
+    # verl-omni's example pairs the two with a clip range of 2e-6, Flow-Factory's trainer leaves the weights out).
+    "flow-grpo-guard-compression": {
+        **_FLOW_GRPO,
+        "reward": "jpeg_compressibility",
+        "prompts": "imagenet_animals",
+        "ratio_norm": True,
+        "step_weight": "inverse_dt",
+    },
     "tiny-compression": {**_TINY, "reward": "jpeg_compressibility"},
     "tiny-ddpo-compression": {
         **_TINY,

@@ -133,6 +133,8 @@ _FLOW_GRPO = {
     "clip_range": 1e-4,  # base.py train.clip_range
     "kl_coef": 0.04,  # train.beta
     "kl_form": "flow_grpo",  # train_sd3.py: mean_CHW (mean - mean_ref)^2 / (2 std_dev_t^2), std_dev_t without sqrt(-dt)
+    "ratio_norm": False,  # train_sd3.py: ratio = exp(log_prob - old log_prob)
+    "step_weight": "none",  # ... and every step's loss weighs the same
     "timestep_fraction": 0.99,  # grpo.py train.timestep_fraction: train_sd3.py trains j < int(10 x 0.99) = 9
     "logprob_reduction": "mean",  # sd3_sde_with_logprob.py: log_prob.mean over all but the batch dim
     "lora_rank": 32,  # train_sd3.py LoraConfig(r=32)
@@ -198,6 +200,14 @@ PUBLISHED: dict[str, dict] = {
         "kl_coef": 0.01,
     },
     "flow-grpo-alignment": {**_FLOW_GRPO, "prompts": "animals_activities", "async_rewards": True},
+    # GRPO-Guard (arXiv 2510.22319): Flow-GRPO's configuration with RatioNorm and the 1/|dt| step weights
+    "flow-grpo-guard-compression": {
+        **_FLOW_GRPO,
+        "reward": "jpeg_compressibility",
+        "prompts": "imagenet_animals",
+        "ratio_norm": True,
+        "step_weight": "inverse_dt",
+    },
 }
 RLCM = [name for name in PUBLISHED if name.startswith("rlcm-")]
 

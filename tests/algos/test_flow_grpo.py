@@ -7,19 +7,24 @@ GRPO-Guard, arXiv 2510.22319 (RatioNorm, the 1/|dt| weights), as verl-omni's doc
 github.com/X-GenGroup/Flow-Factory trainers/grpo.py GRPOGuardTrainer computes it.
 """
 
+import json
+import math
+
 import pytest
 import torch
 
 from genrl.adapters.sd3 import FLOW_GRPO_LORA_TARGETS
-from genrl.algos import reinforce
+from genrl.algos import ppo, reinforce
 from genrl.algos.common import PolicyGradientConfig, trained_steps
 from genrl.buffer import TrajectoryBuffer
 from genrl.envs import make_env
 from genrl.policy import add_lora
 from genrl.rewards import jpeg_incompressibility
 from genrl.rollout import SamplingBatch, collect
+from genrl.samplers.flow_sde import flow_sigmas
 from genrl.steps import gaussian_kl
-from tests.helpers import expect_error, fast_args, policy_for, tiny
+from genrl.train import main
+from tests.helpers import expect_error, fast_args, logged_metrics, policy_for, tiny
 
 _DIMS = (1, 2, 3)
 
@@ -188,3 +193,109 @@ def test_kl_form_flow_grpo_is_refused_off_the_flow_sde_sampler(tmp_path, capsys)
         fast_args(tmp_path, "run", "--ppo.kl-form", "flow_grpo"),
         "--ppo.kl-form flow_grpo is Flow-GRPO's KL of the flow_sde sampler's step",
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. GRPO-Guard: RatioNorm and the 1/|dt| step weights
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_ratio_norm_is_the_papers_ratio_on_a_hand_built_step(reduction):
+    """A Gaussian step built by hand (old mean, the step's std s per sample, the noise eps it drew, a moved mean):
+    RatioNorm's log-ratio is log of exp(mean(dmean * eps)) (the paper's normalised ratio), and the paper's form
+    s (log pi - log pi_old) + mse / (2 s) in float64 (Flow-Factory's GRPOGuardTrainer: mse the mean squared
+    difference of the means); Flow-GRPO's own log-ratio is that minus mse / (2 s^2), over s."""
+    gen = torch.Generator().manual_seed(0)
+    shape = (6, 4, 8, 8)
+    old_mean = torch.randn(shape, generator=gen)
+    s = torch.rand(6, 1, 1, 1, generator=gen) * 0.3 + 0.02
+    eps = torch.randn(shape, generator=gen)
+    x_next = old_mean + s * eps
+    mean = old_mean + 0.01 * s * torch.randn(shape, generator=gen)  # the policy moved by a hundredth of a std
+    got = ppo.ratio_norm_log_ratio(mean, old_mean, s, x_next, reduction)
+
+    reduce = (lambda t: t.mean(dim=_DIMS)) if reduction == "mean" else (lambda t: t.sum(dim=_DIMS))
+    m, o, s64, x = mean.double(), old_mean.double(), s.double(), x_next.double()
+    paper = reduce((m - o) * ((x - o) / s64))  # log of exp(mean(dmu . eps)), eps the noise x_next holds
+    torch.testing.assert_close(got.double(), paper, rtol=1e-5, atol=1e-12)
+    torch.testing.assert_close(paper, reduce((m - o) * eps.double()), rtol=1e-4, atol=1e-9)  # the eps drawn
+
+    log_pi = lambda mu: reduce(
+        -((x - mu) ** 2) / (2 * s64**2) - torch.log(s64) - 0.5 * torch.log(torch.tensor(2 * torch.pi))
+    )
+    delta_log_pi, mse = log_pi(m) - log_pi(o), reduce((m - o) ** 2)
+    s_row = s64.flatten()
+    torch.testing.assert_close(delta_log_pi * s_row + mse / (2 * s_row), paper, rtol=1e-7, atol=1e-12)
+    torch.testing.assert_close(delta_log_pi, (paper - mse / (2 * s_row)) / s_row, rtol=1e-7, atol=1e-12)
+    assert torch.equal(ppo.ratio_norm_log_ratio(old_mean, old_mean, s, x_next, reduction), torch.zeros(6))
+
+
+def _chunk_of(buffer, old_means=None):
+    """The buffer's first chunk in the minibatch order of a pass, optionally with other old means."""
+    chunk = next(iter(buffer.minibatches(len(buffer), buffer.num_steps, torch.Generator().manual_seed(0))))[0]
+    if old_means is not None:
+        chunk.old_means = old_means
+    return chunk
+
+
+def test_ratio_norm_is_exactly_one_with_the_sampling_weights_and_moves_with_the_mean():
+    """The first minibatch of an update runs with the weights that sampled: the mean recomputed for a chunk is
+    the stored one, so RatioNorm's ratio is 1 exactly (the plain ratio is 1 to rounding), and ratio_mean_first_
+    minibatch logs it; a moved mean moves it by exp(mean(dmean eps))."""
+    policy, buffer = _flow_policy_and_buffer(num_steps=4)
+    guard = ppo.PPO(ppo.PPOConfig(ratio_norm=True, clip_range=1e-4, adv_clip_max=5))
+    chunk = _chunk_of(buffer)
+    with torch.no_grad():
+        dist = policy.distribution(chunk.obs)
+        log_prob = policy.action_log_prob(dist, chunk.next_latents)
+        torch.testing.assert_close(dist.mean, chunk.old_means, rtol=0, atol=1e-6)
+        chunk.old_means = dist.mean.clone()  # what the same forward pass gives: the sampling weights, exactly
+        _, stats = guard.loss(log_prob, chunk, guard.ratio_norm(policy, dist, chunk))
+    assert stats["ratio_mean"] == 1.0 and stats["ratio_mean_first_minibatch"] == 1.0 and stats["clipfrac"] == 0
+    moved = dist.mean + 1e-3 * dist.std
+    noise = (chunk.next_latents - chunk.old_means) / dist.std
+    with torch.no_grad():
+        ratio = torch.exp(ppo.ratio_norm_log_ratio(moved, chunk.old_means, dist.std, chunk.next_latents))
+    torch.testing.assert_close(ratio, torch.exp((1e-3 * dist.std * noise).mean(dim=_DIMS)))
+
+
+def test_the_step_weight_is_one_over_dt_of_the_flow_schedule_and_weighs_each_pairs_loss():
+    env, policy = _flow_policy_with_lora(num_steps=10)
+    config, size = policy.sampler.scheduler_config, env.latent_shape[-1]
+    sigmas = flow_sigmas(config, 10, **policy.adapter.flow_schedule_options(config, 10, size))  # the scheduler's
+    assert env.timesteps == sigmas[:-1] and env.next_timesteps == sigmas[1:] and sigmas[-1] == 0
+    obs = {"timestep": torch.tensor(sigmas[:-1]), "next_timestep": torch.tensor(sigmas[1:])}
+    weights = ppo.step_weights("inverse_dt", obs)
+    expected = torch.tensor([1 / (a - b) for a, b in zip(sigmas[:-1], sigmas[1:])], dtype=torch.float32)
+    torch.testing.assert_close(weights, expected)
+    assert ppo.step_weights("none", obs) is None
+    gen = torch.Generator().manual_seed(0)
+    log_ratio, advantages = 1e-4 * torch.randn(10, generator=gen), torch.randn(10, generator=gen)
+    loss, ratio = ppo.clipped_surrogate(log_ratio, advantages, 1e-4, 5.0, weights)
+    terms = torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - 1e-4, 1 + 1e-4))
+    torch.testing.assert_close(loss, (terms * expected).mean())
+
+
+def test_step_weights_are_refused_off_the_flow_sde_sampler(tmp_path, capsys):
+    expect_error(
+        capsys,
+        fast_args(tmp_path, "run", "--ppo.step-weight", "inverse_dt"),
+        "--ppo.step-weight inverse_dt weighs the flow_sde sampler's steps",
+    )
+
+
+def test_grpo_guard_trains_on_the_tiny_flow_model(tmp_path):
+    """--ppo.ratio-norm with the step weights, Flow-GRPO's KL and its trained steps: 2 epochs, 2 passes each."""
+    guard = ["--ppo.ratio-norm", "--ppo.step-weight", "inverse_dt", "--ppo.inner-epochs", "2"]
+    flow_grpo = ["--finetune", "lora", "--ppo.kl-coef", "0.04", "--ppo.kl-form", "flow_grpo"]
+    main(
+        fast_args(
+            tmp_path, "guard", "--env", "flow", "--model", "tiny", *guard, *flow_grpo, "--ppo.timestep-fraction", "0.7"
+        )
+    )
+    metrics = logged_metrics(tmp_path / "guard")
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    for m in metrics:
+        assert abs(m["ratio_mean_first_minibatch"] - 1) < 1e-6
+        assert all(math.isfinite(m[key]) for key in ("loss", "kl", "grad_norm", "ratio_mean"))
+    config = json.loads((tmp_path / "guard" / "config.json").read_text())["ppo"]
+    assert config["ratio_norm"] and config["step_weight"] == "inverse_dt" and config["kl_form"] == "flow_grpo"
