@@ -59,16 +59,9 @@ BUILTIN_REWARDS: dict[str, Callable[..., RewardFn]] = {
     "clipscore": _lazy("genrl.rewards.clip", "ClipScore"),
     "pickscore": _lazy("genrl.rewards.clip", "PickScore"),
     "vlm_bertscore": _lazy("genrl.rewards.vlm", "VLMBertScore"),
-    "imagereward": _unavailable(
-        "imagereward",
-        "its package downloads BLIP and its checkpoint from the network when it loads, which cannot work offline; "
-        "wrap it yourself with --reward your_module:function on a machine that has the weights",
-    ),
-    "hpsv2": _unavailable(
-        "hpsv2",
-        "it needs open_clip and downloads its checkpoint when it loads, which cannot work offline; "
-        "wrap it yourself with --reward your_module:function on a machine that has the weights",
-    ),
+    "hpsv2": _lazy("genrl.rewards.hps", "HPSv2"),
+    "imagereward": _lazy("genrl.rewards.imagereward", "ImageReward"),
+    "ocr": _lazy("genrl.rewards.ocr", "OCRReward"),
 }
 
 

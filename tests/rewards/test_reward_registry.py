@@ -56,8 +56,11 @@ def test_entry_point_plugins_take_options(plugins):
         ("jpeg_compressibility=heavy", "is not a number"),
         ("jpeg_compressibility=1,jpeg_compressibility=2", "names a part twice"),
         ("clipscore(model)", "needs a value"),
-        ("imagereward", "not available"),
-        ("hpsv2", "not available"),
+        ("imagereward", "needs ImageReward.pt of the hub repo THUDM/ImageReward"),  # offline, not in the cache
+        ("imagereward(checkpoint=/no/such.pt)", "no checkpoint file '/no/such.pt'"),
+        ("hpsv2", "needs HPS_v2.1_compressed.pt of the hub repo xswu/HPSv2"),
+        ("hpsv2(version=v2.0)", "needs HPS_v2_compressed.pt of the hub repo xswu/HPSv2"),
+        ("hpsv2(version=v3)", "version 'v3' is not one of v2.0, v2.1"),
         ("3 rewards!", "cannot read reward"),
     ],
 )
