@@ -10,6 +10,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
+from genrl.algos.common import PolicyGradientConfig
 from genrl.algos.registry import settings_name
 from genrl.config import RUN_FIELDS, TrainConfig, settings_class
 from genrl.config_sampler import without_other_samplers_settings
@@ -40,6 +41,9 @@ _ADDED_SINCE = {
     **{"sde_window": None, "eval_num_steps": None, "global_std": False},
     **{"log_with": ["tensorboard"]},
 }
+# Settings of PPO and REINFORCE (and of the classes built on PolicyGradientConfig) added after runs were saved without
+# them, and the value that reproduces those runs.
+_SETTINGS_ADDED_SINCE = {"kl_form": "closed", "timestep_fraction": 1.0, "ratio_norm": False, "step_weight": "none"}
 # Settings that config.json held among the run's fields before each algorithm owned its own, and their names there.
 _FLAT_ALGORITHM_FIELDS = {
     **{name: name for name in ("train_batch_size", "gradient_accumulation_steps", "steps_per_forward")},
@@ -76,6 +80,8 @@ def read_config(path: Path) -> TrainConfig:
         if not isinstance(settings, dict):
             raise GenrlError(f"{path} has no '{name}' object of algorithm settings; restore it or start a new run")
         fields = tuple(f.name for f in dataclasses.fields(config))
+        if issubclass(config, PolicyGradientConfig):
+            settings = {**{k: v for k, v in _SETTINGS_ADDED_SINCE.items() if k in fields}, **settings}
         values["algo_config"] = config(**_checked_fields(path, settings, config, fields, f"{name}."))
     return TrainConfig(**values)
 

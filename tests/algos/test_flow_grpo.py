@@ -17,8 +17,11 @@ from genrl.adapters.sd3 import FLOW_GRPO_LORA_TARGETS
 from genrl.algos import ppo, reinforce
 from genrl.algos.common import PolicyGradientConfig, trained_steps
 from genrl.buffer import TrajectoryBuffer
+from genrl.config import replace_config
+from genrl.config_file import config_to_json, read_config
 from genrl.envs import make_env
 from genrl.policy import add_lora
+from genrl.presets import PRESETS
 from genrl.rewards import jpeg_incompressibility
 from genrl.rollout import SamplingBatch, collect
 from genrl.samplers.flow_sde import flow_sigmas
@@ -299,3 +302,15 @@ def test_grpo_guard_trains_on_the_tiny_flow_model(tmp_path):
         assert all(math.isfinite(m[key]) for key in ("loss", "kl", "grad_norm", "ratio_mean"))
     config = json.loads((tmp_path / "guard" / "config.json").read_text())["ppo"]
     assert config["ratio_norm"] and config["step_weight"] == "inverse_dt" and config["kl_form"] == "flow_grpo"
+
+
+@pytest.mark.parametrize("algo", ["ppo", "reinforce"])
+def test_a_config_json_saved_before_these_settings_resumes_as_it_ran(tmp_path, algo):
+    """Runs saved before kl_form, timestep_fraction, ratio_norm and step_weight existed trained with the closed KL,
+    every step, the plain ratio and equal weights: config.json without them reads back as those."""
+    cfg = replace_config(PRESETS["shapes-flow-compression"], algo=algo)
+    data = config_to_json(cfg)
+    for key in ("kl_form", "timestep_fraction", "ratio_norm", "step_weight"):
+        data[algo].pop(key, None)
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    assert read_config(tmp_path / "config.json") == cfg
