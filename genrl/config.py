@@ -178,6 +178,10 @@ class TrainConfig:
     eval_num_steps: int | None = None
     """Steps the evaluation set is sampled with (default: --num-steps). Flow-GRPO trains with 10 and evaluates with
     40; the family's other options (a flow --sde-window) hold for the evaluation too."""
+    eval_ode: bool = False
+    """--env flow: sample the evaluation set with the flow ODE (every step the deterministic Euler step, the SDE's
+    noise level 0), as Flow-GRPO evaluates; training still samples the SDE. Default: the policy's own steps, with
+    the evaluation set's fixed noise."""
     keep_best: bool = False
     """Keep checkpoints/best: the checkpoint of the evaluation with the best eval reward among those that keep
     --accuracy-floor of the starting prompt accuracy (the untrained model at epoch 0 included). Needs --eval-every."""
@@ -238,6 +242,8 @@ class TrainConfig:
             raise GenrlError(
                 f"--eval-num-steps must be at least 1 (or left out: --num-steps), got {self.eval_num_steps}"
             )
+        if self.eval_ode and self.env != "flow":
+            raise GenrlError(f"--eval-ode samples the flow ODE, and --env {self.env} is not a flow model; drop it")
         if self.eval_every < 0 or self.eval_size < 1 or self.eval_size % self.sample_batch_size:
             raise GenrlError(
                 f"--eval-every must be 0 or more and --eval-size a positive multiple of --sample-batch-size "

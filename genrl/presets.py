@@ -114,9 +114,10 @@ _DDPO = dict(  # dgx.py compressibility(), incompressibility(); the rows change 
 # preset here.
 # Like it, it trains on the first 9 of the 10 noised steps (train.timestep_fraction 0.99: its loop runs j = 0 ..
 # int(10 x 0.99) - 1, so the last step, to the data, is sampled but not trained).
-# Not representable here: its evaluation samples the ODE (here the policy's SDE with the evaluation set's fixed noise),
-# samples its evaluations from an EMA of the LoRA (decay 0.9 every 8 steps), tokenizes 128 T5 tokens (here
-# diffusers' 256), and runs until stopped (here 1000 epochs).
+# Like it, it evaluates with the ODE (train_sd3.py eval(): noise_level=0) at 40 steps.
+# Not representable here: it samples its evaluations from an EMA of the LoRA (decay min((1 + step) / (10 + step),
+# 0.9), stepped every 8th optimizer step), tokenizes 128 T5 tokens (here diffusers' 256), and runs until stopped (here
+# 1000 epochs).
 _FLOW_GRPO = dict(
     model="stabilityai/stable-diffusion-3.5-medium",
     env="flow",
@@ -124,6 +125,7 @@ _FLOW_GRPO = dict(
     finetune="lora",
     num_steps=10,
     eval_num_steps=40,
+    eval_ode=True,
     guidance_scale=4.5,
     noise_level=0.7,
     noise_mode="flow_grpo",

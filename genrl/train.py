@@ -82,7 +82,7 @@ class Training:
     ema: EMAModel | None = None
     background_reward: tuple[CheckedReward, ThreadPoolExecutor] | None = None
     eval_batches: list[SamplingBatch] = field(default_factory=list)
-    eval_env: DenoisingEnv | None = None  # where --eval-num-steps differs from --num-steps
+    eval_env: DenoisingEnv | None = None  # where --eval-num-steps differs from --num-steps, or with --eval-ode
     counters: dict = field(default_factory=lambda: {"epoch": 0, "reward_queries": 0, "wall_time_s": 0.0})
 
 
@@ -120,7 +120,7 @@ def build(cfg: TrainConfig) -> Training:
     )
     if cfg.eval_every > 0:
         training.eval_batches = _evaluation_set(cfg, load_prompts(cfg.eval_prompts or cfg.prompts))
-        if cfg.eval_num_steps not in (None, cfg.num_steps):
+        if cfg.eval_num_steps not in (None, cfg.num_steps) or cfg.eval_ode:
             training.eval_env = _evaluation_env(cfg, pipe, parts.reward)
     if cfg.advantages == "per_prompt" and cfg.group_size == 1:  # groups bring their own statistics
         training.tracker = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)
@@ -308,19 +308,23 @@ def _evaluation_set(cfg: TrainConfig, pool: list[str]) -> list[SamplingBatch]:
 
 
 def _evaluation_env(cfg: TrainConfig, pipe: object, reward: CheckedReward) -> DenoisingEnv:
-    """The env the evaluation set is sampled in at ``--eval-num-steps``: the training env's, with other steps."""
+    """The env the evaluation set is sampled in at ``--eval-num-steps``: the training env's, with other steps; with
+    ``--eval-ode`` every step deterministic (a flow sampler's step at noise 0 is the ODE's Euler step)."""
     try:
-        return make_env(
+        env = make_env(
             cfg.env,
             cfg.sample_batch_size,
             pipe,
             None if cfg.async_rewards else reward,
-            cfg.eval_num_steps,
+            cfg.eval_num_steps or cfg.num_steps,
             cfg.resolution,
             **sampler_options(cfg),
         )
     except ValueError as exc:
-        raise GenrlError(f"--eval-num-steps {cfg.eval_num_steps}: {exc}") from None
+        raise GenrlError(f"--eval-num-steps {cfg.eval_num_steps or cfg.num_steps}: {exc}") from None
+    if cfg.eval_ode:
+        env.stochastic = [False] * env.num_steps
+    return env
 
 
 def _evaluation_due(cfg: TrainConfig, epoch: int, last: bool) -> bool:

@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 
 from genrl.adapters.sd3 import FLOW_GRPO_LORA_TARGETS
 from genrl.algos import ppo, reinforce
@@ -26,7 +27,7 @@ from genrl.rewards import jpeg_incompressibility
 from genrl.rollout import SamplingBatch, collect
 from genrl.samplers.flow_sde import flow_sigmas
 from genrl.steps import gaussian_kl
-from genrl.train import main
+from genrl.train import build, evaluate, main
 from tests.helpers import expect_error, fast_args, logged_metrics, policy_for, tiny
 
 _DIMS = (1, 2, 3)
@@ -314,3 +315,48 @@ def test_a_config_json_saved_before_these_settings_resumes_as_it_ran(tmp_path, a
         data[algo].pop(key, None)
     (tmp_path / "config.json").write_text(json.dumps(data))
     assert read_config(tmp_path / "config.json") == cfg
+
+
+# --------------------------------------------------------------------------------------------------
+# 5. Evaluation with the ODE: --eval-ode
+# --------------------------------------------------------------------------------------------------
+def test_eval_ode_samples_the_evaluation_set_with_diffusers_euler_steps():
+    """The evaluation set's first batch under --eval-ode ends where diffusers' FlowMatchEulerDiscreteScheduler's
+    deterministic steps take the same initial noise (Flow-GRPO's noise_level=0 evaluation), at --eval-num-steps;
+    without it, the policy's SDE ends elsewhere."""
+    cfg = replace_config(
+        PRESETS["tiny-compression"],
+        env="flow",
+        num_steps=3,
+        eval_num_steps=4,
+        sample_batch_size=2,
+        eval_every=1,
+        eval_size=2,
+        group_size=1,
+        train_batch_size=2,
+        eval_ode=True,
+    )
+    cfg.validate()
+    t = build(cfg)
+    _, shown = evaluate(t)
+    assert shown.steps == []  # nothing stochastic: no step to train
+
+    batch, env, adapter = t.eval_batches[0], t.eval_env, t.policy.adapter
+    obs, _ = env.reset(seed=batch.noise_seed, options={"prompts": batch.prompts})
+    x, embeds, negative = obs["latents"], obs["prompt_embeds"], obs["negative_prompt_embeds"]
+    config = t.policy.sampler.scheduler_config
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
+    scheduler.set_timesteps(4, **adapter.flow_schedule_options(config, 4, env.latent_shape[-1]))
+    with torch.no_grad():
+        for i, timestep in enumerate(scheduler.timesteps):
+            sigma = torch.full((len(x),), float(scheduler.sigmas[i]))
+            x = scheduler.step(adapter.guided(x, sigma, embeds, negative, cfg.guidance_scale), timestep, x).prev_sample
+    torch.testing.assert_close(shown.final_latents, x, rtol=1e-5, atol=1e-6)
+
+    sde = build(replace_config(cfg, eval_ode=False))
+    _, stochastic = evaluate(sde)
+    assert len(stochastic.steps) == 4 and (stochastic.final_latents - x).abs().max() > 1e-2
+
+
+def test_eval_ode_is_refused_off_the_flow_family(tmp_path, capsys):
+    expect_error(capsys, fast_args(tmp_path, "run", "--eval-ode"), "--eval-ode samples the flow ODE")
