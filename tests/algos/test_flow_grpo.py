@@ -307,12 +307,14 @@ def test_grpo_guard_trains_on_the_tiny_flow_model(tmp_path):
 
 @pytest.mark.parametrize("algo", ["ppo", "reinforce"])
 def test_a_config_json_saved_before_these_settings_resumes_as_it_ran(tmp_path, algo):
-    """Runs saved before kl_form, timestep_fraction, ratio_norm and step_weight existed trained with the closed KL,
-    every step, the plain ratio and equal weights: config.json without them reads back as those."""
+    """Runs saved before kl_form, timestep_fraction, ratio_norm, step_weight and eval_ode existed trained with the
+    closed KL, every step, the plain ratio and equal weights, and evaluated the policy's own steps: config.json
+    without them reads back as those."""
     cfg = replace_config(PRESETS["shapes-flow-compression"], algo=algo)
     data = config_to_json(cfg)
     for key in ("kl_form", "timestep_fraction", "ratio_norm", "step_weight"):
         data[algo].pop(key, None)
+    del data["eval_ode"]
     (tmp_path / "config.json").write_text(json.dumps(data))
     assert read_config(tmp_path / "config.json") == cfg
 
