@@ -1,14 +1,18 @@
-"""Prompt sets: built-in names or a text file with one prompt per line.
+"""Prompt sets: built-in names, a text file with one prompt per line, or a ``.jsonl`` file of records that carry
+a ``prompt`` and the reward's metadata for it (GenEval's format: ``{"tag", "include", "prompt"}``).
 
 Built-in lists are copied from the project's shared data (``simple_animals`` and the ImageNet class names
 that DDPO uses; ``imagenet_animals`` is classes 0-397, the animals). ``shapes_train`` and ``shapes_heldout`` are
-the embedded shapes world's prompts, without and with its held-out (colour, shape) pairs.
+the embedded shapes world's prompts, without and with its held-out (colour, shape) pairs. ``geneval`` is GenEval's
+553 evaluation prompts with their metadata (``load_prompt_records``), which the ``geneval`` reward reads.
 """
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from genrl.errors import GenrlError
 
@@ -43,12 +47,42 @@ BUILTIN_PROMPTS = {
     "animals_activities": _animals_activities,
     "shapes_train": lambda: _shapes(held_out=False),
     "shapes_heldout": lambda: _shapes(held_out=True),
+    "geneval": lambda: [r["prompt"] for r in _geneval_records()],
 }
 
 
-def load_prompts(spec: str) -> list[str]:
-    if spec in BUILTIN_PROMPTS:
-        return BUILTIN_PROMPTS[spec]()
+def _geneval_records() -> list[dict[str, Any]]:
+    text = resources.files("genrl").joinpath("data", "prompts", "geneval_metadata.jsonl").read_text(encoding="utf-8")
+    return _records(text, "geneval")
+
+
+def _records(text: str, spec: str) -> list[dict[str, Any]]:
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise GenrlError(
+                f"prompt file '{spec}': line {number} is not JSON ({exc}); write one record a line"
+            ) from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
+            raise GenrlError(f'prompt file \'{spec}\': line {number} has no "prompt" string; write {{"prompt": ...}}')
+        records.append(record)
+    return records
+
+
+def load_prompt_records(spec: str) -> list[dict[str, Any]] | None:
+    """The records (``prompt`` and metadata) of a ``.jsonl`` prompt file or of ``geneval``; None for other sets."""
+    if spec == "geneval":
+        return _geneval_records()
+    if spec in BUILTIN_PROMPTS or not spec.endswith(".jsonl"):
+        return None
+    return _records(_read(spec), spec)
+
+
+def _read(spec: str) -> str:
     path = Path(spec)
     if not path.is_file():
         raise GenrlError(
@@ -56,12 +90,21 @@ def load_prompts(spec: str) -> list[str]:
             "pass a set name or a text file with one prompt per line"
         )
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise GenrlError(
             f"prompt file '{spec}' is not UTF-8 text (byte {exc.start}); save it as UTF-8, one prompt per line"
         ) from None
-    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def load_prompts(spec: str) -> list[str]:
+    if spec in BUILTIN_PROMPTS:
+        return BUILTIN_PROMPTS[spec]()
+    text = _read(spec)
+    if spec.endswith(".jsonl"):
+        prompts = [r["prompt"].strip() for r in _records(text, spec)]
+    else:
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise GenrlError(f"prompt file '{spec}' has no prompts; write one prompt per line")
     longest = max(range(len(prompts)), key=lambda i: len(prompts[i]))

@@ -59,6 +59,8 @@ BUILTIN_REWARDS: dict[str, Callable[..., RewardFn]] = {
     "clipscore": _lazy("genrl.rewards.clip", "ClipScore"),
     "pickscore": _lazy("genrl.rewards.clip", "PickScore"),
     "vlm_bertscore": _lazy("genrl.rewards.vlm", "VLMBertScore"),
+    "geneval": _lazy("genrl.rewards.geneval", "GenEval"),
+    "vlm_judge": _lazy("genrl.rewards.judge", "VLMJudge"),
     "hpsv2": _lazy("genrl.rewards.hps", "HPSv2"),
     "imagereward": _lazy("genrl.rewards.imagereward", "ImageReward"),
     "ocr": _lazy("genrl.rewards.ocr", "OCRReward"),

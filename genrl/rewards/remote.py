@@ -136,20 +136,21 @@ class _HTTPSHandler(_DeadlineHandler, urllib.request.HTTPSHandler):
     pass
 
 
-def parse_url(url: str, defaults: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The server's base URL and the client's settings (``defaults`` overridden by the query), each checked."""
+def parse_url(url: str, defaults: dict[str, Any], form: str = URL_FORM) -> tuple[str, dict[str, Any]]:
+    """The server's base URL and the client's settings (``defaults`` overridden by the query), each checked;
+    ``form`` is how the messages say to write the URL."""
     try:
         parsed = urllib.parse.urlsplit(url)
         parsed.port  # noqa: B018 -- raises ValueError for a port that is not a number in 0..65535
     except ValueError as exc:
-        raise GenrlError(f"reward server URL '{url}' is not a URL ({exc}); write it as {URL_FORM}") from None
+        raise GenrlError(f"reward server URL '{url}' is not a URL ({exc}); write it as {form}") from None
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise GenrlError(f"reward server URL '{url}' names no http(s) host; write it as {URL_FORM}")
+        raise GenrlError(f"reward server URL '{url}' names no http(s) host; write it as {form}")
     query = dict(urllib.parse.parse_qsl(parsed.query))
     unknown = sorted(set(query) - set(SETTINGS))
     if unknown:
         raise GenrlError(f"reward server URL '{url}': unknown settings {unknown}; use timeout, retries, backoff")
-    settings = {name: _setting(url, name, query.get(name, default)) for name, default in defaults.items()}
+    settings = {name: _setting(url, name, query.get(name, default), form) for name, default in defaults.items()}
     base = urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, parsed.path.rstrip("/"), "", ""))
     return base, settings
 
@@ -162,27 +163,26 @@ SETTINGS: dict[str, tuple[type, Any, str]] = {
 }
 
 
-def _setting(url: str, name: str, raw: Any) -> Any:
+def _setting(url: str, name: str, raw: Any, form: str = URL_FORM) -> Any:
     kind, valid, described = SETTINGS[name]
     try:
         value = kind(raw)
     except (TypeError, ValueError):
         value = None
     if value is None or not valid(value):
-        raise GenrlError(f"reward server URL '{url}': {name}={raw} must be {described}; write it as {URL_FORM}")
+        raise GenrlError(f"reward server URL '{url}': {name}={raw} must be {described}; write it as {form}")
     return value
 
 
-class RemoteReward:
-    """``url`` may carry the client's settings: http://host:port?timeout=120&retries=3&backoff=0.5"""
+class JsonClient:
+    """JSON over HTTP with the reward client's rules: each attempt ends by one deadline ``timeout`` from its start;
+    tries up to ``retries`` times, after ``backoff`` x 2^k seconds, where no answer came or the server said "not now"
+    (``RETRIED_STATUSES``); any other error answer ends the call at once. Subclasses word the failures."""
 
-    differentiable = False
-
-    def __init__(self, url: str, timeout: float = 120.0, retries: int = 3, backoff: float = 0.5):
-        self.url, settings = parse_url(url, {"timeout": timeout, "retries": retries, "backoff": backoff})
-        self.timeout, self.retries, self.backoff = settings["timeout"], settings["retries"], settings["backoff"]
+    def __init__(self, url: str, timeout: float, retries: int, backoff: float, headers: dict[str, str] | None = None):
+        self.url, self.timeout, self.retries, self.backoff = url, timeout, retries, backoff
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
         self._opener = urllib.request.build_opener(_HTTPHandler, _HTTPSHandler)
-        self.info = self._request("GET", "/info", None, timeout=min(self.timeout, 10.0))
 
     def _request(self, method: str, path: str, data: bytes | None, timeout: float) -> dict:
         last = ""
@@ -201,19 +201,41 @@ class RemoteReward:
                 reason = getattr(exc, "reason", exc)
                 timed_out = isinstance(reason, TimeoutError) or "timed out" in str(reason)
                 last = f"timed out: no full answer within {timeout:g} s" if timed_out else str(reason)
-        raise GenrlError(
-            f"reward server {self.url} failed {self.retries} times ({last}); check that it runs: "
-            "python -m genrl.rewards.serve --reward NAME --port PORT"
-        )
+        raise GenrlError(self._gave_up(last))
+
+    def _gave_up(self, last: str) -> str:
+        """The message once every try went unanswered (``last``: the last try's reason)."""
+        raise NotImplementedError
 
     def _exchange(self, method: str, path: str, data: bytes | None, timeout: float) -> bytes:
         """The answer's body; connecting, sending and reading it all end by one deadline, ``timeout`` from now."""
-        request = urllib.request.Request(
-            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=self.headers)
         request.deadline = time.monotonic() + timeout  # type: ignore[attr-defined]  # read by _DeadlineHandler
         with self._opener.open(request, timeout=timeout) as response:
             return response.read()
+
+    def _failure(self, status: int, message: str) -> str:
+        raise NotImplementedError
+
+    def _json(self, body: bytes) -> dict:
+        raise NotImplementedError
+
+
+class RemoteReward(JsonClient):
+    """``url`` may carry the client's settings: http://host:port?timeout=120&retries=3&backoff=0.5"""
+
+    differentiable = False
+
+    def __init__(self, url: str, timeout: float = 120.0, retries: int = 3, backoff: float = 0.5):
+        url, settings = parse_url(url, {"timeout": timeout, "retries": retries, "backoff": backoff})
+        super().__init__(url, settings["timeout"], settings["retries"], settings["backoff"])
+        self.info = self._request("GET", "/info", None, timeout=min(self.timeout, 10.0))
+
+    def _gave_up(self, last: str) -> str:
+        return (
+            f"reward server {self.url} failed {self.retries} times ({last}); check that it runs: "
+            "python -m genrl.rewards.serve --reward NAME --port PORT"
+        )
 
     def _failure(self, status: int, message: str) -> str:
         if status == 422:  # the reward failed on the server; its message names the reward and the fix
@@ -277,8 +299,10 @@ def _is_number(value: Any) -> bool:
 def _error_message(error: urllib.error.HTTPError) -> str:
     """The server's ``{"error": ...}`` in one line, or the HTTP reason where the body is not ours."""
     try:
-        body = error.read(65536)
-        message = json.loads(body)["error"]
+        body = json.loads(error.read(65536))
+        message = body["error"] if "error" in body else body["message"]  # OpenAI-style servers: top-level too
+        if isinstance(message, dict):  # the OpenAI API's {"error": {"message": ..., "type": ...}}
+            message = message["message"]
     except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError):
         message = error.reason
     lines = str(message).strip().splitlines()
