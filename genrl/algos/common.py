@@ -54,8 +54,8 @@ class OneProcess:
 
 
 @dataclass
-class PolicyGradientConfig:
-    """The settings of the minibatch loop that PPO and REINFORCE share."""
+class MinibatchConfig:
+    """The settings of the minibatch loop (``global_minibatches``) that PPO, REINFORCE and DiffusionNFT share."""
 
     train_batch_size: int = 8
     """Trajectories per minibatch (per process)."""
@@ -67,6 +67,12 @@ class PolicyGradientConfig:
     """Advantages are clamped to [-adv_clip_max, adv_clip_max]."""
     max_grad_norm: float = 5.0
     """The gradient is clipped to this norm before each optimizer step."""
+
+
+@dataclass
+class PolicyGradientConfig(MinibatchConfig):
+    """The settings that PPO and REINFORCE share: the minibatch loop's, the KL penalty, the trained steps."""
+
     kl_coef: float = 0.0
     """Penalty on the per-step KL to the frozen model (the LoRA switched off), in kl-form's form; logged as kl."""
     kl_form: KLForm = "closed"
@@ -105,17 +111,20 @@ def check_settings(config: Any, run: Any, positive: tuple[str, ...] = ()) -> Non
         )
 
 
-def check_policy_gradient(config: PolicyGradientConfig, run: Any) -> None:
-    check_settings(
-        config,
-        run,
-        ("train_batch_size", "gradient_accumulation_steps", "steps_per_forward", "adv_clip_max", "max_grad_norm"),
-    )
+def check_minibatches(config: MinibatchConfig, run: Any, positive: tuple[str, ...] = ()) -> None:
+    """``check_settings`` with the minibatch loop's settings (and ``positive``) above 0 and minibatches that divide
+    the epoch's samples."""
+    loop = ("train_batch_size", "gradient_accumulation_steps", "steps_per_forward", "adv_clip_max", "max_grad_norm")
+    check_settings(config, run, (*loop, *positive))
     if run.samples_per_epoch % config.train_batch_size:
         raise GenrlError(
             f"{flag(run, 'train_batch_size')} {config.train_batch_size} must divide the {run.samples_per_epoch} "
             "samples per epoch (--sample-batch-size x --batches-per-epoch)"
         )
+
+
+def check_policy_gradient(config: PolicyGradientConfig, run: Any) -> None:
+    check_minibatches(config, run)
     if not 0 < config.timestep_fraction <= 1:
         raise GenrlError(f"{flag(run, 'timestep_fraction')} must be in (0, 1], got {config.timestep_fraction}")
     if config.kl_form == "flow_grpo" and sampler_name(run) != "flow_sde":
@@ -217,7 +226,7 @@ class Minibatch:
 
 def global_minibatches(
     buffer: TrajectoryBuffer,
-    config: PolicyGradientConfig,
+    config: MinibatchConfig,
     generator: torch.Generator,
     processes: Collective,
     pass_index: int = 0,

@@ -44,9 +44,8 @@ import torch
 from genrl.algos.base import EpochBatch
 from genrl.algos.common import (
     EpochMeans,
-    PolicyGradientConfig,
-    check_policy_gradient,
-    check_settings,
+    MinibatchConfig,
+    check_minibatches,
     flag,
     global_minibatches,
     optimizer_step,
@@ -58,7 +57,7 @@ from genrl.rollout import Rollout
 
 
 @dataclass
-class NFTConfig(PolicyGradientConfig):
+class NFTConfig(MinibatchConfig):
     beta: float = 1.0
     """How far the implicit policies sit from the old one (eq. 6; the official SD3.5 value, 0.1 for OCR)."""
     adv_clip_max: float = 5.0
@@ -112,8 +111,7 @@ class NFT:
         self.optimizer_steps = 0
 
     def validate(self, run: Any) -> None:
-        check_policy_gradient(self.config, run)
-        check_settings(self.config, run, ("beta", "timestep_fraction"))
+        check_minibatches(self.config, run, ("beta", "timestep_fraction"))
         cfg = self.config
         if cfg.timestep_fraction > 1:
             raise GenrlError(f"{flag(run, 'timestep_fraction')} must be in (0, 1], got {cfg.timestep_fraction}")
