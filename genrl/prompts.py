@@ -82,6 +82,15 @@ def load_prompt_records(spec: str) -> list[dict[str, Any]] | None:
     return _records(_read(spec), spec)
 
 
+def metadata_by_prompt(spec: str) -> dict[str, dict[str, Any]] | None:
+    """Each prompt's metadata (its record less ``prompt``), which the reward receives beside it; None for a set
+    without records."""
+    records = load_prompt_records(spec)
+    if records is None:
+        return None
+    return {r["prompt"].strip(): {k: v for k, v in r.items() if k != "prompt"} for r in records}
+
+
 def _read(spec: str) -> str:
     path = Path(spec)
     if not path.is_file():

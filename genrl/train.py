@@ -19,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ from genrl.envs.actions import NonFiniteAction
 from genrl.errors import GenrlError
 from genrl.policy import DenoisingPolicy
 from genrl.precision import NO_SCALING, LossScaling
-from genrl.prompts import load_prompts
+from genrl.prompts import load_prompts, metadata_by_prompt
 from genrl.rewards.base import CheckedReward
 from genrl.rewards.shapes import is_shapes_prompt, shapes_alignment
 from genrl.rollout import Rollout, SamplingBatch, collect
@@ -82,6 +83,8 @@ class Training:
     ema: EMAModel | None = None
     background_reward: tuple[CheckedReward, ThreadPoolExecutor] | None = None
     eval_batches: list[SamplingBatch] = field(default_factory=list)
+    prompt_metadata: dict[str, dict[str, Any]] | None = None
+    """Each training prompt's metadata for the reward (a .jsonl prompt set's records); None: every prompt's is empty."""
     eval_env: DenoisingEnv | None = None  # where --eval-num-steps differs from --num-steps, or with --eval-ode
     counters: dict = field(default_factory=lambda: {"epoch": 0, "reward_queries": 0, "wall_time_s": 0.0})
 
@@ -117,9 +120,11 @@ def build(cfg: TrainConfig) -> Training:
         get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=0, num_training_steps=cfg.epochs),
         loss_scaling=LossScaling(cfg.mixed_precision, processes.device),
         background_reward=background,
+        prompt_metadata=metadata_by_prompt(cfg.prompts),
     )
     if cfg.eval_every > 0:
-        training.eval_batches = _evaluation_set(cfg, load_prompts(cfg.eval_prompts or cfg.prompts))
+        eval_prompts = cfg.eval_prompts or cfg.prompts
+        training.eval_batches = _evaluation_set(cfg, load_prompts(eval_prompts), metadata_by_prompt(eval_prompts))
         if cfg.eval_num_steps not in (None, cfg.num_steps) or cfg.eval_ode:
             training.eval_env = _evaluation_env(cfg, pipe, parts.reward)
     if cfg.advantages == "per_prompt" and cfg.group_size == 1:  # groups bring their own statistics
@@ -164,20 +169,26 @@ def _global_prompts(cfg: TrainConfig, prompt_pool: list[str], epoch: int, batch:
     return [prompt_pool[i] for i in picks for _ in range(cfg.group_size)]
 
 
-def _sampling_batches(cfg: TrainConfig, prompt_pool: list[str], epoch: int, processes: Processes) -> list:
-    """This process's share of the epoch's sampling batches."""
+def _sampling_batches(
+    cfg: TrainConfig,
+    prompt_pool: list[str],
+    epoch: int,
+    processes: Processes,
+    metadata: dict[str, dict[str, Any]] | None = None,
+) -> list:
+    """This process's share of the epoch's sampling batches, with each prompt's ``metadata`` where there is some."""
     rows = processes.noise_slice(cfg.sample_batch_size)
-    return [
-        SamplingBatch(
-            _global_prompts(cfg, prompt_pool, epoch, b, processes.count)[
-                rows.offset : rows.offset + cfg.sample_batch_size
-            ],
-            derived_seed(cfg.seed, epoch, b, 1),
-            derived_seed(cfg.seed, epoch, b, 2),
-            rows,
-        )
-        for b in range(cfg.batches_per_epoch)
-    ]
+    batches = []
+    for b in range(cfg.batches_per_epoch):
+        prompts = _global_prompts(cfg, prompt_pool, epoch, b, processes.count)
+        prompts = prompts[rows.offset : rows.offset + cfg.sample_batch_size]
+        seeds = derived_seed(cfg.seed, epoch, b, 1), derived_seed(cfg.seed, epoch, b, 2)
+        batches.append(SamplingBatch(prompts, *seeds, rows, _metadata_of(prompts, metadata)))
+    return batches
+
+
+def _metadata_of(prompts: list[str], metadata: dict[str, dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    return None if metadata is None else [metadata.get(p.strip(), {}) for p in prompts]
 
 
 def _collect(
@@ -216,7 +227,7 @@ def epoch_batch(t: Training, epoch: int) -> EpochBatch:
         return compute_advantages(prompts, rewards, t.tracker, cfg.group_size, cfg.group_std, cfg.global_std)
 
     return EpochBatch(
-        batches=_sampling_batches(cfg, t.prompt_pool, epoch, t.processes),
+        batches=_sampling_batches(cfg, t.prompt_pool, epoch, t.processes, t.prompt_metadata),
         sampler=_sampler(t, epoch),
         advantages_of=advantages_of,
         processes=t.processes,
@@ -295,13 +306,18 @@ def _diverged(epoch: int, what: str, cfg: TrainConfig) -> GenrlError:
 _EVAL_SEED = 20261123  # not --seed: every run, of any method or seed, is judged on the same images' noise
 
 
-def _evaluation_set(cfg: TrainConfig, pool: list[str]) -> list[SamplingBatch]:
+def _evaluation_set(
+    cfg: TrainConfig, pool: list[str], metadata: dict[str, dict[str, Any]] | None = None
+) -> list[SamplingBatch]:
     rng = np.random.default_rng(derived_seed(_EVAL_SEED, 0))
     prompts = [pool[i] for i in rng.choice(len(pool), size=cfg.eval_size, replace=len(pool) < cfg.eval_size)]
     size = cfg.sample_batch_size
     return [
         SamplingBatch(
-            prompts[start : start + size], derived_seed(_EVAL_SEED, start, 1), derived_seed(_EVAL_SEED, start, 2)
+            prompts[start : start + size],
+            derived_seed(_EVAL_SEED, start, 1),
+            derived_seed(_EVAL_SEED, start, 2),
+            metadata=_metadata_of(prompts[start : start + size], metadata),
         )
         for start in range(0, cfg.eval_size, size)
     ]
@@ -411,7 +427,7 @@ def log_epoch(t: Training, run: RunDir, rollouts: list[Rollout], metrics: dict, 
 
 def _sample_with_ema(t: Training, epoch: int) -> Rollout:
     """The evaluation batch (the same prompts and noise at every epoch) sampled with the EMA weights."""
-    batch = _sampling_batches(t.cfg, t.prompt_pool, epoch=0, processes=t.processes)[0]  # training starts at epoch 1
+    batch = _sampling_batches(t.cfg, t.prompt_pool, 0, t.processes, t.prompt_metadata)[0]  # training starts at epoch 1
     with ema_weights(t.ema, t.policy.trainable_parameters()):
         return _sampler(t, epoch)(batch).resolve()
 
