@@ -7,7 +7,8 @@ it; ``act(obs, generator)`` samples one. ``make_policy(env, ...)`` pairs the env
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -84,11 +85,18 @@ class DenoisingPolicy(torch.nn.Module):
     @torch.no_grad()
     def reference_distribution(self, obs: dict[str, torch.Tensor]) -> StepDistribution:
         """The frozen model's step: the same denoiser with the LoRA adapter switched off, no second copy."""
+        with self.reference():
+            return self.distribution(obs)
+
+    @contextmanager
+    def reference(self) -> Iterator[None]:
+        """The frozen model inside the block (the LoRA switched off, no gradient), the policy again after it."""
         if not getattr(self.denoiser, "peft_config", None):
             raise RuntimeError("the reference policy needs a LoRA adapter to switch off")
         self.denoiser.disable_adapters()
         try:
-            return self.distribution(obs)
+            with torch.no_grad():
+                yield
         finally:
             self.denoiser.enable_adapters()
 

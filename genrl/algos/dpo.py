@@ -14,7 +14,7 @@ Lowering the chosen's error below the reference's (d < 0) lowers the loss: it is
 preference with the implicit reward r(x0) = -beta/2 (err(theta) - err(ref)). No SFT term. The prediction is the
 conditional one (no classifier-free guidance in the training forward, as in flow_grpo's train_sd3_dpo.py; a model
 with embedded guidance, FLUX's, gets the run's --guidance-scale as sampling does). The reference is the same
-denoiser with its LoRA switched off (``DenoisingPolicy.reference_distribution``'s way), so it needs --finetune lora.
+denoiser with its LoRA switched off (``DenoisingPolicy.reference``), so it needs --finetune lora.
 
 Timesteps: a flow model's t is a sigma, drawn as flow_grpo draws it: u ~ logit-normal(0, 1), idx = floor(N u), sigma
 = the training scheduler's sigmas[idx] = shift(1 - idx / N), with the scheduler's shift (SD3's 3; exp(mu) where the
@@ -371,12 +371,8 @@ class DPO:
         t = t.to(device).repeat(2)
         text = text.repeat(2, *([1] * (text.ndim - 1)))
         err = denoising_error(adapter, x0, noise, t, text, policy.guidance_scale)
-        with torch.no_grad():
-            policy.denoiser.disable_adapters()
-            try:
-                ref_err = denoising_error(adapter, x0, noise, t, text, policy.guidance_scale)
-            finally:
-                policy.denoiser.enable_adapters()
+        with policy.reference():
+            ref_err = denoising_error(adapter, x0, noise, t, text, policy.guidance_scale)
         losses, margin = dpo_loss(err[:pairs], err[pairs:], ref_err[:pairs], ref_err[pairs:], self.config.beta)
         loss = losses.mean()
         with torch.no_grad():

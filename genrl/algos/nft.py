@@ -249,12 +249,8 @@ class NFT:
         )
         stats = {"policy_loss": loss.item(), "optimality_mean": r.mean().item()}
         if cfg.kl_coef > 0:
-            with torch.no_grad():
-                policy.denoiser.disable_adapters()
-                try:
-                    v_ref = predict()
-                finally:
-                    policy.denoiser.enable_adapters()
+            with policy.reference():
+                v_ref = predict()
             kl = ((v_theta.float() - v_ref.float()) ** 2).flatten(1).mean(1).mean()
             loss = loss + cfg.kl_coef * kl
             stats["kl"] = kl.item()
