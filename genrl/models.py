@@ -75,6 +75,13 @@ def load_pipeline(model: str, env: str, device: str = "cpu", dtype=torch.float32
             f"model '{model}' is not in the local cache and {how}; download it on a machine with network "
             "(huggingface-cli download) or pass a local pipeline folder"
         ) from exc
+    return prepare_pipeline(pipe, model, env, device, sampler)
+
+
+def prepare_pipeline(pipe: Any, model: str, env: str, device: str = "cpu", sampler: str | None = None) -> Any:
+    """What ``load_pipeline`` does to a loaded pipeline: its adapter and sampler checked, its scheduler set to the
+    one its sampler mirrors, its parts frozen, moved to ``device``. ``model`` names it in errors. For pipelines built
+    in memory (``benchmarks.gpu_check``'s random-weight ones at the published sizes)."""
     sampler_cls = sampler_class(sampler or family(env).sampler)
     try:
         adapter = adapter_for(pipe)
