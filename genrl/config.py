@@ -182,6 +182,9 @@ class TrainConfig:
     """--env flow: sample the evaluation set with the flow ODE (every step the deterministic Euler step, the SDE's
     noise level 0), as Flow-GRPO evaluates; training still samples the SDE. Default: the policy's own steps, with
     the evaluation set's fixed noise."""
+    eval_ema: bool = False
+    """Sample the evaluation set with the EMA weights (--ema-decay), as Flow-GRPO evaluates: its metrics, the best
+    checkpoint's choice and early stopping then judge the EMA. Default: the trained weights."""
     keep_best: bool = False
     """Keep checkpoints/best: the checkpoint of the evaluation with the best eval reward among those that keep
     --accuracy-floor of the starting prompt accuracy (the untrained model at epoch 0 included). Needs --eval-every."""
@@ -242,6 +245,8 @@ class TrainConfig:
             raise GenrlError(
                 f"--eval-num-steps must be at least 1 (or left out: --num-steps), got {self.eval_num_steps}"
             )
+        if self.eval_ema and self.ema_decay == 0:
+            raise GenrlError("--eval-ema evaluates the EMA weights; add --ema-decay (Flow-GRPO: 0.9) or drop it")
         if self.eval_ode and self.env != "flow":
             raise GenrlError(f"--eval-ode samples the flow ODE, and --env {self.env} is not a flow model; drop it")
         if self.eval_every < 0 or self.eval_size < 1 or self.eval_size % self.sample_batch_size:

@@ -40,7 +40,7 @@ _ADDED_SINCE = {
     **{"noise_level": None, "noise_mode": "flow_grpo", "sampler": None},
     **{"sde_window": None, "eval_num_steps": None, "global_std": False},
     **{"log_with": ["tensorboard"]},
-    **{"eval_ode": False},
+    **{"eval_ode": False, "eval_ema": False},
 }
 # Settings of PPO and REINFORCE (and of the classes built on PolicyGradientConfig) added after runs were saved without
 # them, and the value that reproduces those runs.

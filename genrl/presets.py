@@ -126,6 +126,10 @@ _FLOW_GRPO = dict(
     num_steps=10,
     eval_num_steps=40,
     eval_ode=True,
+    # flow_grpo's EMA: decay min((1 + s) / (10 + s), 0.9), diffusers' EMAModel's warm-up (which counts s from 0 one
+    # update later); flow_grpo updates it every 8th optimizer step, genrl every one.
+    ema_decay=0.9,
+    eval_ema=True,
     guidance_scale=4.5,
     noise_level=0.7,
     noise_mode="flow_grpo",

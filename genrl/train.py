@@ -17,6 +17,7 @@ import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -350,7 +351,9 @@ def _evaluation_due(cfg: TrainConfig, epoch: int, last: bool) -> bool:
 def evaluate(t: Training) -> tuple[dict[str, float], Rollout]:
     """The current policy on the evaluation set: its metrics, and its first batch (for the sample grid)."""
     start, cpu_start = time.perf_counter(), time.process_time()
-    rollouts = [_collect(t, batch, t.counters["epoch"], env=t.eval_env) for batch in t.eval_batches]
+    weights = ema_weights(t.ema, t.policy.trainable_parameters()) if t.cfg.eval_ema else nullcontext()
+    with weights:
+        rollouts = [_collect(t, batch, t.counters["epoch"], env=t.eval_env) for batch in t.eval_batches]
     rewards = torch.cat([r.resolve().rewards for r in rollouts])
     metrics = {"eval_reward_mean": rewards.mean().item(), "eval_reward_std": rewards.std(unbiased=False).item()}
     if rollouts[0].reward_parts:  # a composite reward's parts: the task's own reward among them

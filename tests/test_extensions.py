@@ -13,7 +13,7 @@ from genrl.policy import add_lora
 from genrl.rollout import SamplingBatch, collect
 from genrl.steps import gaussian_kl
 from genrl.train import main
-from tests.helpers import fast_args, policy_for, tiny
+from tests.helpers import expect_error, fast_args, logged_metrics, policy_for, tiny
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 PROMPTS = ["a cat", "a dog"]
@@ -290,3 +290,16 @@ def test_ema_weights_are_saved_loadable_and_resumed_exactly(tmp_path):
     assert any(not torch.equal(trained[k], averaged[k]) for k in trained)
     pipe = tiny("lcm")
     pipe.load_lora_weights(latest / "ema")  # plain diffusers reads it
+
+
+def test_eval_ema_evaluates_the_ema_weights_and_leaves_training_alone(tmp_path, capsys):
+    ema = ["--finetune", "lora", "--learning-rate", "3e-2", "--ema-decay", "0.5", "--eval-every", "1"]
+    main(fast_args(tmp_path, "live", *ema))
+    main(fast_args(tmp_path, "ema", *ema, "--eval-ema"))
+    live, averaged = (logged_metrics(tmp_path / name) for name in ("live", "ema"))
+    training = lambda records: [(r["reward_mean"], r["loss"]) for r in records if "loss" in r]
+    assert training(live) == training(averaged)  # the swap in and out of the EMA weights is exact
+    evaluations = lambda records: [r["eval_reward_mean"] for r in records if "eval_reward_mean" in r]
+    assert evaluations(live)[0] == evaluations(averaged)[0]  # epoch 0: the EMA is the untrained weights
+    assert evaluations(live)[1:] != evaluations(averaged)[1:]
+    expect_error(capsys, fast_args(tmp_path, "none", "--eval-ema"), "--ema-decay")

@@ -112,6 +112,8 @@ _FLOW_GRPO = {
     "num_steps": 10,  # sample.num_steps
     "eval_num_steps": 40,  # sample.eval_num_steps
     "eval_ode": True,  # train_sd3.py eval(): pipeline_with_logprob(..., noise_level=0)
+    "ema_decay": 0.9,  # flow_grpo/ema.py: min((1 + step) / (10 + step), 0.9); config.train.ema = True
+    "eval_ema": True,  # train_sd3.py eval(): ema.copy_ema_to(...) before sampling
     "guidance_scale": 4.5,  # sample.guidance_scale
     "noise_level": 0.7,  # base.py sample.noise_level
     "noise_mode": "flow_grpo",  # sd3_sde_with_logprob.py: std_dev_t = a sqrt(sigma / (1 - sigma))
