@@ -78,10 +78,12 @@ def collect(
     shared_noise_group: int = 1,
     grad_steps: int = 0,
     background_reward: tuple[CheckedReward, Executor] | None = None,
+    keep_means: bool = False,
 ) -> Rollout:
     """Samples ``batch``: its ``noise_seed`` seeds the initial latents, its ``step_seed`` the policy's step noise,
     so the two fix the batch. With ``shared_noise_group`` G, each run of G consecutive images starts from one
     initial latent. The last ``grad_steps`` steps keep their graph (reparameterised: the same chain either way).
+    ``keep_means``: each stochastic step also keeps its mean (GRPO-Guard's RatioNorm; memory of another latent).
     ``background_reward`` (reward, executor), for an env built without a reward: the images are scored in the
     executor while the caller samples on (``Rollout.resolve`` waits for them)."""
     start = time.perf_counter()
@@ -108,7 +110,7 @@ def collect(
                         "timestep": obs["timestep"],
                         "next_timestep": obs["next_timestep"],
                         "log_prob": policy.action_log_prob(dist, action["next_latents"]).detach(),
-                        "mean": dist.mean.detach(),
+                        **({"mean": dist.mean.detach()} if keep_means else {}),
                     }
                 )
             obs, rewards, terminated, _, info = env.step(action)

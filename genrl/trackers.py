@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,11 +34,25 @@ _SETTINGS = {
 """How a tracker that cannot start is set up."""
 
 
+@contextmanager
+def _one_line(name: str) -> Iterator[None]:
+    """A tracker that fails mid-run (its server gone, its disk full) ends the run in one line, the checkpoints kept."""
+    try:
+        yield
+    except Exception as exc:
+        reason = " ".join(str(exc).split()).split(". ")[0][:200] or type(exc).__name__
+        raise GenrlError(
+            f"--log-with {name} failed while logging ({reason}); fix it and continue with --resume RUN, or resume "
+            f"without --log-with {name}"
+        ) from None
+
+
 def check_installed(names: tuple[str, ...]) -> None:
     """A tracker whose package is missing is refused in one line, before any work."""
     for name in names:
         if importlib.util.find_spec(_PACKAGES[name]) is None:
-            raise GenrlError(f"--log-with {name} needs the {name} package: pip install 'genrl[{name}]'")
+            extra = f"'genrl[{name}]'" if name != "tensorboard" else "tensorboard"
+            raise GenrlError(f"--log-with {name} needs the {name} package: pip install {extra}")
 
 
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -95,17 +111,19 @@ class Trackers:
 
     def log(self, values: dict[str, float], step: int) -> None:
         for tracker in self._started:
-            tracker.log(values, step=step)
+            with _one_line(tracker.name):
+                tracker.log(values, step=step)
 
     def log_image(self, tag: str, image: np.ndarray, step: int) -> None:
         """One HWC uint8 image (a sample grid) under ``tag`` at ``step``."""
         for tracker in self._started:
-            if tracker.name == "wandb":
-                tracker.log_images({tag: [image]}, step=step)
-            else:
-                import mlflow
+            with _one_line(tracker.name):
+                if tracker.name == "wandb":
+                    tracker.log_images({tag: [image]}, step=step)
+                else:
+                    import mlflow
 
-                mlflow.log_image(image, key=tag, step=step)
+                    mlflow.log_image(image, key=tag, step=step)
 
     def finish(self, failed: bool = False) -> None:
         """Ends each tracker's run, marked failed where the training run failed."""

@@ -12,6 +12,7 @@ import os
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
+import copy
 import errno
 import math
 import sys
@@ -189,7 +190,8 @@ def _sampling_batches(
 
 
 def _metadata_of(prompts: list[str], metadata: dict[str, dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-    return None if metadata is None else [metadata.get(p.strip(), {}) for p in prompts]
+    """Each prompt's metadata, a copy per image: a reward may write into its own (ocr keeps what it read)."""
+    return None if metadata is None else [copy.deepcopy(metadata.get(p.strip(), {})) for p in prompts]
 
 
 def _collect(
@@ -199,20 +201,22 @@ def _collect(
     shared_noise: int = 1,
     grad_steps: int = 0,
     env: DenoisingEnv | None = None,
+    keep_means: bool = False,
 ) -> Rollout:
     """``collect`` with the run's env (or ``env``), policy and reward; samples gone NaN are the run's divergence, in
     one line."""
     try:
-        return collect(env or t.env, t.policy, batch, shared_noise, grad_steps, t.background_reward)
+        return collect(env or t.env, t.policy, batch, shared_noise, grad_steps, t.background_reward, keep_means)
     except NonFiniteAction:  # weights still finite, but too large for the UNet's range (fp16's, say)
         raise _diverged(epoch, "samples", t.cfg) from None
 
 
 def _sampler(t: Training, epoch: int):
     shared_noise = t.cfg.group_size if t.cfg.group_shared_noise else 1
+    keep_means = bool(getattr(t.algorithm, "needs_step_means", False))  # each step's mean, kept only where asked
 
     def sample(batch: SamplingBatch, grad_steps: int = 0) -> Rollout:
-        return _collect(t, batch, epoch, shared_noise, grad_steps)
+        return _collect(t, batch, epoch, shared_noise, grad_steps, keep_means=keep_means)
 
     return sample
 

@@ -110,3 +110,21 @@ def test_a_missing_tracker_package_is_one_line(tracker_env, monkeypatch, capsys)
 def test_a_tracker_that_cannot_start_is_one_line(tracker_env, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)  # mlflow 3.x refuses its file store without it
     expect_error(capsys, fast_args(tracker_env, "r", "--log-with", "mlflow"), "--log-with mlflow could not start")
+
+
+def test_a_tracker_that_fails_mid_run_is_one_line(tmp_path):
+    from genrl.errors import GenrlError
+    from genrl.trackers import Trackers
+
+    class Gone:
+        name = "mlflow"
+
+        def log(self, values, step):
+            raise ConnectionError("HTTPConnectionPool(host='mlflow', port=5000): Max retries exceeded. More detail")
+
+    trackers = Trackers(("mlflow",), tmp_path)
+    trackers._started.append(Gone())
+    with pytest.raises(GenrlError) as info:
+        trackers.log({"loss": 1.0}, step=1)
+    assert "--log-with mlflow failed while logging (HTTPConnectionPool" in str(info.value)
+    assert "\n" not in str(info.value) and "--resume" in str(info.value)

@@ -3,14 +3,17 @@
 An algorithm is a class with a typed ``Config`` dataclass (its hyperparameters, which it owns: flags
 ``--NAME.FIELD``, one default each) and ``update(policy, optimizer, batch: EpochBatch) -> dict[str, float]`` (the
 epoch's training statistics); optional hooks ``validate(run_config)`` and ``prepare(pipeline, reward)`` (``Algorithm``
-below).
+below), ``state_dict()`` / ``load_state_dict(state)`` for what it keeps between epochs (saved with each checkpoint,
+restored on ``--resume``: DiffusionNFT's old weights), and ``needs_step_means`` (True: rollouts keep each step's
+mean at sampling time, as GRPO-Guard's RatioNorm needs).
 
 ``batch.sample(i)`` samples the epoch's i-th batch (``grad_steps=K`` keeps a graph over its last K steps), so an
 algorithm decides how and when it samples: PPO samples everything and then trains, DPG backpropagates each batch
-as it is scored. ``batch.advantages()`` gives the advantages of this process's rows of the global batch.
+as it is scored. ``batch.advantages()`` gives the advantages of the global batch (every process's rows; a process's
+own sit at ``TrajectoryBuffer.place``'s global rows).
 
-Built-in: ``ppo``, ``reinforce``, ``dpg`` (``registry.py``). Others plug in as ``--algo package.module:Class`` or
-through the entry point group ``genrl.algorithms``, as rewards do.
+Built-in: ``ppo``, ``reinforce``, ``dpg``, ``nft``, ``dpo`` (``registry.py``). Others plug in as ``--algo
+package.module:Class`` or through the entry point group ``genrl.algorithms``, as rewards do.
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ from genrl.algos.common import (
     flag,
     global_minibatches,
     optimizer_step,
+    trained_steps,
 )
 from genrl.buffer import Chunk, TrajectoryBuffer
 from genrl.errors import GenrlError
@@ -136,27 +137,29 @@ class NFT:
     # ------------------------------------------------------------------------------------------
     @contextmanager
     def old_weights(self, policy: DenoisingPolicy) -> Iterator[None]:
-        """theta_old in the trainable parameters inside the block, theta again after it (copies: exact)."""
+        """theta_old in the trainable parameters inside the block, theta again after it: their storages swapped,
+        no copy (a full fine-tune's weights are large), exact."""
         params = policy.trainable_parameters()
         if self.old is None:  # the first epoch: theta_old starts as theta
             self.old = [p.detach().clone() for p in params]
-        self.old = [old.to(p.device) for old, p in zip(self.old, params, strict=True)]  # read from a checkpoint: CPU
-        trained = [p.detach().clone() for p in params]
-        with torch.no_grad():
-            for p, old in zip(params, self.old, strict=True):
-                p.copy_(old)
+        self.old = [old.to(p.device, p.dtype) for old, p in zip(self.old, params, strict=True)]  # a checkpoint's: CPU
+
+        def exchange() -> None:
+            for i, p in enumerate(params):
+                p.data, self.old[i] = self.old[i], p.data
+
+        exchange()
         try:
             yield
         finally:
-            with torch.no_grad():
-                for p, value in zip(params, trained, strict=True):
-                    p.copy_(value)
+            exchange()
 
     def old_decay(self) -> float:
         return min(self.config.old_decay_rate * self.optimizer_steps, self.config.old_decay_max)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"old": [old.cpu() for old in self.old or []], "optimizer_steps": self.optimizer_steps}
+        old = None if self.old is None else [o.cpu() for o in self.old]  # None: saved before the first epoch
+        return {"old": old, "optimizer_steps": self.optimizer_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.old, self.optimizer_steps = state["old"], int(state["optimizer_steps"])
@@ -184,7 +187,7 @@ class NFT:
         x0 = torch.cat([r.final_latents for r in rollouts])
         schedule = policy.sampler.schedule(self.num_steps, policy.adapter, x0.shape[-1])
         timesteps = torch.tensor(schedule.timesteps, dtype=policy.sampler.timestep_dtype, device=x0.device)
-        keep = max(1, int(len(timesteps) * self.config.timestep_fraction))
+        keep = trained_steps(len(timesteps), self.config.timestep_fraction)
         buffer = TrajectoryBuffer()
         buffer.prompts = [p for r in rollouts for p in r.prompts]
         buffer.prompt_embeds = [r.prompt_embeds for r in rollouts]
@@ -220,8 +223,9 @@ class NFT:
                 means.add({"loss": loss.item(), **stats}, weight=len(chunk.sample_index))
             if minibatch.ends_step:  # on every process, with or without rows in the step's minibatches
                 sum_gradients, scaling = minibatch.sum_gradients, batch.loss_scaling
-                means.add(optimizer_step(params, optimizer, cfg.max_grad_norm, sum_gradients, scaling))
-                self.optimizer_steps += 1
+                step = optimizer_step(params, optimizer, cfg.max_grad_norm, sum_gradients, scaling)
+                means.add(step)
+                self.optimizer_steps += not step.get("steps_skipped", 0.0)  # fp16's skipped steps do not count
         policy.eval()
         return means.means(processes)
 

@@ -126,6 +126,11 @@ class PPO:
     def __init__(self, config: PPOConfig):
         self.config = config
 
+    @property
+    def needs_step_means(self) -> bool:
+        """RatioNorm compares each step's mean with the one it was sampled with: only then do rollouts keep them."""
+        return getattr(self.config, "ratio_norm", False)
+
     def validate(self, run: Any) -> None:
         check_policy_gradient(self.config, run)
         check_settings(self.config, run, ("clip_range", "inner_epochs"))

@@ -396,6 +396,7 @@ class GenEval:
     def record(self, prompt: str, metadata: dict[str, Any]) -> dict[str, Any]:
         if metadata.get("include") is not None:
             return check_record(metadata, f"the metadata of prompt {prompt!r}")
+        prompt = prompt.strip()
         if prompt not in self.lookup:
             raise GenrlError(
                 f"reward '{NAME}': prompt {prompt!r} has no GenEval metadata, neither its own nor in "

@@ -86,7 +86,9 @@ class CompositeReward:
         return {name: reward(images, prompts, metadata) for name, _, reward in self.parts}
 
     def combine(self, components: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(weight * components[name] for name, weight, _ in self.parts)
+        """The weighted sum, on the first part's device (a CPU reward such as jpeg or ocr beside a CUDA model's)."""
+        device = components[self.parts[0][0]].device
+        return sum(weight * components[name].to(device) for name, weight, _ in self.parts)
 
     def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict]) -> torch.Tensor:
         return self.combine(self.components(images, prompts, metadata))

@@ -65,7 +65,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--pairs must be at least 1, got {args.pairs}")
     if (args.out / "pairs.jsonl").exists():
         parser.error(f"{args.out} already holds a pairs.jsonl; pick another folder")
-    index = write_preference_pairs(args.out, args.pairs, args.seed)
+    try:
+        index = write_preference_pairs(args.out, args.pairs, args.seed)
+    except OSError as exc:
+        parser.exit(2, f"error: cannot write {args.out} ({exc.strerror or exc}); pick a folder you can write\n")
     print(f"{args.pairs} preference pairs: {index}")
 
 

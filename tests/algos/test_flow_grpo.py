@@ -80,7 +80,8 @@ def _flow_policy_and_buffer(num_steps: int = 10, rows: int = 4):
     policy = policy_for("flow", pipe, guidance_scale=4.5, reduction="mean").eval()
     policy.denoiser.requires_grad_(True)
     buffer = TrajectoryBuffer()
-    buffer.add_rollout(collect(env, policy, SamplingBatch(["a cat", "a dog", "a cat", "a bee"][:rows], 0, 10)))
+    batch = SamplingBatch(["a cat", "a dog", "a cat", "a bee"][:rows], 0, 10)
+    buffer.add_rollout(collect(env, policy, batch, keep_means=True))  # the means, as GRPO-Guard's runs keep them
     buffer.advantages = torch.linspace(-1, 1, len(buffer))
     return policy, buffer
 

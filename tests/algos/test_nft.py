@@ -96,3 +96,12 @@ def test_nft_resumes_exactly_with_its_old_weights(tmp_path):
     assert whole == split and len(whole) == 3
     extra = torch.load(tmp_path / "split" / "checkpoints" / "epoch-0003" / "optimizer.pt", weights_only=True)
     assert extra["algorithm"]["optimizer_steps"] == 6
+
+
+def test_a_checkpoint_saved_before_the_first_update_resumes():
+    from genrl.algos.nft import NFT, NFTConfig
+
+    saved = NFT(NFTConfig()).state_dict()  # --keep-best saves epoch 0, before any old weights exist
+    restored = NFT(NFTConfig())
+    restored.load_state_dict(saved)
+    assert saved["old"] is None and restored.old is None and restored.optimizer_steps == 0
