@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from genrl.errors import GenrlError
+from genrl.rewards.base import pil_images
 
 NAME = "geneval"
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
@@ -406,13 +407,10 @@ class GenEval:
         return self.lookup[prompt]
 
     def results(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> list:
-        from PIL import Image
-
         records = [self.record(p, m) for p, m in zip(prompts, metadata)]
         self.detector.model.to(images.device)
         self.colors.model.to(images.device)
-        arrays = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        pils = [Image.fromarray(np.ascontiguousarray(a)) for a in arrays]
+        pils = pil_images(images)
         classes = [[req["class"] for key in ("include", "exclude") for req in r.get(key) or []] for r in records]
         floor = min(self.rules["threshold"], self.rules["counting_threshold"])
         detections = self.detector(pils, [list(dict.fromkeys(c)) for c in classes], floor)

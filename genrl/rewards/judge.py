@@ -84,6 +84,8 @@ class VLMJudge(JsonClient):
     """``--reward vlm_judge(url=..., model=..., mode=pointwise|pairwise, ...)``; see the module docstring."""
 
     differentiable = False
+    service = "VLM judge"
+    json_hint = "is url= an OpenAI-compatible API?"
 
     def __init__(
         self,
@@ -161,22 +163,6 @@ class VLMJudge(JsonClient):
             f"VLM judge {self.url} failed {self.retries} times ({last}); check that the server runs (vllm serve "
             "MODEL, python -m sglang.launch_server) and that url= is its OpenAI API base (http://HOST:PORT/v1)"
         )
-
-    def _failure(self, status: int, message: str) -> str:
-        if status < 500:
-            return f"VLM judge {self.url} refused the request ({status}): {message}"
-        return f"VLM judge {self.url} failed ({status}): {message}; see the server's log"
-
-    def _json(self, body: bytes) -> dict:
-        try:
-            answer = json.loads(body)
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict):
-            raise GenrlError(
-                f"VLM judge {self.url} answered {body[:100]!r}, not a JSON object; is url= an OpenAI-compatible API?"
-            )
-        return answer
 
     def ask(self, images: list[str], text: str) -> str:
         """The model's answer to one user message: ``images`` (base64 PNG) then ``text``."""

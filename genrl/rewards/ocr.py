@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
 from genrl.errors import GenrlError
+from genrl.rewards.base import pil_images
 from genrl.rewards.clip import load_pretrained
 
 NAME = "ocr"
@@ -69,8 +68,7 @@ class OCRReward:
     @torch.no_grad()
     def read(self, images: torch.Tensor) -> list[str]:
         """The text the model reads in each image (8-bit RGB, as Flow-GRPO hands PaddleOCR its images)."""
-        arrays = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        pils = [Image.fromarray(np.ascontiguousarray(a)) for a in arrays]
+        pils = pil_images(images)
         pixels = self.processor(images=pils, return_tensors="pt").pixel_values.to(self.model.device, self.model.dtype)
         out = self.model.generate(pixel_values=pixels, max_new_tokens=self.max_new_tokens, do_sample=False)
         return self.processor.batch_decode(out, skip_special_tokens=True)

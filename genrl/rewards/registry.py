@@ -43,13 +43,6 @@ def _lazy(module: str, attr: str) -> Callable[..., RewardFn]:
     return make
 
 
-def _unavailable(name: str, why: str) -> Callable[..., RewardFn]:
-    def make(**options: str) -> RewardFn:
-        raise GenrlError(f"reward '{name}' is not available: {why}")
-
-    return make
-
-
 # name -> factory(**options) -> reward
 BUILTIN_REWARDS: dict[str, Callable[..., RewardFn]] = {
     "jpeg_compressibility": _jpeg("jpeg_compressibility"),

@@ -29,9 +29,9 @@ import urllib.request
 from typing import Any
 
 import torch
-from PIL import Image
 
 from genrl.errors import GenrlError
+from genrl.rewards.base import pil_images
 
 RETRIED_STATUSES = frozenset({408, 429, 502, 503, 504})
 """Answers that say "not now" (stalled, busy, a proxy without its server): worth another try after a pause."""
@@ -40,11 +40,10 @@ URL_FORM = "http://HOST:PORT?timeout=SECONDS&retries=N&backoff=SECONDS"
 
 
 def images_to_png(images: torch.Tensor) -> list[str]:
-    arrays = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     encoded = []
-    for array in arrays:
+    for image in pil_images(images):
         buffer = io.BytesIO()
-        Image.fromarray(array).save(buffer, format="PNG")
+        image.save(buffer, format="PNG")
         encoded.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
     return encoded
 
@@ -177,7 +176,11 @@ def _setting(url: str, name: str, raw: Any, form: str = URL_FORM) -> Any:
 class JsonClient:
     """JSON over HTTP with the reward client's rules: each attempt ends by one deadline ``timeout`` from its start;
     tries up to ``retries`` times, after ``backoff`` x 2^k seconds, where no answer came or the server said "not now"
-    (``RETRIED_STATUSES``); any other error answer ends the call at once. Subclasses word the failures."""
+    (``RETRIED_STATUSES``); any other error answer ends the call at once. Subclasses name the ``service`` and say
+    what a non-JSON answer suggests (``json_hint``) and what to do once every try went unanswered (``_gave_up``)."""
+
+    service = "server"
+    json_hint = "is the URL right?"
 
     def __init__(self, url: str, timeout: float, retries: int, backoff: float, headers: dict[str, str] | None = None):
         self.url, self.timeout, self.retries, self.backoff = url, timeout, retries, backoff
@@ -215,16 +218,26 @@ class JsonClient:
             return response.read()
 
     def _failure(self, status: int, message: str) -> str:
-        raise NotImplementedError
+        if status < 500:
+            return f"{self.service} {self.url} refused the request ({status}): {message}"
+        return f"{self.service} {self.url} failed ({status}): {message}; see the server's log"
 
     def _json(self, body: bytes) -> dict:
-        raise NotImplementedError
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise GenrlError(f"{self.service} {self.url} answered {body[:100]!r}, not a JSON object; {self.json_hint}")
+        return answer
 
 
 class RemoteReward(JsonClient):
     """``url`` may carry the client's settings: http://host:port?timeout=120&retries=3&backoff=0.5"""
 
     differentiable = False
+    service = "reward server"
+    json_hint = "is it a genrl reward server?"
 
     def __init__(self, url: str, timeout: float = 120.0, retries: int = 3, backoff: float = 0.5):
         url, settings = parse_url(url, {"timeout": timeout, "retries": retries, "backoff": backoff})
@@ -240,20 +253,7 @@ class RemoteReward(JsonClient):
     def _failure(self, status: int, message: str) -> str:
         if status == 422:  # the reward failed on the server; its message names the reward and the fix
             return f"reward server {self.url}: {message}"
-        if status < 500:
-            return f"reward server {self.url} refused the request ({status}): {message}"
-        return f"reward server {self.url} failed ({status}): {message}; see the server's log"
-
-    def _json(self, body: bytes) -> dict:
-        try:
-            answer = json.loads(body)
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict):
-            raise GenrlError(
-                f"reward server {self.url} answered {body[:100]!r}, not a JSON object; is it a genrl reward server?"
-            )
-        return answer
+        return super()._failure(status, message)
 
     def _check_limits(self, images: torch.Tensor, size: int | None = None) -> None:
         """Refuse here what the server would refuse: an answer to a body it does not read may never arrive."""

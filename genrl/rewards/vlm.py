@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
+from genrl.rewards.base import pil_images
 from genrl.rewards.clip import load_pretrained
 
 NAME = "vlm_bertscore"
@@ -48,8 +47,7 @@ class VLMBertScore:
 
     @torch.no_grad()
     def describe(self, images: torch.Tensor) -> list[str]:
-        arrays = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        pils = [Image.fromarray(np.ascontiguousarray(a)) for a in arrays]
+        pils = pil_images(images)
         conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.question}]}]
         text = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
         inputs = self.processor(images=pils, text=[text] * len(pils), return_tensors="pt", padding=True)
