@@ -123,10 +123,14 @@ def check_minibatches(config: MinibatchConfig, run: Any, positive: tuple[str, ..
         )
 
 
-def check_policy_gradient(config: PolicyGradientConfig, run: Any) -> None:
-    check_minibatches(config, run)
+def check_timestep_fraction(config: Any, run: Any) -> None:
     if not 0 < config.timestep_fraction <= 1:
         raise GenrlError(f"{flag(run, 'timestep_fraction')} must be in (0, 1], got {config.timestep_fraction}")
+
+
+def check_policy_gradient(config: PolicyGradientConfig, run: Any) -> None:
+    check_minibatches(config, run)
+    check_timestep_fraction(config, run)
     if config.kl_form == "flow_grpo" and sampler_name(run) != "flow_sde":
         raise GenrlError(
             f"{flag(run, 'kl_form')} flow_grpo is Flow-GRPO's KL of the flow_sde sampler's step (its std_dev_t), and "
@@ -245,3 +249,34 @@ def global_minibatches(
             chunk.minibatch += pass_index * len(sizes)  # counted on across passes
         pairs = sum(sizes[step_start:step_end]) * buffer.num_steps
         yield Minibatch(chunks, pairs, i + 1 == step_end, sum_gradients, scaling)
+
+
+def train_minibatches(
+    buffer: TrajectoryBuffer,
+    config: MinibatchConfig,
+    policy: Any,
+    optimizer: torch.optim.Optimizer,
+    chunk_loss: Callable[[Chunk], tuple[torch.Tensor, dict[str, float]]],
+    generator: torch.Generator,
+    processes: Collective,
+    scaling: LossScaling = NO_SCALING,
+    passes: int = 1,
+) -> tuple[dict[str, float], int]:
+    """``passes`` shuffled passes over the buffer in global minibatches: each chunk's ``chunk_loss`` backpropagated
+    with its weight, an optimizer step where a step ends. Returns the pair-weighted means of the statistics (with
+    ``loss``; over all processes) and the optimizer steps taken (fp16's skipped ones left out)."""
+    params = policy.trainable_parameters()
+    means, taken = EpochMeans(), 0
+    policy.train()
+    for pass_index in range(passes):
+        for minibatch in global_minibatches(buffer, config, generator, processes, pass_index, scaling):
+            for chunk in minibatch.chunks:
+                loss, stats = chunk_loss(chunk)
+                minibatch.backward(loss, chunk)
+                means.add({"loss": loss.item(), **stats}, weight=len(chunk.sample_index))
+            if minibatch.ends_step:  # on every process, with or without rows in the step's minibatches
+                step = optimizer_step(params, optimizer, config.max_grad_norm, minibatch.sum_gradients, scaling)
+                means.add(step)
+                taken += not step.get("steps_skipped", 0.0)
+    policy.eval()
+    return means.means(processes), taken

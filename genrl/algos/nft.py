@@ -29,7 +29,7 @@ beta 1, A_max 5, kl_coef 1e-4, d = min(0.001 step, 0.5), timestep_fraction 0.99,
 the prediction for every Gaussian forward process (``ModelAdapter.clean_estimate``), so the derivation holds for
 epsilon- and v-prediction diffusion models as for flow models; a consistency model was never trained on the
 forward process's regression, so it is refused. The minibatch loop (several processes, accumulation) is PPO's
-(``common.global_minibatches``): a "step" of a sample here is one of its noised timesteps.
+(``common.train_minibatches``): a "step" of a sample here is one of its noised timesteps.
 """
 
 from __future__ import annotations
@@ -43,12 +43,11 @@ import torch
 
 from genrl.algos.base import EpochBatch
 from genrl.algos.common import (
-    EpochMeans,
     MinibatchConfig,
     check_minibatches,
+    check_timestep_fraction,
     flag,
-    global_minibatches,
-    optimizer_step,
+    train_minibatches,
     trained_steps,
 )
 from genrl.buffer import Chunk, TrajectoryBuffer
@@ -113,9 +112,8 @@ class NFT:
 
     def validate(self, run: Any) -> None:
         check_minibatches(self.config, run, ("beta", "timestep_fraction"))
+        check_timestep_fraction(self.config, run)
         cfg = self.config
-        if cfg.timestep_fraction > 1:
-            raise GenrlError(f"{flag(run, 'timestep_fraction')} must be in (0, 1], got {cfg.timestep_fraction}")
         if not 0 <= cfg.old_decay_max < 1 or cfg.old_decay_rate < 0:
             raise GenrlError(
                 f"{flag(run, 'old_decay_max')} must be in [0, 1) and {flag(run, 'old_decay_rate')} at least 0, got "
@@ -171,7 +169,17 @@ class NFT:
         with self.old_weights(policy):
             rollouts = [batch.sample(i).resolve() for i in range(len(batch.batches))]
         buffer = self.forward_process_buffer(policy, rollouts, batch)
-        stats = self.train_on(buffer, policy, optimizer, batch)
+        stats, taken = train_minibatches(
+            buffer,
+            self.config,
+            policy,
+            optimizer,
+            lambda chunk: self.loss(policy, chunk),
+            batch.generator,
+            batch.processes,
+            batch.loss_scaling,
+        )
+        self.optimizer_steps += taken  # fp16's skipped steps do not count
         decay = self.old_decay()
         with torch.no_grad():
             for old, p in zip(self.old, policy.trainable_parameters(), strict=True):
@@ -208,26 +216,6 @@ class NFT:
         buffer.log_probs = [torch.zeros(t.shape, device=x0.device)]
         buffer.advantages = batch.advantages()[rows.to(x0.device)]
         return buffer
-
-    def train_on(
-        self, buffer: TrajectoryBuffer, policy: DenoisingPolicy, optimizer: torch.optim.Optimizer, batch: EpochBatch
-    ) -> dict[str, float]:
-        cfg, processes = self.config, batch.processes
-        params = policy.trainable_parameters()
-        means = EpochMeans()
-        policy.train()
-        for minibatch in global_minibatches(buffer, cfg, batch.generator, processes, scaling=batch.loss_scaling):
-            for chunk in minibatch.chunks:
-                loss, stats = self.loss(policy, chunk)
-                minibatch.backward(loss, chunk)
-                means.add({"loss": loss.item(), **stats}, weight=len(chunk.sample_index))
-            if minibatch.ends_step:  # on every process, with or without rows in the step's minibatches
-                sum_gradients, scaling = minibatch.sum_gradients, batch.loss_scaling
-                step = optimizer_step(params, optimizer, cfg.max_grad_norm, sum_gradients, scaling)
-                means.add(step)
-                self.optimizer_steps += not step.get("steps_skipped", 0.0)  # fp16's skipped steps do not count
-        policy.eval()
-        return means.means(processes)
 
     def loss(self, policy: DenoisingPolicy, chunk: Chunk) -> tuple[torch.Tensor, dict[str, float]]:
         """The NFT loss of a chunk of (sample, timestep) pairs, and its statistics."""

@@ -28,15 +28,13 @@ import torch
 from genrl.algos.base import EpochBatch
 from genrl.algos.common import (
     Collective,
-    EpochMeans,
     OneProcess,
     PolicyGradientConfig,
     check_policy_gradient,
     check_settings,
     flag,
-    global_minibatches,
-    optimizer_step,
     sample_epoch,
+    train_minibatches,
     trained_steps,
 )
 from genrl.buffer import Chunk, TrajectoryBuffer
@@ -190,28 +188,23 @@ class PPO:
         """The passes over a buffer whose advantages are set; the epoch's pair-weighted means of the statistics."""
         cfg, processes = self.config, processes or OneProcess()
         buffer = buffer.first_steps(trained_steps(buffer.num_steps, cfg.timestep_fraction))  # the trained steps
-        params = policy.trainable_parameters()
-        means = EpochMeans()
-        policy.train()
-        for pass_index in range(self.passes()):
-            for minibatch in global_minibatches(buffer, cfg, generator, processes, pass_index, scaling):
-                for chunk in minibatch.chunks:
-                    dist = policy.distribution(chunk.obs)
-                    log_prob = policy.action_log_prob(dist, chunk.next_latents)
-                    if getattr(cfg, "ratio_norm", False):
-                        loss, stats = self.loss(log_prob, chunk, self.ratio_norm(policy, dist, chunk))
-                    else:
-                        loss, stats = self.loss(log_prob, chunk)
-                    if cfg.kl_coef > 0:  # per (trajectory, step) pair, to the model without its LoRA
-                        kl = policy.kl_to_reference(chunk.obs, dist, cfg.kl_form).mean()
-                        loss = loss + cfg.kl_coef * kl
-                        stats["kl"] = kl.item()
-                    minibatch.backward(loss, chunk)
-                    means.add({"loss": loss.item(), **stats}, weight=len(chunk.sample_index))
-                if minibatch.ends_step:  # on every process, with or without rows in the step's minibatches
-                    means.add(optimizer_step(params, optimizer, cfg.max_grad_norm, minibatch.sum_gradients, scaling))
-        policy.eval()
-        stats = means.means(processes)
+
+        def chunk_loss(chunk: Chunk) -> tuple[torch.Tensor, dict[str, float]]:
+            dist = policy.distribution(chunk.obs)
+            log_prob = policy.action_log_prob(dist, chunk.next_latents)
+            if getattr(cfg, "ratio_norm", False):
+                loss, stats = self.loss(log_prob, chunk, self.ratio_norm(policy, dist, chunk))
+            else:
+                loss, stats = self.loss(log_prob, chunk)
+            if cfg.kl_coef > 0:  # per (trajectory, step) pair, to the model without its LoRA
+                kl = policy.kl_to_reference(chunk.obs, dist, cfg.kl_form).mean()
+                loss = loss + cfg.kl_coef * kl
+                stats["kl"] = kl.item()
+            return loss, stats
+
+        stats, _ = train_minibatches(
+            buffer, cfg, policy, optimizer, chunk_loss, generator, processes, scaling, self.passes()
+        )
         if "ratio_mean_first_minibatch" in stats:  # last, as it always was
             stats["ratio_mean_first_minibatch"] = stats.pop("ratio_mean_first_minibatch")
         return stats
