@@ -17,7 +17,7 @@ from peft import LoraConfig
 from genrl.adapters.base import ModelAdapter
 from genrl.noise import NoiseSlice, noise_rows
 from genrl.samplers.base import Sampler
-from genrl.steps import KLForm, LogProbReduction, StepDistribution, gaussian_kl, gaussian_log_prob
+from genrl.steps import KLForm, LogProbReduction, StepDistribution, gaussian_kl, gaussian_log_prob, step_dt
 
 
 def add_lora(net: torch.nn.Module, rank: int, alpha: float, target_modules: Sequence[str]) -> None:
@@ -109,8 +109,7 @@ class DenoisingPolicy(torch.nn.Module):
         and the step's std is g sqrt(|dt|): the closed form's mean over the latent times |dt| = sigma - sigma_next."""
         ref = self.reference_distribution(obs)
         if form == "flow_grpo":
-            dt = (obs["timestep"] - obs["next_timestep"]).float().abs()
-            return gaussian_kl(dist.mean, dist.std, ref.mean, ref.std, "mean") * dt
+            return gaussian_kl(dist.mean, dist.std, ref.mean, ref.std, "mean") * step_dt(obs)
         return gaussian_kl(dist.mean, dist.std, ref.mean, ref.std, self.reduction)
 
 

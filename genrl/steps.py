@@ -31,6 +31,11 @@ class StepDistribution:
         return self.mean + self.std * noise
 
 
+def step_dt(obs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """|dt| of each step (B,): a flow sampler's sigma - sigma_next (Flow-GRPO's KL and GRPO-Guard's weights)."""
+    return (obs["timestep"] - obs["next_timestep"]).float().abs()
+
+
 def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Gather-by-timestep results have shape (B,); broadcast them over the latent dims."""
     return values.reshape(-1, *([1] * (like.ndim - 1)))

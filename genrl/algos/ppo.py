@@ -42,7 +42,7 @@ from genrl.config_sampler import sampler_name
 from genrl.errors import GenrlError
 from genrl.policy import DenoisingPolicy
 from genrl.precision import NO_SCALING, LossScaling
-from genrl.steps import LogProbReduction, StepDistribution
+from genrl.steps import LogProbReduction, StepDistribution, step_dt
 
 StepWeight = Literal["none", "inverse_dt"]
 
@@ -96,7 +96,7 @@ def step_weights(kind: StepWeight, obs: dict[str, torch.Tensor]) -> torch.Tensor
     sigma_next))."""
     if kind == "none":
         return None
-    return 1 / (obs["timestep"] - obs["next_timestep"]).float().abs()
+    return 1 / step_dt(obs)
 
 
 @dataclass
