@@ -34,13 +34,18 @@ _SETTINGS = {
 """How a tracker that cannot start is set up."""
 
 
+def _first_sentence(exc: Exception) -> str:
+    """A tracker's exception in a few words: its message's first sentence on one line, or its type."""
+    return " ".join(str(exc).split()).split(". ")[0][:200] or type(exc).__name__
+
+
 @contextmanager
 def _one_line(name: str) -> Iterator[None]:
     """A tracker that fails mid-run (its server gone, its disk full) ends the run in one line, the checkpoints kept."""
     try:
         yield
     except Exception as exc:
-        reason = " ".join(str(exc).split()).split(". ")[0][:200] or type(exc).__name__
+        reason = _first_sentence(exc)
         raise GenrlError(
             f"--log-with {name} failed while logging ({reason}); fix it and continue with --resume RUN, or resume "
             f"without --log-with {name}"
@@ -103,7 +108,7 @@ class Trackers:
                 tracker.store_init_configuration(config if name == "wandb" else _flat_config(config))
             except Exception as exc:  # no login, no server, a refused store: the tracker's own words, one line
                 self.finish(failed=True)
-                reason = " ".join(str(exc).split()).split(". ")[0][:200] or type(exc).__name__
+                reason = _first_sentence(exc)
                 raise GenrlError(
                     f"--log-with {name} could not start its run ({reason}); {_SETTINGS[name]}, or drop it"
                 ) from None
