@@ -133,11 +133,9 @@ def evaluation_steps(cfg: TrainConfig, quick: bool = False) -> list[int]:
 
 
 def evaluate_method(cfg: TrainConfig, lora: Path | None, settings: EvaluationSettings, cache: Path) -> dict:
-    """The model at several step counts, on held-out prompts, and 8 sample images; kept in ``cache`` once done."""
+    """The model at several step counts and on held-out prompts; kept in ``cache`` (a .json) once done."""
     if cache.with_suffix(".json").is_file():
-        result = json.loads(cache.with_suffix(".json").read_text())
-        result["_images"] = torch.load(cache.with_suffix(".pt"))
-        return result
+        return json.loads(cache.with_suffix(".json").read_text())
     evaluator = Evaluator(cfg, lora, settings.device, settings.images)
     trained = load_prompts(cfg.prompts)
     sweep = {}
@@ -148,50 +146,65 @@ def evaluate_method(cfg: TrainConfig, lora: Path | None, settings: EvaluationSet
     if cfg.prompts == "shapes_train" and not settings.quick:
         result["heldout_reward"] = evaluator.sample(cfg.num_steps, load_prompts("shapes_heldout"))[0]
         result["trained_reward"] = sweep[str(cfg.num_steps)]["reward"]
-    grid_prompts = trained[:: max(1, len(trained) // 8)][:8]
-    result["_prompts"] = grid_prompts
-    images = evaluator.sample(cfg.num_steps, grid_prompts, seed=7, draw=False)[2]
     cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(images, cache.with_suffix(".pt"))
     atomic_write_text(cache.with_suffix(".json"), json.dumps(result))
-    return {**result, "_images": images}
+    return result
+
+
+def composite_prompts(cfg: TrainConfig) -> list[str]:
+    """The 8 training prompts, evenly spaced through the list, that the sample composites show."""
+    trained = load_prompts(cfg.prompts)
+    return trained[:: max(1, len(trained) // 8)][:8]
+
+
+def sample_composite(
+    methods: dict[str, TrainConfig], checkpoints: dict[str, Path | None], device: str, path: Path, base: bool = True
+) -> None:
+    """``path``: per method, rows of its samples on the same prompts and noise: its untrained model (unless not
+    ``base``), its checkpoint where it first met the target (``checkpoints/target``; where no such link was kept, the
+    best that kept the picture, ``best``) unless that is the final one, and its final one. A method whose
+    ``checkpoints`` is None is a reference: one untrained row."""
+    rows, captions = [], []
+    for name, cfg in methods.items():
+        prompts = composite_prompts(cfg)
+        folder = checkpoints[name]
+        if folder is None:
+            shown: list[tuple[str, Path | None]] = [("untrained (the reference)", None)]
+        else:
+            final = (folder / "latest").resolve()
+            shown = [("untrained", None)] if base else []
+            for link, label in (("target", "at target"), ("best", "best kept")):
+                if (folder / link).is_dir():
+                    if (folder / link).resolve() != final:
+                        shown.append((f"{label} ({(folder / link).resolve().name})", (folder / link).resolve()))
+                    break
+            shown.append((f"final ({final.name})", final))
+        for what, lora in shown:
+            evaluator = Evaluator(cfg, lora, device, len(prompts))
+            rows.append(evaluator.sample(cfg.num_steps, prompts, seed=7, draw=False)[2])
+            captions += [f"{name} {what}: {p}" for p in prompts]
+    image_grid(torch.cat(rows), captions, columns=8).save(path)
 
 
 def evaluate_task(
     task: str, data: dict, methods: dict[str, TrainConfig], seed: int, settings: EvaluationSettings, out: Path
 ) -> None:
-    """Into ``data["evaluation"]`` and ``out/samples_<task>.png``: each method's final LoRA of run ``seed`` and the
-    base models of the methods ``shown``; the grid shows, per method, the base model, the best checkpoint that kept the
-    picture (``--keep-best``) and the final one, each row labelled with what it shows."""
-    rows, captions, finals = [], [], {}
+    """Into ``data["evaluation"]`` each method's final LoRA of run ``seed`` and the base models of the methods
+    ``shown`` (not in a quick run); into ``out/samples_<task>.png`` the sample composite of those runs."""
+    finals, composite = {}, {}
     for name, cfg in methods.items():
         method = METHODS[name]
-        if settings.quick and not method.shown:
-            continue
         checkpoints = run_directory(out, task, method.slug, seed) / "checkpoints"
         final = checkpoints / "latest" if (checkpoints / "latest").exists() else None  # None: a reference, untrained
+        composite[name] = checkpoints if final is not None else None
+        if settings.quick and not method.shown:
+            continue
         cache = out / "evaluations" / f"{task}-{method.slug}"
         finals[name] = (cfg, final)
-        evaluation = evaluate_method(cfg, final, settings, cache)
-        data["evaluation"][name] = {k: v for k, v in evaluation.items() if not k.startswith("_")}
-        if not method.shown:
-            continue
-        prompts = evaluation["_prompts"]
-        if final is None:
-            rows.append(evaluation["_images"])
-            captions += [f"{name} untrained (the reference): {p}" for p in prompts]
-            continue
-        if not settings.quick:
-            base = evaluate_method(cfg, None, settings, cache.with_name(f"{cache.name}-base"))
-            rows.append(base.pop("_images"))
-            captions += [f"{name} untrained: {p}" for p in base.pop("_prompts")]
-            data["evaluation"][name]["base"] = {k: v for k, v in base.items() if not k.startswith("_")}
-        best = (checkpoints / "best").resolve()
-        if best.is_dir() and best != final.resolve():
-            rows.append(Evaluator(cfg, best, settings.device, len(prompts)).sample(cfg.num_steps, prompts, 7, False)[2])
-            captions += [f"{name} best kept ({best.name}): {p}" for p in prompts]
-        rows.append(evaluation["_images"])
-        captions += [f"{name} final ({final.resolve().name}): {p}" for p in prompts]
-    image_grid(torch.cat(rows), captions, columns=8).save(out / f"samples_{task}.png")
+        data["evaluation"][name] = evaluate_method(cfg, final, settings, cache)
+        if method.shown and final is not None and not settings.quick:
+            base = cache.with_name(f"{cache.name}-base")
+            data["evaluation"][name]["base"] = evaluate_method(cfg, None, settings, base)
+    sample_composite(methods, composite, settings.device, out / f"samples_{task}.png", base=not settings.quick)
     if DDPO_PPO.name in finals and RLCM_PPO.name in finals:  # DDPO's time over RLCM's: the inference speed-up
         data["inference_timing"] = time_inference({m.name: finals[m.name] for m in (DDPO_PPO, RLCM_PPO)}, settings)

@@ -45,6 +45,8 @@ class Reach:
     cpu_time_s: float
     reward_queries: float
     censored: bool
+    epoch: int
+    """The evaluation's epoch: where the target was met, or the run's last."""
 
 
 def reach(metrics: list[dict], task: str, delta: float = DELTA) -> Reach:
@@ -54,9 +56,9 @@ def reach(metrics: list[dict], task: str, delta: float = DELTA) -> Reach:
     base = task_reward(start, task)
     for m in points[1:]:
         if task_reward(m, task) - base >= delta and kept.keeps_picture(m):
-            return Reach(m["wall_time_s"], m.get("cpu_time_s", math.nan), m["reward_queries"], False)
+            return Reach(m["wall_time_s"], m.get("cpu_time_s", math.nan), m["reward_queries"], False, m["epoch"])
     last = metrics[-1]
-    return Reach(last["wall_time_s"], last.get("cpu_time_s", math.nan), last["reward_queries"], True)
+    return Reach(last["wall_time_s"], last.get("cpu_time_s", math.nan), last["reward_queries"], True, last["epoch"])
 
 
 def t_interval(values: list[float], level: float = 0.95) -> list[float] | None:

@@ -371,8 +371,41 @@ def write_report(results: dict, out: Path) -> None:
         *_reaching_ddpo_start(results),
         *_contended(results),
         *_definitions_and_figures(results),
+        *_pictures(results, out),
     ]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+
+
+def _pictures(results: dict, out: Path) -> list[str]:
+    """Links to each run's kept grids of the fixed evaluation set (``benchmarks.runs.keep_grids``): at the evaluation
+    where it first met the target and at its end."""
+    rows = []
+    for task, data in results["tasks"].items():
+        for method in data["runs"]:
+            for seed in results["meta"]["seeds"]:
+                name = f"{task}-{METHODS[method].slug}-seed{seed}"
+                links = [
+                    f"[{kind}](runs/{name}/{kind}.png)" if (out / "runs" / name / f"{kind}.png").is_file() else "-"
+                    for kind in ("target", "end")
+                ]
+                if links != ["-", "-"]:
+                    rows.append(f"| {task} | {method} | {seed} | {' | '.join(links)} |")
+    if not rows:
+        return []
+    return [
+        "",
+        "## Pictures per run",
+        "",
+        "The first batch of the fixed evaluation set (its leading prompts and noise seeds, alike in every run) where "
+        "the run first met the target (gain of at least 0.05 with 80% of its starting prompt accuracy kept; `-` where "
+        "it never did) and at its last evaluation. Runs whose checkpoints were not kept were retrained from their "
+        "committed config.json (`python -m benchmarks.retrain_grids`); grids.json says whether each retrain "
+        "reproduced the committed metrics.",
+        "",
+        "| task | method | seed | at target | at end |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def _title(results: dict) -> list[str]:
@@ -568,8 +601,10 @@ def _definitions_and_figures(results: dict) -> list[str]:
             "![LCM steps](fig7_lcm_steps.png)",
             "![held-out prompts](fig8_heldout.png)",
             "",
-            "Samples of each method on the same prompts and noise: untrained, the best checkpoint that kept the "
-            "picture (`--keep-best`, where it is not the final one) and the final one; each caption names the row.",
+            f"Samples of each method (seed {results['meta']['seeds'][0]}) on the same prompts and noise: untrained, "
+            "its checkpoint where it first met the target (where that was not kept, or never met: the best that kept "
+            "the picture, `--keep-best`; none where it is the final one) and the final one; each caption names the "
+            "row.",
             "",
             *[f"![samples {task}](samples_{task}.png)" for task in results["tasks"]],
         ]

@@ -1,8 +1,10 @@
 """Training runs for the benchmark suite and the sweep: budgets in reward queries, and resumable.
 
 Each run lives in ``OUT/runs/NAME``, a genrl run directory that checkpoints at every evaluation; when it ends, its
-logged metrics go to ``NAME/finished.json``. Running the same command again skips finished runs and continues an
-interrupted one from its latest checkpoint, so a suite longer than one sitting completes.
+logged metrics go to ``NAME/finished.json``, and the benchmark keeps its pictures of the fixed evaluation set where it
+first met the target and at its end as ``NAME/target.png`` and ``NAME/end.png`` (with config.json, the files the
+repository keeps of a run). Running the same command again skips finished runs and continues an interrupted one from
+its latest checkpoint, so a suite longer than one sitting completes.
 """
 
 from __future__ import annotations
@@ -10,18 +12,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.fidelity import ACCURACY_KEPT
+from benchmarks.fidelity import ACCURACY_KEPT, evaluations, reach
+from genrl.checkpoint import BEST, LATEST, checkpoint_name, point_link
 from genrl.config import TrainConfig
 from genrl.config_file import config_to_json, read_config
 from genrl.errors import GenrlError
-from genrl.rundir import atomic_write_text
+from genrl.rundir import atomic_write_text, sample_grid_name
 from genrl.train import train
+
+TARGET = "target"
+"""The link, beside ``latest`` and ``best``, to the checkpoint where a run first met the target."""
 
 
 def run_directory(output_dir: Path, task: str, method_slug: str, seed: int) -> Path:
@@ -29,8 +36,17 @@ def run_directory(output_dir: Path, task: str, method_slug: str, seed: int) -> P
     return output_dir / "runs" / f"{task}-{method_slug}-seed{seed}"
 
 
-def budgeted(cfg: TrainConfig, queries: int, eval_queries: int, seed: int, run_dir: Path, device: str) -> TrainConfig:
-    """``cfg`` trained for ``queries`` reward queries, evaluated (and checkpointed) every ``eval_queries``."""
+def budgeted(
+    cfg: TrainConfig,
+    queries: int,
+    eval_queries: int,
+    seed: int,
+    run_dir: Path,
+    device: str,
+    every_checkpoint: bool = False,
+) -> TrainConfig:
+    """``cfg`` trained for ``queries`` reward queries, evaluated (and checkpointed) every ``eval_queries``; keeping
+    the latest checkpoint and the best, or (``every_checkpoint``) all until ``keep_target_checkpoint`` picks."""
     per_epoch = cfg.samples_per_epoch
     if queries % per_epoch or eval_queries % per_epoch:
         raise GenrlError(
@@ -43,7 +59,7 @@ def budgeted(cfg: TrainConfig, queries: int, eval_queries: int, seed: int, run_d
         epochs=queries // per_epoch,
         eval_every=eval_queries // per_epoch,
         save_every=eval_queries // per_epoch,
-        keep_checkpoints=1,
+        keep_checkpoints=queries // per_epoch + 1 if every_checkpoint else 1,
         keep_best=True,  # the best checkpoint that keeps the picture, for the sample grids
         accuracy_floor=ACCURACY_KEPT,
         log_images_every=10**9,  # the evaluation grids are the pictures to look at
@@ -61,8 +77,10 @@ def run_to_completion(cfg: TrainConfig) -> list[dict]:
     run_dir = cfg.output_dir / cfg.run_name
     if (run_dir / "config.json").is_file():
         saved = dataclasses.replace(read_config(run_dir / "config.json"), resume=None)
-        # A thread count the run chose as it started is not a setting of this command's; the resume keeps it.
-        compared = dataclasses.replace(saved, threads=None) if cfg.threads is None else saved
+        # A thread count the run chose as it started is not a setting of this command's; the resume keeps it. How
+        # many checkpoints stay on disk changes no number.
+        compared = dataclasses.replace(saved, keep_checkpoints=cfg.keep_checkpoints)
+        compared = dataclasses.replace(compared, threads=None) if cfg.threads is None else compared
         if config_to_json(compared) != config_to_json(cfg):
             raise GenrlError(
                 f"{run_dir} holds a run with other settings than this command's; delete it, or pass another "
@@ -92,6 +110,40 @@ def _once(run_dir: Path, produce: Callable[[], list[dict]]) -> list[dict]:
     finished.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(finished, json.dumps({"metrics": metrics}))
     return metrics
+
+
+def keep_grids(run_dir: Path, metrics: list[dict], task: str, into: Path | None = None) -> list[Path]:
+    """``target.png``, the evaluation grid where the run first met the protocol's target (none where it never did),
+    and ``end.png``, its last evaluation's: copied out of ``run_dir/samples/``, which is not committed, into ``into``
+    (default ``run_dir``). The grids kept; none for a reference (its one evaluation is not saved as a picture)."""
+    into = into or run_dir
+    hit = reach(metrics, task)
+    epochs = {"end": evaluations(metrics)[-1]["epoch"]}
+    if not hit.censored:
+        epochs["target"] = hit.epoch
+    kept = []
+    for name, epoch in sorted(epochs.items()):
+        grid = run_dir / "samples" / sample_grid_name(epoch, "-eval")
+        if grid.is_file() and epoch > 0:
+            kept.append(into / f"{name}.png")
+            tmp = kept[-1].with_name(f".{name}.png.tmp")
+            tmp.write_bytes(grid.read_bytes())
+            tmp.replace(kept[-1])
+    return kept
+
+
+def keep_target_checkpoint(run_dir: Path, metrics: list[dict], task: str) -> None:
+    """For the sample composite: ``checkpoints/target`` linked to the checkpoint of the evaluation where the run
+    first met the target (a run ``budgeted`` with ``every_checkpoint`` has it), and the checkpoints that neither it,
+    ``latest`` nor ``best`` name removed."""
+    checkpoints = run_dir / "checkpoints"
+    hit = reach(metrics, task)
+    if not hit.censored and (checkpoints / checkpoint_name(hit.epoch)).is_dir():
+        point_link(checkpoints / checkpoint_name(hit.epoch), TARGET)
+    named = {(checkpoints / link).resolve() for link in (TARGET, LATEST, BEST) if (checkpoints / link).is_dir()}
+    for folder in checkpoints.glob("epoch-*"):
+        if folder.resolve() not in named:
+            shutil.rmtree(folder)
 
 
 class Progress:

@@ -73,6 +73,11 @@ def _record_problem(record: Any) -> str | None:
     return None
 
 
+def sample_grid_name(epoch: int, suffix: str = "") -> str:
+    """The file in ``samples/`` of ``epoch``'s grid: ``suffix`` "-eval" for the fixed evaluation set's first batch."""
+    return f"epoch-{epoch:04d}{suffix}.png"
+
+
 class RunDirInUse(GenrlError):
     """Another process holds the run directory's lock."""
 
@@ -185,7 +190,7 @@ class RunDir:
         self, epoch: int, images: torch.Tensor, prompts: list[str], rewards: torch.Tensor, suffix: str = ""
     ) -> Path:
         grid = image_grid(images, [f"{r:.2f} {p}" for p, r in zip(prompts, rewards.tolist())])
-        path = self.samples / f"epoch-{epoch:04d}{suffix}.png"
+        path = self.samples / sample_grid_name(epoch, suffix)
         tmp = path.with_name(f".{path.name}.tmp")
         grid.save(tmp, format="PNG")
         os.replace(tmp, path)

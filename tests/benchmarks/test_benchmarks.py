@@ -315,9 +315,54 @@ def test_an_interrupted_suite_skips_finished_runs_and_resumes_the_interrupted_on
     assert results["summary"]["compression"]["inference_speedup"] == timing["ratio"] > 0
     assert results["meta"]["seeds"] == [10] and results["meta"]["sweep_seeds"] == [0, 1]
     assert (tmp_path / "report.md").exists() and (tmp_path / "samples_compression.png").exists()
+    for name in ("compression-rlcm-ppo-seed10", "compression-ddpo-ppo-seed10"):  # its last evaluation's picture
+        last = json.loads((runs / name / "finished.json").read_text())["metrics"][-1]["epoch"]
+        grid = runs / name / "samples" / f"epoch-{last:04d}-eval.png"
+        assert (runs / name / "end.png").read_bytes() == grid.read_bytes()
+    assert "[end](runs/compression-rlcm-ppo-seed10/end.png)" in (tmp_path / "report.md").read_text()
 
     main(args)  # everything finished: nothing trains
     assert len(trained) == 2
+
+
+def test_a_run_keeps_its_grids_where_it_first_met_the_target_and_at_its_end(tmp_path):
+    from benchmarks.runs import keep_grids
+
+    samples = tmp_path / "run" / "samples"
+    samples.mkdir(parents=True)
+    (tmp_path / "kept").mkdir()
+    for epoch in range(6):
+        (samples / f"epoch-{epoch:04d}-eval.png").write_bytes(f"grid {epoch}".encode())
+    # +0.128 an evaluation (target: +0.05) with the picture kept: met at epoch 1; the accuracy falling to 0.5 by epoch
+    # 1 (under 80% of the start's 0.8) puts it off to the first evaluation that keeps it, which is none.
+    learns, wrecks, flat = _metrics(0.004), _metrics(0.004, accuracy_drop=0.3), _metrics(0.0)
+    for metrics, target in ((learns, b"grid 1"), (wrecks, None), (flat, None)):
+        kept = keep_grids(tmp_path / "run", metrics, "compression", into=tmp_path / "kept")
+        assert (tmp_path / "kept" / "end.png").read_bytes() == b"grid 5"
+        assert [p.name for p in kept] == (["end.png", "target.png"] if target else ["end.png"])
+        if target:
+            assert (tmp_path / "kept" / "target.png").read_bytes() == target
+        for path in kept:
+            path.unlink()
+    assert keep_grids(tmp_path / "run", _metrics(0.004, evaluations=1), "compression") == []  # a reference
+
+
+def test_the_composite_run_keeps_its_checkpoint_at_the_target_and_only_the_named_ones(tmp_path):
+    from benchmarks.runs import keep_target_checkpoint
+    from genrl.checkpoint import point_link
+
+    checkpoints = tmp_path / "run" / "checkpoints"
+    for epoch in range(6):
+        (checkpoints / f"epoch-{epoch:04d}").mkdir(parents=True)
+    point_link(checkpoints / "epoch-0005", "latest")
+    point_link(checkpoints / "epoch-0003", "best")
+    keep_target_checkpoint(tmp_path / "run", _metrics(0.004), "compression")  # met at epoch 1
+    assert (checkpoints / "target").resolve().name == "epoch-0001"
+    assert sorted(p.name for p in checkpoints.glob("epoch-*")) == ["epoch-0001", "epoch-0003", "epoch-0005"]
+    (checkpoints / "target").unlink()
+    keep_target_checkpoint(tmp_path / "run", _metrics(0.0), "compression")  # never met: no link, nothing else kept
+    assert not (checkpoints / "target").exists()
+    assert sorted(p.name for p in checkpoints.glob("epoch-*")) == ["epoch-0003", "epoch-0005"]
 
 
 def test_the_untrained_model_of_a_method_with_a_kl_is_evaluated():
