@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
-    "default": ([], {}),  # one thread per usable core; waiting threads sleep after 1000 rounds (genrl/cpu.py)
-    "spinning": ([], {"GOMP_SPINCOUNT": "300000"}),  # libgomp's own default: waiting threads spin first
+    "default": ([], {}),  # one thread per usable core; the spin shortened while others are busy (genrl/cpu.py)
+    "spinning": ([], {"GOMP_SPINCOUNT": "300000"}),  # libgomp's own default, always (a user's setting: no throttle)
+    "spin-1k": ([], {"GOMP_SPINCOUNT": "1000"}),  # the short spin, always (genrl's default before SpinThrottle)
     "passive": ([], {"OMP_WAIT_POLICY": "PASSIVE"}),  # waiting threads sleep at once
     "spin-3k": ([], {"GOMP_SPINCOUNT": "3000"}),
     "spin-10k": ([], {"GOMP_SPINCOUNT": "10000"}),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from benchmarks.runs import run_directory
 from genrl.assemble import assemble
 from genrl.config import TrainConfig, replace_config
 from genrl.config_sampler import sampler_name, sampler_options
+from genrl.cpu import OtherLoad
 from genrl.envs import DenoisingEnv, make_env
 from genrl.prompts import load_prompts
 from genrl.rollout import SamplingBatch, collect
@@ -78,16 +78,6 @@ UNDER_LOAD_CORES = 0.5
 """Other processes' average busy cores over a timing above which its figures are flagged as measured under load."""
 
 
-def _busy_jiffies() -> tuple[float, float] | None:
-    """(busy, total) time of all cores since boot, from /proc/stat; None where there is none."""
-    try:
-        with open("/proc/stat") as stat:
-            fields = [float(v) for v in stat.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    return sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0.0), sum(fields)
-
-
 def time_inference(pair: dict[str, tuple[TrainConfig, Path | None]], settings: EvaluationSettings) -> dict:
     """Seconds per image of each method of ``pair`` (name: its config and final LoRA) at its training horizon, in
     interleaved rounds, one batch of each a round after a warm-up batch, so that a slow spell of the machine falls on
@@ -101,18 +91,14 @@ def time_inference(pair: dict[str, tuple[TrainConfig, Path | None]], settings: E
         collect(envs[name], evaluator.policy, SamplingBatch(prompts, 0, 0))  # warm-up
     walls: dict[str, list[float]] = {name: [] for name in pair}
     cpus: dict[str, list[float]] = {name: [] for name in pair}
-    stat_before, own_before, wall_before = _busy_jiffies(), time.process_time(), time.perf_counter()
+    load = OtherLoad()
     for round_ in range(TIMING_ROUNDS):
         for name, evaluator in evaluators.items():
             cpu = time.process_time()
             rollout = collect(envs[name], evaluator.policy, SamplingBatch(prompts, round_ + 1, round_ + 1))
             walls[name].append(rollout.sample_time_s / len(prompts))  # sampling and decode, as in the step sweep
             cpus[name].append((time.process_time() - cpu) / len(prompts))  # the reward's too
-    stat_after, own, elapsed = _busy_jiffies(), time.process_time() - own_before, time.perf_counter() - wall_before
-    other = 0.0
-    if stat_before is not None and stat_after is not None and stat_after[1] > stat_before[1]:
-        busy = (stat_after[0] - stat_before[0]) / (stat_after[1] - stat_before[1]) * (os.cpu_count() or 1)
-        other = max(0.0, busy - own / elapsed)
+    other = load.read()
     first, second = pair
     ratios = [a / b for a, b in zip(walls[first], walls[second])]
     return {

@@ -48,7 +48,7 @@ from genrl.cli import parse_config
 from genrl.config import TrainConfig, replace_config
 from genrl.config_file import check_fixed_configuration, config_to_json, fixed_configuration
 from genrl.config_sampler import sampler_options
-from genrl.cpu import default_threads
+from genrl.cpu import SpinThrottle, default_threads
 from genrl.denoiser import denoiser
 from genrl.distributed import Processes
 from genrl.envs import DenoisingEnv, make_env
@@ -478,7 +478,8 @@ def train(cfg: TrainConfig) -> RunDir:
     """The run ``cfg`` describes; torch's thread count is restored afterwards."""
     threads = torch.get_num_threads()
     try:
-        return _train(cfg)
+        with SpinThrottle():  # short spins at torch's barriers while other work shares the cores (genrl/cpu.py)
+            return _train(cfg)
     finally:
         torch.set_num_threads(threads)
 

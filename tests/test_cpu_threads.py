@@ -1,4 +1,5 @@
-"""The CPU thread count and how its threads wait (genrl/cpu.py): never chosen from the load, recorded with the run."""
+"""The CPU thread count and how its threads wait (genrl/cpu.py): the count never chosen from the load and recorded
+with the run; the spin at barriers shortened while other work is busy."""
 
 import json
 import os
@@ -44,12 +45,12 @@ def test_the_same_seed_gives_the_same_numbers_beside_a_busy_process(tmp_path, mo
     assert alone == beside
 
 
-def test_waiting_threads_spin_briefly_unless_the_user_says_otherwise():
-    # libgomp reads its settings once, as torch loads it, and prints them with OMP_DISPLAY_ENV: importing genrl first
-    # must have set them by then. Its own default spins 300000 rounds before a waiting thread sleeps.
+def test_genrl_leaves_libgomps_spin_as_it_is():
+    # libgomp reads its settings once, as torch loads it, and prints them with OMP_DISPLAY_ENV. genrl sets none of
+    # them: its own default (300000 rounds) keeps an idle run fast, and SpinThrottle shortens it only under load.
     def spin_count(**env: str) -> str:
         base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-        code = "import genrl, torch; torch.ones(4).sum()"
+        code = "import genrl.train, torch; torch.ones(4).sum()"
         run = subprocess.run(
             [sys.executable, "-c", code],
             env={**base, "OMP_DISPLAY_ENV": "VERBOSE", **env},
@@ -59,9 +60,62 @@ def test_waiting_threads_spin_briefly_unless_the_user_says_otherwise():
         assert run.returncode == 0, run.stderr
         return next(line.split("=")[1].strip(" '") for line in run.stderr.splitlines() if "GOMP_SPINCOUNT" in line)
 
-    assert spin_count() == str(cpu.SPIN_COUNT)
-    assert spin_count(OMP_WAIT_POLICY="passive") == "0"
-    assert spin_count(GOMP_SPINCOUNT="300000") == "300000"
+    assert spin_count() == "300000"
+    assert spin_count(GOMP_SPINCOUNT="1000") == "1000"
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+_HOLD_AND_LET_GO = """
+import json, os, time, torch
+import genrl.cpu as cpu
+threads = lambda: len(os.listdir("/proc/self/task"))
+cpu.LOOK_EVERY_S = 0.01
+torch.ones(10**6).sum()  # the computing team exists before
+computing, before = torch.get_num_threads(), threads()
+loads = iter([0.1, 0.0, 1.0, 0.2] + [0.0] * (cpu.QUIET_LOOKS - 1) + [0.5] + [0.0] * 10**6)
+seen = []
+throttle = cpu.SpinThrottle(other_load=lambda: seen.append(threads()) or next(loads))
+with throttle:
+    while len(seen) < 4 + cpu.QUIET_LOOKS + 2:
+        torch.ones(10**6).sum()
+for _ in range(100):  # the team's threads end as they are told, moments after
+    if threads() == before:
+        break
+    time.sleep(0.01)
+print(json.dumps(dict(applies=throttle.applies, seen=seen, before=before, after=threads(), cpus=cpu.usable_cpus(),
+                      computing=computing, computing_after=torch.get_num_threads(), quiet=cpu.QUIET_LOOKS)))
+"""
+
+
+def test_the_throttle_holds_a_team_of_its_own_while_others_are_busy_and_lets_it_go_when_they_are_quiet():
+    # In a process of its own, where no other thread comes or goes.
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    run = subprocess.run([sys.executable, "-c", _HOLD_AND_LET_GO], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    r = json.loads(run.stdout.splitlines()[-1])
+    assert r["applies"]
+    # Looks 1 and 2 quiet: nothing held. Look 3 busy: from then on, its thread and the team it started, one more
+    # than the cores. Look 4 under the threshold, then quiet ones: let go after QUIET_LOOKS; busy again: held again.
+    watching, held, quiet = r["before"] + 1, r["before"] + 2 + r["cpus"], r["quiet"]
+    assert r["seen"][:3] == [watching] * 3
+    assert r["seen"][3 : 3 + quiet] == [held] * quiet
+    assert r["seen"][3 + quiet : 5 + quiet] == [watching, held]
+    assert r["after"] == r["before"]  # stop let everything go (within a second)
+    assert r["computing_after"] == r["computing"]  # the computing team is never touched
+
+
+def test_the_throttle_leaves_a_users_wait_policy_alone(monkeypatch):
+    for name, value in (("GOMP_SPINCOUNT", "300000"), ("OMP_WAIT_POLICY", "passive")):
+        with monkeypatch.context() as m:
+            m.setenv(name, value)
+            throttle = cpu.SpinThrottle(other_load=lambda: 1.0)
+            assert not throttle.applies
+            threads = _threads()
+            with throttle:
+                assert _threads() == threads  # not even a watcher
 
 
 def test_the_count_is_recorded_and_kept_on_resume(tmp_path):
