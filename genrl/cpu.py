@@ -10,14 +10,14 @@ The waiting: torch's OpenMP threads meet at a barrier after every parallel opera
 that arrives first spin for 300,000 rounds before it sleeps. On an idle machine that keeps the threads hot between
 operations. When another process takes one of the cores, the partner of a spinning thread is preempted and the
 spinner burns its core's time until the partner runs again: on the 2-core development machine a busy process made
-the epochs 3.8x slower and 2.4x dearer in CPU. Spinning 1,000 rounds shares fairly, but made the idle run 1.09-1.13x
-slower; sleeping at once (OMP_WAIT_POLICY=PASSIVE), 1.75x. libgomp itself spins only 1,000 rounds while it manages
-more OpenMP threads than there are available cores (its GOMP_SPINCOUNT documentation), and checks that at every
-wait. ``SpinThrottle`` uses that: while other processes keep this machine's cores busy it holds an idle OpenMP team
-of its own, enough threads to tip libgomp into the short spin, and lets it go once they have been quiet a while. The
-team that computes is never touched (its size, and so every number, stays as it was). A user's OMP_WAIT_POLICY or
-GOMP_SPINCOUNT is left to rule alone. docs/performance.md, "CPU threads and sharing the machine", has the
-measurements (``benchmarks/cpu_sharing.py``).
+the epochs 3.3-3.9x slower and 2.2-2.4x dearer in CPU. Spinning 1,000 rounds shares fairly, but made the idle run
+1.09-1.13x slower; sleeping at once (OMP_WAIT_POLICY=PASSIVE), 1.75x. libgomp itself spins only 1,000 rounds while
+it manages more OpenMP threads than there are available cores (its GOMP_SPINCOUNT documentation), and checks that at
+every wait. ``SpinThrottle`` uses that: while other processes want more of the cores than the run leaves free, it
+holds an idle OpenMP team of its own, enough threads to tip libgomp into the short spin, and lets it go once they
+have been quiet a while. The team that computes is never touched (its size, and so every number, stays as it was).
+A user's OMP_WAIT_POLICY or GOMP_SPINCOUNT is left to rule alone. docs/performance.md, "CPU threads and sharing the
+machine", has the measurements (``benchmarks/cpu_sharing.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import os
 import threading
 import time
 from collections.abc import Callable
+
+import torch
 
 MAX_THREADS = 512
 """The most ``--threads`` accepts, the same on every machine so that any saved config.json loads everywhere."""
@@ -49,12 +51,13 @@ def default_threads() -> int:
     return max(1, usable_cpus() // max(1, int(local) if local.isdigit() else 1))
 
 
-THROTTLE_ABOVE = 0.3
-"""Cores that other processes keep busy, on average over one look, from which waiting threads spin briefly."""
+OVERSUBSCRIBED_BY = 0.3
+"""Cores that other processes keep busy beyond those the computing team leaves free, on average over one look, from
+which waiting threads spin briefly (so that a run's own processes on one machine, each on its share, do not)."""
 LOOK_EVERY_S = 0.5
 """How often ``SpinThrottle`` reads the machine's load."""
 QUIET_LOOKS = 4
-"""Looks in a row below ``THROTTLE_ABOVE`` before the long spin comes back."""
+"""Looks in a row without oversubscription before the long spin comes back."""
 
 
 class OtherLoad:
@@ -95,7 +98,7 @@ def loaded_libgomp() -> ctypes.CDLL | None:
 
 
 class SpinThrottle:
-    """Short spins at torch's OpenMP barriers while other processes keep this machine's cores busy (the module's
+    """Short spins at torch's OpenMP barriers while other processes want the cores the run computes on (the module's
     docstring says why and how). ``start`` begins looking at the load every ``LOOK_EVERY_S``; ``stop`` ends it and
     lets any held team go. ``other_load`` (cores busy outside this process since the last look) is ``OtherLoad``'s
     unless given."""
@@ -136,7 +139,7 @@ class SpinThrottle:
     def _watch(self) -> None:
         quiet = 0
         while not self._stopped.wait(LOOK_EVERY_S):
-            busy = self.other_load() > THROTTLE_ABOVE
+            busy = self.other_load() > usable_cpus() - torch.get_num_threads() + OVERSUBSCRIBED_BY
             quiet = 0 if busy else quiet + 1
             if busy and self.holding is None:
                 self.hold()

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import genrl.cpu as cpu
@@ -69,13 +70,15 @@ def _threads() -> int:
 
 
 _HOLD_AND_LET_GO = """
-import json, os, time, torch
+import json, os, sys, time, torch
 import genrl.cpu as cpu
 threads = lambda: len(os.listdir("/proc/self/task"))
 cpu.LOOK_EVERY_S = 0.01
+torch.set_num_threads(int(sys.argv[1]))
 torch.ones(10**6).sum()  # the computing team exists before
 computing, before = torch.get_num_threads(), threads()
-loads = iter([0.1, 0.0, 1.0, 0.2] + [0.0] * (cpu.QUIET_LOOKS - 1) + [0.5] + [0.0] * 10**6)
+spare = cpu.usable_cpus() - computing  # cores the computing team leaves to others
+loads = iter([spare + x for x in [0.1, 0.0, 1.0, 0.2] + [0.0] * (cpu.QUIET_LOOKS - 1) + [0.5] + [0.0] * 10**6])
 seen = []
 throttle = cpu.SpinThrottle(other_load=lambda: seen.append(threads()) or next(loads))
 with throttle:
@@ -90,10 +93,13 @@ print(json.dumps(dict(applies=throttle.applies, seen=seen, before=before, after=
 """
 
 
-def test_the_throttle_holds_a_team_of_its_own_while_others_are_busy_and_lets_it_go_when_they_are_quiet():
-    # In a process of its own, where no other thread comes or goes.
+@pytest.mark.parametrize("computing", [1, 2])
+def test_the_throttle_holds_a_team_of_its_own_while_others_are_busy_and_lets_it_go_when_they_are_quiet(computing):
+    # In a process of its own, where no other thread comes or goes. Busy: more than the cores the computing team
+    # leaves free (a run's other process on its share of the cores is not), by OVERSUBSCRIBED_BY (0.3).
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    run = subprocess.run([sys.executable, "-c", _HOLD_AND_LET_GO], env=env, capture_output=True, text=True)
+    script = [sys.executable, "-c", _HOLD_AND_LET_GO, str(computing)]
+    run = subprocess.run(script, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     r = json.loads(run.stdout.splitlines()[-1])
     assert r["applies"]
