@@ -36,6 +36,9 @@ class Args:
     """Where the runs train again (checkpoints and samples; not committed)."""
     seeds: tuple[int, ...] = (10, 11, 12)
     """The benchmark seeds whose runs are retrained."""
+    methods: tuple[str, ...] = ()
+    """Only the runs of these methods (their slugs in run names, such as ddpo-ppo); all when empty. Two commands
+    with different methods can share the work."""
 
 
 def without_timings(metrics: list[dict]) -> list[dict]:
@@ -60,7 +63,12 @@ def comparison(committed: list[dict], retrained: list[dict], task: str) -> dict:
 def main(args: Args) -> None:
     runs = args.output_dir / "runs"
     cost = lambda name: next((i for i, method in enumerate(COST_ORDER) if f"-{method}-" in name), len(COST_ORDER))
-    chosen = [folder.name for folder in runs.glob("*-seed*") if int(folder.name.rsplit("-seed", 1)[1]) in args.seeds]
+    chosen = [
+        folder.name
+        for folder in runs.glob("*-seed*")
+        if int(folder.name.rsplit("-seed", 1)[1]) in args.seeds
+        and (not args.methods or any(f"-{slug}-seed" in folder.name for slug in args.methods))
+    ]
     names = sorted(chosen, key=lambda name: (cost(name), name))
     if not names:
         raise GenrlError(f"{runs} has no runs of seeds {list(args.seeds)}: pass the benchmark's --output-dir")
