@@ -723,3 +723,22 @@ def test_two_sweep_processes_share_the_runs_and_the_table_waits_for_both(tmp_pat
     assert [r["settings"] for r in table["alignment"]["RLCM (PPO)"]["rows"]] == [
         {"learning_rate": lr} for lr in (3e-4, 1e-3, 3e-3)
     ]
+
+
+def test_a_retrain_says_whether_it_reproduced_the_committed_run_and_where_each_met_the_target():
+    from benchmarks.retrain_grids import comparison
+
+    committed = _metrics(0.004)  # meets the target at epoch 1
+    same = [dict(m, wall_time_s=m["wall_time_s"] + 1.0) for m in committed]  # other clocks only
+    assert comparison(committed, same, "compression") == {
+        "reproduced": True,
+        "max_eval_reward_difference": 0.0,
+        "committed_target_epoch": 1,
+        "target_epoch": 1,
+        "end_epoch": 5,
+    }
+    slower = _metrics(0.001)  # +0.032 an evaluation: meets the target at epoch 2
+    found = comparison(committed, slower, "compression")
+    assert not found["reproduced"] and found["target_epoch"] == 2
+    assert math.isclose(found["max_eval_reward_difference"], 5 * 32 * 0.003)
+    assert comparison(committed, _metrics(0.0), "compression")["target_epoch"] is None  # never met: censored
