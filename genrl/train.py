@@ -583,7 +583,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except (torch.distributed.DistError, RuntimeError) as exc:
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        started = torch.distributed.is_available() and torch.distributed.is_initialized()
+        # A process group that could not form (a process that never joined its store within --process-timeout-s,
+        # or one too slow to start on a loaded machine) is the same stop, before the group exists.
+        forming = isinstance(exc, torch.distributed.DistError) and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if not (started or forming):
             raise
         # Another process died (gloo: "connection closed by peer") or hung past --process-timeout-s: stop too.
         # gloo raises a plain RuntimeError; one that is not about the communication (out of memory, a bug) is this

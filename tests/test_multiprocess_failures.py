@@ -33,3 +33,25 @@ def test_a_reward_server_that_is_down_stops_every_process(tmp_path):
     assert proc.stderr.count("error: reward server") in (1, 2), proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith("error: the run stopped")
     assert not (tmp_path / "r" / "checkpoints" / "latest").exists()
+
+
+def test_a_process_group_that_cannot_form_is_the_same_one_line_stop(tmp_path, monkeypatch, capsys):
+    # A process too slow to join its group's store within --process-timeout-s (a loaded machine, or one that never
+    # starts) fails init_process_group before the group exists: one line, as a process lost later.
+    import torch
+
+    import genrl.train
+
+    def never_joins(cfg):
+        raise torch.distributed.DistStoreError("wait timeout after 5000ms, keys: /default_pg/0//cpu//0/1")
+
+    monkeypatch.setattr(genrl.train, "train", never_joins)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as stop:
+        genrl.train.main(fast_args(tmp_path, "r"))
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 1 and len(err.splitlines()) == 1
+    assert err.startswith("error: another process of this run stopped or stalled (wait timeout after 5000ms")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: not a peer's failure, the traceback stays
+    with pytest.raises(torch.distributed.DistStoreError):
+        genrl.train.main(fast_args(tmp_path, "r"))
