@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from genrl.errors import GenrlError
+from genrl.images import pil_images
 from genrl.trackers import Trackers, scalars
 
 MAX_CAPTION_LINES = 8
@@ -27,9 +28,13 @@ MAX_CAPTION_LINES = 8
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:  # after a failed write (a full disk) nothing half-written is left beside the file
         tmp.unlink(missing_ok=True)
@@ -38,8 +43,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 def image_grid(images: torch.Tensor, captions: list[str], columns: int = 4) -> Image.Image:
     """(B, 3, H, W) in [0, 1] -> one PIL image, each tile with its caption underneath, wrapped to its width and cut
     to ``MAX_CAPTION_LINES`` lines."""
-    arrays = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    n, h, w, _ = arrays.shape
+    n, _, h, w = images.shape
     columns = min(columns, n)
     # PIL's default bitmap font is 6 pixels a character and 11 a line.
     width = max(1, w // 6)
@@ -51,9 +55,9 @@ def image_grid(images: torch.Tensor, captions: list[str], columns: int = 4) -> I
     rows, caption_h = math.ceil(n / columns), 11 * max(len(lines) for lines in wrapped) + 1
     grid = Image.new("RGB", (columns * w, rows * (h + caption_h)), "white")
     draw = ImageDraw.Draw(grid)
-    for i, (array, lines) in enumerate(zip(arrays, wrapped)):
+    for i, (image, lines) in enumerate(zip(pil_images(images), wrapped)):
         x, y = (i % columns) * w, (i // columns) * (h + caption_h)
-        grid.paste(Image.fromarray(array), (x, y))
+        grid.paste(image, (x, y))
         draw.multiline_text((x + 1, y + h), "\n".join(lines), fill="black", spacing=0)
     return grid
 

@@ -9,16 +9,13 @@ tensor (or array or list) of B floats. A reward whose gradient flows to ``images
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from genrl.errors import GenrlError
 from genrl.plugins import describe
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 MAX_ABS_REWARD = 1e15
 """Larger rewards are refused: float32 means, variances and advantages over a million of them stay finite."""
@@ -98,11 +95,3 @@ class CheckedReward:
                 "scale the reward down"
             )
         return rewards
-
-
-def pil_images(images: torch.Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) in [0, 1] -> B 8-bit RGB PIL images (rounded), as the reward models' own processors take them."""
-    from PIL import Image
-
-    arrays = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(np.ascontiguousarray(a)) for a in arrays]

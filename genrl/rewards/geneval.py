@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from genrl.errors import GenrlError
-from genrl.rewards.base import pil_images
+from genrl.images import pil_images
 
 NAME = "geneval"
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")

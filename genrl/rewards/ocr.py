@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from genrl.errors import GenrlError
-from genrl.rewards.base import pil_images
+from genrl.images import pil_images
 from genrl.rewards.clip import load_pretrained
 
 NAME = "ocr"

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from genrl.errors import GenrlError
-from genrl.rewards.base import pil_images
+from genrl.images import pil_images
 
 RETRIED_STATUSES = frozenset({408, 429, 502, 503, 504})
 """Answers that say "not now" (stalled, busy, a proxy without its server): worth another try after a pause."""

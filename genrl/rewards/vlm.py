@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from genrl.rewards.base import pil_images
+from genrl.images import pil_images
 from genrl.rewards.clip import load_pretrained
 
 NAME = "vlm_bertscore"
