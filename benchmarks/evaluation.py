@@ -161,8 +161,9 @@ def sample_composite(
             shown = [("untrained", None)] if base else []
             for link, label in (("target", "at target"), ("best", "best kept")):
                 if (folder / link).is_dir():
-                    if (folder / link).resolve() != final:
-                        shown.append((f"{label} ({(folder / link).resolve().name})", (folder / link).resolve()))
+                    middle = (folder / link).resolve()
+                    if middle != final:
+                        shown.append((f"{label} ({middle.name})", middle))
                     break
             shown.append((f"final ({final.name})", final))
         for what, lora in shown:

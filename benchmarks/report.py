@@ -383,9 +383,9 @@ def _pictures(results: dict, out: Path) -> list[str]:
     for task, data in results["tasks"].items():
         for method in data["runs"]:
             for seed in results["meta"]["seeds"]:
-                name = f"{task}-{METHODS[method].slug}-seed{seed}"
+                run = run_directory(out, task, METHODS[method].slug, seed)
                 links = [
-                    f"[{kind}](runs/{name}/{kind}.png)" if (out / "runs" / name / f"{kind}.png").is_file() else "-"
+                    f"[{kind}](runs/{run.name}/{kind}.png)" if (run / f"{kind}.png").is_file() else "-"
                     for kind in ("target", "end")
                 ]
                 if links != ["-", "-"]:

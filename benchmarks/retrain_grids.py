@@ -18,7 +18,15 @@ from pathlib import Path
 from benchmarks.evaluation import sample_composite
 from benchmarks.fidelity import evaluations, reach
 from benchmarks.methods import METHODS
-from benchmarks.runs import Progress, command_line, keep_grids, keep_target_checkpoint, read_json, run_to_completion
+from benchmarks.runs import (
+    Progress,
+    command_line,
+    keep_grids,
+    keep_target_checkpoint,
+    read_json,
+    run_directory,
+    run_to_completion,
+)
 from genrl.config import TrainConfig
 from genrl.config_file import read_config
 from genrl.errors import GenrlError
@@ -104,10 +112,10 @@ def save_composite(task: str, args: Args) -> None:
     methods: dict[str, TrainConfig] = {}
     checkpoints: dict[str, Path | None] = {}
     for method in METHODS.values():
-        name = f"{task}-{method.slug}-seed{args.seeds[0]}"
-        if (args.output_dir / "runs" / name / "config.json").is_file():
-            methods[method.name] = read_config(args.output_dir / "runs" / name / "config.json")
-            folder = args.work_dir / name / "checkpoints"
+        run = run_directory(args.output_dir, task, method.slug, args.seeds[0])
+        if (run / "config.json").is_file():
+            methods[method.name] = read_config(run / "config.json")
+            folder = args.work_dir / run.name / "checkpoints"
             checkpoints[method.name] = folder if (folder / "latest").is_dir() else None  # None: the reference
     path = args.output_dir / f"samples_{task}.png"
     sample_composite(methods, checkpoints, next(iter(methods.values())).device, path)

@@ -24,7 +24,7 @@ from genrl.checkpoint import BEST, LATEST, checkpoint_name, point_link
 from genrl.config import TrainConfig
 from genrl.config_file import config_to_json, read_config
 from genrl.errors import GenrlError
-from genrl.rundir import atomic_write_text, sample_grid_name
+from genrl.rundir import atomic_write_bytes, atomic_write_text, sample_grid_name
 from genrl.train import train
 
 TARGET = "target"
@@ -126,9 +126,7 @@ def keep_grids(run_dir: Path, metrics: list[dict], task: str, into: Path | None 
         grid = run_dir / "samples" / sample_grid_name(epoch, "-eval")
         if grid.is_file() and epoch > 0:
             kept.append(into / f"{name}.png")
-            tmp = kept[-1].with_name(f".{name}.png.tmp")
-            tmp.write_bytes(grid.read_bytes())
-            tmp.replace(kept[-1])
+            atomic_write_bytes(kept[-1], grid.read_bytes())
     return kept
 
 
