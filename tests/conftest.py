@@ -37,30 +37,47 @@ def reward_plugin_folder(tmp_path_factory):
 
 # The slowest files first (measured with --durations): with two workers taking whole files (--dist loadfile), a
 # slow file started last leaves one worker running it alone at the end. (xdist would reorder the files by their
-# number of tests, which puts the few slow multi-process tests last: pyproject.toml turns that off.)
-_SLOW_FILES = (
-    "test_train.py",
+# number of tests, which puts the few slow multi-process tests last: pyproject.toml turns that off.) The files of
+# slow tests alone lead (nothing to run without --slow), then the rest by their cost without --slow.
+_COSTLIEST_FILES_FIRST = (
+    "test_compile.py",
     "test_multiprocess_failures.py",
+    "test_multiprocess_layouts.py",
+    "test_gpu_check.py",
+    "test_multiprocess.py",
+    "test_multinode.py",
+    "test_train.py",
+    "test_saved_state.py",
+    "test_reliability.py",
+    "test_reward_server.py",
+    "test_errors.py",
     "test_benchmarks.py",
     "test_extensions.py",
+    "test_sd3.py",
+    "test_training_maths.py",
+    "test_shapes_models.py",
+    "test_precision.py",
+    "test_flow_grpo.py",
+    "test_dpo.py",
+    "test_envs.py",
+    "test_algorithms.py",
+    "test_pretrain.py",
+    "test_cpu_threads.py",
+    "test_nft.py",
     "test_sdxl.py",
     "test_forward_process_plugin.py",
-    "test_flux.py",
-    "test_sd3.py",
-    "test_precision.py",
-    "test_multiprocess_layouts.py",
-    "test_reliability.py",
-    "test_training_maths.py",
-    "test_saved_state.py",
-    "test_errors.py",
-    "test_multiprocess.py",
-    "test_pretrain.py",
-    "test_best.py",
-    "test_reward_server.py",
-    "test_shapes_models.py",
 )
 
 
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(_SLOW_FILES)}
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="also run the tests marked slow (CI runs them)")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_COSTLIEST_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+    if not config.getoption("--slow"):
+        skip = pytest.mark.skip(reason="slow: run with --slow (CI does)")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip)

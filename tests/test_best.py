@@ -49,6 +49,7 @@ _BEST_AT_3 = [(-1.0, 0.8), (-0.9, 0.75), (-0.5, 0.5), (-0.8, 0.64), (-0.85, 0.8)
 _EVERY_EPOCH = ["--eval-every", "1", "--eval-size", "4", "--epochs", "5"]
 
 
+@pytest.mark.slow
 def test_keep_best_keeps_the_best_checkpoint_past_pruning_and_a_resume(tmp_path, scripted_evaluations, capsys):
     scripted_evaluations(*_BEST_AT_3)
     main(fast_args(tmp_path, "all", *_EVERY_EPOCH, "--save-every", "1", "--keep-checkpoints", "9"))
@@ -66,12 +67,14 @@ def test_keep_best_keeps_the_best_checkpoint_past_pruning_and_a_resume(tmp_path,
     assert weights.keys() == reference.keys() and all(torch.equal(weights[k], reference[k]) for k in weights)
 
 
+@pytest.mark.slow
 def test_the_untrained_model_is_kept_when_no_evaluation_keeps_the_picture(tmp_path, scripted_evaluations):
     scripted_evaluations((-1.0, 0.8), (-0.5, 0.2), (-0.6, 0.3))
     main(fast_args(tmp_path, "r", "--eval-every", "1", "--eval-size", "4", "--keep-best"))
     assert (tmp_path / "r" / "checkpoints" / "best").resolve().name == "epoch-0000"
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_the_run_after_patience_evaluations_without_a_better_one(tmp_path, scripted_evaluations):
     scripted_evaluations((-1.0, 0.8), (-0.9, 0.8), (-0.5, 0.1), (-0.95, 0.8), (-0.8, 0.8))
     main(fast_args(tmp_path, "r", *_EVERY_EPOCH, "--early-stop-patience", "2", "--save-every", "10"))

@@ -29,6 +29,7 @@ def compiled_calls(monkeypatch):
     return compiled
 
 
+@pytest.mark.slow
 def test_a_compiled_run_resumes_and_exports_what_an_eager_run_does(tmp_path, compiled_calls):
     lora = ("--threads", "1", "--finetune", "lora")
     main(fast_args(tmp_path, "eager", *lora))

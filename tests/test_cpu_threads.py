@@ -27,6 +27,7 @@ def test_the_default_count_is_the_usable_cores_shared_among_this_machines_proces
     assert cpu.default_threads() == 3
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_numbers_beside_a_busy_process(tmp_path, monkeypatch):
     # Before, the count was the cores left idle as the run started: 2 alone and 1 beside this loop on a 2-core
     # machine, and the float sums differed from the second epoch on.
@@ -46,6 +47,7 @@ def test_the_same_seed_gives_the_same_numbers_beside_a_busy_process(tmp_path, mo
     assert alone == beside
 
 
+@pytest.mark.slow
 def test_genrl_leaves_libgomps_spin_as_it_is():
     # libgomp reads its settings once, as torch loads it, and prints them with OMP_DISPLAY_ENV. genrl sets none of
     # them: its own default (300000 rounds) keeps an idle run fast, and SpinThrottle shortens it only under load.
@@ -93,6 +95,7 @@ print(json.dumps(dict(applies=throttle.applies, seen=seen, before=before, after=
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("computing", [1, 2])
 def test_the_throttle_holds_a_team_of_its_own_while_others_are_busy_and_lets_it_go_when_they_are_quiet(computing):
     # In a process of its own, where no other thread comes or goes. Busy: more than the cores the computing team
@@ -124,6 +127,7 @@ def test_the_throttle_leaves_a_users_wait_policy_alone(monkeypatch):
                 assert _threads() == threads  # not even a watcher
 
 
+@pytest.mark.slow
 def test_the_count_is_recorded_and_kept_on_resume(tmp_path):
     threads = torch.get_num_threads()
     main(fast_args(tmp_path, "r", "--epochs", "1", "--threads", "2", "--save-every", "1"))

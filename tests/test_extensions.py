@@ -143,6 +143,7 @@ def test_the_reparameterised_rollout_is_the_sampled_one():
         torch.testing.assert_close(a["log_prob"], b["log_prob"], rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_dpg_trains_from_the_command_line(tmp_path):
     main(
         fast_args(
@@ -251,6 +252,7 @@ def _kl_after_training(tmp_path, env, name, kl_coef):
         return policy.kl_to_reference(obs, policy.distribution(obs)).mean().item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env", ["lcm", "ddpm"])
 def test_a_large_kl_coefficient_keeps_the_policy_near_the_reference(tmp_path, env):
     free, held = _kl_after_training(tmp_path, env, "free", 0.0), _kl_after_training(tmp_path, env, "held", 1e4)
@@ -262,6 +264,7 @@ def test_a_large_kl_coefficient_keeps_the_policy_near_the_reference(tmp_path, en
 # --------------------------------------------------------------------------------------------------
 # EMA
 # --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_ema_weights_are_saved_loadable_and_resumed_exactly(tmp_path):
     ema = ["--finetune", "lora", "--learning-rate", "3e-2", "--ema-decay", "0.5"]
     main(fast_args(tmp_path, "straight", *ema, "--epochs", "4", "--save-every", "2"))
@@ -292,6 +295,7 @@ def test_ema_weights_are_saved_loadable_and_resumed_exactly(tmp_path):
     pipe.load_lora_weights(latest / "ema")  # plain diffusers reads it
 
 
+@pytest.mark.slow
 def test_eval_ema_evaluates_the_ema_weights_and_leaves_training_alone(tmp_path, capsys):
     ema = ["--finetune", "lora", "--learning-rate", "3e-2", "--ema-decay", "0.5", "--eval-every", "1"]
     main(fast_args(tmp_path, "live", *ema))

@@ -36,6 +36,7 @@ def _machine(rank: int, port: int, args: list[str], pythonpath: str, launcher: s
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
+@pytest.mark.slow
 def test_two_machines_follow_one_process_and_a_machine_that_never_joins_ends_the_other(tmp_path, reward_plugin_folder):
     plugins = str(reward_plugin_folder)
     # Machine 0 of a run whose machine 1 never starts: started first, so that its wait overlaps the run below.

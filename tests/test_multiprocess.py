@@ -10,5 +10,6 @@ from tests.launching import assert_two_follow_one, train_layout
 pytestmark = pytest.mark.usefixtures("tiny_lcm_built")  # tests/conftest.py
 
 
+@pytest.mark.slow
 def test_two_processes_follow_one_process_with_groups_of_images_per_prompt(tmp_path, reward_plugin_folder):
     assert_two_follow_one(train_layout(tmp_path, "groups", reward_plugin_folder), "groups")

@@ -10,6 +10,7 @@ pytestmark = pytest.mark.usefixtures("tiny_lcm_built")  # tests/conftest.py
 
 
 # A process that dies under genrl.launch: the reward server's test below (the reward fails on every process).
+@pytest.mark.slow
 @pytest.mark.parametrize("reward, launcher", [("stalls_on_rank_one", "genrl"), ("dies_on_rank_one", "accelerate")])
 def test_a_process_that_dies_or_stalls_ends_the_run_with_an_error(tmp_path, reward_plugin_folder, reward, launcher):
     args = ["--sample-batch-size", "2", "--ppo.train-batch-size", "2", "--process-timeout-s", "5"]
@@ -24,6 +25,7 @@ def test_a_process_that_dies_or_stalls_ends_the_run_with_an_error(tmp_path, rewa
         assert proc.stderr.strip().splitlines()[-1].startswith("error: the run stopped (process 0: ")
 
 
+@pytest.mark.slow
 def test_a_reward_server_that_is_down_stops_every_process(tmp_path):
     url = f"http://127.0.0.1:{free_port()}?retries=2&backoff=0.01"  # nothing listens there
     args = fast_args(tmp_path, "r", "--sample-batch-size", "2", "--ppo.train-batch-size", "2", "--reward", url)

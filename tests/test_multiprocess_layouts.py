@@ -27,6 +27,7 @@ def accumulation_runs(tmp_path_factory, reward_plugin_folder) -> Path:
 
 
 # Accumulation 1 over several minibatches and epochs is the groups layout's (tests/test_multiprocess.py).
+@pytest.mark.slow
 def test_two_processes_follow_one_process_over_several_minibatches_and_epochs_with_accumulation(accumulation_runs):
     assert_two_follow_one(accumulation_runs, "accumulation 2")
     one, two = (logged_metrics(accumulation_runs / n) for n in ("one", "two"))
@@ -53,6 +54,7 @@ def _stopped_after_epoch_one(run: Path, copy: Path) -> Path:
     return copy
 
 
+@pytest.mark.slow
 def test_two_process_run_resumed_gives_the_uninterruptedlogged_metrics(
     accumulation_runs, reward_plugin_folder, tmp_path, capsys
 ):

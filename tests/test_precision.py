@@ -30,7 +30,7 @@ def _tiny(env: str, precision: str, **changes):
     return assemble(replace_config(cfg, train_batch_size=2))
 
 
-@pytest.mark.parametrize("env", ["lcm", "ddpm"])
+@pytest.mark.parametrize("env", ["lcm", pytest.param("ddpm", marks=pytest.mark.slow)])
 def test_frozen_weights_are_half_while_trainable_weights_state_and_step_maths_stay_fp32(env):
     parts = _tiny(env, "bf16")
     pipe = parts.pipeline
@@ -49,6 +49,7 @@ def test_frozen_weights_are_half_while_trainable_weights_state_and_step_maths_st
     assert torch.isfinite(rollout.rewards).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env", ["lcm", "ddpm"])
 def test_a_bf16_steps_log_prob_is_within_tolerance_of_fp32s_on_the_same_noise(env):
     full, half = _tiny(env, "no"), _tiny(env, "bf16")
@@ -79,12 +80,14 @@ def _assert_ratio_starts_at_one_and_checkpoint_is_fp32_lora(run, precision: str)
     assert {w.dtype for w in weights.values()} == {torch.float32}
 
 
+@pytest.mark.slow
 def test_ppo_ratio_starts_each_update_at_one_and_the_checkpoint_is_fp32_lora(tmp_path):
     """bf16 here; fp16's run is the resume test's below (fp16 is about 5x slower on a CPU)."""
     main(fast_args(tmp_path, "r", "--mixed-precision", "bf16", "--epochs", "2", "--finetune", "lora"))
     _assert_ratio_starts_at_one_and_checkpoint_is_fp32_lora(tmp_path / "r", "bf16")
 
 
+@pytest.mark.slow
 def test_a_step_the_fp16_scaler_skips_is_not_a_divergence(tmp_path, monkeypatch):
     # A loss scale of 2^60 overflows fp16's backward pass (its largest number is 65504): the scaler skips those
     # steps and halves its scale each time until the gradients fit.
@@ -97,6 +100,7 @@ def test_a_step_the_fp16_scaler_skips_is_not_a_divergence(tmp_path, monkeypatch)
     assert 0 < state["loss_scaling"]["scale"] < 2.0**60
 
 
+@pytest.mark.slow
 def test_a_diverging_fp16_run_still_stops_with_one_line(tmp_path, capsys):
     expect_error(
         capsys,
@@ -105,6 +109,7 @@ def test_a_diverging_fp16_run_still_stops_with_one_line(tmp_path, capsys):
     )
 
 
+@pytest.mark.slow
 def test_resume_continues_fp16_exactly_and_takes_another_precision(tmp_path):
     args = ["--mixed-precision", "fp16", "--save-every", "1", "--finetune", "lora"]
     main(fast_args(tmp_path, "straight", *args, "--epochs", "2"))

@@ -52,6 +52,7 @@ _HOLD_LOCK = (  # keeps the RunDir (and so its lock) alive until killed
 )
 
 
+@pytest.mark.slow
 def test_a_run_directory_in_use_is_refused_and_a_dead_holder_is_taken_over(tmp_path, capsys):
     holder = subprocess.Popen(
         [sys.executable, "-c", _HOLD_LOCK, str(tmp_path / "r")], stdout=subprocess.PIPE, text=True
@@ -75,6 +76,7 @@ def test_the_lock_is_released_when_a_run_fails(tmp_path, capsys):
     run.close()
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_do_not_share_a_directory(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "genrl.train", *fast_args(tmp_path, "r", "--epochs", "3")]
@@ -116,6 +118,7 @@ def interrupts_at_epoch_two(images, prompts, metadata):
 """
 
 
+@pytest.mark.slow
 def test_a_run_stopped_before_its_first_checkpoint_resumes_from_scratch(tmp_path, capsys, monkeypatch):
     (tmp_path / "interrupting.py").write_text(_INTERRUPTING_REWARD)
     monkeypatch.syspath_prepend(str(tmp_path))

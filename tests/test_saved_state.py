@@ -53,6 +53,7 @@ def _resume(run: Path, epochs: int, *extra: str) -> None:
 
 
 # --- 1. resume never discards progress -------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("latest", ["missing", "dangling", "a plain file", "a link to itself"])
 def test_resume_continues_from_the_newest_checkpoint_whatever_latest_says(_run, tmp_path, latest):
     run = _run(tmp_path)
@@ -107,6 +108,7 @@ def _poison_first(tensors: list) -> None:
     tensors[0].view(-1)[0] = float("nan")
 
 
+@pytest.mark.slow
 def test_a_non_finite_ema_state_is_refused_on_resume(_run, tmp_path, capsys):
     run = _run(tmp_path, "--ema-decay", "0.9")
     path = run / "checkpoints" / "latest" / "ema.pt"

@@ -47,6 +47,7 @@ def tracker_env(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_wandb_and_mlflow_record_the_config_the_metrics_and_the_sample_grids(tracker_env, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3.x keeps its file store behind this switch
     evaluations = ["--eval-every", "2", "--eval-size", "4"]

@@ -59,6 +59,7 @@ def test_resume_continues_exactly(tmp_path):
     assert split[3]["wall_time_s"] > split[1]["wall_time_s"]
 
 
+@pytest.mark.slow
 def test_resume_forgets_epochs_after_the_checkpoint(tmp_path):
     """Metrics written after the last checkpoint (a crash) are dropped and those epochs run again."""
     main(fast_args(tmp_path, "r", "--epochs", "3", "--save-every", "2"))
@@ -105,6 +106,7 @@ def test_lora_checkpoint_loads_in_plain_diffusers(tmp_path, rank, alpha):
     assert (loaded - untouched).abs().max() > 1e-4
 
 
+@pytest.mark.slow
 def test_ddpo_preset_runs_on_a_local_sd_folder(tmp_path):
     folder = tiny_pipeline_dir(lcm=False)
     main(
@@ -159,6 +161,7 @@ def test_help_lists_the_flat_flags(capsys):
         assert flag in out.out
 
 
+@pytest.mark.slow
 def test_async_rewards_give_the_same_run(tmp_path):
     main(fast_args(tmp_path, "sync", "--batches-per-epoch", "2"))
     main(fast_args(tmp_path, "async", "--batches-per-epoch", "2", "--async-rewards"))
@@ -181,6 +184,7 @@ def test_async_reward_failures_still_end_in_one_line(tmp_path, capsys, monkeypat
     ]
 
 
+@pytest.mark.slow
 def test_linear_lr_schedule_decays_once_an_epoch_and_is_recorded(tmp_path):
     main(fast_args(tmp_path, "r", "--lr-schedule", "linear", "--learning-rate", "0.04", "--epochs", "4"))
     lrs = [m["lr"] for m in logged_metrics(tmp_path / "r")]
@@ -218,6 +222,7 @@ def test_the_evaluation_samples_with_its_own_steps_where_asked(tmp_path):
         assert ours[key] == theirs[key], key
 
 
+@pytest.mark.slow
 def test_evaluations_are_logged_before_training_every_nth_and_last_epoch(tmp_path):
     main(fast_args(tmp_path, "r", "--epochs", "5", "--eval-every", "2", "--eval-size", "4"))  # (fast_args: 0)
     metrics = logged_metrics(tmp_path / "r")
@@ -234,6 +239,7 @@ def test_evaluations_are_logged_before_training_every_nth_and_last_epoch(tmp_pat
     assert not any("eval_reward_mean" in m for m in logged_metrics(tmp_path / "off"))
 
 
+@pytest.mark.slow
 def test_cpu_time_leaves_evaluation_out(tmp_path, monkeypatch):
     import time
 

@@ -87,6 +87,7 @@ def test_nft_refuses_a_consistency_model(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_nft_resumes_exactly_with_its_old_weights(tmp_path):
     common = ["--env", "flow", "--model", "tiny", *NFT, "--save-every", "1"]
     main(fast_args(tmp_path, "whole", *common, "--epochs", "3"))

@@ -111,6 +111,7 @@ class _GradCapture(torch.optim.SGD):
         self.grads.append([torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accumulation", [1, 2, 3])
 def test_steps_per_forward_leaves_the_gradient_unchanged(accumulation):
     policy, buffer = _buffer("lcm", 4)
@@ -236,6 +237,7 @@ def test_two_processes_cut_the_minibatches_of_one_from_the_global_batch():
 
 # Process 0 holds trajectories 0, 1, 4, 5, process 1 the others. Keeping 0, 1, 4, 5, 6 leaves process 1 one: it has
 # no row in one of the two minibatches; keeping 0, 1, 4, 5 leaves it none at all.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kept,accumulation", [(None, 1), ([0, 1, 4, 5, 6], 1), (None, 2), ([0, 1, 4, 5], 1), ([0, 1, 4, 5, 6], 2)]
 )

@@ -266,6 +266,7 @@ def _tiny_methods(args, task):
     }
 
 
+@pytest.mark.slow
 def test_an_interrupted_suite_skips_finished_runs_and_resumes_the_interrupted_one(tmp_path, monkeypatch):
     import benchmarks.runs
     import genrl.train
@@ -444,6 +445,7 @@ def test_report_only_without_results_is_a_one_line_error(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_report_only_on_a_broken_results_file_is_a_one_line_error_that_keeps_it(tmp_path):
     (tmp_path / "results.json").write_text('{"tasks": ')
     lines = _cli_errors("--report-only", "--output-dir", str(tmp_path), real_process=True)

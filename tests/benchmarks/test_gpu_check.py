@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+@pytest.mark.slow
 def test_the_dry_run_writes_the_json_and_the_table(tmp_path, capsys):
     args = gpu_check.Args(output_dir=tmp_path, dry_run=True, epochs=1, parts=("tests", "epochs"), budget_s=300)
     gpu_check.main(args)

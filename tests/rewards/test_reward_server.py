@@ -59,6 +59,7 @@ def test_remote_reward_equals_the_local_one(serve):
     torch.testing.assert_close(remote(images, ["a"] * 4, [{}] * 4), local(images, ["a"] * 4, [{}] * 4))
 
 
+@pytest.mark.slow
 def test_training_against_a_server_gives_the_same_run(serve, tmp_path):
     url = serve(load_reward("jpeg_compressibility"))
     main(fast_args(tmp_path, "remote", "--reward", url))

@@ -58,31 +58,35 @@ class FakeOpenAI(BaseHTTPRequestHandler):
             server.max_in_flight = max(server.max_in_flight, server.in_flight)
             calls = len(server.requests)
         try:
-            model = request["model"]
-            if self.path != "/v1/chat/completions":
-                return self._send(404, {"error": {"message": "not found"}})
-            if model == "busy" and calls <= 2:
-                return self._send(503, {"error": {"message": "overloaded", "type": "ServiceUnavailable"}})
-            if model == "slow":
-                time.sleep(2)
-            if model == "judge":
-                time.sleep(0.2)  # long enough for concurrent requests to overlap, on a busy machine too
-            content = request["messages"][0]["content"]
-            values = [brightness(part["image_url"]["url"]) for part in content if part["type"] == "image_url"]
-            if model == "pair":
-                answer = f"<think>...</think><answer>Image {1 if values[0] >= values[1] else 2} is better</answer>"
-            elif model == "bare":
-                answer = f"{1 + 4 * values[0]:.6f}"
-            elif model == "garbage":
-                answer = "I cannot judge this image."
-            elif model == "wide":
-                answer = f"Final Score: {10 * values[0]:.6f}"
-            else:
-                answer = f"The caption matches.\nFinal Score: {1 + 4 * values[0]:.6f}"
-            self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]})
-        finally:
+            status, answer = self._answer(request, calls)
+        finally:  # before the answer goes out: the client may send its next request the moment it has it
             with server.lock:
                 server.in_flight -= 1
+        self._send(status, answer)
+
+    def _answer(self, request: dict, calls: int) -> tuple[int, dict]:
+        model = request["model"]
+        if self.path != "/v1/chat/completions":
+            return 404, {"error": {"message": "not found"}}
+        if model == "busy" and calls <= 2:
+            return 503, {"error": {"message": "overloaded", "type": "ServiceUnavailable"}}
+        if model == "slow":
+            time.sleep(2)
+        if model == "judge":
+            time.sleep(0.2)  # long enough for concurrent requests to overlap, on a busy machine too
+        content = request["messages"][0]["content"]
+        values = [brightness(part["image_url"]["url"]) for part in content if part["type"] == "image_url"]
+        if model == "pair":
+            answer = f"<think>...</think><answer>Image {1 if values[0] >= values[1] else 2} is better</answer>"
+        elif model == "bare":
+            answer = f"{1 + 4 * values[0]:.6f}"
+        elif model == "garbage":
+            answer = "I cannot judge this image."
+        elif model == "wide":
+            answer = f"Final Score: {10 * values[0]:.6f}"
+        else:
+            answer = f"The caption matches.\nFinal Score: {1 + 4 * values[0]:.6f}"
+        return 200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]}
 
 
 @pytest.fixture

@@ -49,6 +49,7 @@ def built(tmp_path_factory):
     return work
 
 
+@pytest.mark.slow  # the toy pretraining run (module fixture `built`)
 def test_pretraining_ends_with_every_evaluation_figure(built):
     figures = json.loads((built / "figures.json").read_text())
     for name in ("teacher_ddim50", "lcm1", "lcm8", "lcm4_heldout", "flow10", "flow40", "flow40_heldout"):
@@ -56,6 +57,7 @@ def test_pretraining_ends_with_every_evaluation_figure(built):
     assert figures["vae_psnr_db"] > 0 and figures["lcm4_batch8_seconds"] > 0
 
 
+@pytest.mark.slow  # the toy pretraining run (module fixture `built`)
 def test_pretrain_builds_pipelines_that_plain_diffusers_loads(built):
     out = built / "out"
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
@@ -73,6 +75,7 @@ def test_pretrain_builds_pipelines_that_plain_diffusers_loads(built):
     )
 
 
+@pytest.mark.slow  # the toy pretraining run (module fixture `built`)
 def test_the_flow_model_is_a_plain_sd3_pipeline_on_the_teachers_vae_and_text_encoder(built):
     out = built / "out"
     flow = StableDiffusion3Pipeline.from_pretrained(out / "flow")
@@ -90,6 +93,7 @@ def test_the_flow_model_is_a_plain_sd3_pipeline_on_the_teachers_vae_and_text_enc
     assert images.shape == (1, 3, 64, 64) and torch.isfinite(images).all()
 
 
+@pytest.mark.slow  # the toy pretraining run (module fixture `built`)
 def test_genrl_samples_the_flow_model_with_one_zero_t5_token(built):
     from genrl.envs import make_env
     from genrl.models import load_pipeline
@@ -127,6 +131,7 @@ def test_one_zero_token_counted_as_many_is_that_many_zero_tokens():
     assert (one - many).abs().max() > 1e-3  # the count matters, so the check above could fail
 
 
+@pytest.mark.slow  # the toy pretraining run (module fixture `built`)
 def test_the_flow_stage_trains_on_an_exported_teacher_alone(built, tmp_path):
     """A fresh work directory (no vae or teacher stage): the flow stage takes both from --out-dir's teacher."""
     out = tmp_path / "out"
@@ -138,6 +143,7 @@ def test_the_flow_stage_trains_on_an_exported_teacher_alone(built, tmp_path):
     assert flow.transformer.config.in_channels == flow.vae.config.latent_channels
 
 
+@pytest.mark.slow  # the toy pretraining run (module fixture `built`)
 def test_pretrain_resumes_finished_and_checkpointed_stages(built, capsys):
     main(["vae", "--scale", "toy", "--work-dir", str(built), "--out-dir", str(built / "out")])
     assert "vae: resuming at step 3" in capsys.readouterr().out
@@ -219,6 +225,7 @@ def test_consistency_distance_is_squared_error_or_pseudo_huber():
     assert consistency_distance(goal, goal, "huber", 0.001) == 0
 
 
+@pytest.mark.slow  # the toy pretraining run (module fixture `built`)
 def test_shapes_reward_is_the_probability_of_every_prompted_attribute(built):
     reward = ShapesAlignment(built / "out" / "reward")
     scenes = train_scenes()[:3]
