@@ -53,6 +53,9 @@ class TrajectoryBuffer:
     # Where the rows sit in the global batch of all processes (``place``): None, the buffer is the whole batch.
     global_rows: torch.Tensor | None = None  # (N,)
     global_size: int | None = None
+    spare: Chunk | None = None
+    """A chunk of the process's own rollouts for the passes of weight zero (``spare_chunk``), kept where subsetting
+    may leave the buffer empty."""
 
     def add_rollout(self, rollout: Rollout) -> None:
         """A sampled batch: its prompts and embeddings, and per stochastic step (``rollout.steps``) ``latents``,
@@ -149,45 +152,63 @@ class TrajectoryBuffer:
         [j * steps_per_forward, (j + 1) * steps_per_forward) of that trajectory's own random step order.
         The permutation and the step orders are drawn for the global batch, so they do not depend on the layout.
         """
-        if self.advantages is None:
-            raise RuntimeError("set buffer.advantages before asking for minibatches")
-        cat = lambda parts: torch.cat(parts)
-        latents, next_latents = cat(self.latents), cat(self.next_latents)
-        timesteps, next_timesteps, log_probs = cat(self.timesteps), cat(self.next_timesteps), cat(self.log_probs)
-        embeds = cat(self.prompt_embeds)
-        means = cat(self.means) if self.means else None
+        parts = self._concatenated()
         n, steps = self.num_global, self.num_steps
         order = torch.randperm(n, generator=generator)
         step_order = torch.stack([torch.randperm(steps, generator=generator) for _ in range(n)])
         local_row = torch.full((n,), -1, dtype=torch.long)  # global row -> row of this buffer (-1: another's)
         local_row[self.rows_in_global_batch()] = torch.arange(len(self))
         starts = [0, *accumulate(self.minibatch_sizes(batch_size))]
+        device = parts["latents"].device
         for minibatch, (start, end) in enumerate(zip(starts[:-1], starts[1:])):
             mine = order[start:end][local_row[order[start:end]] >= 0]  # global rows, in the global order
-            idx = local_row[mine].to(latents.device)
+            idx = local_row[mine].to(device)
             chunks = []
             for j in range(0, steps, steps_per_forward) if len(mine) else []:
-                cols = step_order[mine, j : j + steps_per_forward].to(latents.device)  # (b, k)
+                cols = step_order[mine, j : j + steps_per_forward].to(device)  # (b, k)
                 rows = idx[:, None].expand_as(cols)
-                rows, cols = rows.reshape(-1), cols.reshape(-1)
-                obs = {
-                    "latents": latents[rows, cols],
-                    "timestep": timesteps[rows, cols],
-                    "next_timestep": next_timesteps[rows, cols],
-                    "stochastic": torch.ones_like(rows, dtype=torch.bool),
-                    "prompt_embeds": embeds[rows],
-                    "negative_prompt_embeds": self.negative_prompt_embeds.expand(len(rows), -1, -1),
-                }
-                old_means = None if means is None else means[rows, cols]
-                chunks.append(
-                    Chunk(
-                        obs,
-                        next_latents[rows, cols],
-                        log_probs[rows, cols],
-                        self.advantages[rows],
-                        rows,
-                        minibatch,
-                        old_means,
-                    )
-                )
+                chunks.append(self._chunk(parts, rows.reshape(-1), cols.reshape(-1), minibatch))
             yield chunks
+
+    def spare_chunk(self) -> Chunk | None:
+        """The first step of this buffer's first row, as a chunk (None for an empty buffer): what a process runs,
+        weighted zero, where it holds no row of a minibatch but the others need it in step (``--fsdp``)."""
+        if not len(self):
+            return None
+        first = torch.zeros(1, dtype=torch.long, device=self.latents[0].device)
+        return self._chunk(self._concatenated(), first, first, 0)
+
+    def _concatenated(self) -> dict[str, torch.Tensor | None]:
+        if self.advantages is None:
+            raise RuntimeError("set buffer.advantages before asking for minibatches")
+        cat = lambda parts: torch.cat(parts)
+        return {
+            "latents": cat(self.latents),
+            "next_latents": cat(self.next_latents),
+            "timesteps": cat(self.timesteps),
+            "next_timesteps": cat(self.next_timesteps),
+            "log_probs": cat(self.log_probs),
+            "embeds": cat(self.prompt_embeds),
+            "means": cat(self.means) if self.means else None,
+        }
+
+    def _chunk(self, parts: dict, rows: torch.Tensor, cols: torch.Tensor, minibatch: int) -> Chunk:
+        """The (row, step) pairs ``rows[i], cols[i]`` of the buffer's ``parts`` as one chunk."""
+        obs = {
+            "latents": parts["latents"][rows, cols],
+            "timestep": parts["timesteps"][rows, cols],
+            "next_timestep": parts["next_timesteps"][rows, cols],
+            "stochastic": torch.ones_like(rows, dtype=torch.bool),
+            "prompt_embeds": parts["embeds"][rows],
+            "negative_prompt_embeds": self.negative_prompt_embeds.expand(len(rows), -1, -1),
+        }
+        old_means = None if parts["means"] is None else parts["means"][rows, cols]
+        return Chunk(
+            obs,
+            parts["next_latents"][rows, cols],
+            parts["log_probs"][rows, cols],
+            self.advantages[rows],
+            rows,
+            minibatch,
+            old_means,
+        )

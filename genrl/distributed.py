@@ -91,6 +91,8 @@ class Processes:
         self.is_main = self.accelerator.is_main_process
         # One device per process where there are several GPUs; as asked otherwise.
         self.device = str(self.accelerator.device) if self.count > 1 and device.startswith("cuda") else device
+        self.sharded = False
+        """The denoiser's weights are sharded (``--fsdp``): every process runs every denoiser pass in step."""
 
     def noise_slice(self, local_batch: int) -> NoiseSlice:
         return NoiseSlice(self.rank * local_batch, self.count * local_batch)
@@ -112,6 +114,12 @@ class Processes:
         for p, g in zip(params, grads):
             p.grad = flat[start : start + g.numel()].view_as(g).clone()
             start += g.numel()
+
+    def most(self, value: int) -> int:
+        """The largest of every process's ``value``."""
+        if self.count == 1:
+            return value
+        return int(self.accelerator.reduce(torch.tensor([value], device=self.device), reduction="max").item())
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Concatenated in process order (for a batch: the global batch's rows)."""

@@ -61,6 +61,7 @@ from genrl.rewards.base import CheckedReward
 from genrl.rewards.shapes import is_shapes_prompt, shapes_alignment
 from genrl.rollout import Rollout, SamplingBatch, collect
 from genrl.rundir import RunDir
+from genrl.sharding import shard_frozen_weights
 
 _WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES)
 """Why a write fails on a disk that is full, over quota, read-only or not the user's."""
@@ -95,9 +96,17 @@ def build(cfg: TrainConfig) -> Training:
     """Prompts, reward, algorithm, model, env, policy, optimizer: every check that can fail, before any run."""
     prompt_pool = load_prompts(cfg.prompts)
     processes = Processes(cfg.device, cfg.process_timeout_s)
+    if cfg.fsdp and processes.count == 1:
+        raise GenrlError(
+            "--fsdp shards the weights over the run's processes, and this run has one: launch several with "
+            "python -m genrl.launch --num-processes N (or accelerate launch), or drop --fsdp"
+        )
     _set_up_precision(cfg, processes.device)
     parts = assemble(cfg, processes.device, score_in_env=not cfg.async_rewards)
     pipe, env, policy, algorithm = parts.pipeline, parts.env, parts.policy, parts.algorithm
+    if cfg.fsdp:
+        shard_frozen_weights(denoiser(pipe), policy.trainable_parameters(), processes.device)
+        processes.sharded = True
     background = None
     if cfg.async_rewards:  # one intra-op thread for the reward: two OpenMP teams on the same cores stall each other
         executor = ThreadPoolExecutor(1, "reward", initializer=torch.set_num_threads, initargs=(1,))
@@ -505,7 +514,11 @@ def _train(cfg: TrainConfig) -> RunDir:
             run.create(config_to_json(cfg))
             print(f"run directory: {run.path}", flush=True)
             best = BestEvaluation.replay(cfg.accuracy_floor, run.read_metrics())
-            if first == 1 and cfg.eval_every > 0 and not run.read_metrics():
+        starting = first == 1 and cfg.eval_every > 0 and main_process and not run.read_metrics()
+        if t.processes.sharded and t.processes.broadcast(starting) and not main_process:
+            starting_evaluation(t)  # its passes are collectives (genrl/sharding.py); the main process logs it
+        if main_process:
+            if starting:
                 if best.observe(_log_starting_evaluation(t, run)) and cfg.keep_best:
                     save(t, run, 0, best)  # the untrained model is a candidate too
             elif cfg.keep_best and best.epoch is not None:
@@ -530,18 +543,24 @@ def _train(cfg: TrainConfig) -> RunDir:
             out_of_time = t.processes.broadcast(
                 cfg.time_budget_s is not None and t.counters["wall_time_s"] >= cfg.time_budget_s
             )
-            stopping = False
-            if main_process:
-                new_best = False
-                if _evaluation_due(cfg, epoch, epoch == cfg.epochs or out_of_time):
-                    evaluation, shown = evaluate(t)
+            stopping = new_best = False
+            # The main process evaluates; under --fsdp every process samples too (genrl/sharding.py).
+            evaluating = main_process or t.processes.sharded
+            if evaluating and _evaluation_due(cfg, epoch, epoch == cfg.epochs or out_of_time):
+                evaluation, shown = evaluate(t)
+                segment_start += evaluation["eval_time_s"]  # not training time
+                cpu_start += evaluation["eval_cpu_time_s"]
+                if main_process:
                     metrics.update(evaluation)
-                    segment_start += evaluation["eval_time_s"]  # not training time
-                    cpu_start += evaluation["eval_cpu_time_s"]
                     run.save_samples(epoch, shown.images, shown.prompts, shown.rewards, suffix="-eval")
                     new_best = best.observe(metrics)
                     stopping = 0 < cfg.early_stop_patience <= best.since_best
-                images = epoch in (1, cfg.epochs) or epoch % cfg.log_images_every == 0 or out_of_time or stopping
+            if t.processes.sharded:
+                stopping = t.processes.broadcast(stopping)  # it decides whether the EMA grid is sampled
+            images = epoch in (1, cfg.epochs) or epoch % cfg.log_images_every == 0 or out_of_time or stopping
+            if t.processes.sharded and images and t.ema is not None and not main_process:
+                _sample_with_ema(t, epoch)  # the main process's log_epoch samples it in step with this
+            if main_process:
                 log_epoch(t, run, rollouts, metrics, images)
                 due = epoch % cfg.save_every == 0 or epoch == cfg.epochs or out_of_time or stopping
                 if due or (cfg.keep_best and new_best):

@@ -4,7 +4,9 @@ The multi-process tests are split over several files so that the test workers sh
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +140,16 @@ def assert_two_follow_one(home: Path, layout: str) -> None:
     if layout == "groups":
         kept = [m["groups_kept_fraction"] for m in single]
         assert kept == [m["groups_kept_fraction"] for m in double] and min(kept) < 1, kept
+
+
+def stopped_after_epoch_one(run: Path, copy: Path) -> Path:
+    """``copy``: ``run``, which saved a checkpoint every epoch, as it was when its first epoch had ended (its later
+    checkpoints and records gone)."""
+    shutil.copytree(run, copy, symlinks=True)
+    for later in copy.glob("checkpoints/epoch-*"):
+        if int(later.name.split("-")[1]) > 1:
+            shutil.rmtree(later)
+    (copy / "checkpoints" / "latest").unlink()
+    first = [line for line in (copy / "metrics.jsonl").read_text().splitlines(True) if json.loads(line)["epoch"] <= 1]
+    (copy / "metrics.jsonl").write_text("".join(first))
+    return copy

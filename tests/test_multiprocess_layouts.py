@@ -2,8 +2,6 @@
 accumulation, to the same weights; a two-process run resumed (by ``python -m genrl.launch``) is the uninterrupted
 run."""
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ from safetensors.torch import load_file
 
 from genrl.shapes.tiny import tiny_pipeline_dir
 from tests.helpers import expect_error, logged_metrics
-from tests.launching import assert_two_follow_one, launch, train_layout
+from tests.launching import assert_two_follow_one, launch, stopped_after_epoch_one, train_layout
 
 pytestmark = pytest.mark.usefixtures("tiny_lcm_built")  # tests/conftest.py
 
@@ -43,23 +41,12 @@ def test_two_processes_follow_one_process_over_several_minibatches_and_epochs_wi
     assert not list((accumulation_runs / "two" / "checkpoints").glob(".staging-*"))
 
 
-def _stopped_after_epoch_one(run: Path, copy: Path) -> Path:
-    """``copy``: ``run`` as it was when its first epoch had ended (its later checkpoints and records gone)."""
-    shutil.copytree(run, copy, symlinks=True)
-    for later in ("epoch-0002", "epoch-0003"):
-        shutil.rmtree(copy / "checkpoints" / later)  # the run saved one checkpoint an epoch
-    (copy / "checkpoints" / "latest").unlink()
-    first = [line for line in (copy / "metrics.jsonl").read_text().splitlines(True) if json.loads(line)["epoch"] == 1]
-    (copy / "metrics.jsonl").write_text("".join(first))
-    return copy
-
-
 @pytest.mark.slow
 def test_two_process_run_resumed_gives_the_uninterruptedlogged_metrics(
     accumulation_runs, reward_plugin_folder, tmp_path, capsys
 ):
     straight = accumulation_runs / "two"  # 3 epochs on two processes, uninterrupted
-    _stopped_after_epoch_one(straight, tmp_path / "split")
+    stopped_after_epoch_one(straight, tmp_path / "split")
     proc = launch(2, ["--resume", str(tmp_path / "split"), "--epochs", "3"], pythonpath=str(reward_plugin_folder))
     assert proc.returncode == 0, proc.stderr[-3000:]
     straight, split = logged_metrics(straight), logged_metrics(tmp_path / "split")

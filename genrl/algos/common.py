@@ -202,7 +202,9 @@ def sample_epoch(batch: EpochBatch) -> tuple[TrajectoryBuffer, dict[str, float]]
     if batch.group_size > 1:
         kept = informative_groups(advantages, batch.group_size)
         stats["groups_kept_fraction"] = len(kept) / len(advantages)
+        spare = buffer.spare_chunk()  # the process's own rollouts, though it may keep none of them
         buffer = buffer.subset(kept)
+        buffer.spare = spare
     return buffer, stats
 
 
@@ -267,13 +269,19 @@ def train_minibatches(
     ``loss``; over all processes) and the optimizer steps taken (fp16's skipped ones left out)."""
     params = policy.trainable_parameters()
     means, taken = EpochMeans(), 0
+    in_step = getattr(processes, "sharded", False)  # --fsdp: every process runs as many passes (genrl/sharding.py)
+    spare = (buffer.spare or buffer.spare_chunk()) if in_step else None
     policy.train()
     for pass_index in range(passes):
         for minibatch in global_minibatches(buffer, config, generator, processes, pass_index, scaling):
+            fillers = processes.most(len(minibatch.chunks)) - len(minibatch.chunks) if in_step else 0
             for chunk in minibatch.chunks:
                 loss, stats = chunk_loss(chunk)
                 minibatch.backward(loss, chunk)
                 means.add({"loss": loss.item(), **stats}, weight=len(chunk.sample_index))
+            for _ in range(fillers):  # in step with the others' passes, which gather and free the sharded weights
+                loss, _ = chunk_loss(spare)
+                scaling.backward(loss * 0.0)
             if minibatch.ends_step:  # on every process, with or without rows in the step's minibatches
                 step = optimizer_step(params, optimizer, config.max_grad_norm, minibatch.sum_gradients, scaling)
                 means.add(step)
