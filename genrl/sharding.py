@@ -22,10 +22,13 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 
-def shard_frozen_weights(model: torch.nn.Module, trainable: Iterable[torch.nn.Parameter], device: str) -> None:
+def shard_frozen_weights(
+    model: torch.nn.Module, trainable: Iterable[torch.nn.Parameter], device: str
+) -> tuple[int, int]:
     """Shards ``model``'s weights other than ``trainable`` over every process of the default process group: one
     FSDP unit per block of each of its block lists (a UNet's down and up blocks, a transformer's blocks), then the
-    model itself for the rest; in place."""
+    model itself for the rest; in place. Returns how many of the frozen weights this process holds, and of how
+    many."""
     mesh = init_device_mesh(torch.device(device).type, (torch.distributed.get_world_size(),))
     ignored = set(trainable)
     for child in model.children():
@@ -35,3 +38,5 @@ def shard_frozen_weights(model: torch.nn.Module, trainable: Iterable[torch.nn.Pa
     # The root too frees its weights after each pass (FSDP2 keeps the root's gathered by default): the main
     # process alone saves the LoRA, and state_dict() would free them there only, putting the next pass out of step.
     fully_shard(model, mesh=mesh, ignored_params=ignored, reshard_after_forward=True)
+    frozen = [p for p in model.parameters() if p not in ignored]
+    return sum(p.to_local().numel() for p in frozen), sum(p.numel() for p in frozen)

@@ -105,8 +105,10 @@ def build(cfg: TrainConfig) -> Training:
     parts = assemble(cfg, processes.device, score_in_env=not cfg.async_rewards)
     pipe, env, policy, algorithm = parts.pipeline, parts.env, parts.policy, parts.algorithm
     if cfg.fsdp:
-        shard_frozen_weights(denoiser(pipe), policy.trainable_parameters(), processes.device)
+        held, frozen = shard_frozen_weights(denoiser(pipe), policy.trainable_parameters(), processes.device)
         processes.sharded = True
+        if processes.is_main:
+            print(f"--fsdp: this process holds {held:,} of the denoiser's {frozen:,} frozen weights", file=sys.stderr)
     background = None
     if cfg.async_rewards:  # one intra-op thread for the reward: two OpenMP teams on the same cores stall each other
         executor = ThreadPoolExecutor(1, "reward", initializer=torch.set_num_threads, initargs=(1,))

@@ -46,6 +46,7 @@ _COSTLIEST_FILES_FIRST = (
     "test_gpu_check.py",
     "test_multiprocess.py",
     "test_multinode.py",
+    "test_fsdp.py",
     "test_train.py",
     "test_saved_state.py",
     "test_reliability.py",

@@ -33,7 +33,16 @@ def runs(tmp_path_factory, reward_plugin_folder) -> Path:
         args = fast_args(home, name, *_RUN, "--prompts", str(home / "prompts.txt"), *extra)
         proc = launch(2, args, pythonpath=str(reward_plugin_folder))
         assert proc.returncode == 0, proc.stderr[-3000:]
+        (home / f"{name}.stderr").write_text(proc.stderr)
     return home
+
+
+@pytest.mark.slow
+def test_each_process_holds_about_half_of_the_frozen_weights(runs):
+    (line,) = [line for line in (runs / "sharded.stderr").read_text().splitlines() if line.startswith("--fsdp:")]
+    held, frozen = (int(word.replace(",", "")) for word in line.split() if word[0].isdigit())
+    assert frozen / 2 <= held <= frozen / 2 * 1.02, line  # dim 0 split in two: the first process's half rounds up
+    assert "--fsdp:" not in (runs / "plain.stderr").read_text()
 
 
 @pytest.mark.slow
