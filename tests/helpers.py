@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from genrl.models import load_pipeline
 
 FAST = [
@@ -71,3 +73,12 @@ def policy_for(kind: str, pipe, guidance_scale: float, reduction: str = "mean", 
     from genrl.policy import make_policy
 
     return make_policy(make_env(kind, 1, pipe, None, None, **settings), guidance_scale, reduction)
+
+
+def tiny_lcm_unet_output(unet) -> torch.Tensor:
+    """The tiny LCM UNet's output on fixed inputs (two noisy latents, timesteps, text and w embeddings)."""
+    generator = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 4, 16, 16, generator=generator), torch.tensor([999, 499])
+    emb, cond = torch.randn(2, 32, 32, generator=generator), torch.randn(2, 32, generator=generator)
+    with torch.no_grad():
+        return unet(x, t, emb, timestep_cond=cond).sample

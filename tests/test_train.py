@@ -11,7 +11,7 @@ from genrl.policy import add_lora
 from genrl.presets import PRESETS
 from genrl.shapes.tiny import tiny_pipeline_dir
 from genrl.train import main
-from tests.helpers import fast_args, logged_metrics
+from tests.helpers import fast_args, logged_metrics, tiny_lcm_unet_output
 
 METRIC_KEYS = {
     "epoch",
@@ -96,12 +96,7 @@ def test_lora_checkpoint_loads_in_plain_diffusers(tmp_path, rank, alpha):
     ours.load_state_dict(trained, strict=False)
     base = LatentConsistencyModelPipeline.from_pretrained(folder).unet
 
-    x, t = torch.randn(2, 4, 16, 16), torch.tensor([999, 499])
-    emb, cond = torch.randn(2, 32, 32), torch.randn(2, 32)
-    with torch.no_grad():
-        loaded = pipe.unet(x, t, emb, timestep_cond=cond).sample
-        expected = ours(x, t, emb, timestep_cond=cond).sample
-        untouched = base(x, t, emb, timestep_cond=cond).sample
+    loaded, expected, untouched = (tiny_lcm_unet_output(unet) for unet in (pipe.unet, ours, base))
     torch.testing.assert_close(loaded, expected, rtol=1e-5, atol=1e-6)
     assert (loaded - untouched).abs().max() > 1e-4
 
