@@ -16,9 +16,9 @@ pytestmark = pytest.mark.usefixtures("tiny_lcm_built")  # tests/conftest.py
 
 # GRPO groups of 2 with the cats' groups dropped, and minibatches of one trajectory per process: a process holds
 # no row of some minibatches (and may keep no group at all), where it runs its passes of weight zero; an
-# evaluation every epoch, which every process samples.
+# evaluation and an EMA grid every epoch, which every process samples.
 _RUN = [
-    *("--finetune", "lora", "--epochs", "2", "--save-every", "1", "--keep-checkpoints", "3"),
+    *("--finetune", "lora", "--epochs", "2", "--save-every", "1", "--keep-checkpoints", "3", "--ema-decay", "0.9"),
     *("--group-size", "2", "--reward", "smooth_rewards:mean_but_one_for_cats", "--ppo.train-batch-size", "1"),
     *("--eval-every", "1", "--eval-size", "4"),
 ]
@@ -49,6 +49,7 @@ def test_each_process_holds_about_half_of_the_frozen_weights(runs):
 def test_sharded_runs_take_the_plain_runs_updates_and_export_its_lora(runs):
     plain, sharded = metrics_without_timings(runs / "plain"), metrics_without_timings(runs / "sharded")
     assert [m["epoch"] for m in sharded] == [0, 1, 2] and sharded == plain
+    assert all("ema_reward_mean" in m and "eval_reward_mean" in m for m in sharded[1:])
     assert min(m["groups_kept_fraction"] for m in sharded if m["epoch"]) < 1  # groups were dropped
     for name in ("trainable.safetensors", "pytorch_lora_weights.safetensors"):
         a, b = (load_file(runs / run / "checkpoints/latest" / name) for run in ("plain", "sharded"))
