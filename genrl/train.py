@@ -95,6 +95,11 @@ class Training:
 def build(cfg: TrainConfig) -> Training:
     """Prompts, reward, algorithm, model, env, policy, optimizer: every check that can fail, before any run."""
     prompt_pool = load_prompts(cfg.prompts)
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1"):  # accelerate launch --use_fsdp
+        raise GenrlError(
+            "accelerate's --use_fsdp wraps models handed to accelerator.prepare, which genrl does not do, so nothing "
+            "would be sharded; launch without it and give genrl --fsdp (FSDP2 of the frozen weights under LoRA)"
+        )
     processes = Processes(cfg.device, cfg.process_timeout_s)
     if cfg.fsdp and processes.count == 1:
         raise GenrlError(

@@ -81,3 +81,9 @@ def test_a_sharded_run_resumed_is_the_uninterrupted_run(runs, reward_plugin_fold
 )
 def test_fsdp_where_it_cannot_shard_is_one_line(tmp_path, capsys, flags, message):
     expect_error(capsys, fast_args(tmp_path, "r", "--finetune", "lora", *flags), message)
+
+
+def test_accelerates_own_fsdp_flag_is_one_line_that_names_genrls(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what accelerate launch --use_fsdp sets
+    expect_error(capsys, fast_args(tmp_path, "r"), "give genrl --fsdp")
+    assert not (tmp_path / "r").exists()
