@@ -85,7 +85,7 @@ class TrainConfig:
     where torch's caches hold it; pays off only in long runs (docs/performance.md). The numbers differ from an
     uncompiled run's within float tolerance."""
     fsdp: bool = False
-    """Several processes, LoRA, PPO or REINFORCE: shard the denoiser's frozen weights over the processes with
+    """Several processes, LoRA, PPO, REINFORCE or DPG: shard the denoiser's frozen weights over the processes with
     torch's FSDP2, so that each holds 1/N of them (genrl/sharding.py); the LoRA, its updates and its checkpoints
     are the run's without --fsdp."""
 
@@ -277,11 +277,11 @@ class TrainConfig:
             if not getattr(self, name) > 0:
                 raise GenrlError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         check_sampler_settings(self)
-        if self.fsdp and (self.finetune != "lora" or self.compile or self.algo not in ("ppo", "reinforce")):
+        if self.fsdp and (self.finetune != "lora" or self.compile or self.algo not in ("ppo", "reinforce", "dpg")):
             raise GenrlError(
-                f"--fsdp shards the frozen weights under LoRA for PPO and REINFORCE (not yet with full fine-tuning, "
-                f"--compile or other algorithms); this run has --finetune {self.finetune} --algo {self.algo}"
-                f"{' --compile' if self.compile else ''}: drop --fsdp or change those"
+                f"--fsdp shards the frozen weights under LoRA for PPO, REINFORCE and DPG (not yet with full "
+                f"fine-tuning, --compile or other algorithms); this run has --finetune {self.finetune} --algo "
+                f"{self.algo}{' --compile' if self.compile else ''}: drop --fsdp or change those"
             )
         self._validate_extensions()
 
