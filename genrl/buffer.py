@@ -12,7 +12,7 @@ takes its own rows of each global minibatch (possibly none). So N processes cut 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from itertools import accumulate
 from typing import TYPE_CHECKING
@@ -176,12 +176,15 @@ class TrajectoryBuffer:
         if not len(self):
             return None
         first = torch.zeros(1, dtype=torch.long, device=self.latents[0].device)
-        return self._chunk(self._concatenated(), first, first, 0)
+        # Row 0 sits in the first part (a sampling batch, or a subset's only part): no need to join them all.
+        return self._chunk(self._concatenated(lambda parts: parts[0][:1]), first, first, 0)
 
-    def _concatenated(self) -> dict[str, torch.Tensor | None]:
+    def _concatenated(
+        self, cat: Callable[[list[torch.Tensor]], torch.Tensor] = torch.cat
+    ) -> dict[str, torch.Tensor | None]:
+        """The buffer's per-batch parts joined by ``cat``."""
         if self.advantages is None:
             raise RuntimeError("set buffer.advantages before asking for minibatches")
-        cat = lambda parts: torch.cat(parts)
         return {
             "latents": cat(self.latents),
             "next_latents": cat(self.next_latents),
